@@ -1,0 +1,33 @@
+"""The exceptions coda_ws raises, all under one base class.
+
+``CodaWSError`` is the root. Bad arguments raise the built-in ``TypeError`` or
+``ValueError``; :class:`InvalidEventError` is both, so code written for either
+convention catches it.
+"""
+
+__all__ = ["CodaWSError", "InvalidEventError", "ServerNotRunningError"]
+
+
+class CodaWSError(Exception):
+    """Base class of every exception coda_ws defines."""
+
+
+class InvalidEventError(CodaWSError, TypeError, ValueError):
+    """An event could not be built: unknown type, or a field missing, unknown,
+    of the wrong kind, or not encodable as JSON.
+
+    Attributes:
+        event_type: the event type concerned, or ``None`` when unknown.
+        field: the offending field name, or ``None`` when the problem is the
+            type itself.
+    """
+
+    def __init__(self, message, event_type=None, field=None):
+        super().__init__(message)
+        self.event_type = event_type
+        self.field = field
+
+
+class ServerNotRunningError(CodaWSError, RuntimeError):
+    """An operation needs a running server (for example ``wait_for_clients``
+    on a server that was never started)."""

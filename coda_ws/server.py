@@ -1,0 +1,817 @@
+"""CodaWebSocketServer: the event stream served over WebSocket from a Flask app.
+
+The server owns the network side; the :class:`~coda_ws.bus.EventBus` owns the
+order of events. Standalone, the server makes its own Flask app and serves it
+with Werkzeug's threaded server in a background thread; mounted
+(``app=my_app``), it registers its routes on the application's app under
+``url_prefix`` so the application's pages and the event stream share a port.
+
+Threads (principle 7), all named and all joined by :meth:`stop`:
+
+* ``coda-ws-http:PORT`` accepts connections;
+* one Werkzeug request thread per connection, which for a WebSocket client is
+  its writer (see :mod:`coda_ws.connection`), renamed ``coda-ws-client:ID``;
+* one simple-websocket reader thread per client, ``coda-ws-reader:ID``;
+* the bus dispatcher, ``coda-ws-dispatcher``.
+"""
+
+import contextlib
+import functools
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+import weakref
+from urllib.parse import urlsplit
+
+import simple_websocket
+from flask import Blueprint, Flask, Response, request
+from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
+
+from . import __version__, framing
+from .bus import EventBus
+from .connection import Connection, GuardedSocket, WriteTimeout
+from .errors import ServerNotRunningError
+from .events import encode_json
+from .filters import EventFilter
+
+__all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
+
+log = logging.getLogger("coda_ws.server")
+http_log = logging.getLogger("coda_ws.http")
+
+V1_SUBPROTOCOL = "coda-ws.v1"
+BEARER_SUBPROTOCOL_PREFIX = "coda-ws.bearer."
+SERVER_NAME = f"coda-ws/{__version__}"
+
+# Close codes (PROTOCOL.md section 8).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TOO_SLOW = 4008
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_UNSET = object()
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler, logging to ``coda_ws.http`` at DEBUG instead of
+    printing every request to stderr (library code does not configure logging)."""
+
+    def log(self, type, message, *args):  # noqa: A002 - Werkzeug's signature
+        level = logging.WARNING if type == "error" else logging.DEBUG
+        if http_log.isEnabledFor(level):
+            http_log.log(level, "%s %s", self.address_string(), message % args if args else message)
+
+
+def _json_error(status, code, message):
+    body = json.dumps({"error": code, "message": message})
+    return Response(body, status=status, mimetype="application/json")
+
+
+class _HandshakeError(Exception):
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class CodaWebSocketServer:
+    """The Coda event stream over WebSocket (synchronous, thread-based).
+
+    Args:
+        host: interface to bind (default ``"localhost"``).
+        port: TCP port; 0 picks a free one (read ``port`` or ``url`` after
+            :meth:`start`).
+        max_replay_events: high-priority events kept for the replay frame.
+        ping_interval: seconds between keepalive pings (None or 0: off).
+        ping_timeout: seconds a client may take to answer a ping; also how
+            long a write may wait for a client that reads nothing.
+
+    Keyword options:
+        app: a Flask app to mount on (default: the server makes its own).
+        url_prefix: where the routes go on ``app`` (default ``"/coda-ws"``;
+            standalone: ``""``).
+        history_size: events kept for resume (default 10 000).
+        client_queue_size: lossless events a client may fall behind before
+            it is closed with 4008 (default 1024).
+        max_message_size: largest client frame in bytes (default 64 KiB;
+            larger: close 1009).
+        max_clients: concurrent clients (default 256; beyond: HTTP 503).
+        allowed_origins: browser origins allowed besides the local defaults
+            (``"*"`` allows every origin).
+        bus: an existing :class:`EventBus` to serve (default: a new one).
+
+    All public methods are thread-safe. Event methods (``emit``,
+    ``broadcast_*``, ``send_to_client``) work whether or not the server is
+    running and never block on clients.
+    """
+
+    def __init__(
+        self,
+        host="localhost",
+        port=8765,
+        max_replay_events=50,
+        ping_interval=20,
+        ping_timeout=10,
+        *,
+        app=None,
+        url_prefix=_UNSET,
+        history_size=10_000,
+        client_queue_size=1024,
+        max_message_size=64 * 1024,
+        max_clients=256,
+        allowed_origins=None,
+        bus=None,
+    ):
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, got {host!r}")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative number of seconds or None, got {value!r}")
+        for name, value in (("max_message_size", max_message_size), ("max_clients", max_clients)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if app is not None and not isinstance(app, Flask):
+            raise TypeError(f"app must be a Flask application, got {type(app).__name__}")
+        if url_prefix is _UNSET:
+            url_prefix = "/coda-ws" if app is not None else ""
+        if not isinstance(url_prefix, str) or (url_prefix and not url_prefix.startswith("/")):
+            raise ValueError(f"url_prefix must be '' or a path starting with '/', got {url_prefix!r}")
+        self.host = host
+        self.port = port
+        self.ping_interval = ping_interval or None
+        self.ping_timeout = ping_timeout or None
+        self.max_message_size = max_message_size
+        self.max_clients = max_clients
+        self.url_prefix = url_prefix.rstrip("/")
+        self.allowed_origins = self._parse_origins(allowed_origins)
+        self.bus = bus if bus is not None else EventBus(max_replay_events, history_size, client_queue_size)
+        self._owns_bus = bus is None
+
+        self.on_connect_handlers = []
+        self.on_disconnect_handlers = []
+        self.on_message_handlers = []
+        self.running = False
+        self.server = None  # the Werkzeug server while running
+
+        # _clients_lock guards _clients, _reserved and the counters below.
+        self._clients_lock = threading.Lock()
+        self._clients_changed = threading.Condition(self._clients_lock)
+        self._clients = {}
+        self._reserved = 0  # handshakes in progress, counted against max_clients
+        self._totals = {"total_connections": 0, "events_sent": 0, "errors": 0, "invalid_messages": 0,
+                        "handler_errors": 0, "rejected_handshakes": 0}
+        self._disconnects = {}
+        self._request_threads = weakref.WeakSet()  # every thread that ran a request
+        self._lifecycle_lock = threading.Lock()
+        self._stopping = False
+        self._serve_thread = None
+        self._stop_callbacks = []
+
+        self._app = app if app is not None else Flask("coda_ws")
+        self._mounted = app is not None
+        self.init_app(self._app)
+
+    # -- configuration --------------------------------------------------------
+
+    @staticmethod
+    def _parse_origins(origins):
+        if origins is None:
+            return frozenset()
+        if isinstance(origins, str):
+            origins = [origins]
+        result = set()
+        for origin in origins:
+            if not isinstance(origin, str) or not origin:
+                raise ValueError(f"allowed_origins must be origin strings, got {origin!r}")
+            result.add(origin.rstrip("/").lower())
+        return frozenset(result)
+
+    def init_app(self, app):
+        """Register coda_ws's routes on ``app`` under ``url_prefix``.
+
+        For an application that runs its own server; the constructor calls
+        it for the app it is given. State lives in ``app.extensions["coda_ws"]``.
+        """
+        if app.extensions.get("coda_ws") not in (None, self):
+            raise RuntimeError("this Flask app already has a coda_ws server; one per app")
+        if app.extensions.get("coda_ws") is self:
+            return
+        bp = Blueprint("coda_ws", __name__, url_prefix=self.url_prefix or None)
+        bp.add_url_rule("/", "websocket", self._websocket_view, websocket=True)
+        bp.add_url_rule("/ws", "websocket_ws", self._websocket_view, websocket=True)
+        bp.add_url_rule("/", "index", self._index_view)
+        if self.url_prefix:
+            bp.add_url_rule("", "websocket_bare", self._websocket_view, websocket=True)
+        app.register_blueprint(bp)
+        app.extensions["coda_ws"] = self
+
+    @property
+    def app(self):
+        """The Flask app this server's routes live on."""
+        return self._app
+
+    @property
+    def url(self):
+        """The WebSocket URL clients connect to (``ws://host:port/prefix/ws``)."""
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}{self.url_prefix}/ws" if self.url_prefix else f"ws://{host}:{self.port}/"
+
+    @property
+    def http_url(self):
+        """The HTTP base URL (dashboard and HTTP endpoints)."""
+        base = self.url.replace("ws://", "http://", 1)
+        return base[: -len("ws")] if self.url_prefix else base
+
+    # -- the original's attributes --------------------------------------------
+
+    @property
+    def max_replay_events(self):
+        return self.bus.max_replay_events
+
+    @property
+    def sequence_number(self):
+        """The last seq stamped (0 before any event)."""
+        return self.bus.last_seq
+
+    @property
+    def replay_buffer(self):
+        """The replay buffer: the bus's list of event dicts, oldest first."""
+        return self.bus.replay
+
+    @replay_buffer.setter
+    def replay_buffer(self, events):
+        self.bus.replay = events
+
+    @property
+    def clients(self):
+        """A snapshot: client id -> :class:`~coda_ws.connection.Connection`."""
+        with self._clients_lock:
+            return dict(self._clients)
+
+    @property
+    def stats(self):
+        """Same as :meth:`get_stats`."""
+        return self.get_stats()
+
+    @property
+    def epoch(self):
+        return self.bus.epoch
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self):
+        """Bind and serve in a background thread; returns once the port is bound.
+
+        Idempotent. Raises ``OSError`` naming the address when it cannot bind
+        (``running`` stays False).
+        """
+        with self._lifecycle_lock:
+            if self.running:
+                return
+            listener = self._bind()
+            try:
+                httpd = make_server(
+                    self.host, self.port, self._wsgi, threaded=True,
+                    request_handler=_QuietRequestHandler, fd=listener.fileno(),
+                )
+            finally:
+                listener.close()  # Werkzeug serves a duplicate of it
+            self.port = httpd.port
+            self.server = httpd
+            self._stopping = False
+            self.bus.start()
+            thread = threading.Thread(
+                target=self._serve, args=(httpd,), name=f"coda-ws-http:{self.port}", daemon=True
+            )
+            self._serve_thread = thread
+            self.running = True
+            thread.start()
+            log.info("coda_ws serving on %s (epoch %s)", self.url, self.bus.epoch)
+
+    def _bind(self):
+        family = select_address_family(self.host, self.port)
+        try:
+            address = get_sockaddr(self.host, self.port, family)
+            listener = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(128)
+        except OSError as exc:
+            listener.close()
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        return listener
+
+    def _serve(self, httpd):
+        # Our own accept loop instead of serve_forever(): stop() wakes it at
+        # once by shutting the listening socket down, without a poll interval.
+        while not self._stopping:
+            httpd.handle_request()
+
+    def _wsgi(self, environ, start_response):
+        self._request_threads.add(threading.current_thread())
+        return self._app.wsgi_app(environ, start_response)
+
+    def stop(self, timeout=5.0):
+        """Close every client with 1001, stop serving, and join every thread.
+
+        Idempotent; returns within ``timeout`` seconds even when clients are
+        stalled (their sockets are shut down once the time is nearly up).
+        History, replay buffer, sequence and epoch are kept for a later
+        :meth:`start`.
+        """
+        with self._lifecycle_lock:
+            if not self.running:
+                return
+            deadline = time.monotonic() + timeout
+            self.running = False
+            self._stopping = True
+            httpd, self.server = self.server, None
+            with self._clients_lock:
+                connections = list(self._clients.values())
+            for conn in connections:
+                conn.request_close(CLOSE_GOING_AWAY, "server shutting down")
+            try:
+                httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+            except OSError:
+                pass
+            self._serve_thread.join(max(0.0, deadline - time.monotonic()))
+            # Healthy clients answer the close frame quickly; leave the last
+            # fifth of the time to force the stragglers.
+            grace = deadline - timeout / 5
+            for thread in list(self._request_threads):
+                thread.join(max(0.0, grace - time.monotonic()))
+            with self._clients_lock:
+                stragglers = list(self._clients.values())
+            for conn in stragglers:
+                conn.sock.shutdown()
+            for thread in list(self._request_threads):
+                thread.join(max(0.0, deadline - time.monotonic()))
+            httpd.server_close()
+            for callback in list(self._stop_callbacks):
+                try:
+                    callback()
+                except Exception:
+                    log.exception("stop callback %r failed", callback)
+            if self._owns_bus:
+                self.bus.close(max(0.0, deadline - time.monotonic()))
+            log.info("coda_ws stopped")
+
+    def add_stop_callback(self, callback):
+        """Call ``callback()`` when the server stops (helpers stop their threads)."""
+        self._stop_callbacks.append(callback)
+
+    def remove_stop_callback(self, callback):
+        with contextlib.suppress(ValueError):
+            self._stop_callbacks.remove(callback)
+
+    @contextlib.contextmanager
+    def run_context(self):
+        """Start on enter, stop on exit."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    # -- events -------------------------------------------------------------------
+
+    def emit(self, event_type, *, session_id=None, high_priority=None, **fields):
+        """Emit an event to every client (see :meth:`EventBus.emit`)."""
+        return self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **fields)
+
+    def broadcast_event(self, event_type, data, high_priority=False, session_id=None):
+        """The original's broadcast: ``data`` holds the fields.
+
+        Raises ``ValueError``/``TypeError`` (InvalidEventError) for an unknown
+        type or bad fields. Returns the event.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
+        return self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **data)
+
+    def send_to_client(self, client_id, event_type, data, session_id=None):
+        """Send an event to one client only (never replayed or resumed).
+
+        Returns False when no such client is connected.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
+        with self._clients_lock:
+            known = client_id in self._clients
+        if not known:
+            return False
+        self.bus.send_to(client_id, event_type, session_id=session_id, **data)
+        return True
+
+    def broadcast_system_info(self, info):
+        """``system_info`` with ``data=info``, high priority."""
+        return self.broadcast_event("system_info", {"data": info}, high_priority=True)
+
+    def broadcast_system_error(self, level, message, details=None):
+        """``system_error``, high priority."""
+        return self.broadcast_event(
+            "system_error", {"level": level, "message": message, "details": details}, high_priority=True
+        )
+
+    def broadcast_system_metrics(self, memory_mb, cpu_percent, gpu_vram_mb=None, uptime_seconds=0):
+        """``system_metrics``, not high priority."""
+        return self.broadcast_event(
+            "system_metrics",
+            {"memory_mb": memory_mb, "cpu_percent": cpu_percent, "gpu_vram_mb": gpu_vram_mb,
+             "uptime_seconds": uptime_seconds},
+        )
+
+    # -- handlers -----------------------------------------------------------------
+
+    def add_connect_handler(self, handler):
+        """Call ``handler(client_id)`` once when a client connects."""
+        self.on_connect_handlers.append(handler)
+
+    def add_disconnect_handler(self, handler):
+        """Call ``handler(client_id)`` once when a client disconnects."""
+        self.on_disconnect_handlers.append(handler)
+
+    def add_message_handler(self, handler):
+        """Call ``handler(client_id, data)`` for every JSON object a client sends
+        (except the protocol's own ``subscribe`` and ``ping``). Handlers run in
+        that client's writer thread: a slow handler delays only that client."""
+        self.on_message_handlers.append(handler)
+
+    def _run_handlers(self, handlers, *args):
+        for handler in list(handlers):
+            try:
+                handler(*args)
+            except Exception:
+                with self._clients_lock:
+                    self._totals["handler_errors"] += 1
+                log.exception("handler %r failed", handler)
+
+    # -- queries --------------------------------------------------------------------
+
+    def get_connected_clients(self):
+        """Ids of the connected clients."""
+        with self._clients_lock:
+            return list(self._clients)
+
+    def wait_for_clients(self, min_clients=1, timeout=30.0):
+        """Block until at least ``min_clients`` are connected; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._clients_changed:
+            while len(self._clients) < min_clients:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._clients_changed.wait(remaining)
+        return True
+
+    def get_stats(self):
+        """Counters: the original's keys plus drops, overflows and disconnects by reason."""
+        with self._clients_lock:
+            totals = dict(self._totals)
+            connections = list(self._clients.values())
+            disconnects = dict(self._disconnects)
+        bus = self.bus.stats()
+        return {
+            "total_connections": totals["total_connections"],
+            "current_connections": len(connections),
+            "events_sent": totals["events_sent"] + sum(c.frames_sent for c in connections),
+            "errors": totals["errors"] + sum(c.errors for c in connections),
+            "replay_buffer_size": bus["replay_buffer_size"],
+            "running": self.running,
+            "sequence_number": self.bus.last_seq,
+            "epoch": self.bus.epoch,
+            "events_emitted": bus["events_emitted"],
+            "events_dropped": bus["events_conflated"],
+            "overflows": bus["overflows"],
+            "history_events": bus["history_events"],
+            "invalid_messages": totals["invalid_messages"],
+            "handler_errors": totals["handler_errors"],
+            "rejected_handshakes": totals["rejected_handshakes"],
+            "disconnects": disconnects,
+        }
+
+    # -- HTTP views -------------------------------------------------------------------
+
+    def _index_view(self):
+        body = (
+            "<!doctype html><title>coda_ws</title>"
+            f"<h1>coda_ws {__version__}</h1>"
+            f"<p>Event stream: <code>{self.url}</code></p>"
+        )
+        return Response(body, mimetype="text/html")
+
+    # -- WebSocket ------------------------------------------------------------------
+
+    def _check_handshake(self, environ):
+        """Everything that can refuse a client, before the upgrade.
+
+        Returns the parsed options; raises _HandshakeError."""
+        if self._stopping:
+            raise _HandshakeError(503, "unavailable", "the server is shutting down")
+        if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13" or not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+            raise _HandshakeError(400, "bad_request", "not a WebSocket version 13 handshake")
+        self._check_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST", ""))
+        args = request.args
+        offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
+        v1 = V1_SUBPROTOCOL in offered
+        version = args.get("v")
+        if version is not None:
+            if version not in ("0", "1"):
+                raise _HandshakeError(400, "bad_request", f"unsupported protocol version v={version!r} (use v=1)")
+            v1 = v1 or version == "1"
+        try:
+            event_filter = EventFilter(args.get("types"), args.get("session_id") or None)
+        except (TypeError, ValueError) as exc:
+            raise _HandshakeError(400, "bad_request", f"invalid types or session_id: {exc}") from None
+        since = args.get("since")
+        if since is not None:
+            if not since.isdigit() or len(since) > 18:
+                raise _HandshakeError(400, "bad_request", f"since must be a non-negative integer, got {since!r}")
+            since = int(since)
+            v1 = True
+        epoch = args.get("epoch") or None
+        if epoch is not None and since is None:
+            raise _HandshakeError(400, "bad_request", "epoch is only meaningful with since")
+        replay = args.get("replay", "1")
+        if replay not in ("0", "1"):
+            raise _HandshakeError(400, "bad_request", f"replay must be 0 or 1, got {replay!r}")
+        return {"v1": v1, "filter": event_filter, "since": since, "epoch": epoch, "replay": replay == "1"}
+
+    def _check_origin(self, origin, host_header):
+        """Browsers send Origin; allow local pages, our own host, and the configured origins."""
+        if origin is None or "*" in self.allowed_origins:
+            return
+        normalized = origin.rstrip("/").lower()
+        if normalized in self.allowed_origins:
+            return
+        try:
+            parts = urlsplit(normalized)
+            hostname = parts.hostname
+        except ValueError:
+            hostname = None
+        if hostname is not None:
+            if hostname in _LOCAL_HOSTS or parts.netloc == host_header.lower():
+                return
+            try:
+                if ipaddress.ip_address(hostname).is_loopback:
+                    return
+            except ValueError:
+                pass
+        raise _HandshakeError(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+
+    def _reserve_slot(self):
+        with self._clients_lock:
+            if len(self._clients) + self._reserved >= self.max_clients:
+                raise _HandshakeError(503, "too_many_clients", f"client limit reached ({self.max_clients})")
+            self._reserved += 1
+
+    def _websocket_view(self):
+        environ = request.environ
+        try:
+            options = self._check_handshake(environ)
+            self._reserve_slot()
+        except _HandshakeError as exc:
+            with self._clients_lock:
+                self._totals["rejected_handshakes"] += 1
+            log.info("refused WebSocket from %s: %s %s", request.remote_addr, exc.status, exc.message)
+            return _json_error(exc.status, exc.code, exc.message)
+        client_id = str(uuid.uuid4())
+        raw_sock = environ["werkzeug.socket"]
+        sock = GuardedSocket(raw_sock, write_timeout=self.ping_timeout)
+        conn = None
+        try:
+            conn = self._accept(environ, client_id, sock, options)
+        except Exception as exc:
+            with self._clients_lock:
+                self._reserved -= 1
+            log.warning("WebSocket handshake with %s failed: %s", request.remote_addr, exc)
+            sock.shutdown()
+            return Response(status=400)
+        try:
+            self._serve_client(conn)
+        except Exception:
+            log.exception("client %s: writer failed", client_id)
+            conn.disconnect_reason = conn.disconnect_reason or "internal_error"
+        finally:
+            self._finish(conn)
+        return Response(status=200)
+
+    def _accept(self, environ, client_id, sock, options):
+        threading.current_thread().name = f"coda-ws-client:{client_id[:8]}"
+        subscription = self.bus.subscribe(
+            types=options["filter"], since=options["since"], epoch=options["epoch"], reader_id=client_id
+        )
+        handshake_environ = dict(environ)
+        handshake_environ["werkzeug.socket"] = sock
+        # Decline permessage-deflate: compressing per connection costs 2.4-3.9x
+        # the CPU per message (DESIGN.md, traps), and events are small.
+        handshake_environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        try:
+            ws = simple_websocket.Server(
+                handshake_environ,
+                subprotocols=[V1_SUBPROTOCOL],
+                max_message_size=self.max_message_size,
+                thread_class=functools.partial(threading.Thread, name=f"coda-ws-reader:{client_id[:8]}", daemon=True),
+                event_class=lambda: subscription.wake,
+            )
+        except BaseException:
+            subscription.close()
+            raise
+        address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+        conn = Connection(client_id, ws, sock, subscription, address, environ.get("HTTP_USER_AGENT", ""),
+                          options["v1"])
+        self._post_initial_frames(conn, options)
+        with self._clients_lock:
+            self._reserved -= 1
+            self._clients[client_id] = conn
+            self._totals["total_connections"] += 1
+            self._clients_changed.notify_all()
+        log.info("client %s connected from %s (%s)", client_id, address, "v1" if conn.v1 else "legacy")
+        return conn
+
+    def _post_initial_frames(self, conn, options):
+        sub = conn.subscription
+        replay_frame = None
+        if sub.resume is None or not sub.resume.recovered:
+            if options["replay"] and (conn.v1 or sub.replay):
+                replay_frame = framing.text_frame(self.bus.replay_frame_json(sub.replay))
+        if conn.v1:
+            hello = {
+                "type": "hello", "protocol": 1, "server": SERVER_NAME, "client_id": conn.id,
+                "epoch": self.bus.epoch, "seq": sub.start_seq,
+                "replay": len(sub.replay) if replay_frame is not None else 0,
+            }
+            conn.post(framing.text_frame(encode_json(hello)))
+            if sub.resume is not None:
+                conn.post(framing.text_frame(encode_json(sub.resume.frame_dict())))
+        if replay_frame is not None:
+            conn.post(replay_frame)
+
+    def _serve_client(self, conn):
+        """The writer loop: runs in the connection's request thread until it ends."""
+        self._run_handlers(self.on_connect_handlers, conn.id)
+        ws, sock, sub, wake = conn.ws, conn.sock, conn.subscription, conn.wake
+        ping_interval, ping_timeout = self.ping_interval, self.ping_timeout
+        next_ping = time.monotonic() + ping_interval if ping_interval else None
+        ping_sent = None
+        while True:
+            wake.clear()  # clear first, then look at every source of work
+            inbox = ws.input_buffer
+            while inbox:
+                self._handle_message(conn, inbox.pop(0))
+            if conn._closing is not None:
+                self._close(conn, *conn._closing)
+                return
+            if sub.overflowed:
+                conn.disconnect_reason = "too_slow"
+                self._close(conn, CLOSE_TOO_SLOW, "client too slow: resume with since")
+                return
+            if not ws.connected:
+                self._note_reader_end(conn)
+                return
+            timeout = None
+            if next_ping is not None:
+                now = time.monotonic()
+                if ping_sent is not None and ws.pong_received:
+                    conn.last_rtt = now - ping_sent
+                    ping_sent = None
+                if ping_sent is not None and ping_timeout and now - ping_sent > ping_timeout:
+                    conn.disconnect_reason = "keepalive_timeout"
+                    self._close(conn, CLOSE_INTERNAL, "keepalive ping timeout")
+                    return
+                if now >= next_ping:
+                    ws.pong_received = False
+                    ping_sent = now
+                    next_ping = now + ping_interval
+                    conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
+                timeout = next_ping - now
+                if ping_sent is not None and ping_timeout:
+                    timeout = min(timeout, ping_sent + ping_timeout - now + 0.01)
+            frames = conn.take_outbox()
+            entries, position = sub.read()
+            if entries:
+                frames.extend(entry.frame for entry in entries)
+            if frames:
+                try:
+                    sock.send(frames[0] if len(frames) == 1 else b"".join(frames))
+                except WriteTimeout:
+                    conn.disconnect_reason = "write_timeout"
+                    sock.shutdown()
+                    return
+                except OSError:
+                    conn.disconnect_reason = conn.disconnect_reason or "connection_lost"
+                    sock.shutdown()
+                    return
+                conn.frames_sent += len(entries)
+                sub.delivered += len(entries)
+            sub.commit(position)
+            if position < self.bus.head and not sub.overflowed:
+                continue  # more is waiting: write it now, without sleeping
+            wake.wait(timeout)
+
+    def _close(self, conn, code, reason):
+        """Send a close frame, wait briefly for the client's reply, end the connection."""
+        conn.close_code = code
+        if conn.disconnect_reason is None:
+            conn.disconnect_reason = {CLOSE_GOING_AWAY: "server_shutdown"}.get(code, f"closed_{code}")
+        try:
+            # Frames already queued (a final error, a pong) go out before the close.
+            pending = conn.take_outbox()
+            if pending:
+                conn.sock.send(b"".join(pending))
+            conn.ws.close(code, reason)
+        except (OSError, simple_websocket.ConnectionClosed):
+            pass  # the client is already gone; nothing to tell it
+        else:
+            conn.ws.thread.join(2.0)  # the reader ends when the client's close reply arrives
+
+    def _note_reader_end(self, conn):
+        ws = conn.ws
+        if ws.max_message_size and ws.incoming_message_len > ws.max_message_size:
+            conn.disconnect_reason, conn.close_code = "message_too_big", CLOSE_TOO_BIG
+        elif ws.close_reason == 1005 or ws.close_reason is None:  # no close frame: the socket just ended
+            conn.disconnect_reason = "connection_lost"
+        else:
+            conn.disconnect_reason, conn.close_code = "client_closed", int(ws.close_reason)
+
+    def _finish(self, conn):
+        conn.sock.shutdown()  # Werkzeug would otherwise keep reading this socket
+        conn.ws.connected = False
+        conn.ws.thread.join(2.0)
+        conn.subscription.close()
+        reason = conn.disconnect_reason or "connection_lost"
+        with self._clients_lock:
+            self._clients.pop(conn.id, None)
+            self._totals["events_sent"] += conn.frames_sent
+            self._totals["errors"] += conn.errors
+            self._disconnects[reason] = self._disconnects.get(reason, 0) + 1
+            self._clients_changed.notify_all()
+        log.info("client %s disconnected (%s, code %s)", conn.id, reason, conn.close_code)
+        self._run_handlers(self.on_disconnect_handlers, conn.id)
+
+    def _handle_message(self, conn, message):
+        conn.messages_received += 1
+        if not isinstance(message, str):
+            self._reply_error(conn, "binary frames are not supported; send JSON text", code="bad_request")
+            return
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError):
+            self._reply_error(conn, "Invalid JSON format")
+            return
+        if not isinstance(data, dict):
+            self._reply_error(conn, f"expected a JSON object, got {type(data).__name__}", code="bad_request")
+            return
+        kind = data.get("type")
+        if kind == "ping":
+            reply = {"type": "pong", "seq": self.bus.last_seq, "id": data.get("id")}
+            try:
+                conn.post(framing.text_frame(encode_json(reply)))
+            except (TypeError, ValueError):
+                self._reply_error(conn, "ping id must be a JSON value", code="bad_request")
+        elif kind == "subscribe":
+            self._subscribe(conn, data)
+        else:
+            self._run_handlers(self.on_message_handlers, conn.id, data)
+
+    def _subscribe(self, conn, data):
+        types = data.get("types")
+        session_id = data.get("session_id")
+        try:
+            event_filter = EventFilter(types, session_id)
+        except (TypeError, ValueError) as exc:
+            self._reply_error(conn, f"invalid subscribe: {exc}", code="bad_request")
+            return
+        conn.subscription.set_filter(event_filter)
+        conn.post(framing.text_frame(encode_json({"type": "subscribed", **event_filter.describe()})))
+
+    def _reply_error(self, conn, message, code=None):
+        conn.errors += 1
+        with self._clients_lock:
+            self._totals["invalid_messages"] += 1
+        frame = {"type": "error", "message": message, "timestamp": time.time()}
+        if code is not None:
+            frame["code"] = code
+        conn.post(framing.text_frame(encode_json(frame)))
