@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import json
 import logging
+import pathlib
 import socket
 import threading
 import time
@@ -56,6 +57,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TOO_SLOW = 4008
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET = object()
 
 
@@ -204,10 +206,16 @@ class CodaWebSocketServer:
             raise RuntimeError("this Flask app already has a coda_ws server; one per app")
         if app.extensions.get("coda_ws") is self:
             return
-        bp = Blueprint("coda_ws", __name__, url_prefix=self.url_prefix or None)
+        bp = Blueprint(
+            "coda_ws", __name__, url_prefix=self.url_prefix or None,
+            static_folder=str(_STATIC_DIR), static_url_path="/static",
+        )
         bp.add_url_rule("/", "websocket", self._websocket_view, websocket=True)
         bp.add_url_rule("/ws", "websocket_ws", self._websocket_view, websocket=True)
-        bp.add_url_rule("/", "index", self._index_view)
+        bp.add_url_rule("/", "index", self._page_view("index.html"))
+        bp.add_url_rule("/debug", "debug", self._page_view("debug.html"))
+        bp.add_url_rule("/healthz", "healthz", self._healthz_view)
+        bp.add_url_rule("/turns", "turns", self._turns_view)
         if self.url_prefix:
             bp.add_url_rule("", "websocket_bare", self._websocket_view, websocket=True)
         app.register_blueprint(bp)
@@ -514,13 +522,31 @@ class CodaWebSocketServer:
 
     # -- HTTP views -------------------------------------------------------------------
 
-    def _index_view(self):
-        body = (
-            "<!doctype html><title>coda_ws</title>"
-            f"<h1>coda_ws {__version__}</h1>"
-            f"<p>Event stream: <code>{self.url}</code></p>"
-        )
-        return Response(body, mimetype="text/html")
+    def _page_view(self, name):
+        """A view serving one of the package's HTML pages (dashboard, debug)."""
+
+        def view():
+            path = _STATIC_DIR / name
+            if not path.is_file():
+                return _json_error(404, "not_found", f"{name} is not installed")
+            response = Response(path.read_bytes(), mimetype="text/html")
+            response.headers["Cache-Control"] = "no-cache"
+            return response
+
+        view.__name__ = f"page_{name.split('.')[0]}"
+        return view
+
+    def _healthz_view(self):
+        return Response('{"status":"ok"}', mimetype="application/json")
+
+    def _turns_view(self):
+        from .turns import turn_breakdown
+
+        limit = request.args.get("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            return _json_error(400, "bad_request", f"limit must be an integer from 1 to 1000, got {limit!r}")
+        events = [entry.to_dict() for entry in self.bus.history()]
+        return Response(encode_json(turn_breakdown(events, int(limit))), mimetype="application/json")
 
     # -- WebSocket ------------------------------------------------------------------
 
