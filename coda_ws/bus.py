@@ -635,27 +635,11 @@ class EventBus:
                     return
                 batch, self._queue = self._queue, collections.deque()
             entries = [self._make_entry(*item) for item in batch]
-            ring = self._ring
-            capacity = len(ring)
-            latest = self._latest_state
-            max_replay = self.max_replay_events
-            with self._lock:
-                replay = self._replay
-                for entry in entries:
-                    ring[entry.seq % capacity] = entry
-                    if entry.conflate_key is not None:
-                        latest[entry.conflate_key] = entry.seq
-                    if entry.high_priority:
-                        record = EventDict(entry.to_dict())
-                        record.wire = entry.data
-                        replay.append(record)
-                if len(replay) > max_replay:
-                    del replay[: len(replay) - max_replay]
-                self._head = head = entries[-1].seq
-                subscribers = self._subscribers
-            for sub in subscribers:
-                sub._check_lag(head)
-                sub.wake.set()
+            # Publish in chunks small enough that lag checks see every entry
+            # before the ring overwrites it (see Subscription._check_lag).
+            chunk = max(1, len(self._ring) - self.client_queue_size)
+            for start in range(0, len(entries), chunk):
+                self._publish_chunk(entries[start : start + chunk])
             for listener in self._listeners:
                 try:
                     listener(entries)
@@ -664,6 +648,29 @@ class EventBus:
                     log.exception("bus listener %r failed", listener)
         with self._dispatched:
             self._dispatched.notify_all()
+
+    def _publish_chunk(self, entries):
+        ring = self._ring
+        capacity = len(ring)
+        latest = self._latest_state
+        max_replay = self.max_replay_events
+        with self._lock:
+            replay = self._replay
+            for entry in entries:
+                ring[entry.seq % capacity] = entry
+                if entry.conflate_key is not None:
+                    latest[entry.conflate_key] = entry.seq
+                if entry.high_priority:
+                    record = EventDict(entry.to_dict())
+                    record.wire = entry.data
+                    replay.append(record)
+            if len(replay) > max_replay:
+                del replay[: len(replay) - max_replay]
+            self._head = head = entries[-1].seq
+            subscribers = self._subscribers
+        for sub in subscribers:
+            sub._check_lag(head)
+            sub.wake.set()
 
     @staticmethod
     def _make_entry(seq, timestamp, cls, session_id, values, body, high_priority, target):

@@ -56,6 +56,7 @@ class GuardedSocket:
         self._write_lock = threading.Lock()  # one writer at a time on this socket
         self.write_timeout = write_timeout
         self.closed = False
+        self.on_close = None  # called once the reader thread is done with the socket
         self.write_calls = 0  # system calls that wrote data (batching is visible here)
 
     def fileno(self):
@@ -107,7 +108,12 @@ class GuardedSocket:
             pass
 
     def close(self):
+        """Called by simple-websocket as the very last step of its reader thread."""
         self.closed = True
+        if self.on_close is not None:
+            # The reader may set its event *before* it marks the connection as
+            # closed; this wake-up comes after, so the writer cannot miss the end.
+            self.on_close()
 
 
 class Connection:

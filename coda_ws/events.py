@@ -578,6 +578,7 @@ def build_fields(cls, fields):
     """
     type_name = cls.event_type.value
     values = {}
+    missing = None
     for name, check, is_factory, default in cls._spec:
         if name in fields:
             value = fields.pop(name)
@@ -587,9 +588,7 @@ def build_fields(cls, fields):
                 exc.event_type, exc.field = type_name, name
                 raise
         elif default is dataclasses.MISSING:
-            raise InvalidEventError(
-                f"{type_name} is missing required field {name!r}", event_type=type_name, field=name
-            )
+            missing = missing or name
         else:
             values[name] = default() if is_factory else default
     if fields:
@@ -597,6 +596,7 @@ def build_fields(cls, fields):
             # The original sent system_info's extra keyword arguments inside data.
             values["data"] = {**values["data"], **fields}
         else:
+            # Reported before a missing field: a misspelt name causes both.
             allowed = ", ".join(name for name, *_ in cls._spec)
             extra = sorted(fields)
             raise InvalidEventError(
@@ -604,6 +604,8 @@ def build_fields(cls, fields):
                 event_type=type_name,
                 field=extra[0],
             )
+    if missing is not None:
+        raise InvalidEventError(f"{type_name} is missing required field {missing!r}", event_type=type_name, field=missing)
     return values
 
 

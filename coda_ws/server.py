@@ -346,6 +346,8 @@ class CodaWebSocketServer:
             if not self.running:
                 return
             deadline = time.monotonic() + timeout
+            # Clients that keep up get everything emitted before stop(), then 1001.
+            self.bus.flush(timeout / 5)
             self.running = False
             self._stopping = True
             httpd, self.server = self.server, None
@@ -649,6 +651,7 @@ class CodaWebSocketServer:
         subscription = self.bus.subscribe(
             types=options["filter"], since=options["since"], epoch=options["epoch"], reader_id=client_id
         )
+        sock.on_close = subscription.wake.set
         handshake_environ = dict(environ)
         handshake_environ["werkzeug.socket"] = sock
         # Decline permessage-deflate: compressing per connection costs 2.4-3.9x
@@ -707,9 +710,6 @@ class CodaWebSocketServer:
             inbox = ws.input_buffer
             while inbox:
                 self._handle_message(conn, inbox.pop(0))
-            if conn._closing is not None:
-                self._close(conn, *conn._closing)
-                return
             if sub.overflowed:
                 conn.disconnect_reason = "too_slow"
                 self._close(conn, CLOSE_TOO_SLOW, "client too slow: resume with since")
@@ -721,20 +721,21 @@ class CodaWebSocketServer:
             if next_ping is not None:
                 now = time.monotonic()
                 if ping_sent is not None and ws.pong_received:
-                    conn.last_rtt = now - ping_sent
+                    conn.last_rtt = now - ping_sent  # an upper bound: seen at the writer's next wake-up
                     ping_sent = None
-                if ping_sent is not None and ping_timeout and now - ping_sent > ping_timeout:
+                if ping_sent is not None and ping_timeout and now - ping_sent >= ping_timeout:
                     conn.disconnect_reason = "keepalive_timeout"
                     self._close(conn, CLOSE_INTERNAL, "keepalive ping timeout")
                     return
-                if now >= next_ping:
+                if now >= next_ping and (ping_sent is None or not ping_timeout):
                     ws.pong_received = False
                     ping_sent = now
                     next_ping = now + ping_interval
                     conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
-                timeout = next_ping - now
                 if ping_sent is not None and ping_timeout:
-                    timeout = min(timeout, ping_sent + ping_timeout - now + 0.01)
+                    timeout = ping_sent + ping_timeout - now  # no new ping while one is unanswered
+                else:
+                    timeout = next_ping - now
             frames = conn.take_outbox()
             entries, position = sub.read()
             if entries:
@@ -755,6 +756,10 @@ class CodaWebSocketServer:
             sub.commit(position)
             if position < self.bus.head and not sub.overflowed:
                 continue  # more is waiting: write it now, without sleeping
+            if conn._closing is not None:
+                # Everything emitted before the close request has been written.
+                self._close(conn, *conn._closing)
+                return
             wake.wait(timeout)
 
     def _close(self, conn, code, reason):
@@ -783,9 +788,14 @@ class CodaWebSocketServer:
             conn.disconnect_reason, conn.close_code = "client_closed", int(ws.close_reason)
 
     def _finish(self, conn):
-        conn.sock.shutdown()  # Werkzeug would otherwise keep reading this socket
+        reader = conn.ws.thread
+        if not conn.ws.connected:
+            # The reader is ending on its own (client close): it marks the
+            # connection closed *before* it writes its close reply, so let it finish.
+            reader.join(2.0)
         conn.ws.connected = False
-        conn.ws.thread.join(2.0)
+        conn.sock.shutdown()  # wakes the reader; Werkzeug would otherwise keep reading this socket
+        reader.join(2.0)
         conn.subscription.close()
         reason = conn.disconnect_reason or "connection_lost"
         with self._clients_lock:

@@ -1,0 +1,257 @@
+"""The ``coda-ws`` command (also ``python -m coda_ws``).
+
+Subcommands:
+
+* ``coda-ws demo``: serve on localhost:8765 and stream the scripted demo
+  conversation in a loop, with system metrics every few seconds, until Ctrl-C.
+* ``coda-ws serve``: serve a bare event stream until Ctrl-C.
+* the stream tools (``tail``, ``record``, ``play``) from :mod:`coda_ws.tools`.
+
+Every subcommand's ``func(args)`` returns the exit code (None means 0).
+Ctrl-C (SIGINT) and SIGTERM stop a running server cleanly: clients get the
+last events and a 1001 close, every thread is joined, and the exit code is 0.
+"""
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("coda_ws.cli")
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser():
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="coda-ws",
+        description="Coda's real-time event stream over WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    server_options = argparse.ArgumentParser(add_help=False)
+    server_options.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
+    server_options.add_argument("--port", type=_port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
+    server_options.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
+                                help="logging threshold (default: warning)")
+
+    demo = subparsers.add_parser(
+        "demo", parents=[server_options],
+        help="serve and stream a scripted Coda conversation in a loop",
+        description="Start a server and feed it the demo conversation in a loop with realistic timing "
+                    "(token streaming, TTS progress, system metrics) until Ctrl-C.",
+    )
+    demo.add_argument("--pace", type=_non_negative, default=1.0,
+                      help="scale of the pauses: 1 realistic, 0.5 twice as fast (default: 1)")
+    demo.add_argument("--metrics-interval", type=_positive, default=3.0,
+                      help="seconds between system_metrics events (default: 3)")
+    demo.add_argument("--iterations", type=_positive_int, default=None,
+                      help="stop after this many conversations (default: run until Ctrl-C)")
+    demo.set_defaults(func=run_demo_command)
+
+    serve = subparsers.add_parser(
+        "serve", parents=[server_options],
+        help="serve a bare event stream until Ctrl-C",
+        description="Start a server with no event source of its own and run until Ctrl-C.",
+    )
+    serve.set_defaults(func=run_serve_command)
+
+    from .tools import add_tool_commands
+
+    add_tool_commands(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``coda-ws`` command line; returns the exit code.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    level = getattr(args, "log_level", None)
+    if level is not None:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    result = func(args)
+    return 0 if result is None else int(result)
+
+
+# -- subcommands -------------------------------------------------------------------
+
+
+def run_serve_command(args):
+    """``coda-ws serve``: a bare server until Ctrl-C or SIGTERM."""
+    server = _start_server(args)
+    if server is None:
+        return 1
+    _say(f"coda-ws {__version__} serving on {server.url}")
+    _print_watch_hints(server)
+    _say("Press Ctrl-C to stop.")
+    try:
+        with _interruptible():
+            threading.Event().wait()  # until Ctrl-C or SIGTERM raises KeyboardInterrupt
+    except KeyboardInterrupt:
+        _say("Stopping...")
+    finally:
+        with _ignoring_interrupts():
+            server.stop()
+    _say("Stopped.")
+    return 0
+
+
+def run_demo_command(args):
+    """``coda-ws demo``: the demo conversation in a loop until Ctrl-C or SIGTERM."""
+    from .demo import DEMO_CONFIG, DEMO_VERSION, run_demo_loop, wait_for_delivery
+    from .integration import CodaWebSocketIntegration
+    from .perf import WebSocketPerfIntegration
+
+    server = _start_server(args)
+    if server is None:
+        return 1
+    integration = CodaWebSocketIntegration(server)
+    perf = WebSocketPerfIntegration(server, metrics_interval=args.metrics_interval)
+    stop_event = threading.Event()
+    failure = []
+
+    def feed():
+        try:
+            run_demo_loop(integration, perf, pace=args.pace, stop_event=stop_event, iterations=args.iterations)
+        except Exception as exc:  # report it in the main thread and exit 1
+            log.exception("the demo loop failed")
+            failure.append(exc)
+
+    worker = threading.Thread(target=feed, name="coda-ws-demo", daemon=True)
+    _say(f"coda-ws {__version__} demo: streaming a scripted Coda conversation on {server.url}")
+    _print_watch_hints(server)
+    _say("Press Ctrl-C to stop.")
+    try:
+        with _interruptible():
+            integration.system_startup(DEMO_VERSION, DEMO_CONFIG)
+            perf.start()
+            worker.start()
+            worker.join()  # interruptible: Ctrl-C raises KeyboardInterrupt here
+    except KeyboardInterrupt:
+        _say("Stopping...")
+    finally:
+        with _ignoring_interrupts():
+            stop_event.set()
+            if worker.ident is not None:
+                worker.join(5.0)
+            perf.stop()
+            integration.system_shutdown()
+            wait_for_delivery(server, 1.0)
+            server.stop()
+    _say("Stopped.")
+    return 1 if failure else 0
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _start_server(args):
+    from .server import CodaWebSocketServer
+
+    server = CodaWebSocketServer(host=args.host, port=args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"coda-ws: {exc}", file=sys.stderr)
+        return None
+    return server
+
+
+def _print_watch_hints(server):
+    _say(f"  watch it:   wscat -c {server.url.rstrip('/')}")
+    _say(f"  dashboard:  {server.http_url}")
+
+
+def _say(text):
+    print(text, flush=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread.
+
+    Installed explicitly because a process started in the background by a
+    non-interactive shell inherits SIGINT ignored; restored on exit. Off the
+    main thread (``main()`` called from a test's thread) signals are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts():
+    """Ignore SIGINT and SIGTERM while shutting down (every step is bounded
+    by its own timeout), so a second Ctrl-C cannot leave threads behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535, got {value}")
+    return value
+
+
+def _non_negative(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive(text):
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
