@@ -48,11 +48,15 @@ from .events import (  # noqa: E402
     validate_event,
 )
 from .filters import EventFilter  # noqa: E402
+from .integration import CodaWebSocketIntegration  # noqa: E402
+from .perf import WebSocketPerfIntegration  # noqa: E402
 from .server import CodaWebSocketServer  # noqa: E402
 
 __all__ = [
     "__version__",
     "CodaWebSocketServer",
+    "CodaWebSocketIntegration",
+    "WebSocketPerfIntegration",
     "EventBus",
     "Subscription",
     "EventFilter",

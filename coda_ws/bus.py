@@ -36,6 +36,7 @@ Bounds and policies (principle 5):
 """
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -67,29 +68,34 @@ class Entry:
 
     Attributes:
         seq, timestamp, type, session_id: the envelope.
-        data: the event's wire JSON (UTF-8 bytes).
-        frame: ``data`` framed as a WebSocket text message.
+        frame: the event framed as a WebSocket text message (the bytes every
+            writer sends); :attr:`data` is its JSON payload.
         high_priority: kept in the replay buffer.
         conflate_key: ``(type, session_id)`` for conflatable state, else None.
-        target: a client id for ``send_to_client`` events (delivered to that
-            client only, never replayed or resumed), else None.
+        target: a client id for ``send_to`` events (delivered to that client
+            only, never replayed or resumed), else None.
     """
 
     __slots__ = (
         "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
-        "data", "frame", "cls", "values",
+        "frame", "offset", "cls",
     )
+
+    @property
+    def data(self):
+        """The event's wire JSON (UTF-8 bytes)."""
+        return self.frame[self.offset :]
 
     def to_dict(self):
         """The event as a wire-ordered dict."""
-        return {
-            "version": "1.0", "seq": self.seq, "timestamp": self.timestamp, "type": self.type,
-            "session_id": self.session_id, **self.values,
-        }
+        return json.loads(self.frame[self.offset :])
 
     def event(self):
         """The event as its dataclass."""
-        return self.cls(seq=self.seq, timestamp=self.timestamp, session_id=self.session_id, **self.values)
+        fields = self.to_dict()
+        for key in ("version", "type"):
+            del fields[key]
+        return self.cls(**fields)
 
     def __repr__(self):
         return f"<Entry seq={self.seq} type={self.type}>"
@@ -218,6 +224,7 @@ class Subscription:
                 if not self._gap_was_state_only(seq, seq + 1):
                     self._overflow("history overwritten before delivery")
                     return [], cursor
+                self.conflated += 1
                 seq += 1
                 continue
             seq += 1
@@ -634,12 +641,14 @@ class EventBus:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, collections.deque()
-            entries = [self._make_entry(*item) for item in batch]
+            made = [self._make_entry(*item) for item in batch]
+            entries = [entry for entry, _ in made]
+            records = {entry.seq: record for entry, record in made if record is not None}
             # Publish in chunks small enough that lag checks see every entry
             # before the ring overwrites it (see Subscription._check_lag).
             chunk = max(1, len(self._ring) - self.client_queue_size)
             for start in range(0, len(entries), chunk):
-                self._publish_chunk(entries[start : start + chunk])
+                self._publish_chunk(entries[start : start + chunk], records)
             for listener in self._listeners:
                 try:
                     listener(entries)
@@ -649,7 +658,7 @@ class EventBus:
         with self._dispatched:
             self._dispatched.notify_all()
 
-    def _publish_chunk(self, entries):
+    def _publish_chunk(self, entries, records):
         ring = self._ring
         capacity = len(ring)
         latest = self._latest_state
@@ -661,9 +670,7 @@ class EventBus:
                 if entry.conflate_key is not None:
                     latest[entry.conflate_key] = entry.seq
                 if entry.high_priority:
-                    record = EventDict(entry.to_dict())
-                    record.wire = entry.data
-                    replay.append(record)
+                    replay.append(records[entry.seq])
             if len(replay) > max_replay:
                 del replay[: len(replay) - max_replay]
             self._head = head = entries[-1].seq
@@ -683,16 +690,22 @@ class EventBus:
         entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
         entry.target = target
         entry.cls = cls
-        entry.values = values
-        envelope = b'{"version":"1.0","seq":%d,"timestamp":%s,"type":"%s","session_id":%s' % (
+        payload = b'{"version":"1.0","seq":%d,"timestamp":%s,"type":"%s","session_id":%s%s' % (
             seq,
             repr(timestamp).encode(),
             type_name.encode(),
             b"null" if session_id is None else encode_json(session_id).encode("utf-8"),
+            b"," + body[1:] if len(body) > 2 else b"}",
         )
-        entry.data = envelope + (b"," + body[1:] if len(body) > 2 else b"}")
-        entry.frame = framing.text_frame(entry.data)
-        return entry
+        entry.frame = framing.text_frame(payload)
+        entry.offset = len(entry.frame) - len(payload)
+        if entry.high_priority:
+            record = EventDict(
+                version="1.0", seq=seq, timestamp=timestamp, type=type_name, session_id=session_id, **values
+            )
+            record.wire = payload
+            return entry, record
+        return entry, None
 
     def flush(self, timeout=None):
         """Wait until every event emitted before this call is dispatched.

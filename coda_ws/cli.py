@@ -97,11 +97,11 @@ def run_serve_command(args):
     server = _start_server(args)
     if server is None:
         return 1
-    _say(f"coda-ws {__version__} serving on {server.url}")
-    _print_watch_hints(server)
-    _say("Press Ctrl-C to stop.")
     try:
         with _interruptible():
+            _say(f"coda-ws {__version__} serving on {server.url}")
+            _print_watch_hints(server)
+            _say("Press Ctrl-C to stop.")
             threading.Event().wait()  # until Ctrl-C or SIGTERM raises KeyboardInterrupt
     except KeyboardInterrupt:
         _say("Stopping...")
@@ -114,7 +114,7 @@ def run_serve_command(args):
 
 def run_demo_command(args):
     """``coda-ws demo``: the demo conversation in a loop until Ctrl-C or SIGTERM."""
-    from .demo import DEMO_CONFIG, DEMO_VERSION, run_demo_loop, wait_for_delivery
+    from .demo import DEMO_CONFIG, DEMO_VERSION, run_demo_loop
     from .integration import CodaWebSocketIntegration
     from .perf import WebSocketPerfIntegration
 
@@ -134,14 +134,15 @@ def run_demo_command(args):
             failure.append(exc)
 
     worker = threading.Thread(target=feed, name="coda-ws-demo", daemon=True)
-    _say(f"coda-ws {__version__} demo: streaming a scripted Coda conversation on {server.url}")
-    _print_watch_hints(server)
-    _say("Press Ctrl-C to stop.")
     try:
         with _interruptible():
+            # Startup first: every client, however early, finds it in the replay frame.
             integration.system_startup(DEMO_VERSION, DEMO_CONFIG)
             perf.start()
             worker.start()
+            _say(f"coda-ws {__version__} demo: streaming a scripted Coda conversation on {server.url}")
+            _print_watch_hints(server)
+            _say("Press Ctrl-C to stop.")
             worker.join()  # interruptible: Ctrl-C raises KeyboardInterrupt here
     except KeyboardInterrupt:
         _say("Stopping...")
@@ -152,8 +153,7 @@ def run_demo_command(args):
                 worker.join(5.0)
             perf.stop()
             integration.system_shutdown()
-            wait_for_delivery(server, 1.0)
-            server.stop()
+            server.stop()  # clients get every event emitted before it, then 1001
     _say("Stopped.")
     return 1 if failure else 0
 

@@ -7,10 +7,14 @@ public helpers (:class:`~coda_ws.integration.CodaWebSocketIntegration`,
 
 Pacing: every pause is ``seconds * pace`` spent waiting on ``stop_event``, so
 ``pace=1.0`` runs at a voice assistant's speed (one conversation takes about
-six seconds), ``pace=0.1`` ten times faster and ``pace=0`` as fast as
-possible (for tests). Setting ``stop_event`` ends any run at the next step:
-the ``run_*`` functions then return early (False, or the count so far) and
-never raise because of it. Nothing here calls ``time.sleep``.
+five seconds), ``pace=0.1`` ten times faster and ``pace=0`` as fast as
+possible (for tests); a negative or non-numeric ``pace`` raises
+``ValueError``. Setting ``stop_event`` ends any run at its next step: the
+``run_*`` functions then return early (False, or the count so far) and never
+raise because of it. Nothing here calls ``time.sleep``.
+
+The functions run in the caller's thread; run them in a thread of your own
+to keep serving meanwhile (``coda-ws demo`` does).
 """
 
 import itertools
@@ -22,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Tuple
 
+from .perf import WebSocketPerfIntegration
+
 __all__ = [
     "DEMO_VERSION",
     "DEMO_CONFIG",
@@ -32,7 +38,6 @@ __all__ = [
     "run_demo_performance",
     "run_demo",
     "run_demo_loop",
-    "wait_for_delivery",
 ]
 
 log = logging.getLogger("coda_ws.demo")
@@ -324,8 +329,6 @@ def run_demo(integration, perf=None, pace=1.0, stop_event=None, connect_wait=5.0
     ``system_shutdown`` is emitted; the caller decides).
     """
     if perf is None:
-        from .perf import WebSocketPerfIntegration
-
         perf = WebSocketPerfIntegration(integration.server, metrics_interval=3.0)
     wait = _Pacer(pace, stop_event)
     try:
@@ -359,7 +362,9 @@ def run_demo_loop(integration, perf=None, pace=1.0, stop_event=None, iterations=
     caller's job, as are ``system_startup`` and ``system_shutdown``.
 
     Args:
+        integration, perf, pace, stop_event: as for :func:`run_demo_conversation`.
         iterations: how many conversations (None: until ``stop_event`` is set).
+        pause: seconds between conversations (times ``pace``).
 
     Returns:
         How many conversations ran to their end.
@@ -391,38 +396,3 @@ def run_demo_loop(integration, perf=None, pace=1.0, stop_event=None, iterations=
     except _Stopped:
         pass
     return done
-
-
-def wait_for_delivery(server, timeout=2.0):
-    """Block until every connected client has been sent every event emitted
-    so far, or ``timeout`` seconds pass; True when delivered.
-
-    Call it before ``server.stop()`` when the last events matter (a final
-    ``system_shutdown``): ``stop()`` closes clients with 1001 at once, and
-    events still waiting for a client's writer are not sent to it (a
-    resuming client finds them in the history). Objects without ``bus`` and
-    ``clients`` (a bare bus, a remote emitter) return True at once. Nothing
-    signals per-client delivery, so this checks every 10 ms until the
-    deadline.
-    """
-    bus = getattr(server, "bus", None)
-    if bus is None or not hasattr(server, "clients"):
-        return True
-    deadline = time.monotonic() + timeout
-    target = bus.last_seq
-    if not bus.flush(timeout):
-        return False
-    idle = threading.Event()  # never set: a deadline-bounded pause between checks
-    while True:
-        behind = [
-            conn for conn in server.clients.values()
-            if conn.subscription.cursor < target and not conn.subscription.closed
-            and not conn.subscription.overflowed
-        ]
-        if not behind:
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            log.debug("%d client(s) still behind seq %d after %.1f s", len(behind), target, timeout)
-            return False
-        idle.wait(min(0.01, remaining))

@@ -18,9 +18,11 @@ Two jobs, both thread-safe:
 
 CPU percent: psutil's first ``cpu_percent()`` of a process is a meaningless
 0.0 and asking for a real one blocks for an interval. Here every report is
-the process's CPU time over the wall time since the previous report; the
-first one compares with the process's start, so it is the average since the
-process began, a real value. 100 means one core fully busy (like ``top``).
+the process's CPU time (user + system) over the wall time since the previous
+report (at least 0.1 s: shorter spans are clock-tick noise); the first one
+measures from the process's start, so it is the average since the process
+began, a real value, without blocking. 100 means one core fully busy (like
+``top``); a multi-threaded process can exceed it.
 """
 
 import collections

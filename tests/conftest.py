@@ -45,7 +45,7 @@ def wait_for(condition, timeout=TIMEOUT, message="condition"):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
+            raise AssertionError(f"timed out waiting for {message() if callable(message) else message}")
         time.sleep(0.005)
 
 
