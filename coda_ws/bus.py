@@ -47,7 +47,7 @@ from .errors import InvalidEventError
 from .events import _check_session_id, build_fields, encode_fields, encode_json, event_class
 from .filters import EventFilter
 
-__all__ = ["EventBus", "Subscription", "Entry", "EventDict", "ResumeResult", "CONFLATE_BACKLOG"]
+__all__ = ["EventBus", "Subscription", "Entry", "EventDict", "ResumeResult", "CONFLATE_BACKLOG", "redact_event"]
 
 log = logging.getLogger("coda_ws.bus")
 
@@ -78,8 +78,22 @@ class Entry:
 
     __slots__ = (
         "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
-        "frame", "offset", "cls",
+        "frame", "offset", "cls", "_redacted",
     )
+
+    def redacted_frame(self):
+        """The frame for readers without ``read:content``: content fields set
+        to null and ``"redacted": true``. Built once per event, on first use
+        (two writers racing build identical bytes); events without content
+        fields share their normal frame."""
+        frame = self._redacted
+        if frame is None:
+            if self.cls.content_fields:
+                frame = framing.text_frame(encode_json(redact_event(self.to_dict())))
+            else:
+                frame = self.frame
+            self._redacted = frame
+        return frame
 
     @property
     def data(self):
@@ -99,6 +113,23 @@ class Entry:
 
     def __repr__(self):
         return f"<Entry seq={self.seq} type={self.type}>"
+
+
+def redact_event(event):
+    """A copy of an event dict with its content fields set to None and
+    ``"redacted": True``; None for a dict whose type is unknown (its content
+    cannot be told apart, so a read-only reader must not get it)."""
+    type_name = event.get("type")
+    try:
+        content = event_class(type_name).content_fields
+    except InvalidEventError:
+        return None
+    redacted = dict(event)
+    for name in content:
+        if name in redacted:
+            redacted[name] = None
+    redacted["redacted"] = True
+    return redacted
 
 
 class ResumeResult:
@@ -690,6 +721,7 @@ class EventBus:
         entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
         entry.target = target
         entry.cls = cls
+        entry._redacted = None
         payload = b'{"version":"1.0","seq":%d,"timestamp":%s,"type":"%s","session_id":%s%s' % (
             seq,
             repr(timestamp).encode(),

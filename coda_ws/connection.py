@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 
-__all__ = ["GuardedSocket", "WriteTimeout", "Connection"]
+__all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter"]
 
 log = logging.getLogger("coda_ws.server")
 
@@ -116,6 +116,32 @@ class GuardedSocket:
             self.on_close()
 
 
+class RateLimiter:
+    """A token bucket: ``rate`` frames per second on average, ``burst`` at once.
+
+    Used by one thread (the connection's writer); not thread-safe.
+    """
+
+    def __init__(self, rate, burst):
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self.refused = 0  # frames refused since the client was last within its rate
+
+    def allow(self):
+        """Take a token; False when the client is over its rate."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+
 class Connection:
     """A connected client, as the server sees it.
 
@@ -128,7 +154,7 @@ class Connection:
         subscription: its position in the stream and its filter.
     """
 
-    def __init__(self, client_id, ws, sock, subscription, address, user_agent, v1):
+    def __init__(self, client_id, ws, sock, subscription, address, user_agent, v1, scopes, rate_limit):
         self.id = client_id
         self.ws = ws
         self.sock = sock
@@ -136,6 +162,9 @@ class Connection:
         self.address = address
         self.user_agent = user_agent
         self.v1 = v1
+        self.scopes = scopes
+        self.redact = "read:content" not in scopes  # content fields go out as null
+        self.rate = RateLimiter(rate_limit, burst=2 * rate_limit)
         self.connected_at = time.time()
         self.frames_sent = 0  # event frames
         self.messages_received = 0
@@ -176,6 +205,7 @@ class Connection:
             "address": self.address,
             "user_agent": self.user_agent,
             "protocol": 1 if self.v1 else 0,
+            "scopes": sorted(self.scopes),
             "filters": sub.filter.describe(),
             "cursor": sub.cursor,
             "lag": sub.lag,

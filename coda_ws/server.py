@@ -17,7 +17,6 @@ Threads (principle 7), all named and all joined by :meth:`stop`:
 
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import pathlib
@@ -26,16 +25,16 @@ import threading
 import time
 import uuid
 import weakref
-from urllib.parse import urlsplit
 
 import simple_websocket
 from flask import Blueprint, Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 
 from . import __version__, framing
-from .bus import EventBus
+from .auth import Authenticator, OriginPolicy, bearer_token, is_loopback_host
+from .bus import EventBus, redact_event
 from .connection import Connection, GuardedSocket, WriteTimeout
-from .errors import ServerNotRunningError
+from .errors import CodaWSError, ServerNotRunningError
 from .events import encode_json
 from .filters import EventFilter
 
@@ -56,7 +55,6 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TOO_SLOW = 4008
 
-_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET = object()
 
@@ -106,6 +104,17 @@ class CodaWebSocketServer:
         max_clients: concurrent clients (default 256; beyond: HTTP 503).
         allowed_origins: browser origins allowed besides the local defaults
             (``"*"`` allows every origin).
+        auth: ``None`` (no tokens), ``{token: scopes}`` or a callable
+            ``token -> scopes or None`` (see :mod:`coda_ws.auth`); tokens in
+            the ``CODA_WS_TOKENS`` environment variable are added.
+        insecure: allow binding a non-loopback address without auth (logged
+            as a warning); refused otherwise.
+        rate_limit: client frames per second a client may send on average
+            (default 20, bursts of ``2 * rate_limit``); excess frames get an
+            ``error`` frame with code ``rate_limited``, and a client that keeps
+            going is closed with 1008.
+        handshake_timeout: seconds a client may take to send its HTTP request
+            (default 10): slow handshakes cannot hold threads.
         bus: an existing :class:`EventBus` to serve (default: a new one).
 
     All public methods are thread-safe. Event methods (``emit``,
@@ -128,6 +137,10 @@ class CodaWebSocketServer:
         max_message_size=64 * 1024,
         max_clients=256,
         allowed_origins=None,
+        auth=None,
+        insecure=False,
+        rate_limit=20,
+        handshake_timeout=10.0,
         bus=None,
     ):
         if not isinstance(host, str) or not host:
@@ -137,6 +150,9 @@ class CodaWebSocketServer:
         for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be a non-negative number of seconds or None, got {value!r}")
+        for name, value in (("rate_limit", rate_limit), ("handshake_timeout", handshake_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         for name, value in (("max_message_size", max_message_size), ("max_clients", max_clients)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -153,7 +169,12 @@ class CodaWebSocketServer:
         self.max_message_size = max_message_size
         self.max_clients = max_clients
         self.url_prefix = url_prefix.rstrip("/")
-        self.allowed_origins = self._parse_origins(allowed_origins)
+        self.origin_policy = OriginPolicy(allowed_origins)
+        self.allowed_origins = self.origin_policy.allowed
+        self.authenticator = Authenticator(auth)
+        self.insecure = bool(insecure)
+        self.rate_limit = float(rate_limit)
+        self.handshake_timeout = float(handshake_timeout)
         self.bus = bus if bus is not None else EventBus(max_replay_events, history_size, client_queue_size)
         self._owns_bus = bus is None
 
@@ -169,7 +190,7 @@ class CodaWebSocketServer:
         self._clients = {}
         self._reserved = 0  # handshakes in progress, counted against max_clients
         self._totals = {"total_connections": 0, "events_sent": 0, "errors": 0, "invalid_messages": 0,
-                        "handler_errors": 0, "rejected_handshakes": 0}
+                        "handler_errors": 0, "rejected_handshakes": 0, "rate_limited": 0}
         self._disconnects = {}
         self._request_threads = weakref.WeakSet()  # every thread that ran a request
         self._lifecycle_lock = threading.Lock()
@@ -182,19 +203,6 @@ class CodaWebSocketServer:
         self.init_app(self._app)
 
     # -- configuration --------------------------------------------------------
-
-    @staticmethod
-    def _parse_origins(origins):
-        if origins is None:
-            return frozenset()
-        if isinstance(origins, str):
-            origins = [origins]
-        result = set()
-        for origin in origins:
-            if not isinstance(origin, str) or not origin:
-                raise ValueError(f"allowed_origins must be origin strings, got {origin!r}")
-            result.add(origin.rstrip("/").lower())
-        return frozenset(result)
 
     def init_app(self, app):
         """Register coda_ws's routes on ``app`` under ``url_prefix``.
@@ -288,11 +296,12 @@ class CodaWebSocketServer:
         with self._lifecycle_lock:
             if self.running:
                 return
+            self._check_exposure()
             listener = self._bind()
             try:
                 httpd = make_server(
                     self.host, self.port, self._wsgi, threaded=True,
-                    request_handler=_QuietRequestHandler, fd=listener.fileno(),
+                    request_handler=self._request_handler(), fd=listener.fileno(),
                 )
             finally:
                 listener.close()  # Werkzeug serves a duplicate of it
@@ -307,6 +316,24 @@ class CodaWebSocketServer:
             self.running = True
             thread.start()
             log.info("coda_ws serving on %s (epoch %s)", self.url, self.bus.epoch)
+
+    def _check_exposure(self):
+        """Refuse to serve a non-loopback address without tokens (principle 9)."""
+        if is_loopback_host(self.host) or self.authenticator.enabled:
+            return
+        if not self.insecure:
+            raise CodaWSError(
+                f"refusing to serve {self.host}:{self.port} without authentication: anyone who can reach it "
+                "could read what the user says. Configure tokens (auth={'TOKEN': ['read']}, the CODA_WS_TOKENS "
+                "environment variable, or `coda-ws serve --token-file FILE`; `coda-ws token new` makes one), "
+                "bind to localhost, or pass insecure=True to accept the risk."
+            )
+        log.warning("serving %s:%s without authentication (insecure=True): every client can read every event",
+                    self.host, self.port)
+
+    def _request_handler(self):
+        """Werkzeug's request handler with a deadline for reading requests (slowloris)."""
+        return type("CodaRequestHandler", (_QuietRequestHandler,), {"timeout": self.handshake_timeout})
 
     def _bind(self):
         family = select_address_family(self.host, self.port)
@@ -519,6 +546,7 @@ class CodaWebSocketServer:
             "invalid_messages": totals["invalid_messages"],
             "handler_errors": totals["handler_errors"],
             "rejected_handshakes": totals["rejected_handshakes"],
+            "rate_limited": totals["rate_limited"],
             "disconnects": disconnects,
         }
 
@@ -560,8 +588,18 @@ class CodaWebSocketServer:
             raise _HandshakeError(503, "unavailable", "the server is shutting down")
         if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13" or not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
             raise _HandshakeError(400, "bad_request", "not a WebSocket version 13 handshake")
-        self._check_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST", ""))
+        if not self.origin_policy.allows(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST", "")):
+            raise _HandshakeError(403, "forbidden_origin", f"origin {environ.get('HTTP_ORIGIN')!r} is not allowed")
         args = request.args
+        if "token" in args or "access_token" in args:
+            raise _HandshakeError(
+                400, "bad_request",
+                "tokens are not accepted in the query string; send 'Authorization: Bearer TOKEN' "
+                "or the subprotocol coda-ws.bearer.TOKEN",
+            )
+        scopes = self._scopes(environ)
+        if "read" not in scopes:
+            raise _HandshakeError(403, "forbidden", "this token does not have the 'read' scope")
         offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
         v1 = V1_SUBPROTOCOL in offered
         version = args.get("v")
@@ -585,29 +623,37 @@ class CodaWebSocketServer:
         replay = args.get("replay", "1")
         if replay not in ("0", "1"):
             raise _HandshakeError(400, "bad_request", f"replay must be 0 or 1, got {replay!r}")
-        return {"v1": v1, "filter": event_filter, "since": since, "epoch": epoch, "replay": replay == "1"}
+        return {"v1": v1, "filter": event_filter, "since": since, "epoch": epoch, "replay": replay == "1",
+                "scopes": scopes}
 
-    def _check_origin(self, origin, host_header):
-        """Browsers send Origin; allow local pages, our own host, and the configured origins."""
-        if origin is None or "*" in self.allowed_origins:
-            return
-        normalized = origin.rstrip("/").lower()
-        if normalized in self.allowed_origins:
-            return
+    def _scopes(self, environ):
+        """The scopes of the request's token; raises _HandshakeError 401 when auth is on and the
+        token is missing or unknown. Never logs the token."""
+        if not self.authenticator.enabled:
+            return self.authenticator.scopes_for(None)
+        token = bearer_token(environ)
+        if token is None:
+            raise _HandshakeError(401, "unauthorized", "a token is required: 'Authorization: Bearer TOKEN'")
+        scopes = self.authenticator.scopes_for(token)
+        if scopes is None:
+            raise _HandshakeError(401, "unauthorized", "unknown or invalid token")
+        return scopes
+
+    def http_auth(self, scope):
+        """For HTTP views: None when the request may use ``scope``, else the
+        401/403 JSON response to return. Without auth, ``publish`` is allowed
+        from loopback only and everything else is allowed."""
+        if not self.authenticator.enabled:
+            if scope == "publish" and not is_loopback_host(request.remote_addr or ""):
+                return _json_error(403, "forbidden", "publishing is only allowed from loopback when auth is off")
+            return None
         try:
-            parts = urlsplit(normalized)
-            hostname = parts.hostname
-        except ValueError:
-            hostname = None
-        if hostname is not None:
-            if hostname in _LOCAL_HOSTS or parts.netloc == host_header.lower():
-                return
-            try:
-                if ipaddress.ip_address(hostname).is_loopback:
-                    return
-            except ValueError:
-                pass
-        raise _HandshakeError(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+            scopes = self._scopes(request.environ)
+        except _HandshakeError as exc:
+            return _json_error(exc.status, exc.code, exc.message)
+        if scope not in scopes:
+            return _json_error(403, "forbidden", f"this token does not have the {scope!r} scope")
+        return None
 
     def _reserve_slot(self):
         with self._clients_lock:
@@ -627,6 +673,7 @@ class CodaWebSocketServer:
             return _json_error(exc.status, exc.code, exc.message)
         client_id = str(uuid.uuid4())
         raw_sock = environ["werkzeug.socket"]
+        raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
         sock = GuardedSocket(raw_sock, write_timeout=self.ping_timeout)
         conn = None
         try:
@@ -670,7 +717,7 @@ class CodaWebSocketServer:
             raise
         address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
         conn = Connection(client_id, ws, sock, subscription, address, environ.get("HTTP_USER_AGENT", ""),
-                          options["v1"])
+                          options["v1"], options["scopes"], self.rate_limit)
         self._post_initial_frames(conn, options)
         with self._clients_lock:
             self._reserved -= 1
@@ -682,15 +729,18 @@ class CodaWebSocketServer:
 
     def _post_initial_frames(self, conn, options):
         sub = conn.subscription
+        replay = sub.replay
+        if conn.redact:
+            replay = [event for event in map(redact_event, replay) if event is not None]
         replay_frame = None
         if sub.resume is None or not sub.resume.recovered:
-            if options["replay"] and (conn.v1 or sub.replay):
-                replay_frame = framing.text_frame(self.bus.replay_frame_json(sub.replay))
+            if options["replay"] and (conn.v1 or replay):
+                replay_frame = framing.text_frame(self.bus.replay_frame_json(replay))
         if conn.v1:
             hello = {
                 "type": "hello", "protocol": 1, "server": SERVER_NAME, "client_id": conn.id,
                 "epoch": self.bus.epoch, "seq": sub.start_seq,
-                "replay": len(sub.replay) if replay_frame is not None else 0,
+                "replay": len(replay) if replay_frame is not None else 0,
             }
             conn.post(framing.text_frame(encode_json(hello)))
             if sub.resume is not None:
@@ -708,7 +758,7 @@ class CodaWebSocketServer:
         while True:
             wake.clear()  # clear first, then look at every source of work
             inbox = ws.input_buffer
-            while inbox:
+            while inbox and conn._closing is None:
                 self._handle_message(conn, inbox.pop(0))
             if sub.overflowed:
                 conn.disconnect_reason = "too_slow"
@@ -739,7 +789,10 @@ class CodaWebSocketServer:
             frames = conn.take_outbox()
             entries, position = sub.read()
             if entries:
-                frames.extend(entry.frame for entry in entries)
+                if conn.redact:
+                    frames.extend(entry.redacted_frame() for entry in entries)
+                else:
+                    frames.extend(entry.frame for entry in entries)
             if frames:
                 try:
                     sock.send(frames[0] if len(frames) == 1 else b"".join(frames))
@@ -809,6 +862,16 @@ class CodaWebSocketServer:
 
     def _handle_message(self, conn, message):
         conn.messages_received += 1
+        if not conn.rate.allow():
+            with self._clients_lock:
+                self._totals["rate_limited"] += 1
+            if conn.rate.refused == 1:  # say it once per episode, not once per frame
+                self._reply_error(conn, f"too many messages: at most {self.rate_limit:g} per second",
+                                  code="rate_limited")
+            if conn.rate.refused > conn.rate.burst:
+                conn.disconnect_reason = "rate_limited"
+                conn.request_close(CLOSE_POLICY, "rate limit exceeded")
+            return
         if not isinstance(message, str):
             self._reply_error(conn, "binary frames are not supported; send JSON text", code="bad_request")
             return

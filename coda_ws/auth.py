@@ -1,0 +1,238 @@
+"""Tokens, scopes and the origin policy (PROTOCOL.md sections 1 and 7).
+
+Scopes:
+
+``read``
+    receive every event type, with content fields redacted;
+``read:content``
+    receive content fields (what the user said, prompts, responses, tool
+    parameters and results, memory content); implies ``read``;
+``publish``
+    ``POST /events``;
+``admin``
+    ``/stats``, ``/metrics``, disconnecting clients.
+
+Without auth configured the server trusts every client it accepts (all
+scopes), accepts only what its origin policy allows, and takes ``POST
+/events`` from loopback only.
+
+Tokens are compared in constant time, never logged, and never read from the
+query string (URLs end up in logs): clients send ``Authorization: Bearer
+TOKEN`` or, from a browser, the subprotocol ``coda-ws.bearer.TOKEN`` next to
+``coda-ws.v1``.
+"""
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+from urllib.parse import urlsplit
+
+__all__ = [
+    "SCOPES",
+    "ALL_SCOPES",
+    "Authenticator",
+    "parse_tokens",
+    "load_token_file",
+    "new_token",
+    "bearer_token",
+    "is_loopback_host",
+    "OriginPolicy",
+]
+
+log = logging.getLogger("coda_ws.auth")
+
+SCOPES = ("read", "read:content", "publish", "admin")
+ALL_SCOPES = frozenset(SCOPES)
+BEARER_PREFIX = "coda-ws.bearer."
+_MAX_TOKEN_LENGTH = 512
+
+
+def _normalize_scopes(scopes, where):
+    if isinstance(scopes, str):
+        scopes = [s.strip() for s in scopes.split(",") if s.strip()]
+    try:
+        scopes = frozenset(scopes)
+    except TypeError:
+        raise TypeError(f"{where}: scopes must be a list of strings, got {type(scopes).__name__}") from None
+    unknown = sorted(s for s in scopes if s not in ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"{where}: unknown scope {unknown[0]!r} (known: {', '.join(SCOPES)})")
+    if "read:content" in scopes:
+        scopes |= {"read"}
+    return scopes
+
+
+def parse_tokens(text, where="CODA_WS_TOKENS"):
+    """Parse ``"TOKEN=scope,scope TOKEN2=scope"`` (whitespace or newlines
+    between entries; ``#`` starts a comment line) into ``{token: scopes}``.
+
+    Raises:
+        ValueError: an entry without ``=``, an empty or duplicate token, or
+            an unknown scope; the message names the entry by position, never
+            by its token.
+    """
+    tokens = {}
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entries.extend(line.split())
+    for number, entry in enumerate(entries, 1):
+        token, sep, scopes = entry.partition("=")
+        if not sep or not token:
+            raise ValueError(f"{where}: entry {number} must look like TOKEN=scope,scope")
+        if token in tokens:
+            raise ValueError(f"{where}: entry {number} repeats a token")
+        tokens[token] = _normalize_scopes(scopes, f"{where} entry {number}")
+    return tokens
+
+
+def load_token_file(path):
+    """Read tokens from a file in :func:`parse_tokens` format."""
+    with open(path, encoding="utf-8") as handle:
+        return parse_tokens(handle.read(), where=str(path))
+
+
+def new_token():
+    """A strong random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def bearer_token(environ):
+    """The token a request carries (Authorization header or bearer subprotocol), or None."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    for protocol in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(BEARER_PREFIX):
+            return protocol[len(BEARER_PREFIX):] or None
+    return None
+
+
+def is_loopback_host(host):
+    """True for ``localhost`` and loopback IP addresses."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    """Decides which scopes a token grants.
+
+    Args:
+        auth: ``None`` (auth off: every accepted client has every scope), a
+            dict ``{token: scopes}``, or a callable ``token -> scopes or None``
+            for an external identity system. Tokens from the environment
+            variable ``CODA_WS_TOKENS`` are added to a dict (or used alone when
+            ``auth`` is None and the variable is set).
+
+    Raises:
+        TypeError / ValueError: a malformed token table (never naming a token).
+    """
+
+    def __init__(self, auth=None, environ=None):
+        environ = os.environ if environ is None else environ
+        from_env = environ.get("CODA_WS_TOKENS", "").strip()
+        self._callable = None
+        self._tokens = None
+        if callable(auth):
+            self._callable = auth
+        elif auth is not None or from_env:
+            tokens = {}
+            if auth is not None:
+                if not isinstance(auth, dict):
+                    raise TypeError(f"auth must be a dict of token -> scopes or a callable, got {type(auth).__name__}")
+                for number, (token, scopes) in enumerate(auth.items(), 1):
+                    if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
+                        raise ValueError(f"auth: token {number} must be a non-empty string of at most 512 characters")
+                    tokens[token] = _normalize_scopes(scopes, f"auth token {number}")
+            if from_env:
+                tokens.update(parse_tokens(from_env))
+            if not tokens:
+                raise ValueError("auth: no tokens configured")
+            self._tokens = [(token.encode("utf-8"), scopes) for token, scopes in tokens.items()]
+
+    @property
+    def enabled(self):
+        return self._callable is not None or self._tokens is not None
+
+    def scopes_for(self, token):
+        """The scopes ``token`` grants, or None when it is unknown.
+
+        Constant time with respect to the token's content: every configured
+        token is compared with ``hmac.compare_digest``.
+        """
+        if not self.enabled:
+            return ALL_SCOPES
+        if not token or len(token) > _MAX_TOKEN_LENGTH:
+            return None
+        if self._callable is not None:
+            try:
+                scopes = self._callable(token)
+            except Exception:
+                log.exception("auth callable failed; refusing the token")
+                return None
+            if scopes is None:
+                return None
+            try:
+                return _normalize_scopes(scopes, "auth callable")
+            except (TypeError, ValueError):
+                log.exception("auth callable returned invalid scopes; refusing the token")
+                return None
+        candidate = token.encode("utf-8")
+        found = None
+        for known, scopes in self._tokens:
+            if hmac.compare_digest(known, candidate) and found is None:
+                found = scopes
+        return found
+
+
+class OriginPolicy:
+    """Which browser origins may open the stream (cross-site WebSocket hijacking defence).
+
+    Allowed: requests without ``Origin`` (non-browser clients), pages on
+    ``localhost`` / loopback addresses (any port), pages on the host the
+    request was addressed to (same host and port), and ``allowed`` origins
+    (``"*"`` allows every origin).
+    """
+
+    def __init__(self, allowed=None):
+        if allowed is None:
+            allowed = ()
+        elif isinstance(allowed, str):
+            allowed = [allowed]
+        origins = set()
+        for origin in allowed:
+            if not isinstance(origin, str) or not origin:
+                raise ValueError(f"allowed_origins must be origin strings like 'https://host:port', got {origin!r}")
+            if origin != "*":
+                parts = urlsplit(origin)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                    raise ValueError(f"allowed_origins: {origin!r} is not an origin (scheme://host[:port])")
+            origins.add(origin.rstrip("/").lower())
+        self.allowed = frozenset(origins)
+
+    def allows(self, origin, host_header):
+        """True when a request with this ``Origin`` (None if absent) may connect."""
+        if origin is None or "*" in self.allowed:
+            return True
+        normalized = origin.rstrip("/").lower()
+        if normalized in self.allowed:
+            return True
+        try:
+            parts = urlsplit(normalized)
+            hostname = parts.hostname
+        except ValueError:
+            return False
+        if hostname is None or parts.scheme not in ("http", "https"):
+            return False
+        if is_loopback_host(hostname):
+            return True
+        return bool(host_header) and parts.netloc == host_header.lower()
