@@ -12,8 +12,8 @@ import time
 __all__ = ["RawClient", "masked_frame"]
 
 
-def masked_frame(opcode, payload, fin=True, rsv=0):
-    """A client frame (clients must mask) with ``payload`` bytes."""
+def masked_frame(opcode, payload, fin=True, rsv=0, mask=None):
+    """A client frame (clients must mask) with ``payload`` bytes (random mask by default)."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
@@ -24,7 +24,7 @@ def masked_frame(opcode, payload, fin=True, rsv=0):
         header = struct.pack("!BBH", first, 0x80 | 126, size)
     else:
         header = struct.pack("!BBQ", first, 0x80 | 127, size)
-    mask = os.urandom(4)
+    mask = os.urandom(4) if mask is None else mask
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + mask + masked
 
