@@ -40,6 +40,12 @@ def build_parser():
     server_options = argparse.ArgumentParser(add_help=False)
     server_options.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     server_options.add_argument("--port", type=_port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
+    server_options.add_argument("--token-file", metavar="FILE",
+                                help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
+    server_options.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                                help="allow browser pages from ORIGIN (scheme://host[:port]; '*' for any); repeatable")
+    server_options.add_argument("--insecure", action="store_true",
+                                help="allow a non-loopback --host without tokens (everyone can read everything)")
     server_options.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
                                 help="logging threshold (default: warning)")
 
@@ -63,6 +69,15 @@ def build_parser():
         description="Start a server with no event source of its own and run until Ctrl-C.",
     )
     serve.set_defaults(func=run_serve_command)
+
+    token = subparsers.add_parser("token", help="manage access tokens",
+                                  description="Make tokens for --token-file or CODA_WS_TOKENS.")
+    token_commands = token.add_subparsers(title="token commands", metavar="ACTION")
+    token_new = token_commands.add_parser("new", help="print a new random token with its scopes",
+                                          description="Print TOKEN=scopes, ready to append to a token file.")
+    token_new.add_argument("--scopes", default="read", type=_scopes,
+                           help="comma-separated: read, read:content, publish, admin (default: read)")
+    token_new.set_defaults(func=run_token_new_command)
 
     from .tools import add_tool_commands
 
@@ -161,13 +176,25 @@ def run_demo_command(args):
 # -- helpers -----------------------------------------------------------------------
 
 
+def run_token_new_command(args):
+    """``coda-ws token new``: print ``TOKEN=scopes`` for a token file."""
+    from .auth import new_token
+
+    print(f"{new_token()}={','.join(args.scopes)}")
+    return 0
+
+
 def _start_server(args):
+    from .auth import load_token_file
+    from .errors import CodaWSError
     from .server import CodaWebSocketServer
 
-    server = CodaWebSocketServer(host=args.host, port=args.port)
     try:
+        auth = load_token_file(args.token_file) if args.token_file else None
+        server = CodaWebSocketServer(host=args.host, port=args.port, auth=auth,
+                                     allowed_origins=args.allow_origin or None, insecure=args.insecure)
         server.start()
-    except OSError as exc:
+    except (OSError, ValueError, TypeError, CodaWSError) as exc:
         print(f"coda-ws: {exc}", file=sys.stderr)
         return None
     return server
@@ -218,6 +245,16 @@ def _ignoring_interrupts():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _scopes(text):
+    from .auth import SCOPES
+
+    scopes = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes or unknown:
+        raise argparse.ArgumentTypeError(f"scopes must be among {', '.join(SCOPES)}; got {text!r}")
+    return scopes
 
 
 def _port(text):
