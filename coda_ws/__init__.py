@@ -9,7 +9,7 @@ reconnect without missing anything.
 __version__ = "0.1.0"
 
 from .bus import EventBus, Subscription  # noqa: E402
-from .errors import CodaWSError, InvalidEventError, ServerNotRunningError  # noqa: E402
+from .errors import CodaWSError, InvalidEventError  # noqa: E402
 from .events import (  # noqa: E402
     BaseEvent,
     ComponentErrorEvent,
@@ -62,7 +62,6 @@ __all__ = [
     "EventFilter",
     "CodaWSError",
     "InvalidEventError",
-    "ServerNotRunningError",
     "EventType",
     "create_event",
     "validate_event",

@@ -5,7 +5,7 @@
 convention catches it.
 """
 
-__all__ = ["CodaWSError", "InvalidEventError", "ServerNotRunningError"]
+__all__ = ["CodaWSError", "InvalidEventError"]
 
 
 class CodaWSError(Exception):
@@ -26,8 +26,3 @@ class InvalidEventError(CodaWSError, TypeError, ValueError):
         super().__init__(message)
         self.event_type = event_type
         self.field = field
-
-
-class ServerNotRunningError(CodaWSError, RuntimeError):
-    """An operation needs a running server (for example ``wait_for_clients``
-    on a server that was never started)."""

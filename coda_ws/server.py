@@ -34,7 +34,7 @@ from . import __version__, framing
 from .auth import Authenticator, OriginPolicy, bearer_token, is_loopback_host
 from .bus import EventBus, redact_event
 from .connection import Connection, GuardedSocket, WriteTimeout
-from .errors import CodaWSError, ServerNotRunningError
+from .errors import CodaWSError
 from .events import encode_json
 from .filters import EventFilter
 
@@ -54,6 +54,10 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TOO_SLOW = 4008
+
+#: Seconds to wait for a client's close reply (and for its reader thread to end).
+#: stop() forces stragglers off before its own timeout regardless.
+CLOSE_TIMEOUT = 2.0
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET = object()
@@ -116,6 +120,20 @@ class CodaWebSocketServer:
         handshake_timeout: seconds a client may take to send its HTTP request
             (default 10): slow handshakes cannot hold threads.
         bus: an existing :class:`EventBus` to serve (default: a new one).
+        journal: a SQLite file keeping the stream across restarts (see
+            :mod:`coda_ws.journal`: same epoch, seq continues, clients resume);
+            None (default) keeps it in memory only.
+        journal_max_events, journal_max_age: the journal's retention, in
+            events and in seconds (None: no limit).
+        journal_flush_interval: seconds an event may wait before it is
+            committed (default 0.2): what a process crash can lose at most.
+        backplane: a ``redis://`` URL (or a backplane object): share one
+            ordered stream with other processes and hosts through Redis
+            Streams (see :mod:`coda_ws.backplane.redis`). ``emit()`` then
+            returns events with seq 0 (Redis stamps the seq). Exclusive
+            with ``journal``.
+        backplane_prefix: the Redis key prefix (default ``"coda_ws"``), so
+            several assistants can share one Redis.
 
     All public methods are thread-safe. Event methods (``emit``,
     ``broadcast_*``, ``send_to_client``) work whether or not the server is
@@ -142,6 +160,12 @@ class CodaWebSocketServer:
         rate_limit=20,
         handshake_timeout=10.0,
         bus=None,
+        journal=None,
+        journal_max_events=None,
+        journal_max_age=None,
+        journal_flush_interval=0.2,
+        backplane=None,
+        backplane_prefix="coda_ws",
     ):
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")
@@ -177,6 +201,10 @@ class CodaWebSocketServer:
         self.handshake_timeout = float(handshake_timeout)
         self.bus = bus if bus is not None else EventBus(max_replay_events, history_size, client_queue_size)
         self._owns_bus = bus is None
+        self.journal = None  # a coda_ws.journal.Journal with journal=
+        self.backplane = None  # a coda_ws.backplane.RedisBackplane with backplane=
+        self._attach_persistence(journal, journal_max_events, journal_max_age, journal_flush_interval,
+                                 backplane, backplane_prefix)
 
         self.on_connect_handlers = []
         self.on_disconnect_handlers = []
@@ -309,6 +337,8 @@ class CodaWebSocketServer:
             self.server = httpd
             self._stopping = False
             self.bus.start()
+            if self.backplane is not None:
+                self.backplane.start()  # waits briefly for the first load of the shared stream
             thread = threading.Thread(
                 target=self._serve, args=(httpd,), name=f"coda-ws-http:{self.port}", daemon=True
             )
@@ -374,6 +404,8 @@ class CodaWebSocketServer:
                 return
             deadline = time.monotonic() + timeout
             # Clients that keep up get everything emitted before stop(), then 1001.
+            if self.backplane is not None:
+                self.backplane.flush(timeout / 5)  # this node's events, through Redis and back
             self.bus.flush(timeout / 5)
             self.running = False
             self._stopping = True
@@ -406,7 +438,56 @@ class CodaWebSocketServer:
                     log.exception("stop callback %r failed", callback)
             if self._owns_bus:
                 self.bus.close(max(0.0, deadline - time.monotonic()))
+            self._close_persistence(max(0.5, deadline - time.monotonic()))
             log.info("coda_ws stopped")
+
+    def _attach_persistence(self, journal, max_events, max_age, flush_interval, backplane, prefix):
+        """Open the journal or the backplane (issue 8) and plug it into the bus."""
+        if journal is not None and backplane is not None:
+            raise ValueError("journal and backplane are exclusive: with a backplane, Redis holds the stream")
+        if journal is not None:
+            from .journal import Journal
+
+            self.journal = Journal(journal, max_events=max_events, max_age=max_age, flush_interval=flush_interval)
+            self.journal.attach(self.bus)
+        elif backplane is not None:
+            from .backplane import open_backplane
+
+            self.backplane = open_backplane(backplane, prefix)
+            self.backplane.attach(self.bus)
+
+    def _close_persistence(self, timeout):
+        """After the bus's last dispatch: commit the journal, or publish this
+        node's last events and stop following the backplane."""
+        if self.journal is not None:
+            self.journal.close(timeout)
+        if self.backplane is not None:
+            self.backplane.close(timeout)
+
+    def close_clients(self, code=CLOSE_GOING_AWAY, reason="server shutting down", timeout=5.0):
+        """Close every client with ``code`` and wait for their handlers to end.
+
+        For a server whose HTTP side someone else runs (mounted with ``app=``,
+        or under gunicorn through :mod:`coda_ws.wsgi`); :meth:`stop` does this
+        itself. Each client first gets the events already dispatched, then
+        the close frame; sockets of clients still connected when 4/5 of
+        ``timeout`` has passed are shut down. Thread-safe. Returns how many
+        clients were still connected when ``timeout`` seconds had passed.
+        """
+        deadline = time.monotonic() + timeout
+        with self._clients_lock:
+            connections = list(self._clients.values())
+        for conn in connections:
+            conn.request_close(code, reason)
+        grace = deadline - timeout / 5  # healthy clients answer the close frame well before
+        with self._clients_changed:
+            self._clients_changed.wait_for(lambda: not self._clients, max(0.0, grace - time.monotonic()))
+            stragglers = list(self._clients.values())
+        for conn in stragglers:
+            conn.sock.shutdown()
+        with self._clients_changed:
+            self._clients_changed.wait_for(lambda: not self._clients, max(0.0, deadline - time.monotonic()))
+            return len(self._clients)
 
     def add_stop_callback(self, callback):
         """Call ``callback()`` when the server stops (helpers stop their threads)."""
@@ -548,6 +629,8 @@ class CodaWebSocketServer:
             "rejected_handshakes": totals["rejected_handshakes"],
             "rate_limited": totals["rate_limited"],
             "disconnects": disconnects,
+            **({"journal": self.journal.stats()} if self.journal is not None else {}),
+            **({"backplane": self.backplane.stats()} if self.backplane is not None else {}),
         }
 
     # -- HTTP views -------------------------------------------------------------------
@@ -672,7 +755,7 @@ class CodaWebSocketServer:
             log.info("refused WebSocket from %s: %s %s", request.remote_addr, exc.status, exc.message)
             return _json_error(exc.status, exc.code, exc.message)
         client_id = str(uuid.uuid4())
-        raw_sock = environ["werkzeug.socket"]
+        raw_sock = environ.get("werkzeug.socket") or environ["gunicorn.socket"]  # gunicorn: coda_ws.wsgi
         raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
         sock = GuardedSocket(raw_sock, write_timeout=self.ping_timeout)
         conn = None
@@ -739,7 +822,7 @@ class CodaWebSocketServer:
         if conn.v1:
             hello = {
                 "type": "hello", "protocol": 1, "server": SERVER_NAME, "client_id": conn.id,
-                "epoch": self.bus.epoch, "seq": sub.start_seq,
+                "epoch": sub.epoch, "seq": sub.start_seq,
                 "replay": len(replay) if replay_frame is not None else 0,
             }
             conn.post(framing.text_frame(encode_json(hello)))
@@ -829,7 +912,7 @@ class CodaWebSocketServer:
         except (OSError, simple_websocket.ConnectionClosed):
             pass  # the client is already gone; nothing to tell it
         else:
-            conn.ws.thread.join(2.0)  # the reader ends when the client's close reply arrives
+            conn.ws.thread.join(CLOSE_TIMEOUT)  # the reader ends when the client's close reply arrives
 
     def _note_reader_end(self, conn):
         ws = conn.ws
@@ -845,10 +928,10 @@ class CodaWebSocketServer:
         if not conn.ws.connected:
             # The reader is ending on its own (client close): it marks the
             # connection closed *before* it writes its close reply, so let it finish.
-            reader.join(2.0)
+            reader.join(CLOSE_TIMEOUT)
         conn.ws.connected = False
         conn.sock.shutdown()  # wakes the reader; Werkzeug would otherwise keep reading this socket
-        reader.join(2.0)
+        reader.join(CLOSE_TIMEOUT)
         conn.subscription.close()
         reason = conn.disconnect_reason or "connection_lost"
         with self._clients_lock:
