@@ -537,9 +537,24 @@ class IntegrationMetricsEvent(BaseEvent):
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode_json(value):
-    """Compact JSON text of ``value`` as sent on the wire (UTF-8, no NaN)."""
-    return _COMPACT.encode(value)
+def _compact_encoder():
+    """value -> compact JSON text, with the settings of ``_COMPACT``.
+
+    ``JSONEncoder.encode()`` builds a new C encoder object on every call, which
+    is most of the cost of encoding a small event (2.5x measured here). The C
+    encoder built once is reentrant (no circular-reference markers: a cycle
+    ends in RecursionError, which callers treat as "not encodable").
+    """
+    if json.encoder.c_make_encoder is None:  # pure-Python json: nothing to save
+        return _COMPACT.encode
+    encoder = json.encoder.c_make_encoder(
+        None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(encoder(value, 0))
+
+
+#: Compact JSON text of a value as sent on the wire (UTF-8, no NaN, non-ASCII kept).
+encode_json = _compact_encoder()
 
 
 def event_class(event_type):
@@ -616,12 +631,12 @@ def encode_fields(cls, values):
     that is not JSON, NaN inside a dict, a lone surrogate in a string).
     """
     try:
-        return _COMPACT.encode(values).encode("utf-8")
+        return encode_json(values).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         type_name = cls.event_type.value
         for name, value in values.items():  # slow path: find the culprit
             try:
-                _COMPACT.encode(value).encode("utf-8")
+                encode_json(value).encode("utf-8")
             except (TypeError, ValueError, RecursionError) as field_exc:
                 raise InvalidEventError(
                     f"{type_name}.{name} cannot be encoded as JSON: {field_exc}",
