@@ -131,7 +131,7 @@ export class CodaEventClient {
     this._hello = null;
     this._attempt = 0; // failed attempts since the last hello
     this._sessions = 0; // hellos received: every one after the first is a reconnect
-    this._retryTimer = null;
+    this._retryTimer = 0; // not null: the first connect is already scheduled (below)
     this._connectTimer = null;
     this._pingTimer = null;
     this._deadTimer = null;
@@ -142,7 +142,6 @@ export class CodaEventClient {
 
     // Connect from a microtask, so callbacks never run before the constructor
     // has returned (and the caller has its reference to the client).
-    this._retryTimer = 0;
     queueMicrotask(() => this._connect());
   }
 

@@ -11,6 +11,12 @@ function uPlotLib() {
   return lib;
 }
 
+/** HH:MM:SS of an epoch-seconds value (local time). */
+function clockTime(seconds) {
+  const d = new Date(seconds * 1000);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+}
+
 function cssVar(name, fallback) {
   const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   return value || fallback;
@@ -29,11 +35,12 @@ function cssVar(name, fallback) {
  * @param {(v: number) => string} [options.yFormat]  tick labels of the y axis.
  * @param {number} [options.yMin]  lowest y shown (e.g. 0).
  * @param {number} [options.yMax]  highest y shown (e.g. 100 for percentages).
+ * @param {boolean} [options.legend=true]  show uPlot's live legend under the chart.
  * @returns {{setData: (data: number[][]) => void, points: () => number, destroy: () => void}}
  */
 export function lineChart(container, options) {
   const UPlot = uPlotLib();
-  const { series, height = 140, time = true, xLabel = "", yFormat, yMin, yMax } = options;
+  const { series, height = 140, time = true, xLabel = "", yFormat, yMin, yMax, legend = true } = options;
   const axis = cssVar("--chart-axis", "#8b949e");
   const grid = cssVar("--chart-grid", "rgba(255,255,255,0.06)");
   const font = `11px ${cssVar("--font-sans", "sans-serif")}`;
@@ -49,20 +56,26 @@ export function lineChart(container, options) {
     height,
     padding: [8, 8, 0, 0],
     scales: { x: { time }, y: { range: yRange } },
-    legend: { show: true, live: true },
+    legend: { show: legend, live: true },
     cursor: { drag: { x: false, y: false }, points: { size: 6 } },
     axes: [
       {
-        stroke: axis, font, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 },
-        ...(time ? {} : { values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? String(t) : "")) }),
+        stroke: axis, font, size: 28, space: time ? 70 : 40,
+        grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1, size: 4 },
+        values: time
+          ? (u, ticks) => ticks.map(clockTime)
+          : (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? String(t) : "")),
       },
       {
-        stroke: axis, font, size: 52, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 },
+        stroke: axis, font, size: 60, space: 24,
+        grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1, size: 4 },
         ...(yFormat ? { values: (u, ticks) => ticks.map(yFormat) } : {}),
       },
     ],
     series: [
-      time ? {} : { label: xLabel, value: (u, v) => (v == null ? "–" : String(v)) },
+      time
+        ? { label: "time", value: (u, v) => (v == null ? "–" : clockTime(v)) }
+        : { label: xLabel, value: (u, v) => (v == null ? "–" : String(v)) },
       ...series.map((s) => ({
         label: s.label,
         stroke: s.color,

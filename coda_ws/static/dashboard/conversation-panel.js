@@ -18,9 +18,22 @@ const MAX_TEXT = 4000; // characters of transcript or response kept per turn
 const STARTS_TURN = new Set(["stt_start", "stt_interim", "stt_result", "llm_start"]);
 const TURN_TYPES = /^(stt|llm|tts|tool|memory)_|^conversation_turn$/;
 
-function clip(text) {
-  const value = typeof text === "string" ? text : text == null ? "" : String(text);
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+/** Marks content a reader without read:content is not shown (the server sends null). */
+export const REDACTED = "[redacted]";
+
+function clip(text, event) {
+  if (text == null) return event && event.redacted ? REDACTED : "";
+  const value = typeof text === "string" ? text : String(text);
   return value.length > MAX_TEXT ? `${value.slice(0, MAX_TEXT)}…` : value;
+}
+
+/** A JSON value for display; the redaction marker as is. */
+function shown(value) {
+  return value === REDACTED ? value : toJson(value);
 }
 
 function newTurn(event) {
@@ -89,12 +102,12 @@ export class ConversationPanel {
         break;
       case "stt_interim":
         turn.listening = true;
-        turn.interim = clip(event.text);
+        turn.interim = clip(event.text, event);
         break;
       case "stt_result":
         turn.listening = false;
         turn.interim = "";
-        turn.transcript = clip(event.text);
+        turn.transcript = clip(event.text, event);
         turn.confidence = event.confidence;
         turn.startSeq = event.seq;
         break;
@@ -103,11 +116,16 @@ export class ConversationPanel {
         turn.streaming = true;
         break;
       case "llm_token":
-        turn.response = clip(typeof event.cumulative_text === "string" ? event.cumulative_text : turn.response + (event.token ?? ""));
+        if (event.redacted) turn.response = REDACTED;
+        else {
+          turn.response = clip(typeof event.cumulative_text === "string"
+            ? event.cumulative_text
+            : turn.response + (event.token ?? ""));
+        }
         turn.streaming = true;
         break;
       case "llm_result":
-        if (typeof event.text === "string" && event.text) turn.response = clip(event.text);
+        if ((typeof event.text === "string" && event.text) || event.redacted) turn.response = clip(event.text, event);
         turn.streaming = false;
         turn.llm = { tokens: event.token_count, tps: event.tokens_per_second, ms: event.duration_ms };
         break;
@@ -116,8 +134,11 @@ export class ConversationPanel {
       case "tool_error": {
         const id = String(event.call_id ?? "");
         const call = turn.tools.get(id) || { name: event.tool_name, params: null, result: undefined, error: null, ms: null };
-        if (event.type === "tool_call") call.params = event.parameters;
-        if (event.type === "tool_result") { call.result = event.result; call.ms = event.duration_ms; }
+        if (event.type === "tool_call") call.params = event.redacted ? REDACTED : event.parameters;
+        if (event.type === "tool_result") {
+          call.result = event.redacted ? REDACTED : event.result;
+          call.ms = event.duration_ms;
+        }
         if (event.type === "tool_error") call.error = event.error;
         if (turn.tools.size < MAX_TOOLS || turn.tools.has(id)) turn.tools.set(id, call);
         break;
@@ -139,10 +160,10 @@ export class ConversationPanel {
         turn.streaming = false;
         break;
       case "memory_store":
-        if (turn.memory.length < 10) turn.memory.push(`stored: ${event.content_preview ?? "(redacted)"}`);
+        if (turn.memory.length < 10) turn.memory.push(`stored: ${event.content_preview ?? REDACTED}`);
         break;
       case "memory_retrieve":
-        if (turn.memory.length < 10) turn.memory.push(`recalled ${event.results_count} for “${event.query ?? "(redacted)"}”`);
+        if (turn.memory.length < 10) turn.memory.push(`recalled ${event.results_count} for “${event.query ?? REDACTED}”`);
         break;
       case "conversation_turn":
         if (!turn.transcript && typeof event.user_input === "string") turn.transcript = clip(event.user_input);
@@ -189,7 +210,9 @@ export class ConversationPanel {
       el("div", { class: "bubble-label", text: "User" }));
     if (turn.transcript) {
       user.append(el("p", { class: "bubble-text", dataset: { kind: "final" }, text: turn.transcript }));
-      if (Number.isFinite(turn.confidence)) user.append(el("span", { class: "tag", text: `conf ${(turn.confidence * 100).toFixed(0)}%` }));
+      if (Number.isFinite(turn.confidence)) {
+        user.append(el("span", { class: "tag", text: `conf ${(turn.confidence * 100).toFixed(0)}%` }));
+      }
     } else if (turn.interim) {
       user.append(el("p", { class: "bubble-text interim", dataset: { kind: "interim" }, text: turn.interim }));
     } else if (turn.listening) {
@@ -216,10 +239,10 @@ export class ConversationPanel {
         const state = call.error ? "error" : call.result !== undefined ? "done" : "running";
         const item = el("li", { class: "tool", dataset: { state } },
           el("span", { class: "tool-name", text: call.name ?? "tool" }),
-          el("code", { class: "tool-params", text: call.params == null ? "" : toJson(call.params) }));
+          el("code", { class: "tool-params", text: call.params == null ? "" : shown(call.params) }));
         if (state === "done") {
           item.append(el("span", { class: "tool-arrow", text: "→" }),
-            el("code", { class: "tool-result", text: toJson(call.result) }),
+            el("code", { class: "tool-result", text: shown(call.result) }),
             el("span", { class: "tag", text: formatMs(call.ms) }));
         } else if (state === "error") {
           item.append(el("span", { class: "tool-error", text: `failed: ${call.error}` }));
@@ -236,7 +259,8 @@ export class ConversationPanel {
       const label = turn.tts.done
         ? (turn.tts.success === false ? "Speech failed" : `Spoken · ${formatMs(turn.tts.audioMs)} of audio`)
         : `Speaking · ${pct.toFixed(0)}%`;
-      const bar = el("div", { class: "progress", attrs: { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(pct)) } },
+      const progress = { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(pct)) };
+      const bar = el("div", { class: "progress", attrs: progress },
         el("div", { class: "progress-fill", style: { width: `${pct}%` } }));
       const engine = [turn.tts.engine, turn.tts.voice].filter(Boolean).join(" · ");
       nodes.push(el("div", { class: "speech", dataset: { section: "tts", percent: String(Math.round(pct)) } },
@@ -257,7 +281,7 @@ export class ConversationPanel {
       el("div", { class: "prev-user", text: turn.transcript || "(no transcript)" }),
       el("div", { class: "prev-assistant", text: turn.response || "(no response)" }),
       el("div", { class: "prev-meta" },
-        turn.tools.size ? el("span", { class: "tag", text: `${turn.tools.size} tool call${turn.tools.size > 1 ? "s" : ""}` }) : null,
+        turn.tools.size ? el("span", { class: "tag", text: plural(turn.tools.size, "tool call") }) : null,
         v2v != null ? el("span", { class: "tag tag-accent", text: `voice-to-voice ${formatMs(v2v)}` }) : null,
         turn.session ? el("span", { class: "muted small", text: shortId(turn.session) }) : null));
   }

@@ -43,10 +43,17 @@ export function formatMs(ms) {
   return `${Math.round(ms)} ms`;
 }
 
-/** A number with at most `digits` decimals, or an en dash. */
+const numberFormats = new Map(); // digits -> Intl.NumberFormat (building one per call is slow)
+
+/** A number with exactly `digits` decimals and thousands separators, or an en dash. */
 export function formatNumber(value, digits = 0) {
   if (value == null || !Number.isFinite(value)) return "–";
-  return value.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+  let format = numberFormats.get(digits);
+  if (format === undefined) {
+    format = new Intl.NumberFormat("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+    numberFormats.set(digits, format);
+  }
+  return format.format(value);
 }
 
 /** Local wall-clock time of an epoch-seconds timestamp, with milliseconds. */

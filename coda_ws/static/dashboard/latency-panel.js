@@ -115,14 +115,16 @@ export class LatencyPanel {
       ticks.append(node);
     };
     if (lo < 0) tick(lo, formatMs(lo), "start");
-    tick(0, "0 · end of speech", lo < 0 ? "middle" : "start");
+    tick(0, "0", lo < 0 ? "middle" : "start");
     tick(hi, formatMs(hi), "end");
     const axis = el("div", { class: "wf-row wf-axis" }, el("span"), ticks, el("span"));
-    const tools = turn.tool_calls
-      ? el("p", { class: "muted small", text: `${turn.tool_calls} tool call${turn.tool_calls > 1 ? "s" : ""}, ${formatMs(turn.tool_ms)} in tools` })
-      : null;
-    this.waterfall.replaceChildren(el("div", { class: "wf-rows" }, ...rows, axis));
-    if (tools) this.waterfall.append(tools);
+    const notes = [turn.marks.stt_result !== null ? "0 = end of user speech (stt_result)" : "0 = llm_start (no speech input)"];
+    if (turn.tool_calls) {
+      notes.push(`${turn.tool_calls} tool call${turn.tool_calls > 1 ? "s" : ""}, ${formatMs(turn.tool_ms)} in tools`);
+    }
+    if (turn.errors) notes.push(`${turn.errors} error${turn.errors > 1 ? "s" : ""}`);
+    const caption = el("p", { class: "wf-caption", text: notes.join(" · ") });
+    this.waterfall.replaceChildren(el("div", { class: "wf-rows" }, ...rows, axis), caption);
   }
 
   _renderTable(components) {

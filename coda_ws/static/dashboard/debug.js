@@ -1,0 +1,164 @@
+/**
+ * The debug page: a raw live tail of the stream (filtered by the server, with
+ * the same subscribe frame any client can send) and a form that publishes a
+ * test event through POST <base>/events.
+ */
+
+import { CodaEventClient } from "../coda-ws-client.js";
+import { byId, el, setText, toJson } from "./dom.js";
+import { EVENT_SAMPLES, EVENT_TYPES } from "./event-types.js";
+import { parsePatterns } from "./glob.js";
+import { authHeaders, httpUrl, streamUrl, tokenFromFragment } from "./page.js";
+
+const MAX_LINES = 500;
+
+const token = tokenFromFragment();
+const tail = byId("tail");
+const pill = byId("status-pill");
+const typesInput = byId("tail-types");
+const sessionInput = byId("tail-session");
+const followBox = byId("tail-follow");
+const form = byId("emit-form");
+const typeSelect = byId("emit-type");
+const sessionField = byId("emit-session");
+const fieldsArea = byId("emit-fields");
+const sendButton = byId("emit-send");
+const answer = byId("emit-answer");
+const hint = byId("emit-hint");
+
+let pending = [];
+let scheduled = false;
+
+function line(text, kind) {
+  return el("li", { dataset: { kind }, text });
+}
+
+function flush() {
+  scheduled = false;
+  const batch = pending.length > MAX_LINES ? pending.slice(-MAX_LINES) : pending;
+  pending = [];
+  const atBottom = tail.scrollHeight - tail.scrollTop - tail.clientHeight < 24;
+  const fragment = document.createDocumentFragment();
+  for (const [text, kind] of batch) fragment.append(line(text, kind));
+  tail.append(fragment);
+  while (tail.childElementCount > MAX_LINES) tail.firstElementChild.remove();
+  tail.dataset.lines = String(tail.childElementCount);
+  if (followBox.checked && atBottom) tail.scrollTop = tail.scrollHeight;
+}
+
+function push(text, kind) {
+  pending.push([text, kind]);
+  if (pending.length > MAX_LINES * 2) pending = pending.slice(-MAX_LINES);
+  if (!scheduled) {
+    scheduled = true;
+    requestAnimationFrame(flush);
+  }
+}
+
+function setPublish(hello) {
+  // The server lists the token's scopes in hello when auth is on; without them
+  // (auth off) loopback clients may publish, and the POST's answer tells.
+  const scopes = Array.isArray(hello && hello.scopes) ? hello.scopes : null;
+  const allowed = hello ? scopes === null || scopes.includes("publish") : false;
+  sendButton.disabled = !allowed;
+  form.dataset.publish = String(allowed);
+  setText(hint, !hello
+    ? "Waiting for the server…"
+    : allowed
+      ? `POST ${httpUrl("events").pathname} publishes the event through the same stream.`
+      : "Your token lacks the publish scope: sending is disabled.");
+}
+
+const client = new CodaEventClient(streamUrl(), {
+  token,
+  onEvent(event, meta) {
+    push(`${meta.replayed ? "[replay] " : ""}${toJson(event)}`, "event");
+  },
+  onControl(frame) {
+    if (frame.type === "replay") {
+      const count = Array.isArray(frame.events) ? frame.events.length : 0;
+      push(`{"type":"replay","events":[… ${count} events, listed below …]}`, "control");
+      return;
+    }
+    push(toJson(frame), "control");
+    if (frame.type === "hello") setPublish(frame);
+  },
+  onStatus(status) {
+    pill.dataset.state = status.state;
+    setText(pill, status.state);
+  },
+  onGap(gap) {
+    push(`-- stream not resumed (${gap.reason}); earlier events may be missing --`, "control");
+  },
+});
+
+byId("tail-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const types = parsePatterns(typesInput.value);
+  client.subscribe({ types: types.length ? types : null, sessionId: sessionInput.value.trim() || null });
+});
+byId("tail-clear").addEventListener("click", () => {
+  tail.replaceChildren();
+  tail.dataset.lines = "0";
+});
+
+// -- emit form ------------------------------------------------------------------
+
+typeSelect.replaceChildren(...EVENT_TYPES.map((type) => el("option", { text: type, attrs: { value: type } })));
+typeSelect.value = "system_info";
+
+function fillSample() {
+  fieldsArea.value = JSON.stringify(EVENT_SAMPLES[typeSelect.value] || {}, null, 2);
+}
+typeSelect.addEventListener("change", fillSample);
+fillSample();
+setPublish(null);
+
+function showAnswer(text, ok) {
+  answer.hidden = false;
+  answer.dataset.ok = String(ok);
+  setText(answer, text);
+}
+
+form.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  let fields;
+  try {
+    fields = JSON.parse(fieldsArea.value || "{}");
+  } catch (err) {
+    showAnswer(`The fields are not valid JSON: ${err.message}`, false);
+    return;
+  }
+  if (fields === null || typeof fields !== "object" || Array.isArray(fields)) {
+    showAnswer("The fields must be a JSON object.", false);
+    return;
+  }
+  const body = { type: typeSelect.value, ...fields };
+  const session = sessionField.value.trim();
+  if (session) body.session_id = session;
+  sendButton.disabled = true;
+  try {
+    const response = await fetch(httpUrl("events"), {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders(token) },
+      body: JSON.stringify(body),
+    });
+    const text = await response.text();
+    let detail = text;
+    try {
+      detail = toJson(JSON.parse(text));
+    } catch (err) {
+      detail = text.length > 300 ? `${text.slice(0, 300)}…` : text;
+    }
+    showAnswer(`${response.status} ${response.statusText} ${detail}`.trim(), response.status === 202);
+  } catch (err) {
+    showAnswer(`Request failed: ${err.message}`, false);
+  } finally {
+    sendButton.disabled = form.dataset.publish !== "true";
+  }
+});
+
+// Keep the token when going back to the dashboard.
+if (token) document.getElementById("dashboard-link").hash = `token=${encodeURIComponent(token)}`;
+
+window.codaDebug = { client };

@@ -1,0 +1,147 @@
+/**
+ * The live dashboard: one CodaEventClient feeds every panel.
+ *
+ * Events are queued as they arrive and applied once per animation frame
+ * (requestAnimationFrame): the panels' state takes every event, but the DOM
+ * is updated once per frame, not once per event. During a burst (many events
+ * per frame) the DOM is updated at most every BURST_RENDER_MS, so the page
+ * keeps answering clicks while thousands of events stream in; a user action
+ * (a filter change) renders at the next frame regardless. Control frames
+ * (hello) go through the same queue so they are applied in stream order.
+ */
+
+import { CodaEventClient } from "../coda-ws-client.js";
+import { ClientsPanel } from "./clients-panel.js";
+import { ConnectionPanel } from "./connection-panel.js";
+import { ConversationPanel } from "./conversation-panel.js";
+import { EventLog } from "./event-log.js";
+import { LatencyPanel } from "./latency-panel.js";
+import { authHeaders, httpUrl, streamUrl, tokenFromFragment } from "./page.js";
+import { SystemPanel } from "./system-panel.js";
+import { TurnTracker } from "./turns.js";
+
+/** Past turns asked from GET /turns when the dashboard joins a stream. */
+const SEED_TURNS = 200;
+/** Events in one frame from which the frame counts as part of a burst. */
+const BURST_EVENTS = 50;
+/** Least time between two DOM updates during a burst, in ms. */
+const BURST_RENDER_MS = 150;
+
+const token = tokenFromFragment();
+const tracker = new TurnTracker();
+const connection = new ConnectionPanel();
+const conversation = new ConversationPanel({ summaryFor: (turn) => tracker.summaryForSeq(turn.startSeq) });
+const latency = new LatencyPanel(tracker);
+const system = new SystemPanel();
+const log = new EventLog(() => schedule(true));
+const clients = new ClientsPanel(token);
+
+const queue = [];
+let scheduled = false;
+let urgent = false; // a user action waits for the next render
+let lastRenderAt = 0;
+let burstUntil = 0; // renders are spaced out until then
+let seededEpoch = null;
+// The seq of the last event the panels have applied (the client's lastSeq runs
+// ahead of it while events wait in the queue for the next frame).
+let appliedSeq = 0;
+
+function schedule(now = false) {
+  urgent = urgent || now;
+  if (scheduled) return;
+  scheduled = true;
+  // Background tabs get no animation frames: fall back to a timer there, so the
+  // queue is still drained (and stays bounded) while nobody looks.
+  if (document.hidden) setTimeout(flush, 250);
+  else requestAnimationFrame(flush);
+}
+
+function flush() {
+  scheduled = false;
+  const batch = queue.splice(0, queue.length);
+  const now = performance.now();
+  if (batch.length >= BURST_EVENTS) burstUntil = now + BURST_RENDER_MS;
+  let live = 0;
+  for (const item of batch) {
+    if (item.hello) {
+      tracker.setEpoch(item.hello.epoch);
+      continue;
+    }
+    const { event, meta } = item;
+    appliedSeq = event.seq;
+    if (!meta.replayed) live += 1;
+    // The turn tracker is seeded from GET /turns, so replayed (partial) events are not fed to it.
+    if (!meta.replayed) tracker.feed(event);
+    conversation.ingest(event);
+    system.ingest(event);
+    log.ingest(event, meta);
+  }
+  connection.countEvents(live);
+  if (urgent || now >= burstUntil || now - lastRenderAt >= BURST_RENDER_MS) {
+    urgent = false;
+    lastRenderAt = now;
+    render();
+  } else {
+    schedule(); // the state is up to date; the DOM follows in a later frame
+  }
+}
+
+function render() {
+  connection.render(appliedSeq);
+  conversation.render();
+  latency.render();
+  system.render();
+  log.render();
+}
+
+async function seedTurns(hello) {
+  if (seededEpoch === hello.epoch) return;
+  seededEpoch = hello.epoch;
+  try {
+    const response = await fetch(httpUrl(`turns?limit=${SEED_TURNS}`), {
+      headers: authHeaders(token),
+      cache: "no-store",
+    });
+    if (!response.ok) throw new Error(`GET turns answered ${response.status}`);
+    const body = await response.json();
+    // Turns that started after the hello are built from the live events instead.
+    const earlier = (body.turns || []).filter((t) => t.start_seq <= hello.seq);
+    if (tracker.seed(earlier, hello.epoch)) schedule();
+  } catch (err) {
+    // No breakdown history (older server, or gone again): live turns still show,
+    // and the next hello of this epoch tries again.
+    seededEpoch = null;
+    console.warn("dashboard: could not load past turns:", err);
+  }
+}
+
+const client = new CodaEventClient(streamUrl(), {
+  token,
+  onEvent(event, meta) {
+    queue.push({ event, meta });
+    schedule();
+  },
+  onStatus(status) {
+    connection.setStatus(status);
+    schedule();
+  },
+  onGap(gap) {
+    connection.showGap(gap);
+  },
+  onControl(frame) {
+    if (frame.type === "hello") {
+      queue.push({ hello: frame });
+      schedule();
+      seedTurns(frame);
+    }
+  },
+});
+
+clients.start();
+// Keep the token when moving to the debug page (the fragment never reaches the server).
+if (token) document.getElementById("debug-link").hash = `token=${encodeURIComponent(token)}`;
+// Events/s decays to zero when the stream is quiet: redraw the connection panel now and then.
+setInterval(() => connection.render(appliedSeq), 1000);
+
+// For tests and for poking around from the console.
+window.codaDashboard = { client, tracker, log, panels: { connection, conversation, latency, system, log, clients } };
