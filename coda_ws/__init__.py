@@ -9,6 +9,7 @@ reconnect without missing anything.
 __version__ = "0.1.0"
 
 from .bus import EventBus, Subscription  # noqa: E402
+from .client import ClientConnectionError, CodaEventClient, HandshakeRejected  # noqa: E402
 from .errors import CodaWSError, InvalidEventError  # noqa: E402
 from .events import (  # noqa: E402
     BaseEvent,
@@ -59,6 +60,9 @@ __all__ = [
     "WebSocketPerfIntegration",
     "EventBus",
     "Subscription",
+    "CodaEventClient",
+    "ClientConnectionError",
+    "HandshakeRejected",
     "EventFilter",
     "CodaWSError",
     "InvalidEventError",

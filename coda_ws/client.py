@@ -1,0 +1,1343 @@
+"""CodaEventClient: a Python client for the coda_ws stream, with reconnect and resume.
+
+Theory of operation
+-------------------
+
+A client owns up to three threads, all named after it and all joined by
+:meth:`CodaEventClient.close`:
+
+* ``coda-ws-eventclient:NAME``, the **connection thread**. It connects (bounded by
+  ``connect_timeout``), reads the frames of one connection, handles the control
+  frames itself and queues the events for the application. When the
+  connection ends it decides, from the close code, whether to reconnect; it
+  waits out the backoff on an ``Event`` (so :meth:`~CodaEventClient.close`
+  ends the wait at once) and reconnects with ``since=<last_seq>&epoch=<epoch>``.
+  It is the only thread that changes the stream position (``last_seq``,
+  ``epoch``) and the only one that writes frames of its own to the socket.
+* ``coda-ws-eventclient-reader:NAME``, simple-websocket's reader thread for the
+  current connection. It parses frames, answers the server's pings and wakes
+  the connection thread. Every write, its pongs included, goes through one
+  lock, so frames never interleave on the wire (PROTOCOL principle 4).
+* ``coda-ws-eventclient-callback:NAME``, only in callback mode
+  (:meth:`CodaEventClient.on_event`): takes events from the queue and calls
+  the callbacks.
+
+Exactly once, in order
+----------------------
+
+Every event the client hands to the application has a higher ``seq`` than the
+one before it in the same epoch: anything at or below the highest ``seq``
+already queued is dropped, whoever resends it (a resume overlapping a replay,
+a server that repeats itself). Across a reconnect the client resumes after
+``last_seq``, the position up to which it has everything it asked for; a
+``recovered: false`` answer is reported to ``on_gap`` in stream order, before
+the events that follow the gap.
+
+The queue and its overflow policy
+---------------------------------
+
+Events wait for the application in a queue of at most ``max_queue`` events.
+simple-websocket keeps reading whatever the application does, into a list
+without a bound, so blocking the connection thread would only move the
+backlog there. Instead, when the queue is full the client *pauses*: it closes
+the connection (code 1000), waits until the application has drained the
+queue to half its size, and reconnects with ``since`` (the event that did not
+fit was never accepted, so it comes back). Memory stays bounded and nothing is
+lost as long as the server's history still holds the position; if it does
+not, ``on_gap`` says so (``too_old``). With ``resume=False`` the events sent
+during a pause are lost, as with any other disconnection. The pause is the
+client's own flow control, so it reconnects with ``reconnect=False`` too. A
+``replay`` frame is queued whole (the server bounds it with
+``max_replay_events``). Pauses are counted in ``stats()["pauses"]``.
+"""
+
+import collections
+import functools
+import json
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import simple_websocket
+from wsproto import ConnectionState, ConnectionType
+from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, RejectData, Request
+from wsproto.utilities import ProtocolError
+
+from . import __version__
+from .errors import CodaWSError, InvalidEventError
+from .events import EventType, encode_json, validate_event
+from .filters import EventFilter
+
+__all__ = ["CodaEventClient", "ClientConnectionError", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
+
+log = logging.getLogger("coda_ws.client")
+
+V1_SUBPROTOCOL = "coda-ws.v1"
+
+#: Close codes after which the client reconnects (when ``reconnect=True``):
+#: going away, internal error, service restart, try again later, too slow.
+#: A connection that ends without a close frame (1005, 1006) reconnects too.
+RECONNECT_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013, 4008})
+#: Close codes that a reconnect cannot fix: the stream ends with an error.
+FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
+#: HTTP refusals of the handshake that end the client (bad request, bad
+#: token, forbidden, no such endpoint); other statuses (503...) are retried.
+FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
+
+_CLOSE_NORMAL = 1000
+_NO_STATUS = frozenset({1005, 1006})
+_CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+_MAX_REJECT_BODY = 64 * 1024
+
+
+class ClientConnectionError(CodaWSError, ConnectionError):
+    """The client could not connect, or gave up reconnecting.
+
+    Raised from :meth:`CodaEventClient.get` and iteration once the events
+    received before the failure have been consumed.
+    """
+
+
+class HandshakeRejected(ClientConnectionError):
+    """The server refused the WebSocket handshake with an HTTP status.
+
+    Attributes:
+        status: the HTTP status code (401, 403, 503...).
+        code: the ``error`` field of the server's JSON body, or ``None``.
+        message: the server's explanation (its ``message`` field, or the body).
+    """
+
+    def __init__(self, status, code=None, message=None):
+        self.status, self.code, self.message = status, code, message
+        detail = f"{code}: {message}" if code and message else (message or code or "no details")
+        super().__init__(f"server refused the WebSocket connection with HTTP {status} ({detail})")
+
+
+# ----------------------------------------------------------------------------
+# The socket layer.
+# ----------------------------------------------------------------------------
+
+
+class _ClientSocket:
+    """The client's socket, as simple-websocket sees it.
+
+    ``send`` holds a lock, so the reader thread's pongs and the connection
+    thread's frames never interleave. ``close`` (simple-websocket calls it as
+    the very last step of its reader thread) does not close the file
+    descriptor: the connection thread closes it after joining the reader, so
+    the number cannot be reused while a thread still reads from it. It wakes
+    the connection thread instead, after the reader has marked the
+    connection closed, so the end of a connection is never missed.
+    """
+
+    def __init__(self, sock, on_reader_done):
+        self._sock = sock
+        self._write_lock = threading.Lock()  # one writer at a time on the socket
+        self._on_reader_done = on_reader_done
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def recv(self, size):
+        return self._sock.recv(size)
+
+    def send(self, data):
+        with self._write_lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    sendall = send
+
+    def close(self):
+        self._on_reader_done()
+
+
+class _ClientWebSocket(simple_websocket.Client):
+    """simple-websocket's client, connected and handshaken within a deadline.
+
+    Built on ``simple_websocket.Client`` (its reader thread, ``receive`` and
+    frame handling), but ``Client.connect`` is not used, for four reasons
+    found here (simple-websocket 1.1):
+
+    * it connects and reads the handshake answer without any timeout, so a
+      server that accepts TCP and never answers hangs the caller for good,
+      and ``close()`` cannot interrupt it;
+    * frames that arrive in the same read as the ``101`` answer stay in
+      wsproto's buffer until more data comes (so the ``hello`` frame could
+      wait until the next event);
+    * when the server's close frame comes in that same read, it raises
+      ``ConnectionError`` and the events before the close are lost;
+    * a refusal only gives the status code, not the server's explanation.
+
+    Here the TCP connect is bounded by ``timeout``, the socket is handed to
+    ``on_socket`` before the handshake (so the owner can shut it down), the
+    handshake shares the same deadline, frames bundled with the answer are
+    processed at once (a bundled close frame included), and a refusal raises
+    :class:`HandshakeRejected` with the server's JSON explanation.
+    """
+
+    def __init__(self, host, port, target, *, secure, subprotocols, headers, timeout, on_socket,
+                 on_reader_done, reader_name, wake, ping_interval, max_message_size, ssl_context=None):
+        self.host = host
+        self.port = port
+        self.path = target
+        self.subprotocols = list(subprotocols)
+        self._extra_headers = list(headers)
+        self._deadline = time.monotonic() + timeout
+        self._host_header = f"[{host}]" if ":" in host else host
+        if port != (443 if secure else 80):
+            self._host_header += f":{port}"
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no TCP connection within the connect timeout ({timeout:g} s)") from None
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if secure:
+                context = ssl_context or ssl.create_default_context()
+                raw = context.wrap_socket(raw, server_hostname=host)
+            self.raw_socket = raw
+            self.accepted = False
+            on_socket(raw)
+            thread_class = functools.partial(threading.Thread, name=reader_name, daemon=True)
+            try:
+                # Base.__init__ (skipping Client.__init__, which would connect
+                # again without a timeout) runs handshake() and starts the reader.
+                simple_websocket.ws.Base.__init__(
+                    self, _ClientSocket(raw, on_reader_done), connection_type=ConnectionType.CLIENT,
+                    receive_bytes=65536, ping_interval=ping_interval, max_message_size=max_message_size,
+                    thread_class=thread_class, event_class=lambda: wake,
+                )
+            except simple_websocket.ConnectionError:
+                if not self.accepted:
+                    raise
+                # The server accepted and closed in the same breath: its frames
+                # and its close frame came with the 101 answer. Base refuses a
+                # connection that is already closed; keep what the server sent
+                # and stand in for the reader, which would only report the end.
+                self.thread = thread_class(target=self.sock.close)
+                self.thread.start()
+        except BaseException:
+            raw.close()
+            raise
+
+    def handshake(self):
+        request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
+                          extra_headers=self._extra_headers)
+        self.sock.send(self.ws.send(request))
+        raw = self.raw_socket
+        rejection = None
+        body = bytearray()
+        while True:
+            remaining = self._deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                raw.settimeout(remaining)
+                data = self.sock.recv(self.receive_bytes)
+            except TimeoutError:
+                raise TimeoutError("no WebSocket handshake answer within the connect timeout") from None
+            if not data:
+                if rejection is not None:
+                    raise _rejection(rejection, body)
+                raise ConnectionResetError("the server closed the connection during the WebSocket handshake")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    raw.settimeout(None)  # from now on the reader thread blocks in recv
+                    self.subprotocol = event.subprotocol
+                    self.accepted = self.connected = True
+                    # Frames that came in the same read as the answer: handle
+                    # them now, or they would wait for the next read.
+                    self.connected = self._handle_events()
+                    return
+                if isinstance(event, RejectConnection):
+                    rejection = event
+                    if not event.has_body:
+                        raise _rejection(rejection, body)
+                elif isinstance(event, RejectData):
+                    if len(body) < _MAX_REJECT_BODY:
+                        body += event.data[: _MAX_REJECT_BODY - len(body)]
+                    if event.body_finished:
+                        raise _rejection(rejection, body)
+
+
+def _rejection(event, body):
+    code = message = None
+    text = bytes(body).decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error") if isinstance(data.get("error"), str) else None
+        message = data.get("message") if isinstance(data.get("message"), str) else None
+    elif text:
+        message = text[:200]
+    return HandshakeRejected(event.status_code, code, message)
+
+
+# ----------------------------------------------------------------------------
+# The queue between the connection thread and the application.
+# ----------------------------------------------------------------------------
+
+
+class _Gap:
+    """A ``recovered: false`` resume frame, kept in stream order in the queue."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame):
+        self.frame = frame
+
+
+_TIMEOUT = object()
+_END = object()
+
+
+class _EventQueue:
+    """A bounded FIFO of events (and gap markers), with an end.
+
+    ``offer`` never blocks: it refuses an event when ``maxsize`` events are
+    waiting (the producer then pauses the connection). Gap markers and forced
+    offers (replay frames) do not count against the bound. Thread-safe.
+    """
+
+    def __init__(self, maxsize):
+        self.maxsize = maxsize
+        self.low_water = maxsize // 2
+        self._items = collections.deque()
+        self._events = 0  # items that count against maxsize
+        # _cond guards every attribute below and _items/_events above.
+        self._cond = threading.Condition(threading.Lock())
+        self._ended = False
+        self._error = None
+        self._space_waiters = 0
+
+    def __len__(self):
+        return self._events
+
+    def offer(self, item, force=False):
+        """Append ``item``; False (and nothing appended) when the queue is full."""
+        with self._cond:
+            if self._ended:
+                return True  # nobody will read it: accepting keeps the producer simple
+            counts = not isinstance(item, _Gap)
+            if counts and not force and self._events >= self.maxsize:
+                return False
+            self._items.append(item)
+            if counts:
+                self._events += 1
+            self._cond.notify()
+            return True
+
+    def get(self, timeout):
+        """The next item, ``_TIMEOUT`` after ``timeout`` seconds (None: no
+        limit), or ``_END`` once the queue has ended and is empty. Raises the
+        error the queue ended with, after the items queued before it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._items:
+                    item = self._items.popleft()
+                    if not isinstance(item, _Gap):
+                        self._events -= 1
+                        if self._space_waiters and self._events <= self.low_water:
+                            self._cond.notify_all()
+                    return item
+                if self._ended:
+                    if self._error is not None:
+                        raise self._error
+                    return _END
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return _TIMEOUT
+                self._cond.wait(remaining)
+
+    def wait_for_space(self):
+        """Block until at most ``low_water`` events wait; False if the queue ended first."""
+        with self._cond:
+            self._space_waiters += 1
+            try:
+                while not self._ended and self._events > self.low_water:
+                    self._cond.wait()
+            finally:
+                self._space_waiters -= 1
+            return not self._ended
+
+    def end(self, error=None, discard=False):
+        """End the queue (idempotent: the first call decides). Readers get the
+        queued items first unless ``discard``, then ``_END`` or ``error``."""
+        with self._cond:
+            if discard:
+                self._items.clear()
+                self._events = 0
+            if not self._ended:
+                self._ended = True
+                self._error = error
+            self._cond.notify_all()
+
+    @property
+    def ended(self):
+        return self._ended
+
+
+# ----------------------------------------------------------------------------
+# The client.
+# ----------------------------------------------------------------------------
+
+
+class _Session:
+    """What the connection thread knows about the current connection."""
+
+    __slots__ = ("since", "epoch_sent", "filter_version", "hello_epoch", "hello_seq", "started", "resume_to",
+                 "resume_left")
+
+    def __init__(self, since, epoch_sent, filter_version):
+        self.since = since
+        self.epoch_sent = epoch_sent
+        self.filter_version = filter_version
+        self.hello_epoch = None
+        self.hello_seq = None
+        self.started = False  # hello (or, from a legacy server, a first frame) received
+        self.resume_to = None  # while missed events of a recovered resume arrive
+        self.resume_left = 0
+
+
+class _Outcome:
+    __slots__ = ("kind", "established", "error", "close_code")
+
+    def __init__(self, kind, established=False, error=None, close_code=None):
+        self.kind = kind  # "stopped", "paused", "retry", "end" or "fatal"
+        self.established = established
+        self.error = error
+        self.close_code = close_code
+
+
+def _check_seconds(name, value, allow_none=False, allow_zero=False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0 or (
+        value == 0 and not allow_zero
+    ):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
+                         f" got {value!r}")
+    return float(value)
+
+
+class CodaEventClient:
+    """A v1 client for the coda_ws event stream, with reconnect and resume.
+
+    Connects at once, in a background thread, and keeps the stream going until
+    :meth:`close`. Read the events either by iterating (``for event in
+    client``, blocking), with :meth:`get` (blocking, with a timeout), or by
+    registering callbacks with :meth:`on_event`, which run in a thread of the
+    client. Use one of these per client: the callback thread and a reader
+    would split the stream between them.
+
+    Events come as the dataclasses of :mod:`coda_ws.events`
+    (``event.to_dict()`` gives the wire form). Events of a type this version
+    does not know, redacted events (content fields set to null), and events
+    that fail validation (logged on ``coda_ws.client``) come as plain dicts.
+    Control frames (``hello``, ``resume``, ``replay``, ``pong``, ``subscribed``,
+    ``error``) are handled by the client; a ``replay`` frame is unpacked into
+    its events.
+
+    Every event is delivered at most once, in ``seq`` order (see the module
+    notes). After a disconnection the client reconnects with exponential
+    backoff and jitter and resumes after ``last_seq``; when the server cannot
+    recover the position it calls ``on_gap(frame)`` with the ``resume`` frame
+    (``reason``: ``epoch_changed``, ``too_old`` or ``unknown_position``), in the
+    thread that consumes events, just before the events that follow the gap.
+
+    Close codes: 1001, 1011, 1012, 1013 and 4008, or a connection that ends
+    without a close frame, reconnect (``reconnect=True``). 1000 from the server
+    ends the stream once the queued events are consumed; 1002, 1003, 1007,
+    1008, 1009 and 1010 end it with :class:`ClientConnectionError`. An HTTP
+    refusal of the handshake (400, 401, 403, 404...) ends it with
+    :class:`HandshakeRejected`; 503 and network errors are retried.
+
+    Args:
+        url: ``ws://host:port/path`` (``wss://``, and ``http(s)://`` for the same
+            address, work too). Query parameters of the URL are kept.
+        types: event types or globs to receive (a list, or a comma-separated
+            string); None for all.
+        session_id: only events of this session (and those of no session).
+        token: sent as ``Authorization: Bearer TOKEN``.
+        resume: reconnect with ``since``/``epoch`` (True) or afresh (False).
+        reconnect: reconnect after a lost connection (see close codes above).
+        on_gap: ``callable(frame_dict)`` for ``recovered: false``.
+        since: start by resuming after this position of the server's stream
+            (default: start at the live head, after the replay frame).
+        replay: ask for the replay frame (recent high-priority events) on a
+            fresh start and after a gap.
+        max_queue: events that may wait for the application (default 10 000);
+            see "The queue and its overflow policy" in the module notes.
+        connect_timeout: seconds for the TCP connect and the handshake.
+        close_timeout: seconds :meth:`close` waits for the server to answer
+            the close frame before cutting the connection.
+        backoff_initial: seconds before the first reconnect attempt.
+        backoff_max: upper bound of the delay between attempts, in seconds.
+        backoff_factor: the delay grows by this factor after every failed attempt.
+        backoff_jitter: fraction of the delay chosen at random (0: none, 1:
+            anywhere from 0 to the delay), so many clients do not reconnect
+            in lockstep.
+        max_retries: consecutive failed attempts before giving up with
+            :class:`ClientConnectionError` (None: never give up).
+        retry_first_connect: when False, a failure of the very first attempt
+            ends the client at once (command-line tools use this to report a
+            wrong address instead of waiting).
+        ping_interval: seconds between the client's keepalive pings, which
+            detect a server that vanished without closing: a pong must come
+            back within one interval, or the client reconnects (None: off).
+        max_message_size: largest frame accepted from the server, in bytes.
+        name: names the client's threads (default ``host:port``).
+        ssl_context: for ``wss://`` URLs (default: the system's defaults).
+
+    Raises:
+        ValueError, TypeError: a malformed URL, filter or option.
+
+    Thread safety: every public method may be called from any thread. The
+    position attributes (``last_seq``, ``epoch``, ``recovered``) are written by
+    the connection thread only; reading them from another thread gives a
+    recent value.
+    """
+
+    def __init__(self, url, types=None, session_id=None, token=None, resume=True, reconnect=True, on_gap=None,
+                 *, since=None, replay=True, max_queue=10_000, connect_timeout=10.0, close_timeout=1.0,
+                 backoff_initial=0.1, backoff_max=10.0, backoff_factor=2.0, backoff_jitter=0.5,
+                 max_retries=None, retry_first_connect=True, ping_interval=20.0,
+                 max_message_size=16 * 1024 * 1024, name=None, ssl_context=None):
+        self.url = url
+        self._host, self._port, self._path, self._query, self._secure = self._parse_url(url)
+        event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
+        if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n")):
+            raise ValueError("token must be a non-empty string without line breaks")
+        if on_gap is not None and not callable(on_gap):
+            raise TypeError(f"on_gap must be callable, got {type(on_gap).__name__}")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise ValueError(f"since must be a non-negative integer, got {since!r}")
+        if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 2:
+            raise ValueError(f"max_queue must be an integer of at least 2, got {max_queue!r}")
+        if max_retries is not None and (not isinstance(max_retries, int) or isinstance(max_retries, bool)
+                                        or max_retries < 0):
+            raise ValueError(f"max_retries must be a non-negative integer or None, got {max_retries!r}")
+        if not isinstance(backoff_factor, (int, float)) or isinstance(backoff_factor, bool) or not (
+            1 <= backoff_factor <= 100
+        ):
+            raise ValueError(f"backoff_factor must be a number from 1 to 100, got {backoff_factor!r}")
+        if not isinstance(backoff_jitter, (int, float)) or isinstance(backoff_jitter, bool) or not (
+            0 <= backoff_jitter <= 1
+        ):
+            raise ValueError(f"backoff_jitter must be a number from 0 to 1, got {backoff_jitter!r}")
+        if max_message_size is not None and (not isinstance(max_message_size, int) or max_message_size < 1024):
+            raise ValueError(f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}")
+        self.connect_timeout = _check_seconds("connect_timeout", connect_timeout)
+        self.close_timeout = _check_seconds("close_timeout", close_timeout, allow_zero=True)
+        self.backoff_initial = _check_seconds("backoff_initial", backoff_initial)
+        self.backoff_max = _check_seconds("backoff_max", backoff_max)
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(f"backoff_max ({backoff_max!r}) must not be less than backoff_initial"
+                             f" ({backoff_initial!r})")
+        self.backoff_factor = float(backoff_factor)
+        self.backoff_jitter = float(backoff_jitter)
+        self.ping_interval = _check_seconds("ping_interval", ping_interval, allow_none=True) or None
+        self.resume = bool(resume)
+        self.auto_reconnect = bool(reconnect)
+        self.replay = bool(replay)
+        self.max_retries = max_retries
+        self.retry_first_connect = bool(retry_first_connect)
+        self.max_message_size = max_message_size
+        self.on_gap = on_gap
+        self.name = name or f"{self._host}:{self._port}"
+        self._token = token
+        self._ssl_context = ssl_context
+
+        # Written by the connection thread only (see the class docstring).
+        self._epoch = None
+        self._last_seq = since if since is not None else 0
+        self._start_since = since
+        self._delivered_max = 0  # highest seq queued for the application in this epoch
+        self._recovered = None
+        self._client_id = None
+        self._close_code = None
+
+        self._queue = _EventQueue(max_queue)
+        self._stop = threading.Event()  # set by close(); ends backoff waits
+        # _lock guards everything below; _changed is notified when
+        # connected/finished, pongs or subscribe acknowledgements change.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._types = event_filter.types
+        self._session_id = session_id
+        self._filter_version = 0  # bumped by subscribe(); a connection knows which version its URL carries
+        self._closing = False
+        self._connected = False
+        self._finished = False
+        self._error = None
+        self._last_error = None
+        self._raw = None  # the socket of the connection being made or used
+        self._ws = None  # the open WebSocket, once the handshake is done
+        self._wake = None  # the current connection's wake-up event
+        self._outbox = collections.deque()  # frames for the connection thread to send
+        self._ping_id = 0
+        self._pongs = {}  # ping id -> pong frame (None while awaited)
+        self._subscribed_acks = 0
+        self._last_subscribed = None
+        self._callbacks = []
+        self._callback_thread = None
+        self._counters = collections.Counter()
+
+        self._thread = threading.Thread(target=self._run, name=f"coda-ws-eventclient:{self.name}", daemon=True)
+        self._thread.start()
+
+    # -- configuration ----------------------------------------------------------
+
+    @staticmethod
+    def _parse_url(url):
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"malformed URL {url!r}: {exc}") from None
+        scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
+        if scheme is None:
+            raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"url has no host: {url!r}")
+        if parts.fragment:
+            raise ValueError(f"url must not have a #fragment: {url!r}")
+        secure = scheme == "wss"
+        own = {"v", "types", "session_id", "since", "epoch", "replay"}
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in own]
+        return parts.hostname, port or (443 if secure else 80), parts.path or "/", query, secure
+
+    def _target(self, since, epoch):
+        """The request target (path and query) for the next connection, and
+        the version of the filters it carries."""
+        with self._lock:
+            types, session_id, version = self._types, self._session_id, self._filter_version
+        query = list(self._query) + [("v", "1")]
+        if types is not None:
+            query.append(("types", ",".join(types)))
+        if session_id is not None:
+            query.append(("session_id", session_id))
+        if since is not None:
+            query.append(("since", str(since)))
+            if epoch is not None:
+                query.append(("epoch", epoch))
+        if not self.replay:
+            query.append(("replay", "0"))
+        return urlunsplit(("", "", self._path, urlencode(query), "")), version
+
+    # -- public state -----------------------------------------------------------
+
+    @property
+    def last_seq(self):
+        """The stream position the client has everything up to (and resumes after)."""
+        return self._last_seq
+
+    @property
+    def epoch(self):
+        """The epoch of the stream ``last_seq`` belongs to (None before the first hello)."""
+        return self._epoch
+
+    @property
+    def recovered(self):
+        """The outcome of the last resume: True, False, or None (no resume yet)."""
+        return self._recovered
+
+    @property
+    def client_id(self):
+        """The id the server gave the current (or last) connection."""
+        return self._client_id
+
+    @property
+    def connected(self):
+        """True while a session is open (hello received)."""
+        return self._connected
+
+    @property
+    def closed(self):
+        """True once :meth:`close` was called or the stream has ended for good."""
+        return self._closing or self._finished
+
+    @property
+    def close_code(self):
+        """The close code of the last connection that ended (None before)."""
+        return self._close_code
+
+    @property
+    def error(self):
+        """The error the stream ended with, or None."""
+        return self._error
+
+    @property
+    def last_error(self):
+        """The last connection error (even one that was retried), or None."""
+        return self._last_error
+
+    def stats(self):
+        """Counters (a snapshot dict): ``connect_attempts``, ``sessions``,
+        ``events``, ``duplicates_dropped``, ``invalid_events``,
+        ``invalid_frames``, ``gaps``, ``pauses``, ``server_errors``,
+        ``callback_errors``, ``disconnects`` (by reason) and ``queued``."""
+        with self._lock:
+            counters = dict(self._counters)
+        disconnects = {k[len("disconnect:"):]: v for k, v in counters.items() if k.startswith("disconnect:")}
+        result = {key: counters.get(key, 0) for key in (
+            "connect_attempts", "sessions", "events", "duplicates_dropped", "invalid_events", "invalid_frames",
+            "gaps", "pauses", "server_errors", "callback_errors")}
+        result["disconnects"] = disconnects
+        result["queued"] = len(self._queue)
+        return result
+
+    def _count(self, name, amount=1):
+        with self._lock:
+            self._counters[name] += amount
+
+    def wait_connected(self, timeout=None):
+        """Block until a session is open; True then, False after ``timeout``
+        seconds or as soon as the client has ended (``stats()["sessions"]``
+        tells whether a session was open before that)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._connected:
+                if self._finished or self._closing:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, timeout=None):
+        """The next event, blocking up to ``timeout`` seconds (None: no limit).
+
+        Returns None on timeout and once the stream has ended (check
+        :attr:`closed`). Raises :class:`ClientConnectionError` (or
+        :class:`HandshakeRejected`) when the stream ended with an error, after
+        the events received before it. Calls ``on_gap`` for a gap in the
+        stream, in this thread. Thread-safe: concurrent callers each get
+        different events.
+
+        Raises:
+            RuntimeError: callbacks are registered with :meth:`on_event`.
+        """
+        if self._callbacks:
+            raise RuntimeError("this client delivers its events to on_event callbacks; do not also call get()")
+        item = self._next(timeout)
+        return None if item is _TIMEOUT or item is _END else item
+
+    def _next(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            item = self._queue.get(remaining)
+            if not isinstance(item, _Gap):
+                return item
+            self._call_on_gap(item.frame)
+
+    def _call_on_gap(self, frame):
+        if self.on_gap is None:
+            log.warning("%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason"))
+            return
+        try:
+            self.on_gap(frame)
+        except Exception:
+            log.exception("%s: on_gap callback %r failed", self.name, self.on_gap)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        event = self.get()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def on_event(self, callback):
+        """Call ``callback(event)`` for every event, in a thread of the client.
+
+        Callbacks run one after another in the order registered, in the
+        thread ``coda-ws-eventclient-callback:NAME`` (started by the first call,
+        joined by :meth:`close`). An exception is logged with its traceback,
+        counted in ``stats()["callback_errors"]``, and does not stop delivery.
+        A slow callback holds up the stream for this client only (the queue
+        policy applies). Returns ``callback``, so this works as a decorator.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the client is closed")
+            self._callbacks = self._callbacks + [callback]
+            start = self._callback_thread is None
+            if start:
+                self._callback_thread = threading.Thread(
+                    target=self._run_callbacks, name=f"coda-ws-eventclient-callback:{self.name}", daemon=True
+                )
+        if start:
+            self._callback_thread.start()
+        return callback
+
+    def _run_callbacks(self):
+        while True:
+            try:
+                item = self._next(None)
+            except ClientConnectionError as exc:
+                log.error("%s: the event stream ended: %s", self.name, exc)
+                return
+            if item is _END:
+                return
+            for callback in self._callbacks:
+                try:
+                    callback(item)
+                except Exception:
+                    self._count("callback_errors")
+                    log.exception("%s: event callback %r failed", self.name, callback)
+
+    # -- requests to the server -----------------------------------------------------
+
+    def subscribe(self, types=None, session_id=None, timeout=None):
+        """Replace the client's filters (the server answers ``subscribed``).
+
+        The new filters apply to the current connection from the server's next
+        read on, and to every later connection. Non-blocking unless
+        ``timeout`` is given: then waits up to that many seconds for the
+        server's acknowledgement and returns it (a dict), or None.
+
+        Raises:
+            ValueError, TypeError: a malformed filter.
+        """
+        event_filter = EventFilter(types, session_id)
+        frame = self._subscribe_frame(event_filter.types, session_id)
+        with self._lock:
+            self._types, self._session_id = event_filter.types, session_id
+            self._filter_version += 1
+            target = self._subscribed_acks + 1
+            wake = self._wake if self._connected else None
+            if wake is not None:
+                self._outbox.append(frame)
+        if wake is None:
+            return None
+        wake.set()
+        if timeout is None:
+            return None
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._subscribed_acks < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._connected:
+                    return None
+                self._changed.wait(remaining)
+            return self._last_subscribed
+
+    @staticmethod
+    def _subscribe_frame(types, session_id):
+        return encode_json({"type": "subscribe", "types": list(types) if types is not None else None,
+                            "session_id": session_id})
+
+    def ping(self, timeout=None):
+        """Send an application-level ping; the server answers with ``pong``.
+
+        Without ``timeout``, returns the ping's id at once (None when not
+        connected). With ``timeout``, waits up to that many seconds and
+        returns the ``pong`` frame (a dict with the server's last ``seq``), or
+        None.
+        """
+        with self._lock:
+            wake = self._wake if self._connected else None
+            if wake is None:
+                return None
+            self._ping_id += 1
+            ping_id = self._ping_id
+            if timeout is not None:
+                self._pongs[ping_id] = None
+            self._outbox.append(encode_json({"type": "ping", "id": ping_id}))
+        wake.set()
+        if timeout is None:
+            return ping_id
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            try:
+                while self._pongs.get(ping_id) is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._changed.wait(remaining)
+                return self._pongs[ping_id]
+            finally:
+                self._pongs.pop(ping_id, None)
+
+    def reconnect(self):
+        """Drop the current connection at once, as a network failure would.
+
+        The client reconnects and resumes as after any lost connection (with
+        ``reconnect=False``, the stream ends). Returns False when no
+        connection was open or being made. Thread-safe.
+        """
+        with self._lock:
+            raw = self._raw
+        if raw is None:
+            return False
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:  # not connected yet or already gone: the connection thread notices either way
+            return False
+        return True
+
+    # -- closing ------------------------------------------------------------------
+
+    def close(self, timeout=5.0):
+        """Close the connection (code 1000), stop reconnecting, join every thread.
+
+        Idempotent; ends iteration at once (events still queued are
+        discarded). Waits at most ``timeout`` seconds; returns True when every
+        thread of the client has ended. May be called from a callback.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            wake, ws, raw = self._wake, self._ws, self._raw
+            callback_thread = self._callback_thread
+            self._changed.notify_all()
+        self._stop.set()
+        self._queue.end(discard=True)
+        if wake is not None:
+            wake.set()
+        if ws is None and raw is not None:
+            self._shutdown(raw)  # a handshake in progress: abort it
+        current = threading.current_thread()
+        if self._thread is not current:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                with self._lock:
+                    raw = self._raw
+                if raw is not None:
+                    self._shutdown(raw)
+                self._thread.join(max(0.0, deadline - time.monotonic()))
+        if callback_thread is not None and callback_thread is not current:
+            callback_thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t for t in (self._thread, callback_thread) if t is not None and t is not current and t.is_alive()]
+        if alive:
+            log.warning("%s: close() timed out with threads still running: %s", self.name,
+                        ", ".join(t.name for t in alive))
+        return not alive
+
+    @staticmethod
+    def _shutdown(raw):
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:  # not connected, or already shut down: nothing left to end
+            return
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else "connected" if self._connected else "connecting"
+        return f"<CodaEventClient {self.url} {state} epoch={self._epoch} last_seq={self._last_seq}>"
+
+    # -- the connection thread ---------------------------------------------------------
+
+    def _run(self):
+        failures = 0  # consecutive attempts that did not open a session (for max_retries)
+        retries = 0  # delays waited since the last session opened (for the backoff)
+        attempts = 0
+        delay = None
+        try:
+            while not self._stop.is_set():
+                if delay is not None and self._stop.wait(delay):
+                    break
+                attempts += 1
+                outcome = self._connection()
+                if outcome.close_code is not None:
+                    self._close_code = outcome.close_code
+                if outcome.error is not None:
+                    with self._lock:
+                        self._last_error = outcome.error
+                if outcome.kind == "stopped":
+                    break
+                if outcome.kind == "paused":
+                    if not self._queue.wait_for_space():
+                        break
+                    delay = None
+                    continue
+                if outcome.kind == "end":
+                    self._finish(None)
+                    break
+                if outcome.kind == "fatal":
+                    self._finish(outcome.error)
+                    break
+                # "retry"
+                if outcome.established:
+                    failures = retries = 0
+                else:
+                    failures += 1
+                if not self.auto_reconnect:
+                    self._finish(None if outcome.established else self._connection_error(outcome.error))
+                    break
+                if attempts == 1 and not outcome.established and not self.retry_first_connect:
+                    self._finish(self._connection_error(outcome.error))
+                    break
+                if self.max_retries is not None and failures > self.max_retries:
+                    self._finish(self._connection_error(outcome.error, f"gave up after {failures} attempts"))
+                    break
+                delay = self._backoff(retries)
+                retries += 1
+                log.info("%s: connection lost or refused (%s); reconnecting in %.3f s",
+                         self.name, outcome.error, delay)
+        except Exception as exc:  # a bug here must not leave the application waiting forever
+            log.exception("%s: the connection thread failed", self.name)
+            self._finish(ClientConnectionError(f"internal error in the client: {exc!r}"))
+        finally:
+            with self._lock:
+                self._finished = True
+                self._connected = False
+                self._changed.notify_all()
+            self._queue.end()
+
+    def _finish(self, error):
+        with self._lock:
+            self._error = error
+        self._queue.end(error=error)
+
+    def _connection_error(self, error, prefix=None):
+        if isinstance(error, ClientConnectionError):
+            return error
+        what = prefix or "cannot connect"
+        exc = ClientConnectionError(f"{what} to {self.url}: {error}")
+        exc.__cause__ = error
+        return exc
+
+    def _backoff(self, retries):
+        """Seconds to wait before the next attempt: ``backoff_initial`` times
+        ``backoff_factor`` to the power of the retries since the last session,
+        at most ``backoff_max``, minus a random part of up to ``backoff_jitter``."""
+        base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(retries, 64))
+        return base * (1.0 - self.backoff_jitter * random.random())
+
+    def _resume_point(self):
+        if self.resume and self._epoch is not None:
+            return self._last_seq, self._epoch
+        if self._start_since is not None and self._epoch is None:
+            return self._start_since, None
+        return None, None
+
+    def _connection(self):
+        """One connection, from connect to close. Returns an _Outcome."""
+        since, epoch = self._resume_point()
+        target, filter_version = self._target(since, epoch)
+        wake = threading.Event()
+        with self._lock:
+            if self._closing:
+                return _Outcome("stopped")
+            self._wake = wake
+            self._outbox.clear()  # meant for the previous connection; the URL carries the filters
+            self._counters["connect_attempts"] += 1
+        headers = [("User-Agent", f"coda-ws-client/{__version__} (python)")]
+        if self._token is not None:
+            headers.append(("Authorization", f"Bearer {self._token}"))
+        try:
+            ws = _ClientWebSocket(
+                self._host, self._port, target, secure=self._secure, subprotocols=[V1_SUBPROTOCOL],
+                headers=headers, timeout=self.connect_timeout, on_socket=self._on_socket,
+                on_reader_done=wake.set, reader_name=f"coda-ws-eventclient-reader:{self.name}", wake=wake,
+                ping_interval=self.ping_interval, max_message_size=self.max_message_size,
+                ssl_context=self._ssl_context,
+            )
+        except HandshakeRejected as exc:
+            self._forget_socket()
+            kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
+            log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, exc)
+            return _Outcome("stopped" if self._stop.is_set() else kind, error=exc)
+        except (ssl.SSLCertVerificationError, UnicodeError) as exc:  # a bad certificate or host name stays bad
+            self._forget_socket()
+            error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
+            log.error("%s: %s", self.name, error)
+            return _Outcome("stopped" if self._stop.is_set() else "fatal", error=error)
+        except (OSError, simple_websocket.ConnectionError, ProtocolError) as exc:
+            self._forget_socket()
+            return _Outcome("stopped" if self._stop.is_set() else "retry", error=exc)
+        with self._lock:
+            self._ws = ws
+        session = _Session(since, epoch, filter_version)
+        outcome = None
+        try:
+            outcome = self._read(ws, wake, session)
+        finally:
+            self._end_connection(ws, outcome, session)
+        return outcome
+
+    def _on_socket(self, raw):
+        with self._lock:
+            if self._closing:
+                raise ConnectionAbortedError("the client was closed")
+            self._raw = raw
+
+    def _forget_socket(self):
+        with self._lock:
+            self._raw = None
+
+    def _read(self, ws, wake, session):
+        """Handle the frames of one connection until it ends, pauses or stops."""
+        inbox = ws.input_buffer
+        while True:
+            wake.clear()  # clear first, then look at every source of work
+            if self._stop.is_set():
+                return _Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
+            if not self._send_outbox(ws):
+                # The connection is broken: make sure the reader ends too; its
+                # end (and the close code, if any) is handled below.
+                self._shutdown(ws.raw_socket)
+            while inbox:
+                if not self._handle_message(session, inbox.pop(0)):
+                    return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
+            if not ws.connected:
+                while inbox:  # what the reader appended just before it ended
+                    if not self._handle_message(session, inbox.pop(0)):
+                        return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
+                return self._closed_outcome(ws, session)
+            wake.wait()
+
+    def _send_outbox(self, ws):
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return True
+                frame = self._outbox.popleft()
+            try:
+                ws.send(frame)
+            except (OSError, simple_websocket.ConnectionClosed, ProtocolError) as exc:
+                log.debug("%s: could not send a frame: %s", self.name, exc)
+                return False
+
+    def _closed_outcome(self, ws, session):
+        if self.max_message_size and ws.incoming_message_len > self.max_message_size:
+            error = ClientConnectionError(
+                f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)")
+            return _Outcome("fatal", session.started, error, close_code=1009)
+        code = int(ws.close_reason) if ws.close_reason is not None else 1005
+        reason = ws.close_message or ""
+        self._count(f"disconnect:{'connection_lost' if code in _NO_STATUS else code}")
+        if code in _NO_STATUS:
+            return _Outcome("retry", session.started, ConnectionResetError("connection lost"), close_code=code)
+        error = ClientConnectionError(f"the server closed the connection with code {code}"
+                                      + (f" ({reason})" if reason else ""))
+        if code == _CLOSE_NORMAL:
+            return _Outcome("end", session.started, close_code=code)
+        if code in FATAL_CLOSE_CODES:
+            log.error("%s: %s", self.name, error)
+            return _Outcome("fatal", session.started, error, close_code=code)
+        return _Outcome("retry", session.started, error, close_code=code)
+
+    def _end_connection(self, ws, outcome, session):
+        """Close the WebSocket politely when we end it, cut it, join its reader."""
+        if outcome is not None and outcome.kind in ("stopped", "paused"):
+            self._count("pauses" if outcome.kind == "paused" else "disconnect:client_closed")
+            self._send_close(ws, _CLOSE_NORMAL)
+            ws.thread.join(self.close_timeout)  # the server answers and ends the connection
+        elif ws.ws.state == ConnectionState.REMOTE_CLOSING:
+            # Answer the server's close frame with its code (1005 may not be sent: say 1000).
+            code = int(ws.close_reason)
+            self._send_close(ws, _CLOSE_NORMAL if code in _NO_STATUS else code)
+        self._shutdown(ws.raw_socket)
+        ws.thread.join(self.close_timeout + 1.0)
+        if ws.thread.is_alive():  # cannot happen after shutdown unless the OS misbehaves; say so
+            log.warning("%s: the reader thread did not end after shutdown", self.name)
+        else:
+            ws.raw_socket.close()
+        with self._lock:
+            self._ws = self._raw = None
+            self._wake = None
+            was_connected, self._connected = self._connected, False
+            self._outbox.clear()
+            self._changed.notify_all()
+        if was_connected:
+            log.info("%s: disconnected (%s)", self.name, outcome.kind if outcome else "error")
+
+    def _send_close(self, ws, code):
+        try:
+            if ws.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                ws.sock.send(ws.ws.send(CloseConnection(code=int(code))))
+        except (OSError, ProtocolError) as exc:  # the connection is already gone: nothing to tell it
+            log.debug("%s: could not send the close frame: %s", self.name, exc)
+
+    # -- frames ---------------------------------------------------------------------
+
+    def _handle_message(self, session, message):
+        """Handle one frame; False when the queue is full (the caller pauses)."""
+        if not isinstance(message, str):
+            self._count("invalid_frames")
+            log.warning("%s: ignoring a binary frame of %d bytes", self.name, len(message))
+            return True
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError) as exc:
+            self._count("invalid_frames")
+            log.warning("%s: ignoring a frame that is not JSON (%s): %.200s", self.name, exc, message)
+            return True
+        if not isinstance(data, dict):
+            self._count("invalid_frames")
+            log.warning("%s: ignoring a frame that is not a JSON object: %.200s", self.name, message)
+            return True
+        kind = data.get("type")
+        if not session.started and kind != "hello":
+            log.info("%s: the server sent no hello (a legacy server?): resume is not available", self.name)
+            self._session_started(session)
+        if kind in _CONTROL_TYPES:
+            getattr(self, f"_on_{kind}")(session, data)
+            return True
+        return self._accept_event(session, data)
+
+    def _session_started(self, session):
+        session.started = True
+        with self._lock:
+            self._connected = True
+            self._counters["sessions"] += 1
+            if self._filter_version != session.filter_version:
+                # subscribe() was called after this connection's URL was made
+                # and before it opened: send the filters it did not carry.
+                self._outbox.append(self._subscribe_frame(self._types, self._session_id))
+                self._wake.set()
+            self._changed.notify_all()
+
+    def _on_hello(self, session, frame):
+        epoch, seq = frame.get("epoch"), frame.get("seq")
+        if not isinstance(epoch, str) or type(seq) is not int:
+            log.warning("%s: malformed hello frame: %.200s", self.name, frame)
+            epoch, seq = None, None
+        session.hello_epoch, session.hello_seq = epoch, seq
+        self._client_id = frame.get("client_id")
+        if session.since is None and epoch is not None:
+            self._move_to(epoch, seq)  # a fresh start: live events follow hello.seq
+        if not session.started:
+            self._session_started(session)
+        log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
+
+    def _move_to(self, epoch, seq):
+        """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
+        if epoch != self._epoch:
+            self._delivered_max = 0
+            self._last_seq = 0
+            self._epoch = epoch
+        if seq is not None and seq > self._last_seq:
+            self._last_seq = seq
+
+    def _on_resume(self, session, frame):
+        if frame.get("recovered") is True:
+            self._recovered = True
+            if session.hello_epoch is not None:
+                self._epoch = session.hello_epoch
+            to, count = frame.get("to"), frame.get("count")
+            if type(to) is int and type(count) is int:
+                session.resume_to, session.resume_left = to, count
+                if count <= 0:
+                    self._finish_resume(session)
+            log.debug("%s: resumed: %s", self.name, frame)
+            return
+        self._recovered = False
+        self._count("gaps")
+        reason = frame.get("reason")
+        log.info("%s: could not resume after %s (%s): the state is stale", self.name, session.since, reason)
+        if reason == "unknown_position" and session.hello_epoch == self._epoch:
+            self._epoch = None  # the positions we hold mean nothing to this server
+        if session.hello_epoch is not None:
+            self._move_to(session.hello_epoch, session.hello_seq)
+        self._queue.offer(_Gap(dict(frame)))
+
+    def _finish_resume(self, session):
+        if session.resume_to > self._last_seq:
+            self._last_seq = session.resume_to
+        session.resume_to = None
+
+    def _on_replay(self, session, frame):
+        events = frame.get("events")
+        if not isinstance(events, list):
+            self._count("invalid_frames")
+            log.warning("%s: malformed replay frame: %.200s", self.name, frame)
+            return
+        for data in events:
+            if not isinstance(data, dict):
+                self._count("invalid_events")
+                log.warning("%s: ignoring a replay item that is not an object: %.200r", self.name, data)
+                continue
+            seq = data.get("seq")
+            if type(seq) is int:
+                if seq <= self._delivered_max:
+                    self._count("duplicates_dropped")
+                    continue
+                self._delivered_max = seq
+            self._count("events")
+            self._queue.offer(self._decode(data), force=True)
+
+    def _on_pong(self, session, frame):
+        with self._lock:
+            ping_id = frame.get("id")
+            if ping_id in self._pongs:
+                self._pongs[ping_id] = frame
+                self._changed.notify_all()
+
+    def _on_subscribed(self, session, frame):
+        with self._lock:
+            self._subscribed_acks += 1
+            self._last_subscribed = frame
+            self._changed.notify_all()
+
+    def _on_error(self, session, frame):
+        self._count("server_errors")
+        log.warning("%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code"))
+
+    def _accept_event(self, session, data):
+        seq = data.get("seq")
+        if type(seq) is not int:
+            self._count("invalid_events")
+            log.warning("%s: event without an integer seq, delivered as received: %.200s", self.name, data)
+            self._queue.offer(dict(data), force=True)
+            return True
+        if session.resume_to is not None and seq > session.resume_to:
+            self._finish_resume(session)
+        if seq <= self._delivered_max:
+            self._count("duplicates_dropped")
+            return True
+        if not self._queue.offer(self._decode(data)):
+            log.info("%s: %d events wait for the application: pausing the stream", self.name, len(self._queue))
+            return False
+        self._delivered_max = seq
+        if seq > self._last_seq:
+            self._last_seq = seq
+        self._count("events")
+        if session.resume_to is not None:
+            session.resume_left -= 1
+            if session.resume_left <= 0:
+                self._finish_resume(session)
+        return True
+
+    def _decode(self, data):
+        """The event object for a wire dict, or the dict when it cannot be one."""
+        type_name = data.get("type")
+        if type_name not in _KNOWN_TYPES:
+            log.debug("%s: event of unknown type %r delivered as a dict", self.name, type_name)
+            return data
+        if data.get("redacted") is True:
+            return data  # content fields are null: a dict, not a (valid) event object
+        try:
+            return validate_event(data)
+        except InvalidEventError as exc:
+            self._count("invalid_events")
+            log.warning("%s: invalid %s event (seq %s) delivered as a dict: %s", self.name, type_name,
+                        data.get("seq"), exc)
+            return data
