@@ -8,6 +8,7 @@ reconnect without missing anything.
 
 __version__ = "0.1.0"
 
+from .backplane import RedisEmitter  # noqa: E402
 from .bus import EventBus, Subscription  # noqa: E402
 from .client import ClientConnectionError, CodaEventClient, HandshakeRejected  # noqa: E402
 from .errors import CodaWSError, InvalidEventError  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "CodaWebSocketServer",
     "CodaWebSocketIntegration",
     "WebSocketPerfIntegration",
+    "RedisEmitter",
     "EventBus",
     "Subscription",
     "CodaEventClient",

@@ -46,10 +46,16 @@ from . import framing
 from .errors import InvalidEventError
 from .events import _check_session_id, build_fields, encode_fields, encode_json, event_class
 from .filters import EventFilter
+from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 
-__all__ = ["EventBus", "Subscription", "Entry", "EventDict", "ResumeResult", "CONFLATE_BACKLOG", "redact_event"]
+__all__ = [
+    "EventBus", "Subscription", "Entry", "EventDict", "ResumeResult", "CONFLATE_BACKLOG", "redact_event",
+    "StampedEvent", "entry_from_wire",
+]
 
 log = logging.getLogger("coda_ws.bus")
+
+_now_ns = time.perf_counter_ns  # emit() timing: one global lookup on the hot path
 
 #: A reader further behind than this many events gets conflatable state
 #: conflated (latest wins); closer readers get every state update.
@@ -132,6 +138,80 @@ def redact_event(event):
     return redacted
 
 
+class StampedEvent(collections.namedtuple(
+    "StampedEvent", "seq timestamp type session_id high_priority payload target", defaults=(None,)
+)):
+    """An event whose seq was stamped elsewhere (a journal, a backplane), as
+    :meth:`EventBus.restore` and :meth:`EventBus.ingest` take it.
+
+    Attributes:
+        seq, timestamp, type, session_id: the envelope (``type`` a string).
+        high_priority: kept in the replay buffer.
+        payload: the event's wire JSON (UTF-8 bytes), envelope included: the
+            very bytes sent to readers.
+        target: a reader id for an event sent to a single reader, else None.
+    """
+
+    __slots__ = ()
+
+
+#: An event's wire JSON is ``_WIRE_HEAD + seq digits + _wire_tail(...)``; a
+#: backplane's sequencer joins the three parts once it knows the seq.
+_WIRE_HEAD = b'{"version":"1.0","seq":'
+
+
+def _wire_tail(timestamp, type_name, session_id, body):
+    """The wire JSON after the seq: timestamp, type, session and the fields
+    (``body``: the fields as a UTF-8 JSON object), in wire order."""
+    return b',"timestamp":%s,"type":"%s","session_id":%s%s' % (
+        repr(timestamp).encode(),
+        type_name.encode(),
+        b"null" if session_id is None else encode_json(session_id).encode("utf-8"),
+        b"," + body[1:] if len(body) > 2 else b"}",
+    )
+
+
+def _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
+    """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
+    place entries are built, so emitted and stamped-elsewhere events are alike."""
+    entry = Entry()
+    entry.seq = seq
+    entry.timestamp = timestamp
+    entry.type = type_name = cls.event_type.value
+    entry.session_id = session_id
+    entry.high_priority = high_priority and target is None
+    entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
+    entry.target = target
+    entry.cls = cls
+    entry._redacted = None
+    entry.frame = framing.text_frame(payload)
+    entry.offset = len(entry.frame) - len(payload)
+    return entry
+
+
+def entry_from_wire(event):
+    """Build the history entry for a :class:`StampedEvent`, framing it once.
+
+    Returns ``(entry, record)``: ``record`` is the replay buffer's
+    :class:`EventDict` for a high-priority event, else None. An event of a
+    type this version does not know becomes a hole (logged): a position no
+    reader receives, so the order of the others stays intact.
+    """
+    try:
+        cls = event_class(event.type)
+    except InvalidEventError:
+        log.warning("event seq %d has unknown type %r; no reader will receive it", event.seq, event.type)
+        return _Hole(event.seq), None
+    payload = bytes(event.payload)
+    entry = _new_entry(event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority),
+                       event.target, payload)
+    if entry.high_priority:
+        record = EventDict(json.loads(payload))
+        record.wire = payload
+        return entry, record
+    return entry, None
+
+
 class ResumeResult:
     """The outcome of a resume request (PROTOCOL.md section 4).
 
@@ -165,11 +245,19 @@ class Subscription:
     Attributes:
         id: the reader's id (``send_to_client`` events for it pass).
         start_seq: the last seq emitted when the subscription was made.
+        epoch: the stream's epoch at that moment (the one ``start_seq`` and
+            the cursor belong to; a restore may change the bus's later).
         replay: the replay buffer at that moment, filtered (dicts, oldest first).
         resume: a :class:`ResumeResult` when a resume was requested, else None.
         wake: a ``threading.Event`` set whenever there may be something to read.
         overflowed: None, or why the reader fell too far behind.
         conflated: how many entries were skipped because newer state superseded them.
+        dropped: the same skips by ``(type, reason)``: reason ``"conflated"``
+            (newer state of the same type and session was waiting) or
+            ``"overwritten"`` (state that left the ring before this slow
+            reader got to it; type ``"unknown"``). Written by the writer only.
+        in_flight: entries returned by the last :meth:`read` and not yet
+            committed (the batch its writer is writing).
     """
 
     def __init__(self, bus, reader_id, event_filter, cursor, wake, limit):
@@ -177,10 +265,13 @@ class Subscription:
         self.wake = wake
         self.overflowed = None
         self.conflated = 0
+        self.dropped = {}
+        self.in_flight = 0
         self.delivered = 0
         self.resume = None
         self.replay = []
         self.start_seq = cursor
+        self.epoch = bus.epoch  # made under the bus lock: the epoch start_seq belongs to
         self._bus = bus
         self._filter = event_filter
         self._cursor = cursor  # last seq handed out and written; only the writer moves it
@@ -240,6 +331,7 @@ class Subscription:
                 self._overflow("history overwritten before delivery")
                 return [], cursor
             self.conflated += oldest - seq
+            self._drop("unknown", "overwritten", oldest - seq)
             seq = oldest
         conflate = head - cursor > CONFLATE_BACKLOG
         latest = bus._latest_state
@@ -256,6 +348,7 @@ class Subscription:
                     self._overflow("history overwritten before delivery")
                     return [], cursor
                 self.conflated += 1
+                self._drop("unknown", "overwritten")
                 seq += 1
                 continue
             seq += 1
@@ -266,17 +359,25 @@ class Subscription:
             key = entry.conflate_key
             if conflate and key is not None and entry.seq > resume_to and latest.get(key, 0) > entry.seq:
                 self.conflated += 1
+                self._drop(key[0], "conflated")
                 continue
             out.append(entry)
             size += len(entry.frame)
             if size >= max_bytes or len(out) >= limit:
                 break
+        self.in_flight = len(out)
         return out, seq - 1
 
     def commit(self, position):
         """Record that everything up to ``position`` was written."""
+        self.in_flight = 0
         if position > self._cursor:
             self._cursor = position
+
+    def _drop(self, type_name, reason, count=1):
+        # Only the writer calls this; readers of `dropped` copy it (dict.copy is atomic).
+        key = (type_name, reason)
+        self.dropped[key] = self.dropped.get(key, 0) + count
 
     def close(self):
         """Stop following the stream (idempotent)."""
@@ -408,6 +509,24 @@ class EventBus:
         self._stop = None
         self._listeners = []
         self._counters = collections.Counter()
+        self._drops_retired = {}  # (type, reason) -> count of closed readers; guarded by _lock
+        #: Caller-side cost of emit()/send_to() in seconds (successful calls).
+        #: emit() appends raw nanoseconds to its ``pending`` deque (no lock);
+        #: the dispatcher folds them into the buckets after each batch.
+        self.emit_durations = FixedHistogram(EMIT_DURATION_BUCKETS, scale=1e-9)
+        self._emit_ns = self.emit_durations.pending
+
+        # Persistence and scale-out hooks (see restore, set_sequencer, ingest,
+        # stored_history). _floor is the oldest seq a restore left in the ring;
+        # _compatible maps earlier epochs this stream continues to the last
+        # seq they share with it; both change only under _lock.
+        self._floor = 1
+        self._compatible = {}
+        self._sequencer = None
+        #: An object with ``read(since, event_filter, limit, until)`` and
+        #: ``covered_seq`` holding events older than the ring (a journal or a
+        #: backplane stream), or None; see :meth:`stored_history`.
+        self.archive = None
 
     # -- producing ----------------------------------------------------------
 
@@ -421,7 +540,10 @@ class EventBus:
             **fields: the type's fields.
 
         Returns:
-            The event, with its ``seq`` and ``timestamp``.
+            The event, with its ``seq`` and ``timestamp``. With an external
+            sequencer (a backplane, see :meth:`set_sequencer`) its ``seq`` is
+            0: the global seq is stamped by the sequencer and known only once
+            the event comes back through the stream.
 
         Raises:
             InvalidEventError (a TypeError and a ValueError): unknown type, or a
@@ -439,6 +561,7 @@ class EventBus:
         return self._publish(event_type, session_id, False, fields, target)
 
     def _publish(self, event_type, session_id, high_priority, fields, target):
+        start = _now_ns()
         cls = event_class(event_type)
         values = build_fields(cls, fields)
         body = encode_fields(cls, values)
@@ -447,6 +570,13 @@ class EventBus:
             high_priority = cls.high_priority
         elif high_priority is not True and high_priority is not False:
             raise InvalidEventError(f"high_priority must be True, False or None, got {high_priority!r}")
+        sequencer = self._sequencer
+        if sequencer is not None:
+            timestamp = time.time()
+            sequencer.publish(timestamp, cls.event_type.value, session_id, high_priority, body, target)
+            event = cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
+            self._emit_ns.append(_now_ns() - start)
+            return event
         with self._emit_lock:
             seq = self._last_seq + 1
             self._last_seq = seq
@@ -455,7 +585,9 @@ class EventBus:
         if self._thread is None:
             self._start_dispatcher()
         self._pending.set()
-        return cls(seq=seq, timestamp=timestamp, session_id=session_id, **values)
+        event = cls(seq=seq, timestamp=timestamp, session_id=session_id, **values)
+        self._emit_ns.append(_now_ns() - start)
+        return event
 
     # -- reading ------------------------------------------------------------
 
@@ -498,7 +630,9 @@ class EventBus:
     def _plan_resume(self, since, epoch, head, sub):
         oldest = self._oldest_locked(head)
         if epoch is not None and epoch != self.epoch:
-            return ResumeResult(False, reason="epoch_changed", earliest=oldest)
+            shared = self._compatible.get(epoch)  # an earlier epoch this stream continues (see restore)
+            if shared is None or since > shared:
+                return ResumeResult(False, reason="epoch_changed", earliest=oldest)
         if since > head:
             return ResumeResult(False, reason="unknown_position", earliest=oldest)
         if since + 1 < oldest:
@@ -514,13 +648,15 @@ class EventBus:
         return ResumeResult(True, first=since + 1, last=head, count=count)
 
     def _oldest_locked(self, head):
-        return max(1, head - len(self._ring) + 1) if head else 1
+        return max(self._floor, head - len(self._ring) + 1) if head else 1
 
     def _unsubscribe(self, sub):
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not sub)
             self._counters["conflated_retired"] += sub.conflated
             self._counters["delivered_retired"] += sub.delivered
+            for key, count in sub.dropped.copy().items():
+                self._drops_retired[key] = self._drops_retired.get(key, 0) + count
 
     def history(self, since=0, event_filter=None, limit=None):
         """Entries with ``seq > since`` still held, oldest first, filtered
@@ -617,6 +753,176 @@ class EventBus:
         """
         self._listeners.append(callback)
 
+    # -- persistence and scale-out (coda_ws.journal, coda_ws.backplane) -------
+
+    def restore(self, epoch, last_seq, events=(), replay=None, *, first_seq=None, compatible=None):
+        """Replace the stream's state with one kept elsewhere (a journal, a backplane).
+
+        A journal calls it once, before anything is emitted, so the stream
+        continues: same epoch, the next event gets ``last_seq + 1``, and the
+        history ring and replay buffer hold what they held. A backplane calls
+        it whenever its node must (re)load the shared stream: at start, when
+        the stream's epoch changed (Redis lost it) or when the node fell
+        behind what the stream still holds. Every subscription made before
+        the call is then marked overflowed (its positions belong to the
+        stream as it was), so the server closes it with 4008 and the client
+        resumes against the restored stream (``recovered: false`` with
+        ``epoch_changed`` or ``too_old`` when it cannot continue).
+
+        Thread-safe; serialized with the dispatcher and :meth:`ingest`.
+
+        Args:
+            epoch: the stream's epoch.
+            last_seq: the stream's last seq (0 for an empty stream).
+            events: :class:`StampedEvent` objects in increasing seq order, at
+                most ``last_seq``; the newest ``history_size`` positions are
+                held. Positions without an event (events sent to a single
+                client, which a journal does not keep) are held as holes that
+                no reader receives.
+            replay: wire JSON (bytes) of the replay buffer's events, oldest
+                first; None: the high-priority events among ``events``.
+            first_seq: the oldest position ``events`` account for (default:
+                the first event's seq); older positions count as no longer held.
+            compatible: ``{epoch: seq}`` for earlier epochs this stream
+                continues: a resume with such an epoch and a position up to
+                that seq is honored (a journal after a crash: everything up to
+                the last committed seq is unchanged).
+
+        Raises:
+            ValueError: a bad argument, or events out of order.
+            RuntimeError: events were emitted on this bus with local seqs.
+        """
+        if not isinstance(epoch, str) or not epoch:
+            raise ValueError(f"epoch must be a non-empty string, got {epoch!r}")
+        if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+            raise ValueError(f"last_seq must be a non-negative integer, got {last_seq!r}")
+        compatible = dict(compatible or {})
+        capacity = len(self._ring)
+        ring = [_EMPTY] * capacity
+        latest = {}
+        records = collections.deque(maxlen=self.max_replay_events)
+        low = last_seq - capacity  # positions at or below it do not fit in the ring
+        floor = first_seq
+        previous = 0
+        for event in events:
+            seq = event.seq
+            if not isinstance(seq, int) or seq <= previous or seq > last_seq:
+                raise ValueError(
+                    f"restored events need increasing seqs up to last_seq={last_seq}: {seq!r} after {previous}"
+                )
+            previous = seq
+            if floor is None:
+                floor = seq
+            if seq <= low or seq < floor:
+                if replay is None and event.high_priority and event.target is None:
+                    records.append(entry_from_wire(event)[1])
+                continue
+            entry, record = entry_from_wire(event)
+            ring[seq % capacity] = entry
+            if entry.conflate_key is not None:
+                latest[entry.conflate_key] = seq
+            if record is not None:
+                records.append(record)
+        floor = max(1, low + 1, last_seq + 1 if floor is None else floor)
+        for seq in range(floor, last_seq + 1):
+            if ring[seq % capacity].seq != seq:
+                ring[seq % capacity] = _Hole(seq)
+        if replay is not None:
+            records.clear()
+            for payload in replay:
+                payload = bytes(payload)
+                record = EventDict(json.loads(payload))
+                record.wire = payload
+                records.append(record)
+        with self._dispatch_lock:
+            with self._emit_lock:
+                if self._sequencer is None and self._last_seq:
+                    raise RuntimeError(
+                        "restore() needs a bus on which nothing was emitted yet: attach the journal first"
+                    )
+                self._last_seq = last_seq
+            with self._lock:
+                self.epoch = epoch
+                self._ring = ring
+                self._head = last_seq
+                self._floor = floor
+                self._latest_state = latest
+                self._replay[:] = records  # in place: holders of server.replay_buffer see it
+                self._compatible = compatible
+                subscribers = self._subscribers
+        for sub in subscribers:
+            sub._overflow("the stream was restored from its journal or backplane")
+        with self._dispatched:
+            self._dispatched.notify_all()
+
+    def set_sequencer(self, sequencer):
+        """Let an external sequencer (a backplane) stamp seqs instead of this bus.
+
+        ``emit()`` and ``send_to()`` still validate and encode in the caller,
+        so a bad event raises at once, then call ``sequencer.publish(timestamp,
+        type_name, session_id, high_priority, body, target)`` (``body``: the
+        fields as UTF-8 JSON object bytes), which must not block, and return
+        the event with ``seq`` 0. The sequencer gives the events back, stamped,
+        through :meth:`ingest`. ``None`` turns local stamping back on.
+
+        Raises:
+            RuntimeError: events were already emitted with local seqs.
+        """
+        with self._emit_lock:
+            if sequencer is not None and self._sequencer is None and self._last_seq:
+                raise RuntimeError("set_sequencer() must come before the first emit()")
+            self._sequencer = sequencer
+
+    def ingest(self, events):
+        """Dispatch events stamped by the external sequencer.
+
+        ``events`` are :class:`StampedEvent` objects; the first must follow
+        the head and the rest must be consecutive. Frames are built here, in
+        the caller's thread (a backplane's reader), then the batch goes to the
+        ring, the replay buffer, the readers and the listeners exactly as
+        emitted events do. Serialized with :meth:`restore`.
+
+        Raises:
+            ValueError: a seq does not follow (the caller should restore).
+            RuntimeError: no sequencer is set (seqs would collide with local ones).
+        """
+        made = [entry_from_wire(event) for event in events]
+        if not made:
+            return
+        if self._sequencer is None:
+            raise RuntimeError("ingest() needs an external sequencer (see set_sequencer)")
+        with self._dispatch_lock:
+            expected = self._head + 1
+            for entry, _ in made:
+                if entry.seq != expected:
+                    raise ValueError(f"ingested seq {entry.seq} does not follow {expected - 1}")
+                expected += 1
+            with self._emit_lock:
+                self._last_seq = max(self._last_seq, expected - 1)
+            self._deliver(made, holes=any(type(entry) is _Hole for entry, _ in made))
+        with self._dispatched:
+            self._dispatched.notify_all()
+
+    def stored_history(self, since=0, event_filter=None, limit=None):
+        """Like :meth:`history`, but reaching back into :attr:`archive` (a
+        journal, a backplane's stream) for positions older than the ring.
+
+        Entries with ``seq > since``, oldest first, filtered, at most
+        ``limit``; events sent to a single client are excluded. Reading the
+        archive is blocking I/O in the caller's thread (an HTTP handler's,
+        never the dispatcher's). Without an archive, same as :meth:`history`.
+        """
+        archive = self.archive
+        if archive is None or since + 1 >= self.oldest_seq:
+            return self.history(since, event_filter, limit)
+        covered = archive.covered_seq  # everything up to it is in the archive
+        if covered <= since:
+            return self.history(since, event_filter, limit)
+        older = archive.read(since, event_filter, limit, until=covered)
+        if limit is not None and len(older) >= limit:
+            return older[:limit]
+        return older + self.history(covered, event_filter, None if limit is None else limit - len(older))
+
     def stats(self):
         """Counters: emitted, dispatched, overflows, conflated, queue, history, replay."""
         subs = self._subscribers
@@ -632,6 +938,23 @@ class EventBus:
             "events_conflated": counters["conflated_retired"] + sum(s.conflated for s in subs),
             "listener_errors": counters["listener_errors"],
         }
+
+    def drop_counts(self):
+        """Entries skipped for readers, as ``{(type, reason): count}`` over
+        every reader past and present (see :attr:`Subscription.dropped`).
+
+        Thread-safe and cheap (no scan of the history): for ``/metrics``.
+        Lossless events are never dropped; a reader too far behind is
+        overflowed instead (counted in :meth:`stats` as ``overflows``).
+        """
+        with self._lock:
+            totals = dict(self._drops_retired)
+            subs = self._subscribers
+        # A reader that retires from here on is read below, not from totals: no double count.
+        for sub in subs:
+            for key, count in sub.dropped.copy().items():
+                totals[key] = totals.get(key, 0) + count
+        return totals
 
     def _count(self, name, amount=1):
         with self._lock:
@@ -672,22 +995,30 @@ class EventBus:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, collections.deque()
-            made = [self._make_entry(*item) for item in batch]
-            entries = [entry for entry, _ in made]
-            records = {entry.seq: record for entry, record in made if record is not None}
-            # Publish in chunks small enough that lag checks see every entry
-            # before the ring overwrites it (see Subscription._check_lag).
-            chunk = max(1, len(self._ring) - self.client_queue_size)
-            for start in range(0, len(entries), chunk):
-                self._publish_chunk(entries[start : start + chunk], records)
-            for listener in self._listeners:
-                try:
-                    listener(entries)
-                except Exception:
-                    self._count("listener_errors")
-                    log.exception("bus listener %r failed", listener)
+            self._deliver([self._make_entry(*item) for item in batch])
         with self._dispatched:
             self._dispatched.notify_all()
+
+    def _deliver(self, made, holes=False):
+        """Publish ``(entry, record)`` pairs to the ring, the replay buffer,
+        the readers and the listeners (which never see holes). The caller
+        holds ``_dispatch_lock``."""
+        entries = [entry for entry, _ in made]
+        records = {entry.seq: record for entry, record in made if record is not None}
+        # Publish in chunks small enough that lag checks see every entry
+        # before the ring overwrites it (see Subscription._check_lag).
+        chunk = max(1, len(self._ring) - self.client_queue_size)
+        for start in range(0, len(entries), chunk):
+            self._publish_chunk(entries[start : start + chunk], records)
+        if holes:
+            entries = [entry for entry in entries if type(entry) is Entry]
+        for listener in self._listeners if entries else ():
+            try:
+                listener(entries)
+            except Exception:
+                self._count("listener_errors")
+                log.exception("bus listener %r failed", listener)
+        self.emit_durations.drain()
 
     def _publish_chunk(self, entries, records):
         ring = self._ring
@@ -712,25 +1043,9 @@ class EventBus:
 
     @staticmethod
     def _make_entry(seq, timestamp, cls, session_id, values, body, high_priority, target):
-        entry = Entry()
-        entry.seq = seq
-        entry.timestamp = timestamp
-        entry.type = type_name = cls.event_type.value
-        entry.session_id = session_id
-        entry.high_priority = high_priority and target is None
-        entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
-        entry.target = target
-        entry.cls = cls
-        entry._redacted = None
-        payload = b'{"version":"1.0","seq":%d,"timestamp":%s,"type":"%s","session_id":%s%s' % (
-            seq,
-            repr(timestamp).encode(),
-            type_name.encode(),
-            b"null" if session_id is None else encode_json(session_id).encode("utf-8"),
-            b"," + body[1:] if len(body) > 2 else b"}",
-        )
-        entry.frame = framing.text_frame(payload)
-        entry.offset = len(entry.frame) - len(payload)
+        type_name = cls.event_type.value
+        payload = b"%s%d%s" % (_WIRE_HEAD, seq, _wire_tail(timestamp, type_name, session_id, body))
+        entry = _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload)
         if entry.high_priority:
             record = EventDict(
                 version="1.0", seq=seq, timestamp=timestamp, type=type_name, session_id=session_id, **values
@@ -788,3 +1103,24 @@ class _Empty:
 
 
 _EMPTY = _Empty()
+
+
+class _Hole:
+    """A position of the stream whose event no reader here may receive: an
+    event sent to a single client that a journal did not keep, or one of an
+    unknown type. Its ``target`` matches no reader, so readers, resume,
+    replay and history skip it exactly like another client's ``send_to``
+    event, and the seqs around it stay consecutive."""
+
+    __slots__ = ("seq",)
+    target = ""
+    conflate_key = None
+    high_priority = False
+    type = ""
+    session_id = None
+
+    def __init__(self, seq):
+        self.seq = seq
+
+    def __repr__(self):
+        return f"<hole seq={self.seq}>"

@@ -4,7 +4,9 @@ Subcommands:
 
 * ``coda-ws demo``: serve on localhost:8765 and stream the scripted demo
   conversation in a loop, with system metrics every few seconds, until Ctrl-C.
-* ``coda-ws serve``: serve a bare event stream until Ctrl-C.
+* ``coda-ws serve``: serve a bare event stream until Ctrl-C (``--journal
+  FILE`` keeps it across restarts; ``--backplane URL`` shares it through Redis).
+* ``coda-ws export FILE``: print a journal's events as JSON lines.
 * the stream tools (``tail``, ``record``, ``play``) from :mod:`coda_ws.tools`.
 
 Every subcommand's ``func(args)`` returns the exit code (None means 0).
@@ -16,10 +18,12 @@ import argparse
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 
 from . import __version__
+from .logging_json import LOG_FORMATS, configure_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +52,8 @@ def build_parser():
                                 help="allow a non-loopback --host without tokens (everyone can read everything)")
     server_options.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
                                 help="logging threshold (default: warning)")
+    server_options.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                                help="log lines as text or as one JSON object per line (default: text)")
 
     demo = subparsers.add_parser(
         "demo", parents=[server_options],
@@ -68,7 +74,31 @@ def build_parser():
         help="serve a bare event stream until Ctrl-C",
         description="Start a server with no event source of its own and run until Ctrl-C.",
     )
+    serve.add_argument("--journal", metavar="FILE", default=None,
+                       help="keep the stream in this SQLite file: same epoch, seq and history after a restart")
+    serve.add_argument("--journal-max-events", type=_positive_int, default=None, metavar="N",
+                       help="journal retention: the newest N events (default: no limit)")
+    serve.add_argument("--journal-max-age", type=_positive, default=None, metavar="SECONDS",
+                       help="journal retention: events younger than this (default: no limit)")
+    serve.add_argument("--backplane", metavar="URL", default=None,
+                       help="share one stream with other processes and hosts through Redis (redis://HOST:PORT/DB)")
+    serve.add_argument("--backplane-prefix", metavar="PREFIX", default="coda_ws",
+                       help="Redis key prefix, so several assistants can share one Redis (default: coda_ws)")
     serve.set_defaults(func=run_serve_command)
+
+    export = subparsers.add_parser(
+        "export", help="print a journal's events as JSON lines",
+        description="Print the events stored in a journal (coda-ws serve --journal FILE), one JSON object per "
+                    "line, oldest first. Safe while a server writes the file.",
+    )
+    export.add_argument("file", metavar="FILE", help="the journal file")
+    export.add_argument("--since", type=_non_negative_int, default=0, metavar="SEQ",
+                        help="only events after this position (default: from the oldest kept)")
+    export.add_argument("--types", default=None, metavar="TYPES",
+                        help="comma-separated event types or globs, e.g. 'llm_*,stt_result'")
+    export.add_argument("--session-id", default=None, help="only this session (and events of no session)")
+    export.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="at most N events")
+    export.set_defaults(func=run_export_command)
 
     token = subparsers.add_parser("token", help="manage access tokens",
                                   description="Make tokens for --token-file or CODA_WS_TOKENS.")
@@ -99,7 +129,7 @@ def main(argv=None) -> int:
         return 2
     level = getattr(args, "log_level", None)
     if level is not None:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(level, getattr(args, "log_format", "text"))
     result = func(args)
     return 0 if result is None else int(result)
 
@@ -192,12 +222,48 @@ def _start_server(args):
     try:
         auth = load_token_file(args.token_file) if args.token_file else None
         server = CodaWebSocketServer(host=args.host, port=args.port, auth=auth,
-                                     allowed_origins=args.allow_origin or None, insecure=args.insecure)
+                                     allowed_origins=args.allow_origin or None, insecure=args.insecure,
+                                     **_persistence_options(args))
         server.start()
-    except (OSError, ValueError, TypeError, CodaWSError) as exc:
+    except (OSError, ValueError, TypeError, CodaWSError, ImportError, sqlite3.Error) as exc:
         print(f"coda-ws: {exc}", file=sys.stderr)
         return None
     return server
+
+
+def _persistence_options(args):
+    """The journal and backplane options of ``coda-ws serve`` (none for ``demo``)."""
+    options = {}
+    if getattr(args, "journal", None):
+        options.update(journal=args.journal, journal_max_events=args.journal_max_events,
+                       journal_max_age=args.journal_max_age)
+    if getattr(args, "backplane", None):
+        options.update(backplane=args.backplane, backplane_prefix=args.backplane_prefix)
+    return options
+
+
+def run_export_command(args):
+    """``coda-ws export FILE``: a journal's events as JSON lines on standard output."""
+    from .filters import EventFilter
+    from .journal import read_journal
+
+    try:
+        event_filter = EventFilter(args.types, args.session_id) if args.types or args.session_id else None
+    except (TypeError, ValueError) as exc:
+        print(f"coda-ws export: {exc}", file=sys.stderr)
+        return 2
+    out = sys.stdout
+    try:
+        for data in read_journal(args.file, since=args.since, event_filter=event_filter, limit=args.limit):
+            out.write(data.decode("utf-8"))
+            out.write("\n")
+        out.flush()
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"coda-ws export: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `coda-ws export FILE | head`: the reader has all it wants
+        return 0
+    return 0
 
 
 def _print_watch_hints(server):
@@ -281,6 +347,16 @@ def _positive(text):
     value = _non_negative(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 

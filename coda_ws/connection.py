@@ -30,7 +30,7 @@ import time
 
 __all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter"]
 
-log = logging.getLogger("coda_ws.server")
+log = logging.getLogger("coda_ws.connection")
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
@@ -190,6 +190,14 @@ class Connection:
             self._closing = (code, reason)
         self.wake.set()
 
+    @property
+    def queue_depth(self):
+        """Frames waiting in this client's writer: control frames queued plus
+        the event frames taken from the stream and not yet accepted by the
+        socket (a client that stops reading keeps it above 0). Its backlog in
+        the stream is ``subscription.lag``. Safe to read from any thread."""
+        return len(self._outbox) + self.subscription.in_flight
+
     def take_outbox(self):
         frames = []
         outbox = self._outbox
@@ -209,6 +217,7 @@ class Connection:
             "filters": sub.filter.describe(),
             "cursor": sub.cursor,
             "lag": sub.lag,
+            "queue_depth": self.queue_depth,
             "sent": self.frames_sent,
             "dropped": sub.conflated,
             "connected_since": self.connected_at,

@@ -37,6 +37,8 @@ from .connection import Connection, GuardedSocket, WriteTimeout
 from .errors import CodaWSError
 from .events import encode_json
 from .filters import EventFilter
+from .http_api import DEFAULT_MAX_BODY_SIZE, register_http_api
+from .metrics import ABNORMAL_CLOSE, ServerMetrics
 
 __all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
 
@@ -134,6 +136,8 @@ class CodaWebSocketServer:
             with ``journal``.
         backplane_prefix: the Redis key prefix (default ``"coda_ws"``), so
             several assistants can share one Redis.
+        max_body_size: largest ``POST /events`` body in bytes (default
+            1 MiB; larger: HTTP 413).
 
     All public methods are thread-safe. Event methods (``emit``,
     ``broadcast_*``, ``send_to_client``) work whether or not the server is
@@ -166,6 +170,7 @@ class CodaWebSocketServer:
         journal_flush_interval=0.2,
         backplane=None,
         backplane_prefix="coda_ws",
+        max_body_size=DEFAULT_MAX_BODY_SIZE,
     ):
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")
@@ -199,6 +204,9 @@ class CodaWebSocketServer:
         self.insecure = bool(insecure)
         self.rate_limit = float(rate_limit)
         self.handshake_timeout = float(handshake_timeout)
+        if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size < 1:
+            raise ValueError(f"max_body_size must be a positive integer (bytes), got {max_body_size!r}")
+        self.max_body_size = max_body_size
         self.bus = bus if bus is not None else EventBus(max_replay_events, history_size, client_queue_size)
         self._owns_bus = bus is None
         self.journal = None  # a coda_ws.journal.Journal with journal=
@@ -220,12 +228,15 @@ class CodaWebSocketServer:
         self._totals = {"total_connections": 0, "events_sent": 0, "errors": 0, "invalid_messages": 0,
                         "handler_errors": 0, "rejected_handshakes": 0, "rate_limited": 0}
         self._disconnects = {}
+        self._disconnect_codes = {}  # close code as a string ("1006": no close frame) -> count
+        self._resumes = {}  # "recovered" or the reason it was not -> count
         self._request_threads = weakref.WeakSet()  # every thread that ran a request
         self._lifecycle_lock = threading.Lock()
         self._stopping = False
         self._serve_thread = None
         self._stop_callbacks = []
 
+        self.metrics = ServerMetrics(self)  # /metrics; counts from here on (a bus listener)
         self._app = app if app is not None else Flask("coda_ws")
         self._mounted = app is not None
         self.init_app(self._app)
@@ -252,6 +263,7 @@ class CodaWebSocketServer:
         bp.add_url_rule("/debug", "debug", self._page_view("debug.html"))
         bp.add_url_rule("/healthz", "healthz", self._healthz_view)
         bp.add_url_rule("/turns", "turns", self._turns_view)
+        register_http_api(bp, self)  # /readyz /metrics /stats /schema /events
         if self.url_prefix:
             bp.add_url_rule("", "websocket_bare", self._websocket_view, websocket=True)
         app.register_blueprint(bp)
@@ -610,6 +622,8 @@ class CodaWebSocketServer:
             totals = dict(self._totals)
             connections = list(self._clients.values())
             disconnects = dict(self._disconnects)
+            disconnect_codes = dict(self._disconnect_codes)
+            resumes = dict(self._resumes)
         bus = self.bus.stats()
         return {
             "total_connections": totals["total_connections"],
@@ -629,6 +643,8 @@ class CodaWebSocketServer:
             "rejected_handshakes": totals["rejected_handshakes"],
             "rate_limited": totals["rate_limited"],
             "disconnects": disconnects,
+            "disconnect_codes": disconnect_codes,
+            "resumes": resumes,
             **({"journal": self.journal.stats()} if self.journal is not None else {}),
             **({"backplane": self.backplane.stats()} if self.backplane is not None else {}),
         }
@@ -655,6 +671,9 @@ class CodaWebSocketServer:
     def _turns_view(self):
         from .turns import turn_breakdown
 
+        denied = self.http_auth("read")
+        if denied is not None:
+            return denied
         limit = request.args.get("limit", "20")
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
             return _json_error(400, "bad_request", f"limit must be an integer from 1 to 1000, got {limit!r}")
@@ -756,6 +775,7 @@ class CodaWebSocketServer:
             return _json_error(exc.status, exc.code, exc.message)
         client_id = str(uuid.uuid4())
         raw_sock = environ.get("werkzeug.socket") or environ["gunicorn.socket"]  # gunicorn: coda_ws.wsgi
+        environ["coda_ws.socket_taken"] = True  # no HTTP response may follow on this socket
         raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
         sock = GuardedSocket(raw_sock, write_timeout=self.ping_timeout)
         conn = None
@@ -806,8 +826,14 @@ class CodaWebSocketServer:
             self._reserved -= 1
             self._clients[client_id] = conn
             self._totals["total_connections"] += 1
+            resume = subscription.resume
+            if resume is not None:
+                result = "recovered" if resume.recovered else resume.reason
+                self._resumes[result] = self._resumes.get(result, 0) + 1
             self._clients_changed.notify_all()
-        log.info("client %s connected from %s (%s)", client_id, address, "v1" if conn.v1 else "legacy")
+        log.info("client %s connected from %s (%s)", client_id, address, "v1" if conn.v1 else "legacy",
+                 extra={"client_id": client_id, "address": address, "protocol": 1 if conn.v1 else 0,
+                        "user_agent": conn.user_agent})
         return conn
 
     def _post_initial_frames(self, conn, options):
@@ -939,8 +965,11 @@ class CodaWebSocketServer:
             self._totals["events_sent"] += conn.frames_sent
             self._totals["errors"] += conn.errors
             self._disconnects[reason] = self._disconnects.get(reason, 0) + 1
+            code = ABNORMAL_CLOSE if conn.close_code is None else str(conn.close_code)
+            self._disconnect_codes[code] = self._disconnect_codes.get(code, 0) + 1
             self._clients_changed.notify_all()
-        log.info("client %s disconnected (%s, code %s)", conn.id, reason, conn.close_code)
+        log.info("client %s disconnected from %s (%s, close code %s)", conn.id, conn.address, reason, code,
+                 extra={"client_id": conn.id, "address": conn.address, "close_code": int(code), "reason": reason})
         self._run_handlers(self.on_disconnect_handlers, conn.id)
 
     def _handle_message(self, conn, message):

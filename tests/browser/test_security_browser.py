@@ -10,7 +10,6 @@ import json
 import threading
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from .conftest import CHROMIUM, LAUNCH_ARGS
 
@@ -49,15 +48,15 @@ def page_server():
 
 
 @pytest.fixture(scope="module")
-def browser_with_hosts():
-    """Chromium that resolves evil.test and good.test to 127.0.0.1."""
+def browser_with_hosts(browser):
+    """A second Chromium (same Playwright instance as the session's) that
+    resolves evil.test and good.test to 127.0.0.1."""
     rules = "--host-resolver-rules=MAP evil.test 127.0.0.1,MAP good.test 127.0.0.1"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*LAUNCH_ARGS, rules])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    instance = browser.browser_type.launch(executable_path=CHROMIUM, args=[*LAUNCH_ARGS, rules])
+    try:
+        yield instance
+    finally:
+        instance.close()
 
 
 def probe(browser, page_url, ws_url, protocols=()):

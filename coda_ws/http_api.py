@@ -1,0 +1,380 @@
+"""coda_ws's HTTP API: readiness, metrics, stats, schema, stored events, publishing.
+
+:func:`register_http_api` adds these routes to the server's blueprint (so
+they sit under ``url_prefix`` when mounted), next to ``/healthz`` and
+``/turns`` (PROTOCOL.md sections 6 and 7):
+
+==================  ========================  ==========================================
+route               scope when auth is on     answer
+==================  ========================  ==========================================
+``GET /readyz``     none                      200 ready / 503 naming what is not
+``GET /metrics``    ``admin``                 Prometheus text exposition
+``GET /stats``      ``admin``                 ``get_stats()`` plus ``"clients"``
+``GET /schema``     none                      JSON Schema of every event
+``GET /events``     ``read``                  stored events, oldest first
+``POST /events``    ``publish``               ``202 {"seq": N}``
+==================  ========================  ==========================================
+
+Without auth every route is open, except ``POST /events``, which then
+accepts requests from loopback addresses only.
+
+Errors are JSON, ``{"error": "<code>", "message": "<sentence>"}``, with a 4xx
+status for anything the request got wrong (bad parameters, bodies, content
+types, sizes); 400 answers to ``POST /events`` also carry ``"field"`` (the
+offending field, or null). Nothing a client sends can cause a 500.
+
+Every view is safe to run in many request threads at once: views read
+snapshots of the server's state and call only thread-safe server and bus
+methods; none holds a lock across I/O.
+"""
+
+import functools
+import json
+import logging
+
+from flask import Response, request
+
+from .auth import ALL_SCOPES, bearer_token
+from .bus import Entry
+from .errors import CodaWSError, InvalidEventError
+from .events import EVENT_VERSION, event_class
+from .filters import EventFilter
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .schema import event_schema
+
+__all__ = ["register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE"]
+
+log = logging.getLogger("coda_ws.http_api")
+
+#: Events ``GET /events`` returns when no ``limit`` is given.
+DEFAULT_EVENTS_LIMIT = 100
+#: Most events one ``GET /events`` returns; a larger ``limit`` is capped to it.
+MAX_EVENTS_LIMIT = 1000
+#: Default of the server's ``max_body_size`` (bytes): larger ``POST /events`` bodies get 413.
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+
+_EVENTS_PARAMETERS = ("since", "types", "session_id", "limit")
+_MAX_DIGITS = 18  # positions and limits beyond this are not numbers a client means
+# Keys of a published event the server sets itself.
+_SERVER_KEYS = ("seq", "timestamp", "redacted")
+# Names emit() takes as its own arguments; they can never be event fields.
+_NOT_FIELDS = ("self", "event_type", "high_priority")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _json(body, status=200, headers=None):
+    text = json.dumps(body, ensure_ascii=False, default=str)
+    return Response(text, status=status, mimetype="application/json", headers={**_NO_STORE, **(headers or {})})
+
+
+def _error(status, code, message, **extra):
+    return _json({"error": code, "message": message, **extra}, status)
+
+
+def _bad_field(message, field=None):
+    return _error(400, "bad_request", message, field=field)
+
+
+def _json_kind(value):
+    """The JSON name of a decoded value's type (for messages)."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _frame_payload(frame):
+    """The payload of a server frame built by :mod:`coda_ws.framing` (unmasked)."""
+    size = frame[1] & 0x7F
+    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_bytes():
+    return json.dumps(event_schema(), ensure_ascii=False).encode("utf-8")
+
+
+class _BadParameter(Exception):
+    pass
+
+
+def _single(args, name, default=None):
+    values = args.getlist(name)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise _BadParameter(f"{name} is given {len(values)} times; give it once")
+    return values[0]
+
+
+def _integer(args, name, default, minimum, maximum_text):
+    text = _single(args, name)
+    if text is None:
+        return default
+    if not text.isdigit() or not text.isascii() or len(text) > _MAX_DIGITS or int(text) < minimum:
+        raise _BadParameter(f"{name} must be an integer from {minimum} to {maximum_text}, got {text!r}")
+    return int(text)
+
+
+def register_http_api(bp, server):
+    """Add the routes of this module to ``bp`` (a Flask blueprint) for ``server``.
+
+    Called once per app by ``CodaWebSocketServer.init_app``. The views read
+    ``server.bus``, ``server.metrics``, ``server.get_stats()``,
+    ``server.clients``, ``server.http_auth()`` and, when they exist,
+    ``server.journal`` / ``server.backplane`` (their ``ready()``).
+    """
+    api = _HttpApi(server)
+    bp.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
+    bp.add_url_rule("/metrics", "metrics", api.metrics, methods=["GET"])
+    bp.add_url_rule("/stats", "stats", api.stats, methods=["GET"])
+    bp.add_url_rule("/schema", "schema", api.schema, methods=["GET"])
+    bp.add_url_rule("/events", "events", api.get_events, methods=["GET"])
+    bp.add_url_rule("/events", "publish_event", api.post_event, methods=["POST"])
+
+
+class _HttpApi:
+    """The views, bound to one server."""
+
+    def __init__(self, server):
+        self.server = server
+
+    # -- health ---------------------------------------------------------------------
+
+    def readyz(self):
+        """``GET /readyz``: can this process take clients and events now?
+
+        200 ``{"status": "ready", "checks": {...}}`` when every part is up;
+        503 ``{"status": "unavailable", "error": "not_ready", "message":
+        "<part>: <reason>; ...", "checks": {...}}`` otherwise. ``checks`` maps
+        each part (``dispatcher``, ``server``, and ``journal`` / ``backplane``
+        when configured) to ``"ok"`` or why it is not. No auth (a probe).
+        """
+        server = self.server
+        checks = {"dispatcher": "ok" if server.bus.running else "the dispatcher thread is not running"}
+        checks["server"] = self._server_state()
+        for name in ("journal", "backplane"):
+            part = getattr(server, name, None)
+            ready = getattr(part, "ready", None)
+            if ready is None:
+                continue
+            try:
+                ok, reason = ready()
+            except Exception as exc:  # a readiness probe reports failures, it does not fail
+                log.warning("%s readiness check failed", name, exc_info=True)
+                ok, reason = False, f"{type(exc).__name__}: {exc}"
+            checks[name] = "ok" if ok else str(reason or "not ready")
+        failing = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
+        if failing:
+            return _json({"status": "unavailable", "error": "not_ready", "message": "; ".join(failing),
+                          "checks": checks}, 503)
+        return _json({"status": "ready", "checks": checks})
+
+    def _server_state(self):
+        server = self.server
+        if getattr(server, "_stopping", False):
+            return "shutting down"
+        if server.running:
+            thread = getattr(server, "_serve_thread", None)
+            if thread is not None and not thread.is_alive():
+                return "the accept loop has ended"
+            return "ok"
+        # Not started by us, yet this request was answered: the application's
+        # own server (a mounted app, gunicorn through coda_ws.wsgi) serves it.
+        return "ok"
+
+    # -- admin --------------------------------------------------------------------------
+
+    def metrics(self):
+        """``GET /metrics``: Prometheus text exposition (``admin`` when auth is on).
+
+        Built from live state at each scrape (see :mod:`coda_ws.metrics`); a
+        scrape takes no lock that ``emit()`` takes.
+        """
+        denied = self.server.http_auth("admin")
+        if denied is not None:
+            return denied
+        return Response(self.server.metrics.exposition(), content_type=METRICS_CONTENT_TYPE, headers=_NO_STORE)
+
+    def stats(self):
+        """``GET /stats`` (``admin`` when auth is on): ``get_stats()`` plus ``"clients"``.
+
+        ``clients`` is a list, oldest connection first, of one object per
+        connected client (``Connection.info()``)::
+
+            {"id": "...", "address": "127.0.0.1:50412", "user_agent": "...",
+             "protocol": 1, "scopes": [...], "filters": {"types": null, "session_id": null},
+             "cursor": 41, "lag": 1, "queue_depth": 0, "sent": 40, "dropped": 0,
+             "connected_since": 1764288000.12, "last_pong_rtt": 0.0004}
+
+        ``lag``: events the stream head is ahead of the client;
+        ``queue_depth``: frames its writer holds that its socket has not
+        accepted yet; ``dropped``: state events conflated for it;
+        ``connected_since``: Unix time; ``last_pong_rtt``: seconds, or null
+        before the first keepalive answer.
+        """
+        denied = self.server.http_auth("admin")
+        if denied is not None:
+            return denied
+        body = self.server.get_stats()
+        connections = sorted(self.server.clients.values(), key=lambda conn: conn.connected_at)
+        body["clients"] = [conn.info() for conn in connections]
+        return _json(body)
+
+    # -- schema -------------------------------------------------------------------------
+
+    def schema(self):
+        """``GET /schema``: the JSON Schema of every event (see :mod:`coda_ws.schema`). No auth."""
+        return Response(_schema_bytes(), mimetype="application/json", headers={"Cache-Control": "no-cache"})
+
+    # -- events -------------------------------------------------------------------------
+
+    def _request_scopes(self):
+        authenticator = self.server.authenticator
+        if not authenticator.enabled:
+            return ALL_SCOPES
+        return authenticator.scopes_for(bearer_token(request.environ)) or frozenset()
+
+    def get_events(self):
+        """``GET /events?since=&types=&session_id=&limit=`` (``read`` when auth is on).
+
+        A bare JSON array of stored events, oldest first: those with ``seq >
+        since`` (default 0: from the oldest held) that pass ``types`` (names
+        or globs, comma-separated) and ``session_id`` (that session plus
+        events of no session), at most ``limit`` (default 100; larger than
+        1000 is capped to 1000). Events come from the history ring and, for
+        older positions, from the journal or backplane when one is
+        configured. Events sent to a single client are never included. For a
+        token without ``read:content`` the content fields are null and
+        ``"redacted": true`` is added. Page with ``since=<seq of the last
+        event received>`` until the array is empty.
+        """
+        denied = self.server.http_auth("read")
+        if denied is not None:
+            return denied
+        args = request.args
+        unknown = sorted(set(args) - set(_EVENTS_PARAMETERS))
+        if unknown:
+            return _error(400, "bad_request", f"unknown query parameter {unknown[0]!r} "
+                                              f"(known: {', '.join(_EVENTS_PARAMETERS)})")
+        try:
+            since = _integer(args, "since", 0, 0, "10^18")
+            limit = _integer(args, "limit", DEFAULT_EVENTS_LIMIT, 1, f"10^18 (above {MAX_EVENTS_LIMIT}: capped)")
+            types = _single(args, "types")
+            session_id = _single(args, "session_id") or None
+        except _BadParameter as exc:
+            return _error(400, "bad_request", str(exc))
+        try:
+            event_filter = EventFilter(types, session_id) if types or session_id else None
+        except (TypeError, ValueError) as exc:
+            return _error(400, "bad_request", f"invalid types or session_id: {exc}")
+        limit = min(limit, MAX_EVENTS_LIMIT)
+        bus = self.server.bus
+        read = getattr(bus, "stored_history", bus.history)  # reaches into a journal or backplane when there is one
+        try:
+            entries = read(since, event_filter, limit)
+        except Exception:  # the archive is I/O (SQLite, Redis): report it, do not crash the request
+            log.warning("reading stored events failed", exc_info=True)
+            return _error(503, "unavailable", "stored events could not be read; see the server log")
+        redact = "read:content" not in self._request_scopes()
+        parts = []
+        for entry in entries:
+            if not isinstance(entry, Entry):
+                continue  # a position without a deliverable event
+            parts.append(_frame_payload(entry.redacted_frame()) if redact else entry.data)
+        body = b"[" + b",".join(parts) + b"]"
+        return Response(body, mimetype="application/json", headers=_NO_STORE)
+
+    def post_event(self):
+        """``POST /events``: publish one event (``publish`` scope when auth is
+        on; from loopback only when it is off).
+
+        Body: one JSON object, ``Content-Type: application/json``, at most
+        the server's ``max_body_size`` bytes::
+
+            {"type": "stt_result", "session_id": "s1", "text": "hi", "confidence": 0.9, "duration_ms": 120.0}
+
+        ``type`` is required; ``session_id`` is optional; every other key is
+        a field of that type (validated exactly like ``emit()``). ``seq``,
+        ``timestamp`` and ``redacted`` are set by the server and refused;
+        ``version``, when present, must be ``"1.0"``.
+
+        Answers:
+            202 ``{"seq": N}`` once the event is stamped (it reaches clients
+                a moment later); with a backplane, where Redis stamps the seq,
+                ``{"seq": null, "queued": true}``.
+            400 ``{"error": "bad_request", "message": ..., "field": name or null}``
+                for a body that is not JSON, not an object, or not a valid event.
+            403 a browser page from an origin the server does not allow.
+            413 a body larger than ``max_body_size``.
+            415 a Content-Type other than ``application/json``.
+        """
+        server = self.server
+        denied = server.http_auth("publish")
+        if denied is not None:
+            return denied
+        origin = request.headers.get("Origin")
+        if origin is not None and not server.origin_policy.allows(origin, request.host):
+            return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed to publish")
+        if request.mimetype != "application/json":
+            got = request.headers.get("Content-Type") or "none"
+            return _error(415, "unsupported_media_type",
+                          f"send the event as JSON with 'Content-Type: application/json' (got {got!r})")
+        limit = server.max_body_size
+        too_large = _error(413, "payload_too_large", f"the body is larger than {limit} bytes (max_body_size)")
+        length = request.content_length
+        if length is not None and length > limit:
+            return too_large
+        raw = request.stream.read(limit + 1)
+        if len(raw) > limit:
+            return too_large
+        if not raw.strip():
+            return _bad_field("the body is empty: send one event as a JSON object")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return _bad_field(f"the body is not UTF-8 text: {exc}")
+        except ValueError as exc:
+            return _bad_field(f"the body is not valid JSON: {exc}")
+        except RecursionError:
+            return _bad_field("the body is not valid JSON: nested too deeply")
+        if not isinstance(data, dict):
+            return _bad_field(f"the body must be a JSON object with a 'type', got {_json_kind(data)}")
+        fields = dict(data)
+        event_type = fields.pop("type", None)
+        if event_type is None:
+            return _bad_field("the event has no 'type'", "type")
+        if not isinstance(event_type, str):
+            return _bad_field(f"'type' must be a string, got {_json_kind(event_type)}", "type")
+        version = fields.pop("version", EVENT_VERSION)
+        if version != EVENT_VERSION:
+            return _bad_field(f"'version' must be {EVENT_VERSION!r} when given, got {version!r}", "version")
+        for key in _SERVER_KEYS:
+            if key in fields:
+                return _bad_field(f"'{key}' is set by the server; leave it out", key)
+        for key in _NOT_FIELDS:
+            if key in fields:
+                return _bad_field(f"'{key}' is not a field of {event_type!r}", key)
+        try:
+            event_class(event_type)
+        except InvalidEventError as exc:
+            return _bad_field(str(exc), "type")
+        session_id = fields.pop("session_id", None)
+        try:
+            event = server.emit(event_type, session_id=session_id, **fields)
+        except InvalidEventError as exc:
+            return _bad_field(str(exc), exc.field)
+        except CodaWSError as exc:
+            log.warning("POST /events: could not publish: %s", exc)
+            return _error(503, "unavailable", f"the event could not be published: {exc}")
+        log.debug("published %s seq %s from %s", event_type, event.seq, request.remote_addr)
+        if event.seq == 0:  # an external sequencer (Redis) stamps it
+            return _json({"seq": None, "queued": True}, 202)
+        return _json({"seq": event.seq}, 202)

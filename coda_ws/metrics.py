@@ -1,0 +1,207 @@
+"""Prometheus metrics of one :class:`~coda_ws.server.CodaWebSocketServer`.
+
+Theory of operation
+-------------------
+
+Nothing here runs in ``emit()``. The metrics come from three places:
+
+* **live state, read at scrape time**: clients, per-client queue depth and
+  lag, history and replay sizes, and every counter the server and the bus
+  already keep (``get_stats()``, ``EventBus.stats()``,
+  ``EventBus.drop_counts()``). Gauges are never incremented or decremented,
+  so they cannot drift however many clients come and go;
+* **a bus listener** (:meth:`ServerMetrics._on_batch`), run by the dispatcher
+  after each batch: events emitted per type, and the dispatch lag (from the
+  event's timestamp to its fan-out to the readers);
+* **the bus's own emit-duration histogram**
+  (:attr:`EventBus.emit_durations`): ``emit()`` appends its duration in
+  nanoseconds to a deque (no lock); the dispatcher and each scrape fold the
+  samples into fixed buckets.
+
+A scrape takes no lock that ``emit()`` takes: it copies small dicts and
+walks the connected clients once, so its cost grows with the number of
+clients (at most ``max_clients``), not with the number of events.
+
+Each server has its own :class:`prometheus_client.CollectorRegistry` (never
+the global one), so several servers in one process do not collide; it also
+holds the process collectors (``process_*``, ``python_info``,
+``python_gc_*``).
+"""
+
+import collections
+import operator
+import time
+import weakref
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from . import __version__
+from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram
+
+__all__ = ["ServerMetrics", "CONTENT_TYPE", "ABNORMAL_CLOSE"]
+
+#: The Content-Type of :meth:`ServerMetrics.exposition` (Prometheus text format).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: The ``code`` label of a disconnect without a close frame (RFC 6455's 1006:
+#: never sent, it names an abnormal closure).
+ABNORMAL_CLOSE = "1006"
+
+_type_of = operator.attrgetter("type")
+
+
+class ServerMetrics:
+    """The metrics of one server, in a private registry.
+
+    Made by the server itself (``server.metrics``); it registers a listener
+    on the server's bus at once, so events emitted before the server object
+    existed (on a ``bus=`` given to it) are not in the per-type counts.
+
+    Thread-safety: :meth:`exposition` may be called from any number of
+    threads at once; the listener runs in the bus dispatcher only.
+
+    Attributes:
+        registry: the ``CollectorRegistry`` holding coda_ws's metrics and the
+            process collectors.
+        dispatch_lag: a :class:`~coda_ws.histogram.FixedHistogram` of the
+            seconds from ``emit()`` to fan-out.
+    """
+
+    def __init__(self, server):
+        # A weak reference: a bus shared with other servers keeps this
+        # listener, but must not keep a stopped server alive.
+        self._server = weakref.ref(server)
+        self._emitted = collections.Counter()  # type -> events; written by the dispatcher only
+        self.dispatch_lag = FixedHistogram(DISPATCH_LAG_BUCKETS)
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        server.bus.add_listener(self._on_batch)
+
+    def _on_batch(self, entries):
+        """Bus listener (dispatcher thread): per-type counts and dispatch lag."""
+        now = time.time()
+        self._emitted.update(map(_type_of, entries))  # counted in C
+        self.dispatch_lag.observe_many([max(0.0, now - entry.timestamp) for entry in entries])
+
+    def emitted_by_type(self):
+        """``{type: events}`` dispatched since this object was made (a copy)."""
+        return dict(self._emitted)  # dict(Counter) is one C call: atomic under the GIL
+
+    def exposition(self):
+        """Every metric in the Prometheus text format (bytes); see :data:`CONTENT_TYPE`."""
+        return generate_latest(self.registry)
+
+
+def _histogram(name, documentation, snapshot):
+    buckets = [(floatToGoString(bound), count) for bound, count in zip(snapshot.bounds, snapshot.cumulative)]
+    buckets.append(("+Inf", snapshot.count))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
+
+
+class _Collector:
+    """Builds coda_ws's metric families from the live state at each scrape."""
+
+    def __init__(self, metrics):
+        self._metrics = metrics
+
+    def collect(self):
+        metrics = self._metrics
+        server = metrics._server()
+        if server is None:
+            return
+        bus = server.bus
+        stats = server.get_stats()
+        bus_stats = bus.stats()
+        clients = server.clients  # a snapshot
+
+        info = InfoMetricFamily("coda_ws", "coda_ws version and the stream's epoch")
+        info.add_metric([], {"version": __version__, "epoch": str(bus.epoch)})
+        yield info
+
+        emitted = CounterMetricFamily(
+            "coda_ws_events_emitted", "Events dispatched into the stream, by type", labels=["type"])
+        for type_name, count in sorted(metrics.emitted_by_type().items()):
+            emitted.add_metric([type_name], count)
+        yield emitted
+
+        yield CounterMetricFamily(
+            "coda_ws_events_delivered", "Event frames written to WebSocket clients", value=stats["events_sent"])
+
+        dropped = CounterMetricFamily(
+            "coda_ws_events_dropped",
+            "Events skipped for a client that was behind: 'conflated' (newer state of the same type and "
+            "session was waiting) or 'overwritten' (state that left the history first); lossless events are "
+            "never dropped (see coda_ws_disconnects_total{code=\"4008\"})",
+            labels=["type", "reason"])
+        for (type_name, reason), count in sorted(bus.drop_counts().items()):
+            dropped.add_metric([type_name, reason], count)
+        yield dropped
+
+        yield _histogram("coda_ws_emit_duration_seconds",
+                         "Caller-side cost of emit(): validate, encode, stamp, enqueue",
+                         bus.emit_durations.snapshot())
+        yield _histogram("coda_ws_dispatch_lag_seconds",
+                         "Time from emit() to fan-out to the clients' cursors (dispatcher latency)",
+                         metrics.dispatch_lag.snapshot())
+
+        yield GaugeMetricFamily("coda_ws_clients", "WebSocket clients connected now", value=len(clients))
+        depth = GaugeMetricFamily(
+            "coda_ws_client_queue_depth",
+            "Frames waiting in a client's writer: control frames queued plus the event batch being written "
+            "and not yet accepted by its socket", labels=["client"])
+        lag = GaugeMetricFamily(
+            "coda_ws_client_lag_events",
+            "Stream head minus the last seq written to the client (events it is behind)", labels=["client"])
+        for client_id, conn in sorted(clients.items()):
+            depth.add_metric([client_id], conn.queue_depth)
+            lag.add_metric([client_id], conn.subscription.lag)
+        yield depth
+        yield lag
+
+        disconnects = CounterMetricFamily(
+            "coda_ws_disconnects", "Client disconnects by close code (1006: no close frame, the connection "
+            "just ended)", labels=["code"])
+        for code, count in sorted(stats.get("disconnect_codes", {}).items()):
+            disconnects.add_metric([code], count)
+        yield disconnects
+
+        resumes = CounterMetricFamily(
+            "coda_ws_resumes", "Resume requests by result: recovered, epoch_changed, too_old, unknown_position",
+            labels=["result"])
+        for result, count in sorted(stats.get("resumes", {}).items()):
+            resumes.add_metric([result], count)
+        yield resumes
+
+        yield GaugeMetricFamily("coda_ws_replay_buffer_events", "Events in the replay buffer",
+                                value=stats["replay_buffer_size"])
+        yield GaugeMetricFamily("coda_ws_history_events", "Events held in the history ring for resume",
+                                value=stats["history_events"])
+        yield GaugeMetricFamily("coda_ws_last_seq", "The last seq stamped", value=stats["sequence_number"])
+        yield GaugeMetricFamily("coda_ws_dispatch_queue_events", "Events emitted and not yet dispatched",
+                                value=bus_stats["dispatch_queue"])
+        yield CounterMetricFamily("coda_ws_connections", "WebSocket clients accepted",
+                                  value=stats["total_connections"])
+        yield CounterMetricFamily("coda_ws_overflows", "Clients that fell too far behind (closed with 4008)",
+                                  value=stats["overflows"])
+        yield CounterMetricFamily("coda_ws_rejected_handshakes", "WebSocket handshakes refused before the upgrade",
+                                  value=stats["rejected_handshakes"])
+        yield CounterMetricFamily("coda_ws_invalid_messages", "Client frames answered with an error frame",
+                                  value=stats["invalid_messages"])
+        yield CounterMetricFamily("coda_ws_rate_limited", "Client frames refused by the rate limit",
+                                  value=stats["rate_limited"])
+        yield CounterMetricFamily("coda_ws_handler_errors", "Exceptions raised by connect, disconnect and message "
+                                  "handlers", value=stats["handler_errors"])
+        yield CounterMetricFamily("coda_ws_listener_errors", "Exceptions raised by bus listeners",
+                                  value=bus_stats["listener_errors"])
