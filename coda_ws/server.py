@@ -420,26 +420,16 @@ class CodaWebSocketServer:
                 self.backplane.flush(timeout / 5)  # this node's events, through Redis and back
             self.bus.flush(timeout / 5)
             self.running = False
-            self._stopping = True
+            self._stopping = True  # handshakes from now on get 503
             httpd, self.server = self.server, None
-            with self._clients_lock:
-                connections = list(self._clients.values())
-            for conn in connections:
-                conn.request_close(CLOSE_GOING_AWAY, "server shutting down")
             try:
-                httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+                httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop at once
             except OSError:
                 pass
             self._serve_thread.join(max(0.0, deadline - time.monotonic()))
-            # Healthy clients answer the close frame quickly; leave the last
-            # fifth of the time to force the stragglers.
-            grace = deadline - timeout / 5
-            for thread in list(self._request_threads):
-                thread.join(max(0.0, grace - time.monotonic()))
-            with self._clients_lock:
-                stragglers = list(self._clients.values())
-            for conn in stragglers:
-                conn.sock.shutdown()
+            self.close_clients(CLOSE_GOING_AWAY, "server shutting down", max(0.0, deadline - time.monotonic()))
+            # Werkzeug does not wait for its request threads: join them (WebSocket
+            # writers end once their client is gone, plain requests end quickly).
             for thread in list(self._request_threads):
                 thread.join(max(0.0, deadline - time.monotonic()))
             httpd.server_close()
