@@ -28,6 +28,17 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def fd_targets():
+    """What each open file descriptor points to (for a readable failure message)."""
+    targets = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return targets
+
+
 class Harness:
     """One server, a healthy client reading everything, and an emitter thread."""
 
@@ -36,6 +47,7 @@ class Harness:
         self.server = CodaWebSocketServer(host="127.0.0.1", port=0, **options)
         self.server.start()
         self.fds = open_fds()
+        self.fd_targets = fd_targets()
         # ping_interval=None: the websockets client's keepalive uses the global `random`
         # module, which Hypothesis would see change while it generates data.
         self._stack = connect(self.server.url + "?v=1&replay=0", ping_interval=None)
@@ -76,7 +88,8 @@ class Harness:
         assert self.seqs == list(range(1, self.emitted + 2)), "the healthy client lost or reordered events"
         self._stack.__exit__(None, None, None)
         wait_for(lambda: self.server.get_stats()["current_connections"] == 0, message="clients gone")
-        wait_for(lambda: open_fds() <= self.fds, message=lambda: f"fds back to {self.fds}, now {open_fds()}")
+        wait_for(lambda: open_fds() <= self.fds, message=lambda: f"fds back to {self.fds}, now {open_fds()}: new "
+                 f"{sorted(set(fd_targets().items()) - set(self.fd_targets.items()))}")
         self.server.stop()
         wait_for(
             lambda: set(threading.enumerate()) <= self.before_threads,
