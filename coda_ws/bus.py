@@ -177,7 +177,7 @@ def _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
     entry = Entry()
     entry.seq = seq
     entry.timestamp = timestamp
-    entry.type = type_name = cls.event_type.value
+    entry.type = type_name = cls.type_name
     entry.session_id = session_id
     entry.high_priority = high_priority and target is None
     entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
@@ -565,7 +565,7 @@ class EventBus:
         cls = event_class(event_type)
         values = build_fields(cls, fields)
         body = encode_fields(cls, values)
-        session_id = _check_session_id(session_id, cls.event_type.value)
+        session_id = _check_session_id(session_id, cls.type_name)
         if high_priority is None:
             high_priority = cls.high_priority
         elif high_priority is not True and high_priority is not False:
@@ -573,7 +573,7 @@ class EventBus:
         sequencer = self._sequencer
         if sequencer is not None:
             timestamp = time.time()
-            sequencer.publish(timestamp, cls.event_type.value, session_id, high_priority, body, target)
+            sequencer.publish(timestamp, cls.type_name, session_id, high_priority, body, target)
             event = cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
             self._emit_ns.append(_now_ns() - start)
             return event
@@ -584,7 +584,10 @@ class EventBus:
             self._queue.append((seq, timestamp, cls, session_id, values, body, high_priority, target))
         if self._thread is None:
             self._start_dispatcher()
-        self._pending.set()
+        if not self._pending.is_set():
+            # Safe to skip: a set flag means the dispatcher has not yet cleared
+            # it, and it drains the queue (our item included) after clearing.
+            self._pending.set()
         event = cls(seq=seq, timestamp=timestamp, session_id=session_id, **values)
         self._emit_ns.append(_now_ns() - start)
         return event

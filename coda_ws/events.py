@@ -253,8 +253,10 @@ class BaseEvent(DataClassJsonMixin):
     type: str = ""
     session_id: Optional[str] = None
 
-    #: The type this class represents (set on each subclass).
+    #: The type this class represents (set on each subclass), and its value as
+    #: a plain string (hot paths avoid the enum's property lookup).
     event_type: ClassVar[EventType]
+    type_name: ClassVar[str]
     #: Kept in the replay buffer unless the emitter says otherwise.
     high_priority: ClassVar[bool] = False
     #: State that a newer event of the same type and session supersedes.
@@ -285,6 +287,7 @@ def _event(event_type, *, high_priority=False, conflatable=False, content=()):
         cls.type = field(default=event_type.value)
         cls = dataclass(frozen=True, kw_only=True)(cls)
         cls.event_type = event_type
+        cls.type_name = event_type.value
         cls.high_priority = high_priority
         cls.conflatable = conflatable
         cls.content_fields = tuple(content)
@@ -591,7 +594,7 @@ def build_fields(cls, fields):
     Returns the type's own fields as a dict in wire order. ``fields`` is
     consumed (keys are popped). This is the caller-side half of ``emit()``.
     """
-    type_name = cls.event_type.value
+    type_name = cls.type_name
     values = {}
     missing = None
     for name, check, is_factory, default in cls._spec:
