@@ -57,6 +57,9 @@ log = logging.getLogger("coda_ws.bus")
 
 _now_ns = time.perf_counter_ns  # emit() timing: one global lookup on the hot path
 
+#: Upper bound of the entries published between two lag checks.
+_MAX_CHUNK = 1024
+
 #: A reader further behind than this many events gets conflatable state
 #: conflated (latest wins); closer readers get every state update.
 CONFLATE_BACKLOG = 64
@@ -263,6 +266,12 @@ class Subscription:
     def __init__(self, bus, reader_id, event_filter, cursor, wake, limit):
         self.id = reader_id
         self.wake = wake
+        #: None, or a callable telling whether the reader's transport refuses
+        #: data right now (the server sets it from the client's socket). With
+        #: it, falling ``limit`` lossless events behind counts as too slow only
+        #: while the client itself is not reading: a writer thread that merely
+        #: was not scheduled during a burst is not the client's fault.
+        self.blocked = None
         self.overflowed = None
         self.conflated = 0
         self.dropped = {}
@@ -422,10 +431,12 @@ class Subscription:
             cursor = self._cursor
             while pending and pending[0] <= cursor:
                 pending.popleft()
-            if len(pending) > self._limit:
+            blocked = self.blocked
+            if len(pending) > self._limit and (blocked is None or blocked()):
                 self._overflow(f"more than {self._limit} lossless events waiting")
-            elif pending and pending[0] < head - capacity + 1:
-                self._overflow("history overwritten before delivery")
+            elif pending and head - pending[0] >= capacity - bus._chunk:
+                # The next chunk would overwrite a lossless event this reader still needs.
+                self._overflow("lossless events about to leave the history before delivery")
 
     def _gap_was_state_only(self, first, end):
         """True when entries ``first``..``end-1`` (gone from the ring) were
@@ -495,6 +506,11 @@ class EventBus:
         # so a new subscriber sees a head and a replay buffer that agree.
         self._lock = threading.Lock()
         self._ring = [_EMPTY] * history_size
+        # Most entries published between two lag checks: small enough that a
+        # check sees every entry before the ring overwrites it, and that a
+        # reader is overflowed (and resumes) a chunk before it would lose a
+        # lossless event; at most a quarter of the history.
+        self._chunk = max(1, min(_MAX_CHUNK, (history_size - client_queue_size) // 2, history_size // 4))
         self._head = 0
         self._replay = []
         self._subscribers = ()
@@ -1010,7 +1026,7 @@ class EventBus:
         records = {entry.seq: record for entry, record in made if record is not None}
         # Publish in chunks small enough that lag checks see every entry
         # before the ring overwrites it (see Subscription._check_lag).
-        chunk = max(1, len(self._ring) - self.client_queue_size)
+        chunk = self._chunk
         for start in range(0, len(entries), chunk):
             self._publish_chunk(entries[start : start + chunk], records)
         if holes:

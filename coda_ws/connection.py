@@ -58,6 +58,8 @@ class GuardedSocket:
         self.closed = False
         self.on_close = None  # called once the reader thread is done with the socket
         self.write_calls = 0  # system calls that wrote data (batching is visible here)
+        #: monotonic time since which a write has waited for the peer to read, else None
+        self.blocked_since = None
 
     def fileno(self):
         return self._sock.fileno()
@@ -68,7 +70,10 @@ class GuardedSocket:
     def send(self, data):
         """Write all of ``data``; returns its length (simple-websocket's contract)."""
         with self._write_lock:
-            self._send_all(data)
+            try:
+                self._send_all(data)
+            finally:
+                self.blocked_since = None
         return len(data)
 
     sendall = send
@@ -86,7 +91,10 @@ class GuardedSocket:
                 self.write_calls += 1
                 view = view[sent:]
                 deadline = None
+                self.blocked_since = None
                 continue
+            if self.blocked_since is None:
+                self.blocked_since = time.monotonic()
             # The peer's buffers are full: wait until it reads, at most write_timeout.
             now = time.monotonic()
             if deadline is None and self.write_timeout is not None:

@@ -792,6 +792,9 @@ class CodaWebSocketServer:
             types=options["filter"], since=options["since"], epoch=options["epoch"], reader_id=client_id
         )
         sock.on_close = subscription.wake.set
+        # "Too slow" (4008) means the client does not read, not that its writer
+        # thread was not scheduled while a burst was emitted.
+        subscription.blocked = lambda: sock.blocked_since is not None
         handshake_environ = dict(environ)
         handshake_environ["werkzeug.socket"] = sock
         # Decline permessage-deflate: compressing per connection costs 2.4-3.9x

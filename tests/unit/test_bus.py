@@ -304,3 +304,41 @@ def test_bad_options_are_refused(kwargs, message):
     """Out-of-range sizes raise ValueError naming the option."""
     with pytest.raises(ValueError, match=message):
         EventBus(**kwargs)
+
+
+def test_reader_behind_but_not_blocked_is_not_overflowed():
+    """A reader whose transport still accepts data (its writer just was not scheduled
+    during a burst) is not "too slow": it keeps everything, up to the history's limit."""
+    bus = EventBus(client_queue_size=10, history_size=1000)
+    try:
+        socket_full = [False]
+        sub = bus.subscribe()
+        sub.blocked = lambda: socket_full[0]
+        for i in range(100):  # ten times the allowance
+            bus.emit("llm_token", token=str(i), cumulative_text="")
+        bus.flush(5)
+        assert sub.overflowed is None
+        assert [e["token"] for e in drain(sub)] == [str(i) for i in range(100)]
+        socket_full[0] = True  # now the client stops reading: the allowance applies
+        for i in range(11):
+            bus.emit("llm_token", token="x", cumulative_text="")
+        bus.flush(5)
+        assert sub.overflowed is not None
+    finally:
+        bus.close()
+
+
+def test_reader_is_overflowed_before_it_would_lose_history():
+    """Even when not blocked, a reader about to lose lossless events from the history is overflowed
+    (then it resumes, or learns it cannot): no lossless event is dropped silently."""
+    bus = EventBus(client_queue_size=10, history_size=100)
+    try:
+        sub = bus.subscribe()
+        sub.blocked = lambda: False
+        for i in range(95):
+            bus.emit("llm_token", token=str(i), cumulative_text="")
+        bus.flush(5)
+        assert sub.overflowed is not None
+        assert bus.stats()["overflows"] == 1
+    finally:
+        bus.close()
