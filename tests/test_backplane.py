@@ -8,6 +8,7 @@ redis-server on a free port and kill it.
 
 import contextlib
 import json
+import queue
 import signal
 import socket
 import subprocess
@@ -358,6 +359,115 @@ def test_outage_with_redis_keeping_the_stream(node_factory, own_redis):
         assert emitter.stats()["dropped"] == 0
     finally:
         emitter.close()
+
+
+class GatedSend:
+    """Stands in for a publisher's ``_send``: each round trip to Redis is
+    announced (:meth:`next_call`: how many items it carries) and waits for
+    :meth:`allow`, as when the publisher thread is descheduled or Redis is
+    slow; ``lose_replies`` makes the next round trips run in Redis, then
+    fail as if the connection died before the reply arrived."""
+
+    def __init__(self, publisher):
+        self._send = publisher._send
+        self._calls = queue.Queue()
+        self._permits = threading.Semaphore(0)
+        self._open = False
+        self.lose_replies = 0
+
+    def __call__(self, client, batches):
+        self._calls.put(sum(n for _, _, n in batches))
+        if not self._open and not self._permits.acquire(timeout=TIMEOUT):
+            raise redis.exceptions.ConnectionError("the test never allowed this round trip")
+        results = self._send(client, batches)
+        if self.lose_replies:
+            self.lose_replies -= 1
+            raise redis.exceptions.ConnectionError("reply lost (test)")
+        return results
+
+    def next_call(self):
+        return self._calls.get(timeout=TIMEOUT)
+
+    def allow(self, count=1):
+        self._permits.release(count)
+
+    def open(self):
+        self._open = True
+        self._permits.release(1000)
+
+
+def stream_events(prefix):
+    """Every event of the shared Redis's stream under ``prefix``, oldest first."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return [json.loads(fields[b"d"]) for _, fields in client.xrange(stream_keys(prefix)["stream"])]
+    finally:
+        client.close()
+
+
+def test_one_drop_notice_counts_every_drop_of_an_overflow(prefix, monkeypatch):
+    """Events dropped while the events buffered ahead of the drop notice are
+    not yet in Redis (their round trip held) are all counted by one notice,
+    published after those events. Regression: the notice was taken with
+    them, built with the drops so far, and the drops until Redis stamped it
+    needed a second notice for the same overflow."""
+    emitter = RedisEmitter(REDIS_URL, prefix, buffer_size=10)
+    gate = GatedSend(emitter._publisher)
+    monkeypatch.setattr(emitter._publisher, "_send", gate)
+    try:
+        emitter.emit("stt_start", mode="0")
+        assert gate.next_call() == 1  # the thread holds event 0
+        for i in range(1, 15):  # 9 buffered, then the buffer is full: 5 dropped
+            emitter.emit("stt_start", mode=str(i))
+        gate.allow()
+        gate.next_call()  # the thread took the next items and holds them
+        for i in range(15, 20):  # the buffer is still full: 5 more dropped
+            emitter.emit("stt_start", mode=str(i))
+        gate.open()
+        assert emitter.flush(TIMEOUT)
+    finally:
+        gate.open()
+        emitter.close()
+    stats = emitter.stats()
+    assert (stats["published"], stats["dropped"]) == (10, 10)
+    events = stream_events(prefix)
+    assert [e.get("mode", e["type"]) for e in events] == [str(i) for i in range(10)] + ["system_error"]
+    assert events[-1]["details"]["dropped"] == 10
+
+
+def test_drop_notice_retried_after_a_lost_reply(prefix, monkeypatch):
+    """A batch with the drop notice that Redis added but whose reply was lost
+    is retried unchanged, so the script recognizes it: the notice is in the
+    stream once, with the count it was taken with, and a drop counted after
+    it was taken (the buffer full again) gets the next notice: the notices
+    add up to every drop."""
+    emitter = RedisEmitter(REDIS_URL, prefix, buffer_size=5)
+    gate = GatedSend(emitter._publisher)
+    monkeypatch.setattr(emitter._publisher, "_send", gate)
+    try:
+        emitter.emit("stt_start", mode="0")
+        assert gate.next_call() == 1
+        for i in range(1, 8):  # 4 buffered, 3 dropped
+            emitter.emit("stt_start", mode=str(i))
+        gate.allow()
+        assert gate.next_call() == 4  # events 1-4, ahead of the notice
+        gate.allow()
+        assert gate.next_call() == 1  # the notice, counting 3
+        for i in range(8, 13):  # 4 buffered, 1 dropped: the buffer is full again
+            emitter.emit("stt_start", mode=str(i))
+        gate.lose_replies = 1
+        gate.allow()
+        assert gate.next_call() == 1  # the same notice again, after the lost reply
+        gate.open()
+        assert emitter.flush(TIMEOUT)
+    finally:
+        gate.open()
+        emitter.close()
+    stats = emitter.stats()
+    assert (stats["published"], stats["dropped"]) == (9, 4)
+    events = stream_events(prefix)
+    got = [e.get("mode") or e["details"]["dropped"] for e in events]  # a notice: its count
+    assert got == ["0", "1", "2", "3", "4", 3, "8", "9", "10", "11", 1]
 
 
 def test_node_restart_continues_the_shared_stream(node_factory, prefix):

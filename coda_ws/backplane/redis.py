@@ -44,10 +44,12 @@ the buffer (``buffer_size`` events); beyond it, new events are dropped and
 counted, and one ``system_error`` event saying how many were dropped is
 queued in a reserved slot, so every client learns of the loss as soon as the
 stream flows again (an event cannot be delivered before Redis stamps its
-seq). ``ready()`` reports the backplane down (``/readyz``). The publisher and
-the reader retry on their own, backing off up to one second, and carry on
-when Redis returns; if the epoch changed meanwhile, every node reloads and
-its clients get ``recovered: false, reason: epoch_changed`` on resume.
+seq). The notice goes out after the events buffered before it, once the
+buffer has drained, so it counts every event dropped until then. ``ready()``
+reports the backplane down (``/readyz``). The publisher and the reader retry
+on their own, backing off up to one second, and carry on when Redis returns;
+if the epoch changed meanwhile, every node reloads and its clients get
+``recovered: false, reason: epoch_changed`` on resume.
 
 Delivery guarantee: an event buffered while Redis is down is published once
 Redis is back, unless it was dropped (counted) or the process ended first.
@@ -241,7 +243,10 @@ def _prepare(event_type, session_id, high_priority, fields):
     return cls, values, body, session_id, high_priority
 
 
-_DROP_NOTICE = object()  # the reserved buffer slot for the "events dropped" system_error
+# The reserved buffer slot for the "events dropped" system_error: at most one
+# is buffered or in flight. The thread takes it only at the head of a take
+# (see _Publisher._take_locked) and builds it once, with the count then.
+_DROP_NOTICE = object()
 
 
 class _Publisher:
@@ -272,7 +277,7 @@ class _Publisher:
         self._cond = threading.Condition(threading.Lock())
         self._buffer = collections.deque()
         self._inflight = 0  # events taken by the thread, not yet acknowledged
-        self._inflight_notices = 0  # of those, drop notices (not events anyone emitted)
+        self._inflight_notices = 0  # of those, drop notices (0 or 1; not events anyone emitted)
         self._accepted = 0  # events (and notices) accepted since creation
         self._settled = 0  # of those, published or given up
         self._notice_queued = False
@@ -336,16 +341,16 @@ class _Publisher:
                             self._cond.wait()
                         if not self._buffer:
                             return  # stopping, and everything is published
-                        take = min(len(self._buffer), self.max_batch * self.max_pipeline)
-                        items = [self._buffer.popleft() for _ in range(take)]
-                        self._inflight = take
-                        self._inflight_notices = sum(1 for item in items if item is _DROP_NOTICE)
-                    # Batch numbers are fixed once per set of items, so a retry
-                    # after a lost reply is recognized by the script.
+                        items, reported = self._take_locked()
+                    if reported is not None:
+                        items[0] = self._drop_notice(reported)
+                    # Built once per set of items: a retry (after a lost reply,
+                    # too) sends the same batches, numbers and notice count, so
+                    # the script recognizes a batch already added, and the count
+                    # acknowledged is the one published.
                     first_batch = self._next_batch
                     self._next_batch += -(-len(items) // self.max_batch)
-                # Built for every attempt: a drop notice counts the drops so far.
-                batches, reported = self._build(items, first_batch)
+                    batches = self._build(items, first_batch)
                 try:
                     if client is None:
                         client = _client(self._url, 2.0, f"coda-ws-publisher-{self.emitter_id[:8]}")
@@ -374,7 +379,7 @@ class _Publisher:
                         self._give_up_locked()
                     items = None
                     continue
-                self._acknowledge(batches, results, reported)
+                self._acknowledge(batches, results, reported or 0)
                 items = None
                 backoff = _MIN_BACKOFF
         except Exception:  # a bug: say so, and let the next event start a new thread
@@ -400,14 +405,36 @@ class _Publisher:
         })
         return time.time(), cls.event_type.value, None, True, encode_fields(cls, values), None
 
+    def _take_locked(self):
+        """Take the next items to publish (with ``_cond`` held): ``(items,
+        drops the notice reports)``, the count None when no notice is taken.
+
+        The drop notice is taken only at the head of a take, never behind
+        events: those are published first. While they are in flight they
+        fill the buffer and events go on being dropped, so a count read then
+        (even just before each attempt) can be overtaken before Redis stamps
+        the notice, and the drops after it needed a second notice for the same
+        outage. Once the events ahead of it are published (or given up), the
+        buffer has drained and the count read here, with the notice taken, is
+        every drop of this overflow; a drop after it (the buffer filled up
+        again) is announced by the next notice, queued when this one is
+        acknowledged.
+        """
+        buffer = self._buffer
+        limit = self.max_batch * self.max_pipeline
+        items = []
+        reported = None
+        if buffer[0] is _DROP_NOTICE:
+            items.append(buffer.popleft())
+            reported = self._dropped_since_notice
+        while buffer and len(items) < limit and buffer[0] is not _DROP_NOTICE:
+            items.append(buffer.popleft())
+        self._inflight = len(items)
+        self._inflight_notices = 0 if reported is None else 1
+        return items, reported
+
     def _build(self, items, first_batch):
-        """Split items into script calls: ``([(batch_number, argv, count)], drops reported)``."""
-        reported = 0
-        if self._inflight_notices:
-            with self._cond:
-                reported = self._dropped_since_notice
-            notice = self._drop_notice(reported)
-            items = [notice if item is _DROP_NOTICE else item for item in items]
+        """Split items into script calls: ``[(batch_number, argv, count)]``."""
         batches = []
         for number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
             chunk = items[start : start + self.max_batch]
@@ -419,7 +446,7 @@ class _Publisher:
                     _wire_tail(timestamp, type_name, session_id, body),
                 )
             batches.append((number, argv, len(chunk)))
-        return batches, reported
+        return batches
 
     def _send(self, client, batches):
         """Run the publish script for every batch, in one pipeline (one round trip)."""
@@ -460,7 +487,7 @@ class _Publisher:
             if self._inflight_notices:
                 self._dropped_since_notice -= reported
                 self._notice_queued = False
-                if self._dropped_since_notice:  # drops since the notice was built: one more
+                if self._dropped_since_notice:  # the buffer filled up again after it was taken: one more
                     self._notice_queued = True
                     self._buffer.append(_DROP_NOTICE)
                     self._accepted += 1
