@@ -22,7 +22,7 @@ import sqlite3
 import sys
 import threading
 
-from . import __version__
+from . import __version__, argtypes
 from .logging_json import LOG_FORMATS, configure_logging
 
 __all__ = ["main", "build_parser"]
@@ -43,7 +43,7 @@ def build_parser():
 
     server_options = argparse.ArgumentParser(add_help=False)
     server_options.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
-    server_options.add_argument("--port", type=_port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
+    server_options.add_argument("--port", type=argtypes.port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
     server_options.add_argument("--token-file", metavar="FILE",
                                 help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
     server_options.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -61,11 +61,11 @@ def build_parser():
         description="Start a server and feed it the demo conversation in a loop with realistic timing "
                     "(token streaming, TTS progress, system metrics) until Ctrl-C.",
     )
-    demo.add_argument("--pace", type=_non_negative, default=1.0,
+    demo.add_argument("--pace", type=argtypes.number(positive=False), default=1.0,
                       help="scale of the pauses: 1 realistic, 0.5 twice as fast (default: 1)")
-    demo.add_argument("--metrics-interval", type=_positive, default=3.0,
+    demo.add_argument("--metrics-interval", type=argtypes.number(positive=True), default=3.0,
                       help="seconds between system_metrics events (default: 3)")
-    demo.add_argument("--iterations", type=_positive_int, default=None,
+    demo.add_argument("--iterations", type=argtypes.integer(1), default=None,
                       help="stop after this many conversations (default: run until Ctrl-C)")
     demo.set_defaults(func=run_demo_command)
 
@@ -76,9 +76,9 @@ def build_parser():
     )
     serve.add_argument("--journal", metavar="FILE", default=None,
                        help="keep the stream in this SQLite file: same epoch, seq and history after a restart")
-    serve.add_argument("--journal-max-events", type=_positive_int, default=None, metavar="N",
+    serve.add_argument("--journal-max-events", type=argtypes.integer(1), default=None, metavar="N",
                        help="journal retention: the newest N events (default: no limit)")
-    serve.add_argument("--journal-max-age", type=_positive, default=None, metavar="SECONDS",
+    serve.add_argument("--journal-max-age", type=argtypes.number(positive=True), default=None, metavar="SECONDS",
                        help="journal retention: events younger than this (default: no limit)")
     serve.add_argument("--backplane", metavar="URL", default=None,
                        help="share one stream with other processes and hosts through Redis (redis://HOST:PORT/DB)")
@@ -92,12 +92,12 @@ def build_parser():
                     "line, oldest first. Safe while a server writes the file.",
     )
     export.add_argument("file", metavar="FILE", help="the journal file")
-    export.add_argument("--since", type=_non_negative_int, default=0, metavar="SEQ",
+    export.add_argument("--since", type=argtypes.integer(0), default=0, metavar="SEQ",
                         help="only events after this position (default: from the oldest kept)")
     export.add_argument("--types", default=None, metavar="TYPES",
                         help="comma-separated event types or globs, e.g. 'llm_*,stt_result'")
     export.add_argument("--session-id", default=None, help="only this session (and events of no session)")
-    export.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="at most N events")
+    export.add_argument("--limit", type=argtypes.integer(1), default=None, metavar="N", help="at most N events")
     export.set_defaults(func=run_export_command)
 
     token = subparsers.add_parser("token", help="manage access tokens",
@@ -105,7 +105,7 @@ def build_parser():
     token_commands = token.add_subparsers(title="token commands", metavar="ACTION")
     token_new = token_commands.add_parser("new", help="print a new random token with its scopes",
                                           description="Print TOKEN=scopes, ready to append to a token file.")
-    token_new.add_argument("--scopes", default="read", type=_scopes,
+    token_new.add_argument("--scopes", default="read", type=argtypes.scopes,
                            help="comma-separated: read, read:content, publish, admin (default: read)")
     token_new.set_defaults(func=run_token_new_command)
 
@@ -311,60 +311,3 @@ def _ignoring_interrupts():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _scopes(text):
-    from .auth import SCOPES
-
-    scopes = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in SCOPES]
-    if not scopes or unknown:
-        raise argparse.ArgumentTypeError(f"scopes must be among {', '.join(SCOPES)}; got {text!r}")
-    return scopes
-
-
-def _port(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535, got {value}")
-    return value
-
-
-def _non_negative(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive(text):
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 
+from . import argtypes
 from .client import ClientConnectionError, CodaEventClient
 from .errors import CodaWSError, InvalidEventError
 from .events import BaseEvent, encode_json, validate_event
@@ -491,43 +492,6 @@ def _types_argument(values):
     return [t.strip() for value in values for t in value.split(",") if t.strip()] or None
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _port(text):
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535, got {value}")
-    return value
-
-
 def _run(command, action):
     """Run a tool for the command line: exit code 0, or 1/2 with a message on stderr."""
     from .cli import _interruptible  # SIGINT and SIGTERM raise KeyboardInterrupt, even in the background
@@ -593,7 +557,7 @@ def add_tool_commands(subparsers):
     client_options.add_argument("--session", metavar="SESSION_ID",
                                 help="only events of this session (and those of no session)")
     client_options.add_argument("--token", help="bearer token, for servers that require one")
-    client_options.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
+    client_options.add_argument("--connect-timeout", type=argtypes.number(positive=True), default=10.0, metavar="S",
                                 help="seconds to wait for the first connection (default: 10)")
     client_options.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
                                 help="logging threshold (default: warning)")
@@ -603,10 +567,10 @@ def add_tool_commands(subparsers):
         description="Print the live stream: one readable (coloured on a terminal) line per event, or raw JSON"
                     " lines with --json. Reconnects and resumes by itself; stop with Ctrl-C.",
     )
-    tail_parser.add_argument("--since", type=_non_negative_int, metavar="N",
+    tail_parser.add_argument("--since", type=argtypes.integer(0), metavar="N",
                              help="start after stream position N (the missed events first)")
     tail_parser.add_argument("--json", action="store_true", help="print each event as one JSON line")
-    tail_parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    tail_parser.add_argument("--count", type=argtypes.integer(1), metavar="N", help="stop after N events")
     tail_parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
     tail_parser.set_defaults(func=_tail_command)
 
@@ -616,8 +580,8 @@ def add_tool_commands(subparsers):
                     " until Ctrl-C, --count or --duration.",
     )
     record_parser.add_argument("file", metavar="FILE.jsonl", help="the file to write (overwritten)")
-    record_parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
-    record_parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    record_parser.add_argument("--count", type=argtypes.integer(1), metavar="N", help="stop after N events")
+    record_parser.add_argument("--duration", type=argtypes.number(positive=True), metavar="S", help="stop after S seconds")
     record_parser.set_defaults(func=_record_command)
 
     play_parser = subparsers.add_parser(
@@ -627,10 +591,10 @@ def add_tool_commands(subparsers):
                     " running assistant. Keeps serving after the last event until Ctrl-C (or --exit).",
     )
     play_parser.add_argument("file", metavar="FILE.jsonl", help="the recording to play")
-    play_parser.add_argument("--speed", type=_positive_float, default=1.0,
+    play_parser.add_argument("--speed", type=argtypes.number(positive=True), default=1.0,
                              help="time scale: 2 plays twice as fast (default: 1)")
     play_parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
-    play_parser.add_argument("--port", type=_port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
+    play_parser.add_argument("--port", type=argtypes.port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
     play_parser.add_argument("--loop", action="store_true", help="start again after the last event, until Ctrl-C")
     play_parser.add_argument("--exit", action="store_true", help="stop serving once the recording has played")
     play_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
