@@ -244,7 +244,8 @@ def _big_event(server, i, size=16_384):
 
 def test_paused_client_does_not_stall_others_and_is_closed_with_4008(server_factory):
     """A client that stops reading: emit() and a healthy client carry on; it gets 4008 and can resume."""
-    server = server_factory(client_queue_size=16, history_size=2000)
+    # Keepalive and write timeouts are not under test (the raw client answers no pings).
+    server = server_factory(client_queue_size=16, history_size=2000, ping_interval=None, ping_timeout=120)
     paused = RawClient(server.port, "/?v=1", rcvbuf=4096)
     hello = paused.read_json()
     assert hello["type"] == "hello"
