@@ -350,8 +350,7 @@ def test_publish_with_an_external_sequencer_answers_queued(server_factory):
 
 def test_readyz_and_publish_with_a_working_backplane(server_factory):
     """With Redis up, /readyz checks the backplane too and POST /events answers queued (Redis stamps the seq)."""
-    pytest.importorskip("redis")
-    from ._redis import REDIS_URL, unique_prefix
+    from ._redis import REDIS_URL, unique_prefix  # redis is a dev dependency: never skipped
 
     with unique_prefix() as prefix:
         server = server_factory(backplane=REDIS_URL, backplane_prefix=prefix)
@@ -368,7 +367,6 @@ def test_readyz_and_publish_with_a_working_backplane(server_factory):
 
 def test_readyz_names_an_unreachable_redis(server_factory):
     """With Redis unreachable, /readyz answers 503 naming the backplane and why."""
-    pytest.importorskip("redis")
     server = server_factory(backplane="redis://127.0.0.1:1/0")
     answer = get(server, "readyz")
     assert answer.status == 503
