@@ -319,6 +319,9 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
     wait_for_seq(page, server.sequence_number, timeout_ms=10000)
     page.click("#log-chips .chip[data-types='']", timeout=1000)
     expect(page.locator("#log-rows > .log-row")).to_have_count(MAX_LOG_ROWS, timeout=1000)
+    # The count is already right before the unfiltered rows are drawn: wait for the newest row.
+    expect(page.locator("#log-rows > .log-row").first).to_have_attribute(
+        "data-seq", str(server.sequence_number), timeout=1000)
     seqs = log_seqs(page)
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
     assert seqs[0] == server.sequence_number
