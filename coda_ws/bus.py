@@ -14,7 +14,9 @@ One dispatcher thread takes the queue in batches. For each event it builds the
 wire JSON and the WebSocket frame once, appends an :class:`Entry` to the
 history ring (``history_size`` entries, indexed by ``seq``) and, for
 high-priority events, an :class:`EventDict` to the replay buffer. Then it
-wakes the readers.
+notifies the readers: it wakes each one's thread or, when the reader gave a
+``notify`` hook (the server does, see ``Connection.push``), calls it, so an
+idle client's new frames are written at once without waking its thread.
 
 The ring *is* the queue of every reader. A :class:`Subscription` is a cursor
 (the last ``seq`` it has written) plus a filter. Its owner calls
@@ -272,6 +274,11 @@ class Subscription:
         #: while the client itself is not reading: a writer thread that merely
         #: was not scheduled during a burst is not the client's fault.
         self.blocked = None
+        #: None, or a callable the dispatcher calls instead of ``wake.set()``
+        #: after publishing: the server's ``Connection.push``, which writes the
+        #: new entries from the dispatcher's thread when the reader's writer
+        #: is idle (and wakes it otherwise). It must never block.
+        self.notify = None
         self.overflowed = None
         self.conflated = 0
         self.dropped = {}
@@ -1058,7 +1065,15 @@ class EventBus:
             subscribers = self._subscribers
         for sub in subscribers:
             sub._check_lag(head)
-            sub.wake.set()
+            notify = sub.notify
+            if notify is None:
+                sub.wake.set()
+                continue
+            try:
+                notify()
+            except Exception:  # a bug in one reader's hook must not starve the others
+                log.exception("notifying reader %s failed", sub.id)
+                sub.wake.set()
 
     @staticmethod
     def _make_entry(seq, timestamp, cls, session_id, values, body, high_priority, target):

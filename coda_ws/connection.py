@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 
-Each connection has two threads:
+Each connection has two threads, and the dispatcher may write for it:
 
 * the **reader**: simple-websocket's own thread. It parses incoming frames,
   answers protocol pings and close frames, and appends complete messages to
@@ -13,12 +13,25 @@ Each connection has two threads:
   incoming messages, takes new entries from the stream through the
   connection's :class:`~coda_ws.bus.Subscription`, and writes everything that
   is waiting (control frames and event frames) with one ``send``.
+* the **dispatcher** (the bus's thread), through :meth:`Connection.push`:
+  when it publishes new events and the writer is asleep with nothing else to
+  do, it takes the new entries and writes them itself with one non-blocking
+  send, so a client that keeps up costs no thread wake-up per event. Whatever
+  it cannot finish at once (the socket's buffer is full, a control frame is
+  waiting, a close was asked for) it leaves to the writer and wakes it.
+
+Who may write is decided by the connection's **pen** (a lock): the writer
+holds it whenever it is awake, and the dispatcher only ever *tries* to take
+it. Whoever holds it is the only one reading from the subscription and
+moving its cursor, so frames leave in stream order and the cursor has one
+owner at a time (principle 4).
 
 Every write to the socket, including the reader's pongs and close replies,
-goes through :class:`GuardedSocket`, which serializes writers and never
-blocks longer than the write timeout: simple-websocket's ``send()`` takes no
-lock (principle 4), and a client that stops reading must not hold a thread
-forever.
+goes through :class:`GuardedSocket`, which serializes writers, keeps a frame
+that a non-blocking send could only partly write until the rest is written
+(no other bytes may come in between), and never blocks longer than the write
+timeout: simple-websocket's ``send()`` takes no lock, and a client that stops
+reading must not hold a thread forever.
 """
 
 import collections
@@ -45,15 +58,19 @@ class GuardedSocket:
     ``recv`` passes through (only the reader thread calls it). ``send`` writes
     everything or raises: ``WriteTimeout`` when the peer accepts nothing for
     ``write_timeout`` seconds (None: wait as long as it takes), ``OSError``
-    when the connection is gone. ``close`` (called by simple-websocket when
-    its reader ends) only marks the socket closed: the file descriptor belongs
-    to Werkzeug, which closes it after the request; ``shutdown`` ends the
-    connection for both threads at once.
+    when the connection is gone. ``try_send`` never waits: it writes what the
+    kernel takes at once and keeps the rest of a partly written message as the
+    *unsent tail*, which the next ``send`` (or ``flush``) writes before
+    anything else. ``close`` (called by simple-websocket when its reader ends)
+    only marks the socket closed: the file descriptor belongs to Werkzeug,
+    which closes it after the request; ``shutdown`` ends the connection for
+    both threads at once.
     """
 
     def __init__(self, sock, write_timeout=None):
         self._sock = sock
         self._write_lock = threading.Lock()  # one writer at a time on this socket
+        self._unsent = None  # memoryview: the rest of a message try_send could not finish
         self.write_timeout = write_timeout
         self.closed = False
         self.on_close = None  # called once the reader thread is done with the socket
@@ -67,16 +84,62 @@ class GuardedSocket:
     def recv(self, size):
         return self._sock.recv(size)
 
+    @property
+    def has_unsent(self):
+        """True while part of a message written by :meth:`try_send` is waiting."""
+        return self._unsent is not None
+
     def send(self, data):
-        """Write all of ``data``; returns its length (simple-websocket's contract)."""
+        """Write the unsent tail, if any, then all of ``data``; returns
+        ``len(data)`` (simple-websocket's contract). ``send(b"")`` flushes."""
         with self._write_lock:
             try:
+                if self._unsent is not None:
+                    self._send_all(self._unsent)
+                    self._unsent = None
                 self._send_all(data)
             finally:
                 self.blocked_since = None
         return len(data)
 
     sendall = send
+
+    def flush(self):
+        """Write the unsent tail, if any (blocking like :meth:`send`)."""
+        self.send(b"")
+
+    def try_send(self, data):
+        """Write ``data`` without ever waiting, or not at all.
+
+        Returns True when the socket took responsibility for ``data``: all of
+        it was written, or part of it and the rest is kept as the unsent tail
+        (the caller must then see that someone calls :meth:`flush`). Returns
+        False, having written nothing, when another thread is writing, a tail
+        is already waiting, or the peer's buffers are full.
+
+        Raises:
+            OSError: the connection is gone.
+        """
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._unsent is not None:
+                return False
+            try:
+                sent = self._sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if not sent:
+                if self.blocked_since is None:
+                    self.blocked_since = time.monotonic()
+                return False
+            self.write_calls += 1
+            if sent < len(data):
+                self._unsent = memoryview(data)[sent:]
+                self.blocked_since = time.monotonic()
+            return True
+        finally:
+            self._write_lock.release()
 
     def _send_all(self, data):
         sock = self._sock
@@ -182,6 +245,9 @@ class Connection:
         self.disconnect_reason = None
         self._outbox = collections.deque()  # control frames waiting for the writer
         self._closing = None  # (code, reason) requested by another thread
+        #: Held by whoever writes for this client: the writer thread while it
+        #: is awake, the dispatcher during :meth:`push` (see the module doc).
+        self.pen = threading.Lock()
 
     @property
     def wake(self):
@@ -191,6 +257,51 @@ class Connection:
         """Queue a control frame for the writer (thread-safe)."""
         self._outbox.append(frame)
         self.wake.set()
+
+    def push(self):
+        """Write the events waiting for this client now, from the calling
+        thread (the dispatcher, right after it published them), if that can
+        be done without waiting; otherwise wake the writer. Never blocks.
+
+        The server makes this the subscription's ``notify`` once the writer
+        runs and holds the pen, so nothing is written before the handshake
+        and the first frames (hello, replay) are out.
+        """
+        pen = self.pen
+        if self._outbox or self._closing is not None or not pen.acquire(blocking=False):
+            self.wake.set()  # the writer is awake, or has work only it can do
+            return
+        try:
+            done = self._write_new_events()
+        finally:
+            pen.release()
+        if not done:
+            self.wake.set()
+
+    def _write_new_events(self):
+        """The dispatcher's share of the writer's loop, under the pen: True
+        when nothing is left for the writer to do."""
+        sub = self.subscription
+        sock = self.sock
+        if sub.overflowed or self._outbox or sock.has_unsent:
+            return False
+        entries, position = sub.read()
+        if entries:
+            if self.redact:
+                frames = [entry.redacted_frame() for entry in entries]
+            else:
+                frames = [entry.frame for entry in entries]
+            try:
+                taken = sock.try_send(frames[0] if len(frames) == 1 else b"".join(frames))
+            except OSError:
+                taken = False  # the writer's own send meets the error and ends the connection
+            if not taken:
+                sub.commit(sub.cursor)  # nothing was written: the writer reads these again
+                return False
+            self.frames_sent += len(entries)
+            sub.delivered += len(entries)
+        sub.commit(position)
+        return not sock.has_unsent and sub.lag == 0
 
     def request_close(self, code, reason):
         """Ask the writer to close the connection with ``code`` (thread-safe)."""

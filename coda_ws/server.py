@@ -864,9 +864,16 @@ class CodaWebSocketServer:
             conn.post(replay_frame)
 
     def _serve_client(self, conn):
-        """The writer loop: runs in the connection's request thread until it ends."""
+        """The writer loop: runs in the connection's request thread until it ends.
+
+        It holds ``conn.pen`` whenever it is awake and keeps it once it
+        returns, so the dispatcher (``conn.push``) writes for this client only
+        while the writer sleeps, and never after the close frame.
+        """
         self._run_handlers(self.on_connect_handlers, conn.id)
         ws, sock, sub, wake = conn.ws, conn.sock, conn.subscription, conn.wake
+        conn.pen.acquire()
+        sub.notify = conn.push
         ping_interval, ping_timeout = self.ping_interval, self.ping_timeout
         next_ping = time.monotonic() + ping_interval if ping_interval else None
         ping_sent = None
@@ -908,8 +915,9 @@ class CodaWebSocketServer:
                     frames.extend(entry.redacted_frame() for entry in entries)
                 else:
                     frames.extend(entry.frame for entry in entries)
-            if frames:
+            if frames or sock.has_unsent:
                 try:
+                    # First the tail of what the dispatcher could only partly write.
                     sock.send(frames[0] if len(frames) == 1 else b"".join(frames))
                 except WriteTimeout:
                     conn.disconnect_reason = "write_timeout"
@@ -928,7 +936,9 @@ class CodaWebSocketServer:
                 # Everything emitted before the close request has been written.
                 self._close(conn, *conn._closing)
                 return
+            conn.pen.release()  # asleep: the dispatcher may write for us
             wake.wait(timeout)
+            conn.pen.acquire()
 
     def _close(self, conn, code, reason):
         """Send a close frame, wait briefly for the client's reply, end the connection."""
