@@ -46,7 +46,7 @@ import uuid
 
 from . import framing
 from .errors import InvalidEventError
-from .events import _check_session_id, build_fields, encode_fields, encode_json, event_class
+from .events import _check_session_id, assemble_event, build_fields, encode_fields, encode_json, event_class
 from .filters import EventFilter
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 
@@ -597,7 +597,7 @@ class EventBus:
         if sequencer is not None:
             timestamp = time.time()
             sequencer.publish(timestamp, cls.type_name, session_id, high_priority, body, target)
-            event = cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
+            event = assemble_event(cls, 0, timestamp, session_id, values)
             self._emit_ns.append(_now_ns() - start)
             return event
         with self._emit_lock:
@@ -611,7 +611,7 @@ class EventBus:
             # Safe to skip: a set flag means the dispatcher has not yet cleared
             # it, and it drains the queue (our item included) after clearing.
             self._pending.set()
-        event = cls(seq=seq, timestamp=timestamp, session_id=session_id, **values)
+        event = assemble_event(cls, seq, timestamp, session_id, values)
         self._emit_ns.append(_now_ns() - start)
         return event
 

@@ -244,7 +244,7 @@ class Connection:
         self.close_code = None
         self.disconnect_reason = None
         self._outbox = collections.deque()  # control frames waiting for the writer
-        self._closing = None  # (code, reason) requested by another thread
+        self._closing = None  # (code, reason, after) requested by another thread
         #: Held by whoever writes for this client: the writer thread while it
         #: is awake, the dispatcher during :meth:`push` (see the module doc).
         self.pen = threading.Lock()
@@ -303,10 +303,11 @@ class Connection:
         sub.commit(position)
         return not sock.has_unsent and sub.lag == 0
 
-    def request_close(self, code, reason):
-        """Ask the writer to close the connection with ``code`` (thread-safe)."""
+    def request_close(self, code, reason, after=0):
+        """Ask the writer to close the connection with ``code`` (thread-safe),
+        once every event up to seq ``after`` is written (0: at once)."""
         if self._closing is None:
-            self._closing = (code, reason)
+            self._closing = (code, reason, after)
         self.wake.set()
 
     @property

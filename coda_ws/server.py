@@ -491,8 +491,9 @@ class CodaWebSocketServer:
         deadline = time.monotonic() + timeout
         with self._clients_lock:
             connections = list(self._clients.values())
+        head = self.bus.head  # what each client gets before its close frame
         for conn in connections:
-            conn.request_close(code, reason)
+            conn.request_close(code, reason, after=head)
         grace = deadline - timeout / 5  # healthy clients answer the close frame well before
         with self._clients_changed:
             self._clients_changed.wait_for(lambda: not self._clients, max(0.0, grace - time.monotonic()))
@@ -930,12 +931,13 @@ class CodaWebSocketServer:
                 conn.frames_sent += len(entries)
                 sub.delivered += len(entries)
             sub.commit(position)
+            closing = conn._closing
+            if closing is not None and position >= closing[2]:
+                # Everything the close request asked to deliver has been written.
+                self._close(conn, closing[0], closing[1])
+                return
             if position < self.bus.head and not sub.overflowed:
                 continue  # more is waiting: write it now, without sleeping
-            if conn._closing is not None:
-                # Everything emitted before the close request has been written.
-                self._close(conn, *conn._closing)
-                return
             conn.pen.release()  # asleep: the dispatcher may write for us
             wake.wait(timeout)
             conn.pen.acquire()
