@@ -1,5 +1,6 @@
 """EventBus on its own: order, replay, history, resume, overflow and conflation policies."""
 
+import dataclasses
 import json
 import threading
 
@@ -7,6 +8,8 @@ import pytest
 
 from coda_ws import EventBus, EventFilter, InvalidEventError
 from coda_ws.bus import CONFLATE_BACKLOG
+
+from .test_events import SAMPLE_FIELDS
 
 
 @pytest.fixture
@@ -34,6 +37,23 @@ def test_emit_stamps_consecutive_seqs_and_returns_the_event(bus):
     assert (first.seq, second.seq) == (1, 2)
     assert second.session_id == "s" and second.timestamp >= first.timestamp
     assert bus.last_seq == 2
+
+
+@pytest.mark.parametrize("type_name", sorted(SAMPLE_FIELDS))
+def test_returned_event_is_the_dataclass_the_wire_describes(bus, type_name):
+    """emit() builds its return value without the dataclass __init__: it must
+    equal the event built the ordinary way from what went on the wire, and
+    stay frozen."""
+    sub = bus.subscribe()
+    event = bus.emit(type_name, session_id="s1", **SAMPLE_FIELDS[type_name])
+    bus.flush()
+    (entry,), position = sub.read()
+    sub.commit(position)
+    assert event == entry.event()
+    assert event.to_dict() == entry.to_dict()
+    assert repr(event) == repr(entry.event())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.seq = 99
 
 
 def test_failed_emit_consumes_no_seq(bus):
