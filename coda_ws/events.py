@@ -264,7 +264,8 @@ class BaseEvent(DataClassJsonMixin):
     #: Fields carrying what the user or the assistant said (redacted for
     #: readers without the ``read:content`` scope).
     content_fields: ClassVar[tuple] = ()
-    #: (name, check, default) for each of the type's own fields, in order.
+    #: (name, check, is_factory, default, where) for each of the type's own
+    #: fields, in order (``where``: "type.field", as errors name it).
     _spec: ClassVar[tuple] = ()
     _wire_keys: ClassVar[tuple] = ()
 
@@ -302,7 +303,9 @@ def _event(event_type, *, high_priority=False, conflatable=False, content=()):
                 default = f.default_factory
             else:
                 default = dataclasses.MISSING
-            spec.append((f.name, _checker_for(hints[f.name]), f.default_factory is not dataclasses.MISSING, default))
+            is_factory = f.default_factory is not dataclasses.MISSING
+            where = f"{event_type.value}.{f.name}"  # how errors name the field
+            spec.append((f.name, _checker_for(hints[f.name]), is_factory, default, where))
         cls._spec = tuple(spec)
         cls._wire_keys = _ENVELOPE + tuple(name for name, *_ in spec)
         unknown = set(content) - {name for name, *_ in spec}
@@ -609,11 +612,11 @@ def build_fields(cls, fields):
     type_name = cls.type_name
     values = {}
     missing = None
-    for name, check, is_factory, default in cls._spec:
+    for name, check, is_factory, default, where in cls._spec:
         if name in fields:
             value = fields.pop(name)
             try:
-                values[name] = check(value, f"{type_name}.{name}")
+                values[name] = check(value, where)
             except InvalidEventError as exc:
                 exc.event_type, exc.field = type_name, name
                 raise
