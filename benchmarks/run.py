@@ -89,6 +89,7 @@ class Scenario:
     paused: int = 0  # 1: the last client stops reading
     deflate: bool = False  # clients offer permessage-deflate
     scrape: bool = False  # GET /metrics every 100 ms during the run (issue 7)
+    busy: bool = False  # another server thread computes in pure Python during the run
     peers: tuple = DEFAULT_PEERS  # which peers run it
     expect_close: bool = False  # enough events to get a paused coda_ws client closed with 4008
     baseline: str = ""  # the scenario this one is compared with
@@ -113,6 +114,10 @@ SCENARIOS = {
         Scenario("deflate100", "100 clients, burst, permessage-deflate offered", 100, 2_000, 300, deflate=True,
                  baseline="burst100"),
         Scenario("idle1000", "1000 clients, 10 events/s", 1000, 20, 20, rate=10),
+        # Not in the issue: a pipeline thread busy with Python code in the server
+        # process (the GIL's switch interval then decides who runs; see README).
+        Scenario("busy100", "100 clients at 500 events/s, another server thread computing", 100, 2_000, 500,
+                 rate=500, busy=True, baseline="rate100"),
         # Issue 4: the stalled-reader check at 1 and 100 clients too (coda_ws only).
         Scenario("rate1", "1 client at 4000 events/s", 1, 20_000, 20_000, rate=4000, peers=("coda_ws",)),
         Scenario("paused1", "1 client at 4000 events/s plus one paused reader", 2, 20_000, 20_000, rate=4000,
@@ -363,7 +368,7 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
             if scraper:
                 scraper.__enter__()
             try:
-                server.send({"cmd": "emit", "n": n, "rate": scenario.rate})
+                server.send({"cmd": "emit", "n": n, "rate": scenario.rate, "busy": scenario.busy})
                 if scenario.paused and peer.resume:
                     _resume_after_overflow(server, client, timeout)
                 emitted = server.receive(timeout, "emit result", "emit")
@@ -780,6 +785,10 @@ def evaluate_targets(results):
             ok = bool(outcomes) and all(p["received"] == p["of"] for p in outcomes)
             target(f"{paused}: the paused client gets every event once it reads again (the kernel's buffers "
                    "held its backlog: too few events for a 4008)", ok, evidence)
+    c = get("busy100", "coda_ws", "lat_p99_ms")
+    w = get("busy100", "websockets", "lat_p99_ms")
+    target("(not in the issue) a server thread busy with Python code: latency p99 <= websockets",
+           None if None in (c, w) else c <= w, f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})")
     c = get("deflate100", "coda_ws", "cpu_per_msg_us")
     b = get("burst100", "coda_ws", "cpu_per_msg_us")
     target("deflate offered: CPU per message <= 1.2x the uncompressed run",

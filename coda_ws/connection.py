@@ -35,7 +35,10 @@ reading must not hold a thread forever.
 """
 
 import collections
+import ctypes
+import errno
 import logging
+import os
 import select
 import socket
 import threading
@@ -46,6 +49,56 @@ __all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter"]
 log = logging.getLogger("coda_ws.connection")
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+#: The most the dispatcher writes for one client at once (Connection.push).
+#: More than that is pressure: the client's writer thread takes it, batching
+#: with blocking sends (principle 6), and the dispatcher moves on. In calm a
+#: client gets one or a few events per batch, far below this.
+DIRECT_WRITE_BYTES = 16 * 1024
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _send_holding_the_gil():
+    """libc's ``send(fd, buffer, length, flags)``, called without releasing
+    the GIL, or None where ctypes cannot reach it.
+
+    Python's ``socket.send`` releases the GIL around the system call. For the
+    dispatcher's non-blocking sends of a few hundred bytes that is all cost:
+    while any other Python thread is busy (a pipeline thread computing), each
+    release hands it the GIL, and the dispatcher gets it back only when that
+    thread's switch interval (5 ms) runs out. With 100 clients that made one
+    event's fan-out take up to half a second (benchmarks/README.md, "GIL
+    convoy"). A non-blocking send never waits, so holding the GIL through it
+    is safe; it also means no other thread can close the socket in between
+    reading its file descriptor and the call.
+    """
+    try:
+        function = ctypes.PyDLL(None, use_errno=True).send
+    except (OSError, AttributeError):  # no libc symbols in this process (Windows)
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+_libc_send = _send_holding_the_gil() if _DONTWAIT else None
+_WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
+
+
+def _send_now(sock, data):
+    """One non-blocking send of bytes ``data``: how many were written (0 when
+    the peer's buffers are full). Raises OSError when the connection is gone."""
+    if _libc_send is None:
+        try:
+            return sock.send(data, _DONTWAIT)
+        except BlockingIOError:
+            return 0
+    sent = _libc_send(sock.fileno(), data, len(data), _DONTWAIT | _NOSIGNAL)
+    if sent >= 0:
+        return sent
+    code = ctypes.get_errno()
+    if code in _WOULD_BLOCK:
+        return 0
+    raise OSError(code, os.strerror(code))
 
 
 class WriteTimeout(OSError):
@@ -125,10 +178,7 @@ class GuardedSocket:
         try:
             if self._unsent is not None:
                 return False
-            try:
-                sent = self._sock.send(data, _DONTWAIT)
-            except BlockingIOError:
-                sent = 0
+            sent = _send_now(self._sock, data)
             if not sent:
                 if self.blocked_since is None:
                     self.blocked_since = time.monotonic()
@@ -285,16 +335,19 @@ class Connection:
         sock = self.sock
         if sub.overflowed or self._outbox or sock.has_unsent:
             return False
-        entries, position = sub.read()
+        entries, position = sub.read(max_bytes=DIRECT_WRITE_BYTES)
         if entries:
             if self.redact:
                 frames = [entry.redacted_frame() for entry in entries]
             else:
                 frames = [entry.frame for entry in entries]
-            try:
-                taken = sock.try_send(frames[0] if len(frames) == 1 else b"".join(frames))
-            except OSError:
-                taken = False  # the writer's own send meets the error and ends the connection
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            taken = False
+            if len(data) <= DIRECT_WRITE_BYTES:
+                try:
+                    taken = sock.try_send(data)
+                except OSError:
+                    pass  # the writer's own send meets the error and ends the connection
             if not taken:
                 sub.commit(sub.cursor)  # nothing was written: the writer reads these again
                 return False

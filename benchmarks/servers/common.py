@@ -69,8 +69,33 @@ def _percentiles(costs):
     }
 
 
-def _produce(emit, count, rate):
-    """Call ``emit(i, emit_ns)`` ``count`` times; returns the emit-stats reply."""
+def _busy_python(done):
+    """Compute in pure Python until ``done`` is set: a pipeline thread busy
+    with Python code, which holds the GIL except when the interpreter's
+    switch interval (5 ms) makes it give the GIL to a thread waiting for it."""
+    total = 0
+    while not done.is_set():
+        for i in range(10_000):
+            total += i * i
+    return total
+
+
+def _produce(emit, count, rate, busy=False):
+    """Call ``emit(i, emit_ns)`` ``count`` times (with another thread computing
+    meanwhile when ``busy``); returns the emit-stats reply."""
+    done = threading.Event()
+    worker = threading.Thread(target=_busy_python, args=(done,), name="bench-busy") if busy else None
+    if worker:
+        worker.start()
+    try:
+        return _emit_all(emit, count, rate)
+    finally:
+        done.set()
+        if worker:
+            worker.join()
+
+
+def _emit_all(emit, count, rate):
     costs = [0] * count
     perf = time.perf_counter_ns
     mono = time.monotonic_ns
@@ -130,7 +155,8 @@ def serve(name, start, emit, count_clients, stop, info=None, stats=None):
 
                 def producer_main(order=order):
                     try:
-                        result = _produce(emit, int(order["n"]), float(order.get("rate") or 0))
+                        result = _produce(emit, int(order["n"]), float(order.get("rate") or 0),
+                                          bool(order.get("busy")))
                     except Exception as exc:  # report it to run.py instead of dying silently
                         result = {"error": f"emit failed: {exc!r}"}
                     _reply({"reply": "emit", **result})
