@@ -309,6 +309,18 @@ def _resume_after_overflow(server, client, timeout):
         time.sleep(0.05)
 
 
+def _merge_paused(healthy, paused):
+    """The healthy clients' result, with the paused client's outcome and the
+    second load-client process's CPU and ordering counts added."""
+    merged = dict(healthy)
+    merged["paused"] = paused["paused"]
+    merged["client_cpu_s"] = healthy["client_cpu_s"] + paused["client_cpu_s"]
+    merged["out_of_order"] = healthy["out_of_order"] + paused["out_of_order"]
+    merged["deflate_negotiated"] = healthy["deflate_negotiated"] + paused["deflate_negotiated"]
+    merged["timed_out"] = healthy["timed_out"] or paused["timed_out"]
+    return merged
+
+
 def _cpu_seconds(process):
     times = process.cpu_times()
     return times.user + times.system
@@ -330,7 +342,7 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
     """
     n = scenario.count(quick)
     clients = scenario.clients
-    server = client = profiler = None
+    server = client = paused_client = profiler = None
     try:
         server = Child([python, str(SERVERS / peer.script)], f"{peer.name}-{scenario.name}-server", log_dir)
         ready = server.receive(60, "ready line", "ready")
@@ -342,13 +354,22 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
             raise Skip("GET /metrics answers 404 (the endpoint has not landed yet); scrape scenario skipped")
         rss_idle = process.memory_info().rss
         config = {
-            "kind": peer.client_kind, "url": f"ws://127.0.0.1:{port}{peer.path}", "clients": clients,
-            "paused": scenario.paused, "deflate": scenario.deflate, "resume": peer.resume, "event": EVENT_TYPE,
+            "kind": peer.client_kind, "url": f"ws://127.0.0.1:{port}{peer.path}", "event": EVENT_TYPE,
+            "clients": clients - scenario.paused, "paused": 0, "deflate": scenario.deflate, "resume": peer.resume,
         }
         client = Child(["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-client", log_dir)
         connected = client.receive(60 + clients * 0.1, "ready line", "ready")
-        if connected["connected"] != clients:
+        if connected["connected"] != config["clients"]:
             raise RuntimeError(f"only {connected['connected']} of {clients} clients connected: {connected['errors']}")
+        if scenario.paused:
+            # The paused reader in a process of its own, as a real client is: its
+            # catch-up after the pause must not delay the healthy clients' event
+            # loop (and so their measured latency) in the load client.
+            config = dict(config, clients=1, paused=1, hold=True)
+            paused_client = Child(["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-paused",
+                                  log_dir)
+            if paused_client.receive(60, "ready line", "ready")["connected"] != 1:
+                raise RuntimeError("the paused client did not connect")
         deadline = time.monotonic() + 30
         while server.request({"cmd": "clients"}, 30, "client count", "clients")["clients"] < clients:
             if time.monotonic() > deadline:
@@ -360,8 +381,10 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
         emit_time = n / scenario.rate if scenario.rate else 0.0
         # Bounded: a peer that cannot keep up is cut off (delivered < 100 %).
         timeout = 20 + 1.5 * emit_time
-        client.request({"cmd": "start", "n": n, "timeout_s": timeout, "pause_max_s": 5 + emit_time},
-                       30, "started", "started")
+        for load in (client, paused_client):
+            if load is not None:
+                load.request({"cmd": "start", "n": n, "timeout_s": timeout, "pause_max_s": 5 + emit_time},
+                             30, "started", "started")
         scraper = Scraper(f"http://127.0.0.1:{port}/metrics") if scenario.scrape else None
         with Sampler(process) as sampler:
             cpu0 = _cpu_seconds(process)
@@ -370,7 +393,7 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
             try:
                 server.send({"cmd": "emit", "n": n, "rate": scenario.rate, "busy": scenario.busy})
                 if scenario.paused and peer.resume:
-                    _resume_after_overflow(server, client, timeout)
+                    _resume_after_overflow(server, paused_client, timeout)
                 emitted = server.receive(timeout, "emit result", "emit")
             finally:
                 if scraper:
@@ -378,11 +401,16 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
             if "error" in emitted:
                 raise RuntimeError(f"{peer.name}: {emitted['error']}")
             result = client.receive(timeout + 30, "client result", "result")
+            if paused_client is not None:
+                # With the peers (and a coda_ws client the kernel's buffers held), the
+                # paused client reads again once the healthy clients have everything.
+                paused_client.send({"cmd": "resume"})
+                result = _merge_paused(result, paused_client.receive(timeout + 30, "paused client result", "result"))
             cpu1 = _cpu_seconds(process)
         return _measurements(scenario, n, clients, emitted, result, cpu1 - cpu0, sampler,
                              rss_idle, rss_connected, threads_connected, scraper)
     finally:
-        for child in (client, server):
+        for child in (client, paused_client, server):
             if child is not None:
                 child.stop()
         if profiler is not None:

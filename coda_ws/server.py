@@ -12,7 +12,8 @@ Threads (principle 7), all named and all joined by :meth:`stop`:
 * one Werkzeug request thread per connection, which for a WebSocket client is
   its writer (see :mod:`coda_ws.connection`), renamed ``coda-ws-client:ID``;
 * one simple-websocket reader thread per client, ``coda-ws-reader:ID``;
-* the bus dispatcher, ``coda-ws-dispatcher``.
+* the bus dispatcher, ``coda-ws-dispatcher``, which also writes new events
+  to clients whose writer is asleep (``Connection.push``).
 """
 
 import contextlib

@@ -7,7 +7,9 @@
 // config: {kind: "ws" | "socketio", url, clients, paused (0 or 1), deflate
 // (offer permessage-deflate as browsers do), resume (coda_ws: reconnect a
 // closed client with ?since=&epoch=), event (the Socket.IO event name),
-// connect_concurrency}
+// connect_concurrency, hold (the paused client reads again only on "resume"
+// or after pause_max_s: run.py runs it in a process of its own, which cannot
+// see when the healthy clients have everything)}
 //
 // It connects every client, prints {"event": "ready", ...} and then obeys JSON
 // lines on stdin:
@@ -292,8 +294,8 @@ class Round {
     if (!this.healthyDoneAt) this.healthyDoneAt = nowNs();
     const p = this.pausedClient;
     if (p) {
-      this.resumePaused();
-      if (!finished(p)) return;
+      if (!cfg.hold) this.resumePaused();
+      if (!this.resumedAt || !finished(p)) return;
     }
     this.finish(false);
   }
