@@ -9,7 +9,8 @@
 // closed client with ?since=&epoch=), event (the Socket.IO event name),
 // connect_concurrency, hold (the paused client reads again only on "resume"
 // or after pause_max_s: run.py runs it in a process of its own, which cannot
-// see when the healthy clients have everything)}
+// see when the healthy clients have everything), library ("ws": read with
+// the ws package even without deflate, the baseline of the deflate scenario)}
 //
 // It connects every client, prints {"event": "ready", ...} and then obeys JSON
 // lines on stdin:
@@ -128,7 +129,7 @@ class Client {
         });
         return;
       }
-      if (!cfg.deflate) {
+      if (!cfg.deflate && cfg.library !== 'ws') {
         this.raw = new RawWebSocket(url, {
           onOpen: () => {
             clearTimeout(timer);
@@ -154,7 +155,7 @@ class Client {
         });
         return;
       }
-      const ws = new WebSocket(url, { perMessageDeflate: true });
+      const ws = new WebSocket(url, { perMessageDeflate: Boolean(cfg.deflate) });
       this.ws = ws;
       ws.on('open', () => {
         clearTimeout(timer);
