@@ -55,6 +55,9 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: client gets one or a few events per batch, far below this.
 DIRECT_WRITE_BYTES = 16 * 1024
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+#: Whether the dispatcher may write for clients at all: only where a send can
+#: be made non-blocking per call (MSG_DONTWAIT); elsewhere writers do it all.
+DIRECT_WRITES = bool(_DONTWAIT)
 
 
 def _send_holding_the_gil():

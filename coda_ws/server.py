@@ -34,7 +34,7 @@ from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, sele
 from . import __version__, framing
 from .auth import Authenticator, OriginPolicy, bearer_token, is_loopback_host
 from .bus import EventBus, redact_event
-from .connection import Connection, GuardedSocket, WriteTimeout
+from .connection import DIRECT_WRITES, Connection, GuardedSocket, WriteTimeout
 from .errors import CodaWSError
 from .events import encode_json
 from .filters import EventFilter
@@ -875,7 +875,8 @@ class CodaWebSocketServer:
         self._run_handlers(self.on_connect_handlers, conn.id)
         ws, sock, sub, wake = conn.ws, conn.sock, conn.subscription, conn.wake
         conn.pen.acquire()
-        sub.notify = conn.push
+        if DIRECT_WRITES:
+            sub.notify = conn.push
         ping_interval, ping_timeout = self.ping_interval, self.ping_timeout
         next_ping = time.monotonic() + ping_interval if ping_interval else None
         ping_sent = None
