@@ -119,7 +119,7 @@ class GuardedSocket:
     ``write_timeout`` seconds (None: wait as long as it takes), ``OSError``
     when the connection is gone. ``try_send`` never waits: it writes what the
     kernel takes at once and keeps the rest of a partly written message as the
-    *unsent tail*, which the next ``send`` (or ``flush``) writes before
+    *unsent tail*, which the next ``send`` writes before
     anything else. ``close`` (called by simple-websocket when its reader ends)
     only marks the socket closed: the file descriptor belongs to Werkzeug,
     which closes it after the request; ``shutdown`` ends the connection for
@@ -163,16 +163,13 @@ class GuardedSocket:
 
     sendall = send
 
-    def flush(self):
-        """Write the unsent tail, if any (blocking like :meth:`send`)."""
-        self.send(b"")
-
     def try_send(self, data):
         """Write ``data`` without ever waiting, or not at all.
 
         Returns True when the socket took responsibility for ``data``: all of
         it was written, or part of it and the rest is kept as the unsent tail
-        (the caller must then see that someone calls :meth:`flush`). Returns
+        (the caller must then see that someone calls ``send``, which writes
+        it first; ``send(b"")`` writes just the tail). Returns
         False, having written nothing, when another thread is writing, a tail
         is already waiting, or the peer's buffers are full.
 

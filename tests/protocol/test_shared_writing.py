@@ -259,7 +259,7 @@ def test_try_send_writes_nothing_when_the_peer_is_full(pair):
     assert guarded.try_send(b"y" * 100) is False
     assert not guarded.has_unsent and guarded.blocked_since is not None
     assert read_exactly(peer, filled) == b"x" * filled  # not one byte of the refused message
-    guarded.flush()  # nothing waiting: returns at once
+    guarded.send(b"")  # no tail waiting: returns at once
     assert guarded.try_send(b"y") is True and read_exactly(peer, 1) == b"y"
 
 
@@ -270,10 +270,10 @@ def test_try_send_raises_when_the_peer_is_gone(pair):
         guarded.try_send(b"after the end")
 
 
-def test_flush_raises_when_the_peer_is_gone(pair):
+def test_writing_the_tail_raises_when_the_peer_is_gone(pair):
     guarded, _, peer = pair
     assert guarded.try_send(b"z" * (1 << 20)) is True
     assert guarded.has_unsent
     peer.close()
     with pytest.raises(OSError):
-        guarded.flush()
+        guarded.send(b"")  # writes the tail: the peer is gone
