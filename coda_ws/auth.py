@@ -26,7 +26,9 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import secrets
+import socket
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "bearer_token",
     "is_loopback_host",
     "OriginPolicy",
+    "HostPolicy",
+    "parse_host_header",
 ]
 
 log = logging.getLogger("coda_ws.auth")
@@ -199,8 +203,13 @@ class OriginPolicy:
 
     Allowed: requests without ``Origin`` (non-browser clients), pages on
     ``localhost`` / loopback addresses (any port), pages on the host the
-    request was addressed to (same host and port), and ``allowed`` origins
-    (``"*"`` allows every origin).
+    request was addressed to (same host and port, and only when that host is
+    itself allowed by the :class:`HostPolicy`: see :meth:`allows`), and
+    ``allowed`` origins (``"*"`` allows every origin).
+
+    ``"null"`` (the Origin of pages opened from a file, of sandboxed iframes
+    and of some redirects) is refused unless listed explicitly; listing it is
+    logged as a warning, because any page can make itself a ``null`` origin.
     """
 
     def __init__(self, allowed=None):
@@ -212,15 +221,31 @@ class OriginPolicy:
         for origin in allowed:
             if not isinstance(origin, str) or not origin:
                 raise ValueError(f"allowed_origins must be origin strings like 'https://host:port', got {origin!r}")
-            if origin != "*":
+            if origin == "null":
+                log.warning(
+                    "allowed_origins includes 'null': pages opened from files, sandboxed iframes and some "
+                    "redirects send 'Origin: null', and any web page can make itself such a page, so every "
+                    "site the user visits may read the stream; list the dashboard's real origin instead if "
+                    "you can"
+                )
+            elif origin != "*":
                 parts = urlsplit(origin)
                 if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-                    raise ValueError(f"allowed_origins: {origin!r} is not an origin (scheme://host[:port])")
+                    raise ValueError(
+                        f"allowed_origins: {origin!r} is not an origin (scheme://host[:port], '*', or 'null' "
+                        "for pages opened from a file)"
+                    )
             origins.add(origin.rstrip("/").lower())
         self.allowed = frozenset(origins)
 
-    def allows(self, origin, host_header):
-        """True when a request with this ``Origin`` (None if absent) may connect."""
+    def allows(self, origin, host_header, host_allowed=True):
+        """True when a request with this ``Origin`` (None if absent) may connect.
+
+        ``host_allowed``: whether ``host_header`` is a host the server was
+        told to serve (not merely let through by ``allowed_hosts="*"``). An
+        Origin equal to the Host is accepted only then: a DNS-rebinding page
+        always has an Origin equal to the Host it sends.
+        """
         if origin is None or "*" in self.allowed:
             return True
         normalized = origin.rstrip("/").lower()
@@ -235,4 +260,143 @@ class OriginPolicy:
             return False
         if is_loopback_host(hostname):
             return True
-        return bool(host_header) and parts.netloc == host_header.lower()
+        return host_allowed and bool(host_header) and parts.netloc == host_header.lower()
+
+
+def parse_host_header(value):
+    """The host name of a ``Host`` header (lowercase, no port, no brackets,
+    no trailing dot), or None when it is malformed."""
+    value = value.strip().lower()
+    if not value:
+        return None
+    if value.startswith("["):  # [v6] or [v6]:port
+        host, _, rest = value[1:].partition("]")
+        if not host or (rest and not (rest.startswith(":") and _is_port(rest[1:]))):
+            return None
+        return host
+    host, sep, port = value.rpartition(":")
+    if sep:
+        if ":" in host or not _is_port(port):
+            return None
+    else:
+        host = value
+    host = host.rstrip(".")
+    if not host or any(c in host for c in "/\\@ ?#"):
+        return None
+    return host
+
+
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port(text):
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
+_WILDCARD_BINDS = ("", "0.0.0.0", "::")
+
+
+class HostPolicy:
+    """Which ``Host`` headers the server answers (the DNS-rebinding defence).
+
+    A web page on ``evil.example`` whose DNS answer flips to 127.0.0.1 can
+    reach a local server, but its requests still say ``Host: evil.example``.
+    Allowed, on any port: ``localhost`` and its subdomains, loopback IP
+    addresses (v4 and v6), the address the server is bound to and, for a
+    non-loopback bind, the machine's own host names and IP addresses, plus
+    ``allowed`` (host names or IPs; ``".example.com"`` or
+    ``"*.example.com"`` also allows its subdomains). ``"*"`` turns the check
+    off. A request without a ``Host`` header (HTTP/1.0 tools) is allowed:
+    every browser sends one.
+
+    Args:
+        allowed: extra hosts (a string or a list of strings).
+        bind: the host the server binds to.
+
+    Raises:
+        ValueError: an entry that is not a host name or IP address.
+    """
+
+    def __init__(self, allowed=None, bind="localhost"):
+        if allowed is None:
+            allowed = ()
+        elif isinstance(allowed, str):
+            allowed = [allowed]
+        names, suffixes = set(), set()
+        self.everything = False
+        for entry in allowed:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ValueError(f"allowed_hosts must be host names or IP addresses, got {entry!r}")
+            entry = entry.strip().lower()
+            if entry == "*":
+                self.everything = True
+                continue
+            subdomains = entry.startswith(("*.", "."))
+            host = entry.lstrip("*").lstrip(".").rstrip(".").strip("[]")
+            if not _HOST_NAME.match(host) and not _is_ip(host):
+                raise ValueError(
+                    f"allowed_hosts: {entry!r} is not a host name or IP address (no scheme or port; "
+                    "'.example.com' allows its subdomains, '*' allows every host)"
+                )
+            if subdomains:
+                suffixes.add("." + host)
+            names.add(host)
+        names.update(_bound_names(bind))
+        self.names = frozenset(names)
+        self.suffixes = tuple(sorted(suffixes))
+
+    def allows(self, host_header):
+        """True when a request with this ``Host`` header (None if absent) may be answered."""
+        if host_header is None or self.everything:
+            return True
+        return self.allows_explicitly(host_header)
+
+    def allows_explicitly(self, host_header):
+        """True when ``host_header`` names an allowed host, not counting ``"*"``."""
+        if host_header is None:
+            return False
+        host = parse_host_header(host_header)
+        if host is None:
+            return False
+        if host in self.names or host == "localhost" or host.endswith(".localhost") or is_loopback_host(host):
+            return True
+        return host.endswith(self.suffixes) if self.suffixes else False
+
+
+def _bound_names(bind):
+    """The host names and addresses a server bound to ``bind`` is reached by."""
+    bind = (bind or "").strip().lower().strip("[]")
+    if is_loopback_host(bind):
+        return {bind}
+    names = set() if bind in _WILDCARD_BINDS else {bind}
+    try:
+        hostname = socket.gethostname().lower()
+        names.update({hostname, socket.getfqdn().lower()})
+    except OSError:
+        hostname = None
+    if bind in _WILDCARD_BINDS:
+        try:
+            import psutil
+
+            for addresses in psutil.net_if_addrs().values():
+                for address in addresses:
+                    if address.family in (socket.AF_INET, socket.AF_INET6):
+                        names.add(address.address.split("%")[0].lower())
+        except Exception:  # interface enumeration is best effort; allowed_hosts covers the rest
+            log.debug("could not list network interfaces", exc_info=True)
+    for name in [bind] if bind not in _WILDCARD_BINDS else [hostname] if hostname else []:
+        try:
+            for *_, sockaddr in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP):
+                names.add(str(sockaddr[0]).split("%")[0].lower())
+        except OSError:
+            pass  # a name that does not resolve: the name itself is still allowed
+    names.discard("")
+    return names

@@ -46,7 +46,9 @@ import uuid
 
 from . import framing
 from .errors import InvalidEventError
-from .events import _check_session_id, assemble_event, build_fields, encode_fields, encode_json, event_class
+from .events import (
+    DEFAULT_MAX_EVENT_SIZE, WIRE_HEAD, assemble_event, encode_json, event_class, prepare_event, wire_tail,
+)
 from .filters import EventFilter
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 
@@ -65,6 +67,12 @@ _MAX_CHUNK = 1024
 #: A reader further behind than this many events gets conflatable state
 #: conflated (latest wins); closer readers get every state update.
 CONFLATE_BACKLOG = 64
+
+#: ``Subscription.stale`` when the stream moved to a new epoch under the reader.
+STALE_EPOCH_CHANGED = "epoch_changed"
+
+#: ``client_queue_size`` when none is given: this, or ``history_size`` when smaller.
+DEFAULT_CLIENT_QUEUE_SIZE = 1024
 
 
 class EventDict(dict):
@@ -126,6 +134,16 @@ class Entry:
         return f"<Entry seq={self.seq} type={self.type}>"
 
 
+#: What a replay frame takes besides its events (with room for "omitted").
+_REPLAY_FRAME_OVERHEAD = b'{"type":"replay","events":[],"omitted":18446744073709551615}'
+
+
+def _replay_seq(event):
+    """The seq of a replay buffer item (0 for dicts added by hand without one)."""
+    seq = event.get("seq", 0) if isinstance(event, dict) else 0
+    return seq if isinstance(seq, int) else 0
+
+
 def redact_event(event):
     """A copy of an event dict with its content fields set to None and
     ``"redacted": True``; None for a dict whose type is unknown (its content
@@ -158,22 +176,6 @@ class StampedEvent(collections.namedtuple(
     """
 
     __slots__ = ()
-
-
-#: An event's wire JSON is ``_WIRE_HEAD + seq digits + _wire_tail(...)``; a
-#: backplane's sequencer joins the three parts once it knows the seq.
-_WIRE_HEAD = b'{"version":"1.0","seq":'
-
-
-def _wire_tail(timestamp, type_name, session_id, body):
-    """The wire JSON after the seq: timestamp, type, session and the fields
-    (``body``: the fields as a UTF-8 JSON object), in wire order."""
-    return b',"timestamp":%s,"type":"%s","session_id":%s%s' % (
-        repr(timestamp).encode(),
-        type_name.encode(),
-        b"null" if session_id is None else encode_json(session_id).encode("utf-8"),
-        b"," + body[1:] if len(body) > 2 else b"}",
-    )
 
 
 def _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
@@ -280,6 +282,10 @@ class Subscription:
         #: is idle (and wakes it otherwise). It must never block.
         self.notify = None
         self.overflowed = None
+        #: With ``overflowed``: None when the reader fell behind, or
+        #: :data:`STALE_EPOCH_CHANGED` when its positions belong to an epoch
+        #: the stream left (a backplane whose Redis lost the stream).
+        self.stale = None
         self.conflated = 0
         self.dropped = {}
         self.in_flight = 0
@@ -457,10 +463,11 @@ class Subscription:
                 return False
             return not self._lossless or self._lossless[0] >= end
 
-    def _overflow(self, why):
+    def _overflow(self, why, stale=None):
         if self.overflowed is None:
             self.overflowed = why
-            self._bus._count("overflows")
+            self.stale = stale
+            self._bus._count("overflows" if stale is None else "epoch_changes")
             log.info("reader %s overflowed: %s", self.id, why)
         self.wake.set()
 
@@ -482,7 +489,10 @@ class EventBus:
         ValueError: a size is out of range.
     """
 
-    def __init__(self, max_replay_events=50, history_size=10_000, client_queue_size=1024, epoch=None):
+    def __init__(self, max_replay_events=50, history_size=10_000, client_queue_size=None, epoch=None, *,
+                 max_event_size=DEFAULT_MAX_EVENT_SIZE):
+        if client_queue_size is None and isinstance(history_size, int):
+            client_queue_size = min(DEFAULT_CLIENT_QUEUE_SIZE, history_size)
         for name, value in (
             ("max_replay_events", max_replay_events),
             ("history_size", history_size),
@@ -497,7 +507,12 @@ class EventBus:
             )
         if epoch is not None and (not isinstance(epoch, str) or not epoch):
             raise ValueError(f"epoch must be a non-empty string, got {epoch!r}")
-        self.max_replay_events = max_replay_events
+        if max_event_size is not None and (
+            not isinstance(max_event_size, int) or isinstance(max_event_size, bool) or max_event_size < 1024
+        ):
+            raise ValueError(f"max_event_size must be an integer of at least 1024 (bytes) or None, got {max_event_size!r}")
+        self._max_replay_events = max_replay_events
+        self.max_event_size = max_event_size
         self.history_size = history_size
         self.client_queue_size = client_queue_size
         self.epoch = epoch or uuid.uuid4().hex
@@ -585,26 +600,34 @@ class EventBus:
 
     def _publish(self, event_type, session_id, high_priority, fields, target):
         start = _now_ns()
-        cls = event_class(event_type)
-        values = build_fields(cls, fields)
-        body = encode_fields(cls, values)
-        session_id = _check_session_id(session_id, cls.type_name)
-        if high_priority is None:
-            high_priority = cls.high_priority
-        elif high_priority is not True and high_priority is not False:
-            raise InvalidEventError(f"high_priority must be True, False or None, got {high_priority!r}")
+        cls, values, body, session_id, session_json, high_priority = prepare_event(
+            event_type, session_id, high_priority, fields, self.max_event_size
+        )
         sequencer = self._sequencer
         if sequencer is not None:
             timestamp = time.time()
-            sequencer.publish(timestamp, cls.type_name, session_id, high_priority, body, target)
+            sequencer.publish(timestamp, cls.type_name, session_id, session_json, high_priority, body, target)
             event = assemble_event(cls, 0, timestamp, session_id, values)
             self._emit_ns.append(_now_ns() - start)
             return event
+        record = None
+        if high_priority and target is None:
+            # The replay buffer holds it as soon as emit() returns (its wire
+            # bytes follow from the dispatcher); seq and timestamp are set below.
+            record = EventDict(version="1.0", seq=0, timestamp=0.0, type=cls.type_name, session_id=session_id,
+                               **values)
         with self._emit_lock:
             seq = self._last_seq + 1
             self._last_seq = seq
             timestamp = time.time()
-            self._queue.append((seq, timestamp, cls, session_id, values, body, high_priority, target))
+            self._queue.append((seq, timestamp, cls, session_id, session_json, body, record, target))
+            if record is not None:
+                record["seq"] = seq
+                record["timestamp"] = timestamp
+                replay = self._replay
+                replay.append(record)
+                if len(replay) > self._max_replay_events:
+                    del replay[0 : len(replay) - self._max_replay_events]
         if self._thread is None:
             self._start_dispatcher()
         if not self._pending.is_set():
@@ -643,7 +666,14 @@ class EventBus:
         with self._lock:
             head = self._head
             sub = Subscription(self, reader_id or uuid.uuid4().hex, event_filter, head, wake, self.client_queue_size)
-            replay = [event for event in self._replay if event_filter.match_dict(event)]
+            with self._emit_lock:  # emit() appends to the replay buffer under it
+                replay = list(self._replay)
+            # Events emitted since flush() are in the replay buffer already but
+            # not in the history yet: the subscription gets them live, not twice.
+            replay = [
+                event for event in replay
+                if _replay_seq(event) <= head and event_filter.match_dict(event)
+            ]
             if since is not None:
                 sub.resume = self._plan_resume(since, epoch, head, sub)
                 if sub.resume.recovered:
@@ -710,7 +740,8 @@ class EventBus:
         """The replay buffer: a list of event dicts, oldest first.
 
         It is the live list (as in the original, code may append to it or
-        replace it); it is trimmed to ``max_replay_events`` as events arrive.
+        replace it). A high-priority event is in it as soon as ``emit()``
+        returns; it is trimmed to ``max_replay_events`` as events arrive.
         """
         return self._replay
 
@@ -718,23 +749,38 @@ class EventBus:
     def replay(self, events):
         if not isinstance(events, list):
             raise TypeError(f"replay buffer must be a list of event dicts, got {type(events).__name__}")
-        with self._lock:
+        with self._lock, self._emit_lock:
             self._replay = events
 
-    def replay_snapshot(self, event_filter=None):
-        """A copy of the replay buffer, filtered."""
-        with self._lock:
-            events = list(self._replay)
-        if event_filter is None:
-            return events
-        return [event for event in events if event_filter.match_dict(event)]
+    @property
+    def max_replay_events(self):
+        """How many high-priority events the replay buffer keeps (assignable;
+        a smaller value trims the buffer at once)."""
+        return self._max_replay_events
+
+    @max_replay_events.setter
+    def max_replay_events(self, value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"max_replay_events must be a non-negative integer, got {value!r}")
+        with self._lock, self._emit_lock:
+            self._max_replay_events = value
+            replay = self._replay
+            if len(replay) > value:
+                del replay[0 : len(replay) - value]
 
     @staticmethod
-    def replay_frame_json(events):
+    def replay_frame_json(events, max_bytes=None):
         """The ``replay`` control frame for these event dicts, as UTF-8 JSON.
 
         Dicts emitted through the bus reuse their wire bytes; dicts added by
         hand are encoded here (one that cannot be encoded is skipped and logged).
+
+        With ``max_bytes``, the newest events that fit in that many bytes are
+        kept and the frame says how many older ones were left out
+        (``"omitted": N``), so one frame never exceeds what clients accept.
+
+        Returns:
+            ``(json_bytes, included)``: the frame and how many events it holds.
         """
         parts = []
         for event in events:
@@ -742,11 +788,21 @@ class EventBus:
             if wire is None:
                 try:
                     wire = encode_json(event).encode("utf-8")
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, RecursionError) as exc:
                     log.error("skipping a replay buffer item that is not JSON: %s", exc)
                     continue
             parts.append(wire)
-        return b'{"type":"replay","events":[' + b",".join(parts) + b"]}"
+        omitted = 0
+        if max_bytes is not None:
+            budget = max_bytes - len(_REPLAY_FRAME_OVERHEAD)
+            kept = len(parts)
+            while kept and budget >= len(parts[kept - 1]) + 1:
+                budget -= len(parts[kept - 1]) + 1
+                kept -= 1
+            omitted = kept  # parts[:kept] did not fit: the oldest
+            parts = parts[kept:]
+        tail = b"]}" if not omitted else b'],"omitted":%d}' % omitted
+        return b'{"type":"replay","events":[' + b",".join(parts) + tail, len(parts)
 
     # -- positions and state --------------------------------------------------
 
@@ -868,16 +924,21 @@ class EventBus:
                     )
                 self._last_seq = last_seq
             with self._lock:
+                epoch_changed = epoch != self.epoch
                 self.epoch = epoch
                 self._ring = ring
                 self._head = last_seq
                 self._floor = floor
                 self._latest_state = latest
-                self._replay[:] = records  # in place: holders of server.replay_buffer see it
+                with self._emit_lock:
+                    self._replay[:] = records  # in place: holders of server.replay_buffer see it
                 self._compatible = compatible
                 subscribers = self._subscribers
         for sub in subscribers:
-            sub._overflow("the stream was restored from its journal or backplane")
+            if epoch_changed:
+                sub._overflow("the stream's epoch changed", stale=STALE_EPOCH_CHANGED)
+            else:
+                sub._overflow("the stream was restored from its journal or backplane")
         with self._dispatched:
             self._dispatched.notify_all()
 
@@ -961,6 +1022,8 @@ class EventBus:
             "replay_buffer_size": len(self._replay),
             "subscribers": len(subs),
             "overflows": counters["overflows"],
+            "epoch_changes": counters["epoch_changes"],
+            "dispatch_errors": counters["dispatch_errors"],
             "events_conflated": counters["conflated_retired"] + sum(s.conflated for s in subs),
             "listener_errors": counters["listener_errors"],
         }
@@ -1021,7 +1084,11 @@ class EventBus:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, collections.deque()
-            self._deliver([self._make_entry(*item) for item in batch])
+            try:
+                made, holes = [self._make_entry(*item) for item in batch], False
+            except Exception:  # never expected (everything that can fail, failed in emit())
+                made, holes = self._make_entries_one_by_one(batch), True
+            self._deliver(made, holes)
         with self._dispatched:
             self._dispatched.notify_all()
 
@@ -1052,15 +1119,16 @@ class EventBus:
         latest = self._latest_state
         max_replay = self.max_replay_events
         with self._lock:
-            replay = self._replay
             for entry in entries:
                 ring[entry.seq % capacity] = entry
                 if entry.conflate_key is not None:
                     latest[entry.conflate_key] = entry.seq
-                if entry.high_priority:
-                    replay.append(records[entry.seq])
-            if len(replay) > max_replay:
-                del replay[: len(replay) - max_replay]
+            if records:  # events stamped elsewhere (emitted ones are in the replay buffer already)
+                with self._emit_lock:
+                    replay = self._replay
+                    replay.extend(records[entry.seq] for entry in entries if entry.seq in records)
+                    if len(replay) > max_replay:
+                        del replay[: len(replay) - max_replay]
             self._head = head = entries[-1].seq
             subscribers = self._subscribers
         for sub in subscribers:
@@ -1076,17 +1144,30 @@ class EventBus:
                 sub.wake.set()
 
     @staticmethod
-    def _make_entry(seq, timestamp, cls, session_id, values, body, high_priority, target):
-        type_name = cls.event_type.value
-        payload = b"%s%d%s" % (_WIRE_HEAD, seq, _wire_tail(timestamp, type_name, session_id, body))
-        entry = _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload)
-        if entry.high_priority:
-            record = EventDict(
-                version="1.0", seq=seq, timestamp=timestamp, type=type_name, session_id=session_id, **values
-            )
+    def _make_entry(seq, timestamp, cls, session_id, session_json, body, record, target):
+        """The history entry of an emitted event. Its replay record, if any,
+        is in the replay buffer already (emit() put it there): it only gets
+        its wire bytes here."""
+        payload = b"%s%d%s" % (WIRE_HEAD, seq, wire_tail(timestamp, cls.type_name, session_json, body))
+        entry = _new_entry(seq, timestamp, cls, session_id, record is not None, target, payload)
+        if record is not None:
             record.wire = payload
-            return entry, record
         return entry, None
+
+    def _make_entries_one_by_one(self, batch):
+        """The slow path of a batch in which building an entry failed: every
+        other event is delivered, and the failed one becomes a hole (a
+        position no reader receives), so the stream stays consecutive and no
+        reader falls into a gap. Counted in ``stats()["dispatch_errors"]``."""
+        made = []
+        for item in batch:
+            try:
+                made.append(self._make_entry(*item))
+            except Exception:
+                self._count("dispatch_errors")
+                log.exception("event seq %d could not be framed; no reader will receive it", item[0])
+                made.append((_Hole(item[0]), None))
+        return made
 
     def flush(self, timeout=None):
         """Wait until every event emitted before this call is dispatched.

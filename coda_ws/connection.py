@@ -130,6 +130,7 @@ class GuardedSocket:
         self._sock = sock
         self._write_lock = threading.Lock()  # one writer at a time on this socket
         self._unsent = None  # memoryview: the rest of a message try_send could not finish
+        self._held = None  # a list of writes kept by hold() until release(), else None
         self.write_timeout = write_timeout
         self.closed = False
         self.on_close = None  # called once the reader thread is done with the socket
@@ -148,10 +149,34 @@ class GuardedSocket:
         """True while part of a message written by :meth:`try_send` is waiting."""
         return self._unsent is not None
 
+    def hold(self):
+        """Keep every write from now on in memory until :meth:`release`
+        (the server registers a client before its handshake response leaves)."""
+        with self._write_lock:
+            if self._held is None:
+                self._held = []
+
+    def release(self):
+        """Write what :meth:`hold` kept, and write directly from now on.
+
+        Raises:
+            OSError: the connection is gone (``WriteTimeout``: it accepts nothing).
+        """
+        with self._write_lock:
+            held, self._held = self._held, None
+            if held:
+                try:
+                    self._send_all(b"".join(held))
+                finally:
+                    self.blocked_since = None
+
     def send(self, data):
         """Write the unsent tail, if any, then all of ``data``; returns
         ``len(data)`` (simple-websocket's contract). ``send(b"")`` flushes."""
         with self._write_lock:
+            if self._held is not None:
+                self._held.append(bytes(data))
+                return len(data)
             try:
                 if self._unsent is not None:
                     self._send_all(self._unsent)
@@ -179,7 +204,7 @@ class GuardedSocket:
         if not self._write_lock.acquire(blocking=False):
             return False
         try:
-            if self._unsent is not None:
+            if self._unsent is not None or self._held is not None:
                 return False
             sent = _send_now(self._sock, data)
             if not sent:
@@ -296,6 +321,7 @@ class Connection:
         self.last_rtt = None
         self.close_code = None
         self.disconnect_reason = None
+        self.peer = None  # the peer's IP address (per-address limit), set by the server
         self._outbox = collections.deque()  # control frames waiting for the writer
         self._closing = None  # (code, reason, after) requested by another thread
         #: Held by whoever writes for this client: the writer thread while it

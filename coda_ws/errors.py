@@ -5,7 +5,7 @@
 convention catches it.
 """
 
-__all__ = ["CodaWSError", "InvalidEventError"]
+__all__ = ["CodaWSError", "InvalidEventError", "EventTooLargeError"]
 
 
 class CodaWSError(Exception):
@@ -26,3 +26,17 @@ class InvalidEventError(CodaWSError, TypeError, ValueError):
         super().__init__(message)
         self.event_type = event_type
         self.field = field
+
+
+class EventTooLargeError(InvalidEventError):
+    """An event whose encoded form is larger than ``max_event_size``.
+
+    Attributes:
+        size: the event's encoded size in bytes (an upper bound of its wire JSON).
+        limit: the ``max_event_size`` it exceeded, in bytes.
+    """
+
+    def __init__(self, message, event_type=None, size=0, limit=0):
+        super().__init__(message, event_type=event_type)
+        self.size = size
+        self.limit = limit

@@ -36,7 +36,7 @@ from flask import Response, request
 
 from .auth import ALL_SCOPES, bearer_token
 from .bus import Entry
-from .errors import CodaWSError, InvalidEventError
+from .errors import CodaWSError, EventTooLargeError, InvalidEventError
 from .events import EVENT_VERSION, event_class
 from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -313,16 +313,14 @@ class _HttpApi:
             400 ``{"error": "bad_request", "message": ..., "field": name or null}``
                 for a body that is not JSON, not an object, or not a valid event.
             403 a browser page from an origin the server does not allow.
-            413 a body larger than ``max_body_size``.
+            413 a body larger than ``max_body_size``, or an event whose
+                encoded size is over the server's ``max_event_size``.
             415 a Content-Type other than ``application/json``.
         """
         server = self.server
         denied = server.http_auth("publish")
         if denied is not None:
             return denied
-        origin = request.headers.get("Origin")
-        if origin is not None and not server.origin_policy.allows(origin, request.host):
-            return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed to publish")
         if request.mimetype != "application/json":
             got = request.headers.get("Content-Type") or "none"
             return _error(415, "unsupported_media_type",
@@ -369,6 +367,8 @@ class _HttpApi:
         session_id = fields.pop("session_id", None)
         try:
             event = server.emit(event_type, session_id=session_id, **fields)
+        except EventTooLargeError as exc:
+            return _error(413, "payload_too_large", str(exc))
         except InvalidEventError as exc:
             return _bad_field(str(exc), exc.field)
         except CodaWSError as exc:

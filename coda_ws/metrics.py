@@ -197,6 +197,18 @@ class _Collector:
                                   value=stats["overflows"])
         yield CounterMetricFamily("coda_ws_rejected_handshakes", "WebSocket handshakes refused before the upgrade",
                                   value=stats["rejected_handshakes"])
+        refused = CounterMetricFamily(
+            "coda_ws_rejected_requests", "HTTP requests and upgrades refused before anything else: 'host' (a Host "
+            "header not allowed: DNS rebinding) or 'origin' (a browser page from an origin not allowed)",
+            labels=["reason"])
+        for reason in ("host", "origin"):
+            refused.add_metric([reason], stats["rejected_requests"][reason])
+        yield refused
+        yield CounterMetricFamily("coda_ws_dispatch_errors", "Events that could not be framed by the dispatcher "
+                                  "(each became a position no client receives)", value=bus_stats["dispatch_errors"])
+        yield CounterMetricFamily("coda_ws_epoch_changes", "Clients closed (1012) because the stream moved to a "
+                                  "new epoch under them (a backplane whose Redis lost the stream)",
+                                  value=bus_stats["epoch_changes"])
         yield CounterMetricFamily("coda_ws_invalid_messages", "Client frames answered with an error frame",
                                   value=stats["invalid_messages"])
         yield CounterMetricFamily("coda_ws_rate_limited", "Client frames refused by the rate limit",

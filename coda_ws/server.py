@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import pathlib
 import socket
 import threading
@@ -32,11 +33,11 @@ from flask import Blueprint, Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 
 from . import __version__, framing
-from .auth import Authenticator, OriginPolicy, bearer_token, is_loopback_host
-from .bus import EventBus, redact_event
+from .auth import Authenticator, HostPolicy, OriginPolicy, bearer_token, is_loopback_host
+from .bus import STALE_EPOCH_CHANGED, EventBus, redact_event
 from .connection import DIRECT_WRITES, Connection, GuardedSocket, WriteTimeout
 from .errors import CodaWSError
-from .events import encode_json
+from .events import DEFAULT_MAX_EVENT_SIZE, encode_json
 from .filters import EventFilter
 from .http_api import DEFAULT_MAX_BODY_SIZE, register_http_api
 from .metrics import ABNORMAL_CLOSE, ServerMetrics
@@ -56,7 +57,14 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TOO_SLOW = 4008
+
+#: Default ``max_replay_bytes``: well under every shipped client's frame limit
+#: (the Python client's 16 MiB, browsers' far larger).
+DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
+#: Default ``max_clients_per_address``.
+DEFAULT_MAX_CLIENTS_PER_ADDRESS = 64
 
 #: Seconds to wait for a client's close reply (and for its reader thread to end).
 #: stop() forces stragglers off before its own timeout regardless.
@@ -88,6 +96,17 @@ def _tune_socket(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _hosts_from_env(allowed_hosts):
+    """``allowed_hosts`` plus the hosts in ``CODA_WS_ALLOWED_HOSTS``."""
+    text = os.environ.get("CODA_WS_ALLOWED_HOSTS", "").strip()
+    if not text:
+        return allowed_hosts
+    extra = [host.strip() for host in text.split(",") if host.strip()]
+    if allowed_hosts is None:
+        return extra
+    return [allowed_hosts, *extra] if isinstance(allowed_hosts, str) else [*allowed_hosts, *extra]
+
+
 def _json_error(status, code, message):
     body = json.dumps({"error": code, "message": message})
     return Response(body, status=status, mimetype="application/json")
@@ -117,12 +136,27 @@ class CodaWebSocketServer:
             standalone: ``""``).
         history_size: events kept for resume (default 10 000).
         client_queue_size: lossless events a client may fall behind before
-            it is closed with 4008 (default 1024).
+            it is closed with 4008 (default 1024, or ``history_size`` when
+            that is smaller).
+        max_event_size: largest encoded event in bytes (default 1 MiB;
+            larger: ``emit()`` raises ``EventTooLargeError``, a 413 over HTTP).
+        max_replay_bytes: largest replay frame in bytes (default 4 MiB): the
+            newest high-priority events that fit are sent, and the frame
+            says how many older ones were left out (``"omitted"``).
         max_message_size: largest client frame in bytes (default 64 KiB;
             larger: close 1009).
         max_clients: concurrent clients (default 256; beyond: HTTP 503).
+        max_clients_per_address: concurrent clients (and handshakes in
+            progress) from one peer IP address (default 64; beyond: HTTP
+            503), so one process cannot hold every slot.
         allowed_origins: browser origins allowed besides the local defaults
-            (``"*"`` allows every origin).
+            (``"*"`` allows every origin; ``"null"``, pages opened from a
+            file, only when listed, with a logged warning).
+        allowed_hosts: ``Host`` headers answered besides the local defaults
+            (localhost, loopback IPs, the bound address; see
+            :class:`~coda_ws.auth.HostPolicy`), against DNS rebinding;
+            ``"*"`` turns the check off. Hosts in the ``CODA_WS_ALLOWED_HOSTS``
+            environment variable (comma-separated) are added.
         auth: ``None`` (no tokens), ``{token: scopes}`` or a callable
             ``token -> scopes or None`` (see :mod:`coda_ws.auth`); tokens in
             the ``CODA_WS_TOKENS`` environment variable are added.
@@ -168,10 +202,14 @@ class CodaWebSocketServer:
         app=None,
         url_prefix=_UNSET,
         history_size=10_000,
-        client_queue_size=1024,
+        client_queue_size=None,
+        max_event_size=DEFAULT_MAX_EVENT_SIZE,
+        max_replay_bytes=DEFAULT_MAX_REPLAY_BYTES,
         max_message_size=64 * 1024,
         max_clients=256,
+        max_clients_per_address=DEFAULT_MAX_CLIENTS_PER_ADDRESS,
         allowed_origins=None,
+        allowed_hosts=None,
         auth=None,
         insecure=False,
         rate_limit=20,
@@ -195,7 +233,9 @@ class CodaWebSocketServer:
         for name, value in (("rate_limit", rate_limit), ("handshake_timeout", handshake_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name, value in (("max_message_size", max_message_size), ("max_clients", max_clients)):
+        for name, value in (("max_message_size", max_message_size), ("max_clients", max_clients),
+                            ("max_clients_per_address", max_clients_per_address),
+                            ("max_replay_bytes", max_replay_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if app is not None and not isinstance(app, Flask):
@@ -210,7 +250,11 @@ class CodaWebSocketServer:
         self.ping_timeout = ping_timeout or None
         self.max_message_size = max_message_size
         self.max_clients = max_clients
+        self.max_clients_per_address = max_clients_per_address
+        self.max_replay_bytes = max_replay_bytes
         self.url_prefix = url_prefix.rstrip("/")
+        self.host_policy = HostPolicy(_hosts_from_env(allowed_hosts), host)
+        self.allowed_hosts = self.host_policy.names
         self.origin_policy = OriginPolicy(allowed_origins)
         self.allowed_origins = self.origin_policy.allowed
         self.authenticator = Authenticator(auth)
@@ -220,7 +264,9 @@ class CodaWebSocketServer:
         if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size < 1:
             raise ValueError(f"max_body_size must be a positive integer (bytes), got {max_body_size!r}")
         self.max_body_size = max_body_size
-        self.bus = bus if bus is not None else EventBus(max_replay_events, history_size, client_queue_size)
+        self.bus = bus if bus is not None else EventBus(
+            max_replay_events, history_size, client_queue_size, max_event_size=max_event_size
+        )
         self._owns_bus = bus is None
         self.journal = None  # a coda_ws.journal.Journal with journal=
         self.backplane = None  # a coda_ws.backplane.RedisBackplane with backplane=
@@ -238,8 +284,10 @@ class CodaWebSocketServer:
         self._clients_changed = threading.Condition(self._clients_lock)
         self._clients = {}
         self._reserved = 0  # handshakes in progress, counted against max_clients
+        self._per_address = {}  # peer IP -> clients and handshakes in progress from it
         self._totals = {"total_connections": 0, "events_sent": 0, "errors": 0, "invalid_messages": 0,
                         "handler_errors": 0, "rejected_handshakes": 0, "rate_limited": 0}
+        self._rejected_requests = {"host": 0, "origin": 0}
         self._disconnects = {}
         self._disconnect_codes = {}  # close code as a string ("1006": no close frame) -> count
         self._resumes = {}  # "recovered" or the reason it was not -> count
@@ -270,6 +318,11 @@ class CodaWebSocketServer:
             "coda_ws", __name__, url_prefix=self.url_prefix or None,
             static_folder=str(_STATIC_DIR), static_url_path="/static",
         )
+        bp.before_request(self._check_request)
+        if app is self._app and not self._mounted:
+            # Standalone, the whole app is ours: requests that match no
+            # route (404s) are checked too.
+            app.before_request(lambda: None if request.blueprint == "coda_ws" else self._check_request())
         bp.add_url_rule("/", "websocket", self._websocket_view, websocket=True)
         bp.add_url_rule("/ws", "websocket_ws", self._websocket_view, websocket=True)
         bp.add_url_rule("/", "index", self._page_view("index.html"))
@@ -307,7 +360,12 @@ class CodaWebSocketServer:
 
     @property
     def max_replay_events(self):
+        """High-priority events kept for the replay frame (assignable, as in the original)."""
         return self.bus.max_replay_events
+
+    @max_replay_events.setter
+    def max_replay_events(self, value):
+        self.bus.max_replay_events = value
 
     @property
     def sequence_number(self):
@@ -628,6 +686,7 @@ class CodaWebSocketServer:
             disconnects = dict(self._disconnects)
             disconnect_codes = dict(self._disconnect_codes)
             resumes = dict(self._resumes)
+            rejected_requests = dict(self._rejected_requests)
         bus = self.bus.stats()
         return {
             "total_connections": totals["total_connections"],
@@ -641,10 +700,13 @@ class CodaWebSocketServer:
             "events_emitted": bus["events_emitted"],
             "events_dropped": bus["events_conflated"],
             "overflows": bus["overflows"],
+            "epoch_changes": bus["epoch_changes"],
+            "dispatch_errors": bus["dispatch_errors"],
             "history_events": bus["history_events"],
             "invalid_messages": totals["invalid_messages"],
             "handler_errors": totals["handler_errors"],
             "rejected_handshakes": totals["rejected_handshakes"],
+            "rejected_requests": rejected_requests,
             "rate_limited": totals["rate_limited"],
             "disconnects": disconnects,
             "disconnect_codes": disconnect_codes,
@@ -654,6 +716,41 @@ class CodaWebSocketServer:
         }
 
     # -- HTTP views -------------------------------------------------------------------
+
+    def _check_request(self):
+        """Runs before every request to coda_ws's routes, HTTP and upgrade
+        alike (standalone: before every request): the Host allow-list first
+        (DNS rebinding: a page whose DNS answer flipped to this machine still
+        sends its own name as Host), then, for requests from a browser page
+        (an ``Origin`` header), the origin policy. Returns the refusal (421 or
+        403, JSON), or None to go on."""
+        environ = request.environ
+        host = environ.get("HTTP_HOST")
+        upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if not self.host_policy.allows(host):
+            self._count_refusal("host", upgrade)
+            log.info("refused %s %s from %s: Host %r is not allowed", request.method, request.path,
+                     request.remote_addr, host)
+            return _json_error(
+                421, "forbidden_host",
+                f"host {host!r} is not served here (DNS rebinding defence): add it with allowed_hosts=[...], "
+                "--allow-host or CODA_WS_ALLOWED_HOSTS",
+            )
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and not self.origin_policy.allows(
+            origin, host or "", self.host_policy.allows_explicitly(host)
+        ):
+            self._count_refusal("origin", upgrade)
+            log.info("refused %s %s from %s: origin %r is not allowed", request.method, request.path,
+                     request.remote_addr, origin)
+            return _json_error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+        return None
+
+    def _count_refusal(self, reason, upgrade):
+        with self._clients_lock:
+            self._rejected_requests[reason] += 1
+            if upgrade:
+                self._totals["rejected_handshakes"] += 1
 
     def _page_view(self, name):
         """A view serving one of the package's HTML pages (dashboard, debug)."""
@@ -679,7 +776,7 @@ class CodaWebSocketServer:
         if denied is not None:
             return denied
         limit = request.args.get("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        if not limit.isascii() or not limit.isdigit() or len(limit) > 4 or not 1 <= int(limit) <= 1000:
             return _json_error(400, "bad_request", f"limit must be an integer from 1 to 1000, got {limit!r}")
         events = [entry.to_dict() for entry in self.bus.history()]
         return Response(encode_json(turn_breakdown(events, int(limit))), mimetype="application/json")
@@ -694,8 +791,6 @@ class CodaWebSocketServer:
             raise _HandshakeError(503, "unavailable", "the server is shutting down")
         if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13" or not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
             raise _HandshakeError(400, "bad_request", "not a WebSocket version 13 handshake")
-        if not self.origin_policy.allows(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST", "")):
-            raise _HandshakeError(403, "forbidden_origin", f"origin {environ.get('HTTP_ORIGIN')!r} is not allowed")
         args = request.args
         if "token" in args or "access_token" in args:
             raise _HandshakeError(
@@ -719,7 +814,7 @@ class CodaWebSocketServer:
             raise _HandshakeError(400, "bad_request", f"invalid types or session_id: {exc}") from None
         since = args.get("since")
         if since is not None:
-            if not since.isdigit() or len(since) > 18:
+            if not since.isascii() or not since.isdigit() or len(since) > 18:
                 raise _HandshakeError(400, "bad_request", f"since must be a non-negative integer, got {since!r}")
             since = int(since)
             v1 = True
@@ -761,17 +856,36 @@ class CodaWebSocketServer:
             return _json_error(403, "forbidden", f"this token does not have the {scope!r} scope")
         return None
 
-    def _reserve_slot(self):
+    def _reserve_slot(self, address):
+        """Count a handshake in progress against ``max_clients`` and against
+        ``max_clients_per_address`` for the peer ``address`` (an IP); raises
+        _HandshakeError 503 when either is reached. :meth:`_release_slot`
+        (or registering the client, then :meth:`_finish`) gives it back."""
         with self._clients_lock:
             if len(self._clients) + self._reserved >= self.max_clients:
                 raise _HandshakeError(503, "too_many_clients", f"client limit reached ({self.max_clients})")
+            held = self._per_address.get(address, 0)
+            if held >= self.max_clients_per_address:
+                raise _HandshakeError(
+                    503, "too_many_clients",
+                    f"client limit per address reached ({self.max_clients_per_address} from {address})",
+                )
+            self._per_address[address] = held + 1
             self._reserved += 1
+
+    def _release_address_locked(self, address):
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
 
     def _websocket_view(self):
         environ = request.environ
+        peer = environ.get("REMOTE_ADDR") or "?"
         try:
             options = self._check_handshake(environ)
-            self._reserve_slot()
+            self._reserve_slot(peer)
         except _HandshakeError as exc:
             with self._clients_lock:
                 self._totals["rejected_handshakes"] += 1
@@ -789,7 +903,10 @@ class CodaWebSocketServer:
         except Exception as exc:
             with self._clients_lock:
                 self._reserved -= 1
+                self._release_address_locked(peer)
             log.warning("WebSocket handshake with %s failed: %s", request.remote_addr, exc)
+            with contextlib.suppress(OSError):
+                sock.release()  # simple-websocket's refusal, if it wrote one
             sock.shutdown()
             return Response(status=400)
         try:
@@ -815,6 +932,9 @@ class CodaWebSocketServer:
         # Decline permessage-deflate: compressing per connection costs 2.4-3.9x
         # the CPU per message (DESIGN.md, traps), and events are small.
         handshake_environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        # Hold the handshake response until the client is registered: a client
+        # whose connect() returned is in server.clients (as in the original).
+        sock.hold()
         try:
             ws = simple_websocket.Server(
                 handshake_environ,
@@ -830,6 +950,7 @@ class CodaWebSocketServer:
         conn = Connection(client_id, ws, sock, subscription, address, environ.get("HTTP_USER_AGENT", ""),
                           options["v1"], options["scopes"], self.rate_limit)
         self._post_initial_frames(conn, options)
+        conn.peer = environ.get("REMOTE_ADDR") or "?"
         with self._clients_lock:
             self._reserved -= 1
             self._clients[client_id] = conn
@@ -839,6 +960,10 @@ class CodaWebSocketServer:
                 result = "recovered" if resume.recovered else resume.reason
                 self._resumes[result] = self._resumes.get(result, 0) + 1
             self._clients_changed.notify_all()
+        try:
+            sock.release()  # the handshake response: the client may now see it is connected
+        except OSError:
+            pass  # the client is gone already: its reader ends, and so does the session
         log.info("client %s connected from %s (%s)", client_id, address, "v1" if conn.v1 else "legacy",
                  extra={"client_id": client_id, "address": address, "protocol": 1 if conn.v1 else 0,
                         "user_agent": conn.user_agent})
@@ -852,12 +977,13 @@ class CodaWebSocketServer:
         replay_frame = None
         if sub.resume is None or not sub.resume.recovered:
             if options["replay"] and (conn.v1 or replay):
-                replay_frame = framing.text_frame(self.bus.replay_frame_json(replay))
+                payload, included = self.bus.replay_frame_json(replay, self.max_replay_bytes)
+                replay_frame = framing.text_frame(payload)
         if conn.v1:
             hello = {
                 "type": "hello", "protocol": 1, "server": SERVER_NAME, "client_id": conn.id,
                 "epoch": sub.epoch, "seq": sub.start_seq,
-                "replay": len(replay) if replay_frame is not None else 0,
+                "replay": included if replay_frame is not None else 0,
             }
             conn.post(framing.text_frame(encode_json(hello)))
             if sub.resume is not None:
@@ -886,8 +1012,14 @@ class CodaWebSocketServer:
             while inbox and conn._closing is None:
                 self._handle_message(conn, inbox.pop(0))
             if sub.overflowed:
-                conn.disconnect_reason = "too_slow"
-                self._close(conn, CLOSE_TOO_SLOW, "client too slow: resume with since")
+                if sub.stale == STALE_EPOCH_CHANGED:
+                    # Not the client's fault: its positions belong to a stream
+                    # that is gone. On reconnect, resume says epoch_changed.
+                    conn.disconnect_reason = "epoch_changed"
+                    self._close(conn, CLOSE_SERVICE_RESTART, "the stream's epoch changed: resume with since")
+                else:
+                    conn.disconnect_reason = "too_slow"
+                    self._close(conn, CLOSE_TOO_SLOW, "client too slow: resume with since")
                 return
             if not ws.connected:
                 self._note_reader_end(conn)
@@ -981,7 +1113,8 @@ class CodaWebSocketServer:
         conn.subscription.close()
         reason = conn.disconnect_reason or "connection_lost"
         with self._clients_lock:
-            self._clients.pop(conn.id, None)
+            if self._clients.pop(conn.id, None) is not None:
+                self._release_address_locked(conn.peer)
             self._totals["events_sent"] += conn.frames_sent
             self._totals["errors"] += conn.errors
             self._disconnects[reason] = self._disconnects.get(reason, 0) + 1

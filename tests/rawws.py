@@ -38,18 +38,23 @@ class RawClient:
         headers: extra request headers (name, value) pairs.
         rcvbuf: SO_RCVBUF to set before connecting (a small one makes a
             client that stops reading fill up quickly).
+        host: the Host header (default ``127.0.0.1:PORT``).
+        source: the local address to connect from (e.g. ``127.0.0.2``, another
+            loopback address, to look like another peer).
     """
 
-    def __init__(self, port, path="/", headers=(), rcvbuf=None, timeout=5.0):
+    def __init__(self, port, path="/", headers=(), rcvbuf=None, timeout=5.0, host=None, source=None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             f"GET {path} HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
+            f"Host: {host or f'127.0.0.1:{port}'}",
             "Upgrade: websocket",
             "Connection: Upgrade",
             f"Sec-WebSocket-Key: {key}",

@@ -65,9 +65,10 @@ import threading
 import time
 import uuid
 
-from ..bus import _WIRE_HEAD, StampedEvent, _wire_tail, entry_from_wire
-from ..errors import InvalidEventError
-from ..events import SystemErrorEvent, _check_session_id, build_fields, encode_fields, event_class
+from ..bus import StampedEvent, entry_from_wire
+from ..events import (
+    DEFAULT_MAX_EVENT_SIZE, WIRE_HEAD, SystemErrorEvent, build_fields, encode_fields, prepare_event, wire_tail,
+)
 
 __all__ = [
     "RedisBackplane", "RedisEmitter", "stream_keys",
@@ -227,22 +228,6 @@ def _stamped(entry_id, fields):
     )
 
 
-def _prepare(event_type, session_id, high_priority, fields):
-    """Validate and encode an event in the caller, as ``EventBus.emit`` does.
-
-    Returns ``(cls, values, body, session_id, high_priority)``; raises
-    InvalidEventError naming the bad field."""
-    cls = event_class(event_type)
-    values = build_fields(cls, fields)
-    body = encode_fields(cls, values)
-    session_id = _check_session_id(session_id, cls.event_type.value)
-    if high_priority is None:
-        high_priority = cls.high_priority
-    elif high_priority is not True and high_priority is not False:
-        raise InvalidEventError(f"high_priority must be True, False or None, got {high_priority!r}")
-    return cls, values, body, session_id, high_priority
-
-
 # The reserved buffer slot for the "events dropped" system_error: at most one
 # is buffered or in flight. The thread takes it only at the head of a take
 # (see _Publisher._take_locked) and builds it once, with the count then.
@@ -293,7 +278,7 @@ class _Publisher:
     # -- producers (any thread) ---------------------------------------------------
 
     def submit(self, item):
-        """Buffer ``(timestamp, type, session_id, high_priority, body, target)``.
+        """Buffer ``(timestamp, type, session_id, session_json, high_priority, body, target)``.
 
         Returns False when the buffer is full and the event was dropped."""
         report = False
@@ -403,7 +388,7 @@ class _Publisher:
                        f"(buffer of {self.buffer_size} events full)",
             "details": {"dropped": count, "buffer_size": self.buffer_size, "emitter": self.emitter_id},
         })
-        return time.time(), cls.event_type.value, None, True, encode_fields(cls, values), None
+        return time.time(), cls.event_type.value, None, b"null", True, encode_fields(cls, values), None
 
     def _take_locked(self):
         """Take the next items to publish (with ``_cond`` held): ``(items,
@@ -438,12 +423,12 @@ class _Publisher:
         batches = []
         for number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
             chunk = items[start : start + self.max_batch]
-            argv = [self.maxlen, self.replay_keep, number, uuid.uuid4().hex, _WIRE_HEAD, _EMITTER_KEY_TTL]
-            for timestamp, type_name, session_id, high_priority, body, target in chunk:
+            argv = [self.maxlen, self.replay_keep, number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
+            for timestamp, type_name, session_id, session_json, high_priority, body, target in chunk:
                 argv += (
                     repr(timestamp), type_name, "" if session_id is None else session_id,
                     "0" if session_id is None else "1", "1" if high_priority else "0", target or "",
-                    _wire_tail(timestamp, type_name, session_id, body),
+                    wire_tail(timestamp, type_name, session_json, body),
                 )
             batches.append((number, argv, len(chunk)))
         return batches
@@ -609,6 +594,8 @@ class RedisEmitter:
             beyond, events are dropped and counted (module docs).
         maxlen: approximate bound of the stream, in events.
         replay_keep: high-priority events Redis keeps for replay buffers.
+        max_event_size: the largest encoded event, in bytes (default 1 MiB;
+            None: no limit); a larger one raises ``EventTooLargeError``.
 
     Thread safety: ``emit()`` may be called from any thread; it validates and
     encodes in the caller and never blocks on Redis. One publisher thread,
@@ -622,12 +609,17 @@ class RedisEmitter:
     """
 
     def __init__(self, url, prefix=DEFAULT_PREFIX, *, buffer_size=DEFAULT_BUFFER_SIZE, maxlen=DEFAULT_MAXLEN,
-                 replay_keep=DEFAULT_REPLAY_KEEP):
+                 replay_keep=DEFAULT_REPLAY_KEEP, max_event_size=DEFAULT_MAX_EVENT_SIZE):
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
+        if max_event_size is not None and (
+            not isinstance(max_event_size, int) or isinstance(max_event_size, bool) or max_event_size < 1024
+        ):
+            raise ValueError(f"max_event_size must be an integer of at least 1024 (bytes) or None, got {max_event_size!r}")
         self.url = url
         self.prefix = prefix
+        self.max_event_size = max_event_size
         self._publisher = _Publisher(url, stream_keys(prefix), buffer_size=buffer_size, maxlen=maxlen,
                                      replay_keep=replay_keep)
 
@@ -639,11 +631,14 @@ class RedisEmitter:
 
         Raises:
             InvalidEventError (a TypeError and a ValueError): unknown type or
-                a bad field, as ``EventBus.emit``.
+                a bad field, as ``EventBus.emit``; ``EventTooLargeError`` (a
+                subclass) over ``max_event_size``.
         """
-        cls, values, body, session_id, high_priority = _prepare(event_type, session_id, high_priority, fields)
+        cls, values, body, session_id, session_json, high_priority = prepare_event(
+            event_type, session_id, high_priority, fields, self.max_event_size
+        )
         timestamp = time.time()
-        self._publisher.submit((timestamp, cls.event_type.value, session_id, high_priority, body, None))
+        self._publisher.submit((timestamp, cls.type_name, session_id, session_json, high_priority, body, None))
         return cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
 
     def flush(self, timeout=None):
@@ -749,9 +744,9 @@ class RedisBackplane:
         bus.archive = self
         self._bus = bus
 
-    def publish(self, timestamp, type_name, session_id, high_priority, body, target):
+    def publish(self, timestamp, type_name, session_id, session_json, high_priority, body, target):
         """The bus's sequencer hook: buffer the event for Redis; never blocks."""
-        self._publisher.submit((timestamp, type_name, session_id, high_priority, body, target))
+        self._publisher.submit((timestamp, type_name, session_id, session_json, high_priority, body, target))
 
     # -- lifecycle ----------------------------------------------------------------
 
