@@ -48,6 +48,10 @@ def build_parser():
                                 help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
     server_options.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                                 help="allow browser pages from ORIGIN (scheme://host[:port]; '*' for any); repeatable")
+    server_options.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                                help="answer requests addressed to HOST too (a name or IP; '.example.com' for its "
+                                     "subdomains; '*' for any: turns off the DNS-rebinding check); repeatable "
+                                     "(also CODA_WS_ALLOWED_HOSTS)")
     server_options.add_argument("--insecure", action="store_true",
                                 help="allow a non-loopback --host without tokens (everyone can read everything)")
     server_options.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
@@ -223,6 +227,7 @@ def _start_server(args):
         auth = load_token_file(args.token_file) if args.token_file else None
         server = CodaWebSocketServer(host=args.host, port=args.port, auth=auth,
                                      allowed_origins=args.allow_origin or None, insecure=args.insecure,
+                                     allowed_hosts=args.allow_host or None,
                                      **_persistence_options(args))
         server.start()
     except (OSError, ValueError, TypeError, CodaWSError, ImportError, sqlite3.Error) as exc:

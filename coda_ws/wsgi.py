@@ -27,6 +27,8 @@ Configuration, from environment variables (unset: the server's default):
 ``CODA_WS_CLIENT_QUEUE_SIZE``      lossless events a client may fall behind
 ``CODA_WS_MAX_CLIENTS``            concurrent clients per worker
 ``CODA_WS_ALLOWED_ORIGINS``        comma-separated browser origins
+``CODA_WS_ALLOWED_HOSTS``          comma-separated extra Host names (DNS
+                                   rebinding defence; ``*``: any)
 ``CODA_WS_PING_INTERVAL``          seconds between keepalive pings
 ``CODA_WS_PING_TIMEOUT``           seconds to answer a ping
 ``CODA_WS_URL_PREFIX``             path prefix of every route (default none)
@@ -100,7 +102,7 @@ def server_options(env=None):
     bind = env.get("CODA_WS_BIND", "").strip()
     if bind and not bind.startswith("unix:"):
         host, _, port = bind.rpartition(":")
-        if host and port.isdigit():
+        if host and port.isascii() and port.isdigit():
             options["host"], options["port"] = host.strip("[]"), int(port)  # for server.url only
     return options
 
