@@ -1,4 +1,4 @@
-"""Tokens, scopes and the origin policy (PROTOCOL.md sections 1 and 7).
+"""Tokens, scopes and the origin policy (docs/protocol.md sections 1 and 7).
 
 Scopes:
 

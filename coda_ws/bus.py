@@ -220,7 +220,7 @@ def entry_from_wire(event):
 
 
 class ResumeResult:
-    """The outcome of a resume request (PROTOCOL.md section 4).
+    """The outcome of a resume request (docs/protocol.md section 4).
 
     ``recovered`` True: ``first``..``last`` are the positions replayed from
     history and ``count`` how many of them pass the reader's filter.

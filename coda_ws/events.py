@@ -2,7 +2,7 @@
 
 Every event is a frozen dataclass whose fields are the wire keys, in wire order:
 the envelope (``version``, ``seq``, ``timestamp``, ``type``, ``session_id``)
-first, then the type's own fields in declaration order (PROTOCOL.md section 2).
+first, then the type's own fields in declaration order (docs/protocol.md section 2).
 
 Validation happens once, when an event is built (:func:`create_event`,
 :func:`validate_event`, ``EventBus.emit``), and is strict in the way the
@@ -79,7 +79,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
 ]
 
-#: Version of the client protocol (PROTOCOL.md); bumped with breaking changes.
+#: Version of the client protocol (docs/protocol.md); bumped with breaking changes.
 PROTOCOL_VERSION = 1
 #: The ``version`` key every event carries.
 EVENT_VERSION = "1.0"

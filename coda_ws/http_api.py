@@ -2,7 +2,7 @@
 
 :func:`register_http_api` adds these routes to the server's blueprint (so
 they sit under ``url_prefix`` when mounted), next to ``/healthz`` and
-``/turns`` (PROTOCOL.md sections 6 and 7):
+``/turns`` (docs/protocol.md sections 6 and 7):
 
 ==================  ========================  ==========================================
 route               scope when auth is on     answer

@@ -1,6 +1,6 @@
 """JSON Schema (draft 2020-12) of every event, generated from the event dataclasses.
 
-:func:`event_schema` describes events as they appear on the wire (PROTOCOL.md
+:func:`event_schema` describes events as they appear on the wire (docs/protocol.md
 section 2): every key present, the envelope first. It is generated from
 :mod:`coda_ws.events` (each class's fields, their annotations and defaults),
 so a field added to a dataclass appears here without further work.
@@ -17,7 +17,7 @@ Shape of the document (``GET /schema`` serves it)::
 
 Each definition is a closed object (``additionalProperties: false``) whose
 ``type`` is a constant, so exactly one branch of ``oneOf`` can match. Redacted
-events (content fields ``null`` plus ``"redacted": true``, PROTOCOL.md
+events (content fields ``null`` plus ``"redacted": true``, docs/protocol.md
 section 7) validate too: a definition accepts the optional ``redacted`` key
 and, when it is present, requires the content fields to be ``null``.
 
@@ -130,7 +130,7 @@ def _cached_schema():
     return {
         "$schema": SCHEMA_DIALECT,
         "title": "coda_ws event",
-        "description": "One event as sent to WebSocket clients and returned by GET /events (PROTOCOL.md section 2).",
+        "description": "One event as sent to WebSocket clients and returned by GET /events (docs/protocol.md section 2).",
         "protocol": PROTOCOL_VERSION,
         "schema_version": EVENT_VERSION,
         "oneOf": [{"$ref": f"#/$defs/{name}"} for name in defs],

@@ -51,7 +51,7 @@ V1_SUBPROTOCOL = "coda-ws.v1"
 BEARER_SUBPROTOCOL_PREFIX = "coda-ws.bearer."
 SERVER_NAME = f"coda-ws/{__version__}"
 
-# Close codes (PROTOCOL.md section 8).
+# Close codes (docs/protocol.md section 8).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008

@@ -1,7 +1,7 @@
 /**
  * coda-ws JavaScript client (ES module, no dependencies, no build step).
  *
- * Speaks protocol v1 of coda_ws (PROTOCOL.md): a `hello` frame first, the
+ * Speaks protocol v1 of coda_ws (docs/protocol.md): a `hello` frame first, the
  * `replay` frame unpacked into single events, `resume` after a reconnect, and
  * application pings to notice connections that died without a close.
  *

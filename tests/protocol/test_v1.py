@@ -1,4 +1,4 @@
-"""PROTOCOL.md v1 through real sockets: hello, resume, filters, subscribe, ping,
+"""docs/protocol.md v1 through real sockets: hello, resume, filters, subscribe, ping,
 policies under pressure, batching, and handshake refusals."""
 
 import contextlib

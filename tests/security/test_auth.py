@@ -1,4 +1,4 @@
-"""Tokens, scopes, redaction, origins and exposure (PROTOCOL.md sections 1, 7, 8)."""
+"""Tokens, scopes, redaction, origins and exposure (docs/protocol.md sections 1, 7, 8)."""
 
 import contextlib
 import json
