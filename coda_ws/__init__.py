@@ -6,7 +6,7 @@ WebSocket receive the event a moment later, in order, and can resume after a
 reconnect without missing anything.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .backplane import RedisEmitter  # noqa: E402
 from .bus import EventBus, Subscription  # noqa: E402

@@ -15,14 +15,14 @@ last events and a 1001 close, every thread is joined, and the exit code is 0.
 """
 
 import argparse
-import contextlib
 import logging
-import signal
 import sqlite3
 import sys
 import threading
 
-from . import __version__, argtypes
+from . import argtypes
+from ._version import __version__
+from .interrupts import ignoring_interrupts, interruptible
 from .logging_json import LOG_FORMATS, configure_logging
 
 __all__ = ["main", "build_parser"]
@@ -147,7 +147,7 @@ def run_serve_command(args):
     if server is None:
         return 1
     try:
-        with _interruptible():
+        with interruptible():
             _say(f"coda-ws {__version__} serving on {server.url}")
             _print_watch_hints(server)
             _say("Press Ctrl-C to stop.")
@@ -155,7 +155,7 @@ def run_serve_command(args):
     except KeyboardInterrupt:
         _say("Stopping...")
     finally:
-        with _ignoring_interrupts():
+        with ignoring_interrupts():
             server.stop()
     _say("Stopped.")
     return 0
@@ -184,7 +184,7 @@ def run_demo_command(args):
 
     worker = threading.Thread(target=feed, name="coda-ws-demo", daemon=True)
     try:
-        with _interruptible():
+        with interruptible():
             # Startup first: every client, however early, finds it in the replay frame.
             integration.system_startup(DEMO_VERSION, DEMO_CONFIG)
             perf.start()
@@ -196,7 +196,7 @@ def run_demo_command(args):
     except KeyboardInterrupt:
         _say("Stopping...")
     finally:
-        with _ignoring_interrupts():
+        with ignoring_interrupts():
             stop_event.set()
             if worker.ident is not None:
                 worker.join(5.0)
@@ -278,41 +278,3 @@ def _print_watch_hints(server):
 
 def _say(text):
     print(text, flush=True)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread.
-
-    Installed explicitly because a process started in the background by a
-    non-interactive shell inherits SIGINT ignored; restored on exit. Off the
-    main thread (``main()`` called from a test's thread) signals are left alone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _ignoring_interrupts():
-    """Ignore SIGINT and SIGTERM while shutting down (every step is bounded
-    by its own timeout), so a second Ctrl-C cannot leave threads behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

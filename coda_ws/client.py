@@ -67,7 +67,7 @@ from wsproto import ConnectionState, ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import ProtocolError
 
-from . import __version__
+from ._version import __version__
 from .errors import CodaWSError, InvalidEventError
 from .events import EventType, encode_json, validate_event
 from .filters import EventFilter

@@ -44,7 +44,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from ._version import __version__
 from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram
 
 __all__ = ["ServerMetrics", "CONTENT_TYPE", "ABNORMAL_CLOSE"]

@@ -32,7 +32,8 @@ import simple_websocket
 from flask import Blueprint, Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 
-from . import __version__, framing
+from . import framing
+from ._version import __version__
 from .auth import Authenticator, HostPolicy, OriginPolicy, bearer_token, is_loopback_host
 from .bus import STALE_EPOCH_CHANGED, EventBus, redact_event
 from .connection import DIRECT_WRITES, Connection, GuardedSocket, WriteTimeout

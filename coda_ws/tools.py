@@ -37,6 +37,7 @@ import time
 
 from . import argtypes
 from .client import ClientConnectionError, CodaEventClient
+from .interrupts import interruptible
 from .errors import CodaWSError, InvalidEventError
 from .events import BaseEvent, encode_json, validate_event
 
@@ -494,10 +495,8 @@ def _types_argument(values):
 
 def _run(command, action):
     """Run a tool for the command line: exit code 0, or 1/2 with a message on stderr."""
-    from .cli import _interruptible  # SIGINT and SIGTERM raise KeyboardInterrupt, even in the background
-
     try:
-        with _interruptible():
+        with interruptible():  # SIGINT and SIGTERM raise KeyboardInterrupt, even in the background
             action()
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how tail, record and play are meant to end
