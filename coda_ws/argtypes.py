@@ -6,14 +6,15 @@ so argparse prints it as a usage error (exit code 2).
 
 import argparse
 import math
+from collections.abc import Callable
 
 __all__ = ["integer", "number", "port", "scopes"]
 
 
-def integer(minimum):
+def integer(minimum: int) -> Callable[[str], int]:
     """A converter to ``int`` that refuses values below ``minimum``."""
 
-    def convert(text):
+    def convert(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
@@ -25,10 +26,10 @@ def integer(minimum):
     return convert
 
 
-def number(positive):
+def number(positive: bool) -> Callable[[str], float]:
     """A converter to a finite ``float``, ``> 0`` when ``positive`` else ``>= 0``."""
 
-    def convert(text):
+    def convert(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -42,7 +43,7 @@ def number(positive):
     return convert
 
 
-def port(text):
+def port(text: str) -> int:
     """A TCP port number, 0 (any free port) to 65535."""
     value = integer(0)(text)
     if value > 65535:
@@ -50,7 +51,7 @@ def port(text):
     return value
 
 
-def scopes(text):
+def scopes(text: str) -> list[str]:
     """A comma-separated list of known scopes."""
     from .auth import SCOPES
 

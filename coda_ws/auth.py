@@ -29,6 +29,8 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "OriginPolicy",
     "HostPolicy",
     "parse_host_header",
+    "AuthSpec",
 ]
 
 log = logging.getLogger("coda_ws.auth")
@@ -52,23 +55,26 @@ ALL_SCOPES = frozenset(SCOPES)
 BEARER_PREFIX = "coda-ws.bearer."
 _MAX_TOKEN_LENGTH = 512
 
+#: What ``auth=`` accepts: None, ``{token: scopes}`` or ``token -> scopes or None``.
+AuthSpec = Union[None, Mapping[str, Union[str, Iterable[str]]], Callable[[str], Union[str, Iterable[str], None]]]
 
-def _normalize_scopes(scopes, where):
+
+def _normalize_scopes(scopes: Any, where: str) -> frozenset[str]:
     if isinstance(scopes, str):
         scopes = [s.strip() for s in scopes.split(",") if s.strip()]
     try:
-        scopes = frozenset(scopes)
+        names = frozenset(scopes)
     except TypeError:
         raise TypeError(f"{where}: scopes must be a list of strings, got {type(scopes).__name__}") from None
-    unknown = sorted(s for s in scopes if s not in ALL_SCOPES)
+    unknown = sorted(str(s) for s in names if s not in ALL_SCOPES)
     if unknown:
         raise ValueError(f"{where}: unknown scope {unknown[0]!r} (known: {', '.join(SCOPES)})")
-    if "read:content" in scopes:
-        scopes |= {"read"}
-    return scopes
+    if "read:content" in names:
+        names |= {"read"}
+    return names
 
 
-def parse_tokens(text, where="CODA_WS_TOKENS"):
+def parse_tokens(text: str, where: str = "CODA_WS_TOKENS") -> dict[str, frozenset[str]]:
     """Parse ``"TOKEN=scope,scope TOKEN2=scope"`` (whitespace or newlines
     between entries; ``#`` starts a comment line) into ``{token: scopes}``.
 
@@ -77,8 +83,8 @@ def parse_tokens(text, where="CODA_WS_TOKENS"):
             an unknown scope; the message names the entry by position, never
             by its token.
     """
-    tokens = {}
-    entries = []
+    tokens: dict[str, frozenset[str]] = {}
+    entries: list[str] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -94,18 +100,18 @@ def parse_tokens(text, where="CODA_WS_TOKENS"):
     return tokens
 
 
-def load_token_file(path):
+def load_token_file(path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
     """Read tokens from a file in :func:`parse_tokens` format."""
     with open(path, encoding="utf-8") as handle:
         return parse_tokens(handle.read(), where=str(path))
 
 
-def new_token():
+def new_token() -> str:
     """A strong random token (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)
 
 
-def bearer_token(environ):
+def bearer_token(environ: Mapping[str, Any]) -> str | None:
     """The token a request carries (Authorization header or bearer subprotocol), or None."""
     header = environ.get("HTTP_AUTHORIZATION", "")
     if header[:7].lower() == "bearer ":
@@ -117,7 +123,7 @@ def bearer_token(environ):
     return None
 
 
-def is_loopback_host(host):
+def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and loopback IP addresses."""
     if host in ("localhost", "ip6-localhost"):
         return True
@@ -141,15 +147,15 @@ class Authenticator:
         TypeError / ValueError: a malformed token table (never naming a token).
     """
 
-    def __init__(self, auth=None, environ=None):
+    def __init__(self, auth: AuthSpec = None, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         from_env = environ.get("CODA_WS_TOKENS", "").strip()
-        self._callable = None
-        self._tokens = None
+        self._callable: Callable[[str], Any] | None = None
+        self._tokens: list[tuple[bytes, frozenset[str]]] | None = None
         if callable(auth):
             self._callable = auth
         elif auth is not None or from_env:
-            tokens = {}
+            tokens: dict[str, frozenset[str]] = {}
             if auth is not None:
                 if not isinstance(auth, dict):
                     raise TypeError(f"auth must be a dict of token -> scopes or a callable, got {type(auth).__name__}")
@@ -164,10 +170,10 @@ class Authenticator:
             self._tokens = [(token.encode("utf-8"), scopes) for token, scopes in tokens.items()]
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         return self._callable is not None or self._tokens is not None
 
-    def scopes_for(self, token):
+    def scopes_for(self, token: str | None) -> frozenset[str] | None:
         """The scopes ``token`` grants, or None when it is unknown.
 
         Constant time with respect to the token's content: every configured
@@ -192,7 +198,7 @@ class Authenticator:
                 return None
         candidate = token.encode("utf-8")
         found = None
-        for known, scopes in self._tokens:
+        for known, scopes in self._tokens or ():
             if hmac.compare_digest(known, candidate) and found is None:
                 found = scopes
         return found
@@ -212,7 +218,7 @@ class OriginPolicy:
     logged as a warning, because any page can make itself a ``null`` origin.
     """
 
-    def __init__(self, allowed=None):
+    def __init__(self, allowed: str | Iterable[str] | None = None) -> None:
         if allowed is None:
             allowed = ()
         elif isinstance(allowed, str):
@@ -238,7 +244,7 @@ class OriginPolicy:
             origins.add(origin.rstrip("/").lower())
         self.allowed = frozenset(origins)
 
-    def allows(self, origin, host_header, host_allowed=True):
+    def allows(self, origin: str | None, host_header: str, host_allowed: bool = True) -> bool:
         """True when a request with this ``Origin`` (None if absent) may connect.
 
         ``host_allowed``: whether ``host_header`` is a host the server was
@@ -263,7 +269,7 @@ class OriginPolicy:
         return host_allowed and bool(host_header) and parts.netloc == host_header.lower()
 
 
-def parse_host_header(value):
+def parse_host_header(value: str) -> str | None:
     """The host name of a ``Host`` header (lowercase, no port, no brackets,
     no trailing dot), or None when it is malformed."""
     value = value.strip().lower()
@@ -289,7 +295,7 @@ def parse_host_header(value):
 _HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 
 
-def _is_ip(text):
+def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -297,7 +303,7 @@ def _is_ip(text):
     return True
 
 
-def _is_port(text):
+def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5
 
 
@@ -325,12 +331,13 @@ class HostPolicy:
         ValueError: an entry that is not a host name or IP address.
     """
 
-    def __init__(self, allowed=None, bind="localhost"):
+    def __init__(self, allowed: str | Iterable[str] | None = None, bind: str = "localhost") -> None:
         if allowed is None:
             allowed = ()
         elif isinstance(allowed, str):
             allowed = [allowed]
-        names, suffixes = set(), set()
+        names: set[str] = set()
+        suffixes: set[str] = set()
         self.everything = False
         for entry in allowed:
             if not isinstance(entry, str) or not entry.strip():
@@ -353,13 +360,13 @@ class HostPolicy:
         self.names = frozenset(names)
         self.suffixes = tuple(sorted(suffixes))
 
-    def allows(self, host_header):
+    def allows(self, host_header: str | None) -> bool:
         """True when a request with this ``Host`` header (None if absent) may be answered."""
         if host_header is None or self.everything:
             return True
         return self.allows_explicitly(host_header)
 
-    def allows_explicitly(self, host_header):
+    def allows_explicitly(self, host_header: str | None) -> bool:
         """True when ``host_header`` names an allowed host, not counting ``"*"``."""
         if host_header is None:
             return False
@@ -371,7 +378,7 @@ class HostPolicy:
         return host.endswith(self.suffixes) if self.suffixes else False
 
 
-def _bound_names(bind):
+def _bound_names(bind: str) -> set[str]:
     """The host names and addresses a server bound to ``bind`` is reached by."""
     bind = (bind or "").strip().lower().strip("[]")
     if is_loopback_host(bind):

@@ -22,7 +22,7 @@ class InvalidEventError(CodaWSError, TypeError, ValueError):
             type itself.
     """
 
-    def __init__(self, message, event_type=None, field=None):
+    def __init__(self, message: str, event_type: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.event_type = event_type
         self.field = field
@@ -36,7 +36,7 @@ class EventTooLargeError(InvalidEventError):
         limit: the ``max_event_size`` it exceeded, in bytes.
     """
 
-    def __init__(self, message, event_type=None, size=0, limit=0):
+    def __init__(self, message: str, event_type: str | None = None, size: int = 0, limit: int = 0) -> None:
         super().__init__(message, event_type=event_type)
         self.size = size
         self.limit = limit

@@ -20,7 +20,7 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 
-def frame(opcode, payload):
+def frame(opcode: int, payload: bytes) -> bytes:
     """One final, unmasked frame carrying ``payload`` (bytes)."""
     first = 0x80 | opcode
     size = len(payload)
@@ -31,14 +31,14 @@ def frame(opcode, payload):
     return _LONG.pack(first, 127, size) + payload
 
 
-def text_frame(payload):
+def text_frame(payload: bytes | str) -> bytes:
     """A text frame; ``payload`` is UTF-8 bytes (or str, encoded here)."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     return frame(OP_TEXT, payload)
 
 
-def close_frame(code, reason=""):
+def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame with a status code and a reason of at most 123 bytes."""
     data = reason.encode("utf-8")[:123]
     return frame(OP_CLOSE, struct.pack("!H", code) + data)

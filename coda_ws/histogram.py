@@ -21,6 +21,8 @@ No dependency on prometheus_client: the bus uses this module, and
 import bisect
 import collections
 import threading
+from collections.abc import Iterable
+from typing import NamedTuple
 
 __all__ = ["FixedHistogram", "HistogramSnapshot", "EMIT_DURATION_BUCKETS", "DISPATCH_LAG_BUCKETS"]
 
@@ -34,13 +36,19 @@ DISPATCH_LAG_BUCKETS = (
     1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
-HistogramSnapshot = collections.namedtuple("HistogramSnapshot", "bounds cumulative sum count")
-HistogramSnapshot.__doc__ = """A consistent copy of a histogram.
+class HistogramSnapshot(NamedTuple):
+    """A consistent copy of a histogram.
 
-``bounds``: the finite upper bounds (ascending); ``cumulative``: for each bound
-the number of observations ``<=`` it, then the total (the ``+Inf`` bucket);
-``sum``: the sum of all observations; ``count``: equal to ``cumulative[-1]``.
-"""
+    ``bounds``: the finite upper bounds (ascending); ``cumulative``: for each
+    bound the number of observations ``<=`` it, then the total (the ``+Inf``
+    bucket); ``sum``: the sum of all observations; ``count``: equal to
+    ``cumulative[-1]``.
+    """
+
+    bounds: tuple[float, ...]
+    cumulative: list[int]
+    sum: float
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as collections.namedtuple did
 
 
 class FixedHistogram:
@@ -64,7 +72,7 @@ class FixedHistogram:
     only for arithmetic (never across I/O or callbacks).
     """
 
-    def __init__(self, bounds, scale=1.0, pending_max=65536):
+    def __init__(self, bounds: Iterable[float], scale: float = 1.0, pending_max: int = 65536) -> None:
         bounds = tuple(float(b) for b in bounds)
         if not bounds or any(b >= c for b, c in zip(bounds, bounds[1:])):
             raise ValueError(f"bounds must be a non-empty ascending sequence, got {bounds!r}")
@@ -73,19 +81,19 @@ class FixedHistogram:
         self.bounds = bounds
         self.scale = scale
         #: Raw samples waiting to be counted (append from any thread).
-        self.pending = collections.deque(maxlen=pending_max)
+        self.pending: collections.deque[float] = collections.deque(maxlen=pending_max)
         # _lock guards _counts and _sum, and makes draining single-threaded.
         self._lock = threading.Lock()
         self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
         self._sum = 0.0
 
-    def observe(self, value):
+    def observe(self, value: float) -> None:
         """Count one observation (already in the histogram's unit)."""
         with self._lock:
             self._counts[bisect.bisect_left(self.bounds, value)] += 1
             self._sum += value
 
-    def observe_many(self, values):
+    def observe_many(self, values: Iterable[float]) -> None:
         """Count several observations (already in the histogram's unit)."""
         bounds, counts = self.bounds, self._counts
         find = bisect.bisect_left
@@ -96,7 +104,7 @@ class FixedHistogram:
                 total += value
             self._sum = total
 
-    def drain(self):
+    def drain(self) -> int:
         """Fold the raw samples waiting in :attr:`pending` into the buckets.
 
         Returns how many samples were counted.
@@ -119,7 +127,7 @@ class FixedHistogram:
             self._sum = total
         return count
 
-    def snapshot(self):
+    def snapshot(self) -> HistogramSnapshot:
         """Drain, then return a :class:`HistogramSnapshot` (bucket counts,
         ``+Inf`` count, sum and count taken together under the lock)."""
         self.drain()

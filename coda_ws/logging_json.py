@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import sys
+from typing import TextIO
 
 __all__ = ["JsonFormatter", "configure_logging", "LOG_FORMATS"]
 
@@ -32,7 +33,7 @@ _TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
-def _fallback(value):
+def _fallback(value: object) -> str:
     """JSON for values json cannot encode (a set, an exception, an object): their repr."""
     return repr(value)
 
@@ -44,7 +45,7 @@ class JsonFormatter(logging.Formatter):
     written as its ``repr``. Thread-safe (it keeps no state).
     """
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.timezone.utc)
         out = {
             "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
@@ -63,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=_fallback)
 
 
-def configure_logging(level="warning", log_format="text", stream=None):
+def configure_logging(level: str | int = "warning", log_format: str = "text", stream: TextIO | None = None) -> None:
     """Send log records of ``level`` and above to ``stream`` (default: stderr).
 
     For the ``coda-ws`` command and applications; the library never calls it.
