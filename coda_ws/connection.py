@@ -1,18 +1,28 @@
-"""One WebSocket client: its socket, its single writer, and what it has sent us.
+"""One WebSocket client's whole session: its socket, its reader, its single writer.
 
 Theory of operation
 -------------------
 
+A :class:`Connection` is made by the server once the handshake is accepted
+(see :mod:`coda_ws.handshake`) and owns everything that happens on the
+connection afterwards: reading the client's frames, keepalive, writing the
+stream, overflow, and the close. The server gives it its collaborators at
+construction (a :class:`SessionHooks` for handlers and counters) and calls
+:meth:`Connection.run` in the request thread; ``run`` returns when the
+session is over, with the reason in :attr:`Connection.disconnect_reason`.
+
 Each connection has two threads, and the dispatcher may write for it:
 
-* the **reader**: simple-websocket's own thread. It parses incoming frames,
-  answers protocol pings and close frames, and appends complete messages to
-  ``ws.input_buffer``; coda_ws gives it the connection's ``wake`` event, so
-  every message (and the end of the connection) wakes the writer.
-* the **writer**: the Werkzeug thread that accepted the request. It handles
-  incoming messages, takes new entries from the stream through the
-  connection's :class:`~coda_ws.bus.Subscription`, and writes everything that
-  is waiting (control frames and event frames) with one ``send``.
+* the **reader**: simple-websocket's own thread (behind
+  :class:`~coda_ws._transport.ServerTransport`). It parses incoming frames,
+  answers protocol pings and close frames, and keeps complete messages for
+  the writer; it sets the connection's ``wake`` event on every message and
+  when the connection ends.
+* the **writer**: the request thread that accepted the connection, running
+  :meth:`Connection.run`. It handles incoming messages, takes new entries
+  from the stream through the connection's
+  :class:`~coda_ws.bus.Subscription`, and writes everything that is waiting
+  (control frames and event frames) with one ``send``.
 * the **dispatcher** (the bus's thread), through :meth:`Connection.push`:
   when it publishes new events and the writer is asleep with nothing else to
   do, it takes the new entries and writes them itself with one non-blocking
@@ -35,76 +45,41 @@ reading must not hold a thread forever.
 """
 
 import collections
-import ctypes
-import errno
+import json
 import logging
-import os
 import select
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-__all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter"]
+from . import framing
+from ._fastjson import encode_json
+from ._sendfast import DONTWAIT, can_send_directly, send_now
+from ._transport import ConnectionClosed, ServerTransport
+from .filters import EventFilter
+from .protocol import (
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
+)
+
+__all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter", "SessionHooks", "SessionSettings",
+           "CLOSE_TIMEOUT"]
 
 log = logging.getLogger("coda_ws.connection")
 
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: The most the dispatcher writes for one client at once (Connection.push).
 #: More than that is pressure: the client's writer thread takes it, batching
 #: with blocking sends (principle 6), and the dispatcher moves on. In calm a
 #: client gets one or a few events per batch, far below this.
 DIRECT_WRITE_BYTES = 16 * 1024
-_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-#: Whether the dispatcher may write for clients at all: only where a send can
-#: be made non-blocking per call (MSG_DONTWAIT); elsewhere writers do it all.
-DIRECT_WRITES = bool(_DONTWAIT)
 
+#: Seconds to wait for a client's close reply (and for its reader thread to
+#: end). ``stop()`` forces stragglers off before its own timeout regardless.
+CLOSE_TIMEOUT = 2.0
 
-def _send_holding_the_gil():
-    """libc's ``send(fd, buffer, length, flags)``, called without releasing
-    the GIL, or None where ctypes cannot reach it.
-
-    Python's ``socket.send`` releases the GIL around the system call. For the
-    dispatcher's non-blocking sends of a few hundred bytes that is all cost:
-    while any other Python thread is busy (a pipeline thread computing), each
-    release hands it the GIL, and the dispatcher gets it back only when that
-    thread's switch interval (5 ms) runs out. With 100 clients that made one
-    event's fan-out take up to half a second (benchmarks/README.md, "GIL
-    convoy"). A non-blocking send never waits, so holding the GIL through it
-    is safe; it also means no other thread can close the socket in between
-    reading its file descriptor and the call.
-    """
-    try:
-        function = ctypes.PyDLL(None, use_errno=True).send
-    except (OSError, AttributeError):  # no libc symbols in this process (Windows)
-        return None
-    # No argtypes: converting through them cost 0.4 µs a call. Callers pass the
-    # fd and flags as ints, the buffer as bytes, and the length as c_size_t.
-    function.restype = ctypes.c_ssize_t
-    return function
-
-
-_libc_send = _send_holding_the_gil() if _DONTWAIT else None
-_WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
-_size_t = ctypes.c_size_t
-
-
-def _send_now(sock, data):
-    """One non-blocking send of ``data`` (bytes, not a memoryview): how many
-    bytes were written (0 when the peer's buffers are full). Raises OSError
-    when the connection is gone."""
-    if _libc_send is None:
-        try:
-            return sock.send(data, _DONTWAIT)
-        except BlockingIOError:
-            return 0
-    sent = _libc_send(sock.fileno(), data, _size_t(len(data)), _DONTWAIT | _NOSIGNAL)
-    if sent >= 0:
-        return sent
-    code = ctypes.get_errno()
-    if code in _WOULD_BLOCK:
-        return 0
-    raise OSError(code, os.strerror(code))
+#: The stream's ``Subscription.stale`` when it moved to a new epoch under the reader.
+_EPOCH_CHANGED = "epoch_changed"
 
 
 class WriteTimeout(OSError):
@@ -140,6 +115,11 @@ class GuardedSocket:
 
     def fileno(self):
         return self._sock.fileno()
+
+    @property
+    def raw(self):
+        """The socket this wraps."""
+        return self._sock
 
     def recv(self, size):
         return self._sock.recv(size)
@@ -206,7 +186,7 @@ class GuardedSocket:
         try:
             if self._unsent is not None or self._held is not None:
                 return False
-            sent = _send_now(self._sock, data)
+            sent = send_now(self._sock, data)
             if not sent:
                 if self.blocked_since is None:
                     self.blocked_since = time.monotonic()
@@ -225,7 +205,7 @@ class GuardedSocket:
         deadline = None
         while view:
             try:
-                sent = sock.send(view, _DONTWAIT)
+                sent = sock.send(view, DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if sent:
@@ -291,60 +271,165 @@ class RateLimiter:
         return False
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """What the server decides for every session.
+
+    Attributes:
+        ping_interval: seconds between keepalive pings (None: off).
+        ping_timeout: seconds a ping may stay unanswered (None: no limit).
+        rate_limit: client frames per second on average (bursts of twice that).
+    """
+
+    ping_interval: float | None
+    ping_timeout: float | None
+    rate_limit: float
+
+
+class SessionHooks(Protocol):
+    """What a :class:`Connection` needs from its server (all thread-safe)."""
+
+    def connected(self, conn: "Connection") -> None:
+        """The writer starts: run the connect handlers."""
+
+    def message(self, conn: "Connection", data: dict[str, Any]) -> None:
+        """A JSON object the protocol does not handle itself: run the message handlers."""
+
+    def count(self, name: str) -> None:
+        """Count an event of the session (``invalid_messages``, ``rate_limited``)."""
+
+    def last_seq(self) -> int:
+        """The stream's last seq (for ``pong``)."""
+
+
+class _SessionOver(Exception):
+    """Raised inside :meth:`Connection.run` to end the session.
+
+    ``code``: send a close frame with ``code`` and ``reason`` and wait for
+    the reply; None: the connection is gone already (``shutdown``: shut the
+    socket down at once, for a write that failed; otherwise the reader is
+    ending on its own and :meth:`Connection.end` lets it finish)."""
+
+    def __init__(self, why: str, code: int | None = None, reason: str = "", shutdown: bool = False) -> None:
+        super().__init__(why)
+        self.why, self.code, self.reason, self.shutdown = why, code, reason, shutdown
+
+
+class _Keepalive:
+    """When to ping, and whether the last ping was answered in time."""
+
+    __slots__ = ("interval", "timeout", "next_ping", "sent")
+
+    def __init__(self, interval: float | None, timeout: float | None) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.next_ping = time.monotonic() + interval if interval else None
+        self.sent: float | None = None  # monotonic time of the unanswered ping
+
+    def check(self, conn: "Connection") -> float | None:
+        """Ping when due; returns how long the writer may sleep (None: no
+        limit). Raises _SessionOver when a ping went unanswered too long."""
+        if self.next_ping is None:
+            return None
+        transport = conn.transport
+        now = time.monotonic()
+        if self.sent is not None and transport.pong_received:
+            conn.last_rtt = now - self.sent  # an upper bound: seen at the writer's next wake-up
+            self.sent = None
+        if self.sent is not None and self.timeout and now - self.sent >= self.timeout:
+            raise _SessionOver("keepalive_timeout", CLOSE_INTERNAL, "keepalive ping timeout")
+        if now >= self.next_ping and (self.sent is None or not self.timeout):
+            transport.expect_pong()
+            self.sent = now
+            self.next_ping = now + self.interval  # type: ignore[operator]  # set whenever next_ping is
+            conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
+        if self.sent is not None and self.timeout:
+            return self.sent + self.timeout - now  # no new ping while one is unanswered
+        return self.next_ping - now
+
+
 class Connection:
-    """A connected client, as the server sees it.
+    """A connected client and its session.
 
     Attributes (read-only for users):
         id: the client id (a string).
         address: the peer address (``"host:port"``).
+        peer: the peer's IP address (what ``max_clients_per_address`` counts).
         user_agent: the ``User-Agent`` header, or ``""``.
         connected_at: Unix time of the connection.
         v1: True for a v1 session (hello, resume, control replies).
+        scopes: the scopes of its token (all of them without auth).
         subscription: its position in the stream and its filter.
+        frames_sent, messages_received, errors: counters.
+        last_rtt: seconds from a keepalive ping to its pong (an upper bound), or None.
+        close_code: the close code sent or received, None while open or when none was.
+        disconnect_reason: why the session ended (``client_closed``,
+            ``too_slow``, ``server_shutdown``, ...), None while it runs.
+
+    Thread safety: :meth:`post`, :meth:`request_close`, :meth:`push`,
+    :meth:`info` and the attributes may be used from any thread; :meth:`run`
+    and :meth:`end` belong to the connection's request thread.
     """
 
-    def __init__(self, client_id, ws, sock, subscription, address, user_agent, v1, scopes, rate_limit):
+    def __init__(self, client_id: str, transport: ServerTransport, sock: "GuardedSocket", subscription: Any,
+                 *, address: str, peer: str, user_agent: str, v1: bool, scopes: frozenset[str],
+                 settings: SessionSettings, hooks: SessionHooks) -> None:
         self.id = client_id
-        self.ws = ws
+        self.transport = transport
         self.sock = sock
         self.subscription = subscription
         self.address = address
+        self.peer = peer
         self.user_agent = user_agent
         self.v1 = v1
         self.scopes = scopes
         self.redact = "read:content" not in scopes  # content fields go out as null
-        self.rate = RateLimiter(rate_limit, burst=2 * rate_limit)
+        self.settings = settings
+        self.rate = RateLimiter(settings.rate_limit, burst=2 * settings.rate_limit)
         self.connected_at = time.time()
         self.frames_sent = 0  # event frames
         self.messages_received = 0
         self.errors = 0
-        self.last_rtt = None
-        self.close_code = None
-        self.disconnect_reason = None
-        self.peer = None  # the peer's IP address (per-address limit), set by the server
-        self._outbox = collections.deque()  # control frames waiting for the writer
-        self._closing = None  # (code, reason, after) requested by another thread
+        self.last_rtt: float | None = None
+        self.close_code: int | None = None
+        self.disconnect_reason: str | None = None
+        self._hooks = hooks
+        self._outbox: collections.deque[bytes] = collections.deque()  # control frames waiting for the writer
+        self._closing: tuple[int, str, int] | None = None  # (code, reason, after) requested by another thread
         #: Held by whoever writes for this client: the writer thread while it
         #: is awake, the dispatcher during :meth:`push` (see the module doc).
         self.pen = threading.Lock()
 
     @property
-    def wake(self):
-        return self.subscription.wake
+    def wake(self) -> threading.Event:
+        return self.subscription.wake  # type: ignore[no-any-return]
 
-    def post(self, frame):
+    # -- any thread -----------------------------------------------------------------
+
+    def post(self, frame: bytes) -> None:
         """Queue a control frame for the writer (thread-safe)."""
         self._outbox.append(frame)
         self.wake.set()
 
-    def push(self):
+    def post_json(self, value: dict[str, Any]) -> None:
+        """Queue a control frame holding ``value`` as JSON (thread-safe)."""
+        self.post(framing.text_frame(encode_json(value)))
+
+    def request_close(self, code: int, reason: str, after: int = 0) -> None:
+        """Ask the writer to close the connection with ``code`` (thread-safe),
+        once every event up to seq ``after`` is written (0: at once)."""
+        if self._closing is None:
+            self._closing = (code, reason, after)
+        self.wake.set()
+
+    def push(self) -> None:
         """Write the events waiting for this client now, from the calling
         thread (the dispatcher, right after it published them), if that can
         be done without waiting; otherwise wake the writer. Never blocks.
 
-        The server makes this the subscription's ``notify`` once the writer
-        runs and holds the pen, so nothing is written before the handshake
-        and the first frames (hello, replay) are out.
+        :meth:`run` makes this the subscription's ``notify`` once the writer
+        holds the pen, so nothing is written before the first frames (hello,
+        replay) are out.
         """
         pen = self.pen
         if self._outbox or self._closing is not None or not pen.acquire(blocking=False):
@@ -357,57 +442,15 @@ class Connection:
         if not done:
             self.wake.set()
 
-    def _write_new_events(self):
-        """The dispatcher's share of the writer's loop, under the pen: True
-        when nothing is left for the writer to do."""
-        sub = self.subscription
-        sock = self.sock
-        if sub.overflowed or self._outbox or sock.has_unsent:
-            return False
-        entries, position = sub.read(max_bytes=DIRECT_WRITE_BYTES)
-        if entries:
-            if self.redact:
-                frames = [entry.redacted_frame() for entry in entries]
-            else:
-                frames = [entry.frame for entry in entries]
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            taken = False
-            if len(data) <= DIRECT_WRITE_BYTES:
-                try:
-                    taken = sock.try_send(data)
-                except OSError:
-                    pass  # the writer's own send meets the error and ends the connection
-            if not taken:
-                sub.commit(sub.cursor)  # nothing was written: the writer reads these again
-                return False
-            self.frames_sent += len(entries)
-            sub.delivered += len(entries)
-        sub.commit(position)
-        return not sock.has_unsent and sub.lag == 0
-
-    def request_close(self, code, reason, after=0):
-        """Ask the writer to close the connection with ``code`` (thread-safe),
-        once every event up to seq ``after`` is written (0: at once)."""
-        if self._closing is None:
-            self._closing = (code, reason, after)
-        self.wake.set()
-
     @property
-    def queue_depth(self):
+    def queue_depth(self) -> int:
         """Frames waiting in this client's writer: control frames queued plus
         the event frames taken from the stream and not yet accepted by the
         socket (a client that stops reading keeps it above 0). Its backlog in
         the stream is ``subscription.lag``. Safe to read from any thread."""
-        return len(self._outbox) + self.subscription.in_flight
+        return len(self._outbox) + int(self.subscription.in_flight)
 
-    def take_outbox(self):
-        frames = []
-        outbox = self._outbox
-        while outbox:
-            frames.append(outbox.popleft())
-        return frames
-
-    def info(self):
+    def info(self) -> dict[str, Any]:
         """A JSON-ready description (for ``/stats`` and ``get_stats``)."""
         sub = self.subscription
         return {
@@ -426,5 +469,217 @@ class Connection:
             "last_pong_rtt": self.last_rtt,
         }
 
-    def __repr__(self):
+    # -- the request thread ---------------------------------------------------------
+
+    def run(self) -> None:
+        """The writer: runs in the connection's request thread until the session ends.
+
+        Each turn clears ``wake`` first, then looks at every source of work:
+        the client's messages, the end of the connection, overflow,
+        keepalive, control frames, new events, a close request. It holds the
+        pen whenever it is awake and keeps it once it returns, so the
+        dispatcher (:meth:`push`) writes for this client only while the
+        writer sleeps, and never after the close frame.
+        """
+        self._hooks.connected(self)
+        sub = self.subscription
+        wake = self.wake
+        self.pen.acquire()
+        if can_send_directly(self.sock.raw):
+            sub.notify = self.push
+        keepalive = _Keepalive(self.settings.ping_interval, self.settings.ping_timeout)
+        try:
+            while True:
+                wake.clear()
+                self._read_messages()
+                self._check_stream()
+                sleep = keepalive.check(self)
+                position = self._write_pending()
+                closing = self._closing
+                if closing is not None and position >= closing[2]:
+                    # Everything the close request asked to deliver has been written.
+                    raise _SessionOver(self.disconnect_reason or "", closing[0], closing[1])
+                if sub.lag and not sub.overflowed:
+                    continue  # more is waiting: write it now, without sleeping
+                self.pen.release()  # asleep: the dispatcher may write for us
+                wake.wait(sleep)
+                self.pen.acquire()
+        except _SessionOver as over:
+            if over.why:
+                self.disconnect_reason = self.disconnect_reason or over.why
+            if over.code is not None:
+                self._close(over.code, over.reason)
+            elif over.shutdown:
+                self.sock.shutdown()
+
+    def end(self) -> None:
+        """After :meth:`run`: stop the reader, shut the socket down, leave the stream."""
+        transport = self.transport
+        if not transport.connected:
+            # The reader is ending on its own (client close): it marks the
+            # connection closed *before* it writes its close reply, so let it finish.
+            transport.join_reader(CLOSE_TIMEOUT)
+        transport.mark_closed()
+        self.sock.shutdown()  # wakes the reader; Werkzeug would otherwise keep reading this socket
+        transport.join_reader(CLOSE_TIMEOUT)
+        self.subscription.close()
+        self.disconnect_reason = self.disconnect_reason or "connection_lost"
+
+    def _read_messages(self) -> None:
+        if self._closing is not None:
+            return
+        for message in self.transport.take_messages():
+            self._handle_message(message)
+            if self._closing is not None:
+                return  # asked to close (rate limit): what follows is not read
+
+    def _check_stream(self) -> None:
+        """End the session when the client fell behind, the stream moved to a
+        new epoch under it, or the reader saw the connection end."""
+        sub = self.subscription
+        if sub.overflowed:
+            if sub.stale == _EPOCH_CHANGED:
+                # Not the client's fault: its positions belong to a stream
+                # that is gone. On reconnect, resume says epoch_changed.
+                raise _SessionOver("epoch_changed", CLOSE_SERVICE_RESTART, "the stream's epoch changed: resume with since")
+            raise _SessionOver("too_slow", CLOSE_TOO_SLOW, "client too slow: resume with since")
+        transport = self.transport
+        if not transport.connected:
+            if transport.message_too_big:
+                self.close_code = CLOSE_TOO_BIG
+                raise _SessionOver("message_too_big")
+            code = transport.peer_close_code
+            if code is None:  # no close frame: the socket just ended
+                raise _SessionOver("connection_lost")
+            self.close_code = code
+            raise _SessionOver("client_closed")
+
+    def _event_frames(self, entries: list[Any]) -> list[bytes]:
+        if self.redact:
+            return [entry.redacted_frame() for entry in entries]
+        return [entry.frame for entry in entries]
+
+    def _write_pending(self) -> int:
+        """Write the control frames and the new events with one send (after
+        the tail of what the dispatcher could only partly write); returns the
+        stream position written up to."""
+        sub = self.subscription
+        sock = self.sock
+        frames = self._take_outbox()
+        entries, position = sub.read()
+        if entries:
+            frames.extend(self._event_frames(entries))
+        if frames or sock.has_unsent:
+            try:
+                sock.send(frames[0] if len(frames) == 1 else b"".join(frames))
+            except WriteTimeout:
+                raise _SessionOver("write_timeout", shutdown=True) from None
+            except OSError:
+                raise _SessionOver("connection_lost", shutdown=True) from None
+            self.frames_sent += len(entries)
+            sub.delivered += len(entries)
+        sub.commit(position)
+        return position  # type: ignore[no-any-return]
+
+    def _write_new_events(self) -> bool:
+        """The dispatcher's share of the writer's work, under the pen: True
+        when nothing is left for the writer to do."""
+        sub = self.subscription
+        sock = self.sock
+        if sub.overflowed or self._outbox or sock.has_unsent:
+            return False
+        entries, position = sub.read(max_bytes=DIRECT_WRITE_BYTES)
+        if entries:
+            frames = self._event_frames(entries)
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            taken = False
+            if len(data) <= DIRECT_WRITE_BYTES:
+                try:
+                    taken = sock.try_send(data)
+                except OSError:
+                    pass  # the writer's own send meets the error and ends the connection
+            if not taken:
+                sub.commit(sub.cursor)  # nothing was written: the writer reads these again
+                return False
+            self.frames_sent += len(entries)
+            sub.delivered += len(entries)
+        sub.commit(position)
+        return not sock.has_unsent and sub.lag == 0
+
+    def _take_outbox(self) -> list[bytes]:
+        frames = []
+        outbox = self._outbox
+        while outbox:
+            frames.append(outbox.popleft())
+        return frames
+
+    def _close(self, code: int, reason: str) -> None:
+        """Send a close frame, wait briefly for the client's reply."""
+        self.close_code = code
+        if self.disconnect_reason is None:
+            self.disconnect_reason = "server_shutdown" if code == CLOSE_GOING_AWAY else f"closed_{code}"
+        try:
+            # Frames already queued (a final error, a pong) go out before the close.
+            pending = self._take_outbox()
+            if pending:
+                self.sock.send(b"".join(pending))
+            self.transport.close(code, reason)
+        except (OSError, ConnectionClosed):
+            pass  # the client is already gone; nothing to tell it
+        else:
+            self.transport.join_reader(CLOSE_TIMEOUT)  # the reader ends when the client's close reply arrives
+
+    # -- client frames (docs/protocol.md section 5) ----------------------------------
+
+    def _handle_message(self, message: str | bytes) -> None:
+        self.messages_received += 1
+        if not self.rate.allow():
+            self._hooks.count("rate_limited")
+            if self.rate.refused == 1:  # say it once per episode, not once per frame
+                self._reply_error(f"too many messages: at most {self.settings.rate_limit:g} per second",
+                                  code="rate_limited")
+            if self.rate.refused > self.rate.burst:
+                self.disconnect_reason = "rate_limited"
+                self.request_close(CLOSE_POLICY, "rate limit exceeded")
+            return
+        if not isinstance(message, str):
+            self._reply_error("binary frames are not supported; send JSON text", code="bad_request")
+            return
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError):
+            self._reply_error("Invalid JSON format")
+            return
+        if not isinstance(data, dict):
+            self._reply_error(f"expected a JSON object, got {type(data).__name__}", code="bad_request")
+            return
+        kind = data.get("type")
+        if kind == "ping":
+            try:
+                self.post_json({"type": "pong", "seq": self._hooks.last_seq(), "id": data.get("id")})
+            except (TypeError, ValueError):  # an id that is not JSON text (a lone surrogate)
+                self._reply_error("ping id must be a JSON value", code="bad_request")
+        elif kind == "subscribe":
+            self._subscribe(data)
+        else:
+            self._hooks.message(self, data)
+
+    def _subscribe(self, data: dict[str, Any]) -> None:
+        try:
+            event_filter = EventFilter(data.get("types"), data.get("session_id"))
+        except (TypeError, ValueError) as exc:
+            self._reply_error(f"invalid subscribe: {exc}", code="bad_request")
+            return
+        self.subscription.set_filter(event_filter)
+        self.post_json({"type": "subscribed", **event_filter.describe()})
+
+    def _reply_error(self, message: str, code: str | None = None) -> None:
+        self.errors += 1
+        self._hooks.count("invalid_messages")
+        frame: dict[str, Any] = {"type": "error", "message": message, "timestamp": time.time()}
+        if code is not None:
+            frame["code"] = code
+        self.post_json(frame)
+
+    def __repr__(self) -> str:
         return f"<Connection {self.id} {self.address}>"

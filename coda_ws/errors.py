@@ -5,7 +5,7 @@
 convention catches it.
 """
 
-__all__ = ["CodaWSError", "InvalidEventError", "EventTooLargeError"]
+__all__ = ["CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused"]
 
 
 class CodaWSError(Exception):
@@ -40,3 +40,22 @@ class EventTooLargeError(InvalidEventError):
         super().__init__(message, event_type=event_type)
         self.size = size
         self.limit = limit
+
+
+class HandshakeRefused(CodaWSError):
+    """A request the server refuses before its view or the WebSocket upgrade
+    runs (docs/protocol.md section 1); the server answers it as JSON.
+
+    Attributes:
+        status: the HTTP status (400, 401, 403, 421, 501, 503).
+        code: the short error code of the JSON body (``"forbidden_host"``, ...).
+        message: the sentence of the JSON body.
+        reason: what the server counts it as (``"host"``, ``"origin"``), or None.
+    """
+
+    def __init__(self, status: int, code: str, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.reason = reason

@@ -40,7 +40,14 @@ control_socket_disable = True
 
 
 def on_starting(arbiter):
-    """Refuse to expose the stream without tokens (principle 9)."""
+    """Refuse to expose the stream without tokens (principle 9), and refuse
+    TLS in the worker (``--certfile``): coda_ws writes to its sockets' file
+    descriptors directly and cannot encrypt; terminate TLS in a reverse proxy."""
+    if getattr(arbiter.cfg, "certfile", None):
+        raise RuntimeError(
+            "coda_ws nodes do not terminate TLS (--certfile): put nginx, Caddy or another reverse proxy in "
+            "front for wss:// and let it speak plain HTTP to the node on 127.0.0.1"
+        )
     check_exposure(arbiter.cfg.address)
 
 

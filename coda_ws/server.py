@@ -17,59 +17,43 @@ Threads (principle 7), all named and all joined by :meth:`stop`:
 """
 
 import contextlib
-import functools
 import json
 import logging
-import os
 import pathlib
 import socket
+import ssl
 import threading
 import time
 import uuid
 import weakref
 
-import simple_websocket
 from flask import Blueprint, Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 
 from . import framing
-from ._version import __version__
-from .auth import Authenticator, HostPolicy, OriginPolicy, bearer_token, is_loopback_host
-from .bus import STALE_EPOCH_CHANGED, EventBus, redact_event
-from .connection import DIRECT_WRITES, Connection, GuardedSocket, WriteTimeout
-from .errors import CodaWSError
+from ._transport import ServerTransport
+from .auth import is_loopback_host
+from .bus import EventBus, redact_event
+from .connection import Connection, GuardedSocket, SessionSettings
+from .errors import CodaWSError, HandshakeRefused
 from .events import DEFAULT_MAX_EVENT_SIZE, encode_json
-from .filters import EventFilter
+from .handshake import Gate
 from .http_api import DEFAULT_MAX_BODY_SIZE, register_http_api
-from .metrics import ABNORMAL_CLOSE, ServerMetrics
+from .metrics import ServerMetrics
+from .protocol import (
+    BEARER_SUBPROTOCOL_PREFIX, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, PROTOCOL_VERSION, SERVER_NAME, V1_SUBPROTOCOL,
+)
 
 __all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
 
 log = logging.getLogger("coda_ws.server")
 http_log = logging.getLogger("coda_ws.http")
 
-V1_SUBPROTOCOL = "coda-ws.v1"
-BEARER_SUBPROTOCOL_PREFIX = "coda-ws.bearer."
-SERVER_NAME = f"coda-ws/{__version__}"
-
-# Close codes (docs/protocol.md section 8).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TOO_SLOW = 4008
-
 #: Default ``max_replay_bytes``: well under every shipped client's frame limit
 #: (the Python client's 16 MiB, browsers' far larger).
 DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
 #: Default ``max_clients_per_address``.
 DEFAULT_MAX_CLIENTS_PER_ADDRESS = 64
-
-#: Seconds to wait for a client's close reply (and for its reader thread to end).
-#: stop() forces stragglers off before its own timeout regardless.
-CLOSE_TIMEOUT = 2.0
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET = object()
@@ -97,26 +81,9 @@ def _tune_socket(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _hosts_from_env(allowed_hosts):
-    """``allowed_hosts`` plus the hosts in ``CODA_WS_ALLOWED_HOSTS``."""
-    text = os.environ.get("CODA_WS_ALLOWED_HOSTS", "").strip()
-    if not text:
-        return allowed_hosts
-    extra = [host.strip() for host in text.split(",") if host.strip()]
-    if allowed_hosts is None:
-        return extra
-    return [allowed_hosts, *extra] if isinstance(allowed_hosts, str) else [*allowed_hosts, *extra]
-
-
 def _json_error(status, code, message):
     body = json.dumps({"error": code, "message": message})
     return Response(body, status=status, mimetype="application/json")
-
-
-class _HandshakeError(Exception):
-    def __init__(self, status, code, message):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class CodaWebSocketServer:
@@ -254,11 +221,12 @@ class CodaWebSocketServer:
         self.max_clients_per_address = max_clients_per_address
         self.max_replay_bytes = max_replay_bytes
         self.url_prefix = url_prefix.rstrip("/")
-        self.host_policy = HostPolicy(_hosts_from_env(allowed_hosts), host)
+        self.gate = Gate(host, allowed_hosts, allowed_origins, auth)  # hosts, origins, tokens
+        self.host_policy = self.gate.hosts
         self.allowed_hosts = self.host_policy.names
-        self.origin_policy = OriginPolicy(allowed_origins)
+        self.origin_policy = self.gate.origins
         self.allowed_origins = self.origin_policy.allowed
-        self.authenticator = Authenticator(auth)
+        self.authenticator = self.gate.authenticator
         self.insecure = bool(insecure)
         self.rate_limit = float(rate_limit)
         self.handshake_timeout = float(handshake_timeout)
@@ -298,6 +266,8 @@ class CodaWebSocketServer:
         self._serve_thread = None
         self._stop_callbacks = []
 
+        self._session_settings = SessionSettings(self.ping_interval, self.ping_timeout, self.rate_limit)
+        self._hooks = _Hooks(self)
         self.metrics = ServerMetrics(self)  # /metrics; counts from here on (a bus listener)
         self._app = app if app is not None else Flask("coda_ws")
         self._mounted = app is not None
@@ -720,38 +690,31 @@ class CodaWebSocketServer:
 
     def _check_request(self):
         """Runs before every request to coda_ws's routes, HTTP and upgrade
-        alike (standalone: before every request): the Host allow-list first
-        (DNS rebinding: a page whose DNS answer flipped to this machine still
-        sends its own name as Host), then, for requests from a browser page
-        (an ``Origin`` header), the origin policy. Returns the refusal (421 or
-        403, JSON), or None to go on."""
-        environ = request.environ
-        host = environ.get("HTTP_HOST")
-        upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
-        if not self.host_policy.allows(host):
-            self._count_refusal("host", upgrade)
-            log.info("refused %s %s from %s: Host %r is not allowed", request.method, request.path,
-                     request.remote_addr, host)
-            return _json_error(
-                421, "forbidden_host",
-                f"host {host!r} is not served here (DNS rebinding defence): add it with allowed_hosts=[...], "
-                "--allow-host or CODA_WS_ALLOWED_HOSTS",
-            )
-        origin = environ.get("HTTP_ORIGIN")
-        if origin is not None and not self.origin_policy.allows(
-            origin, host or "", self.host_policy.allows_explicitly(host)
-        ):
-            self._count_refusal("origin", upgrade)
-            log.info("refused %s %s from %s: origin %r is not allowed", request.method, request.path,
-                     request.remote_addr, origin)
-            return _json_error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+        alike (standalone: before every request): the Host allow-list, then
+        the origin policy for requests from browser pages (see
+        :meth:`Gate.check_request <coda_ws.handshake.Gate.check_request>`).
+        Returns the refusal (421 or 403, JSON), or None to go on."""
+        try:
+            self.gate.check_request(request.environ)
+        except HandshakeRefused as refused:
+            upgrade = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+            with self._clients_lock:
+                self._rejected_requests[refused.reason] += 1
+                if upgrade:
+                    self._totals["rejected_handshakes"] += 1
+            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, refused.message)
+            return _json_error(refused.status, refused.code, refused.message)
         return None
 
-    def _count_refusal(self, reason, upgrade):
-        with self._clients_lock:
-            self._rejected_requests[reason] += 1
-            if upgrade:
-                self._totals["rejected_handshakes"] += 1
+    def http_auth(self, scope):
+        """For HTTP views: None when the request may use ``scope``, else the
+        401/403 JSON response to return. Without auth, ``publish`` is allowed
+        from loopback only and everything else is allowed."""
+        try:
+            self.gate.http_scope(request.environ, scope)
+        except HandshakeRefused as refused:
+            return _json_error(refused.status, refused.code, refused.message)
+        return None
 
     def _page_view(self, name):
         """A view serving one of the package's HTML pages (dashboard, debug)."""
@@ -784,145 +747,62 @@ class CodaWebSocketServer:
 
     # -- WebSocket ------------------------------------------------------------------
 
-    def _check_handshake(self, environ):
-        """Everything that can refuse a client, before the upgrade.
-
-        Returns the parsed options; raises _HandshakeError."""
-        if self._stopping:
-            raise _HandshakeError(503, "unavailable", "the server is shutting down")
-        if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13" or not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
-            raise _HandshakeError(400, "bad_request", "not a WebSocket version 13 handshake")
-        args = request.args
-        if "token" in args or "access_token" in args:
-            raise _HandshakeError(
-                400, "bad_request",
-                "tokens are not accepted in the query string; send 'Authorization: Bearer TOKEN' "
-                "or the subprotocol coda-ws.bearer.TOKEN",
-            )
-        scopes = self._scopes(environ)
-        if "read" not in scopes:
-            raise _HandshakeError(403, "forbidden", "this token does not have the 'read' scope")
-        offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
-        v1 = V1_SUBPROTOCOL in offered
-        version = args.get("v")
-        if version is not None:
-            if version not in ("0", "1"):
-                raise _HandshakeError(400, "bad_request", f"unsupported protocol version v={version!r} (use v=1)")
-            v1 = v1 or version == "1"
-        try:
-            event_filter = EventFilter(args.get("types"), args.get("session_id") or None)
-        except (TypeError, ValueError) as exc:
-            raise _HandshakeError(400, "bad_request", f"invalid types or session_id: {exc}") from None
-        since = args.get("since")
-        if since is not None:
-            if not since.isascii() or not since.isdigit() or len(since) > 18:
-                raise _HandshakeError(400, "bad_request", f"since must be a non-negative integer, got {since!r}")
-            since = int(since)
-            v1 = True
-        epoch = args.get("epoch") or None
-        if epoch is not None and since is None:
-            raise _HandshakeError(400, "bad_request", "epoch is only meaningful with since")
-        replay = args.get("replay", "1")
-        if replay not in ("0", "1"):
-            raise _HandshakeError(400, "bad_request", f"replay must be 0 or 1, got {replay!r}")
-        return {"v1": v1, "filter": event_filter, "since": since, "epoch": epoch, "replay": replay == "1",
-                "scopes": scopes}
-
-    def _scopes(self, environ):
-        """The scopes of the request's token; raises _HandshakeError 401 when auth is on and the
-        token is missing or unknown. Never logs the token."""
-        if not self.authenticator.enabled:
-            return self.authenticator.scopes_for(None)
-        token = bearer_token(environ)
-        if token is None:
-            raise _HandshakeError(401, "unauthorized", "a token is required: 'Authorization: Bearer TOKEN'")
-        scopes = self.authenticator.scopes_for(token)
-        if scopes is None:
-            raise _HandshakeError(401, "unauthorized", "unknown or invalid token")
-        return scopes
-
-    def http_auth(self, scope):
-        """For HTTP views: None when the request may use ``scope``, else the
-        401/403 JSON response to return. Without auth, ``publish`` is allowed
-        from loopback only and everything else is allowed."""
-        if not self.authenticator.enabled:
-            if scope == "publish" and not is_loopback_host(request.remote_addr or ""):
-                return _json_error(403, "forbidden", "publishing is only allowed from loopback when auth is off")
-            return None
-        try:
-            scopes = self._scopes(request.environ)
-        except _HandshakeError as exc:
-            return _json_error(exc.status, exc.code, exc.message)
-        if scope not in scopes:
-            return _json_error(403, "forbidden", f"this token does not have the {scope!r} scope")
-        return None
-
-    def _reserve_slot(self, address):
-        """Count a handshake in progress against ``max_clients`` and against
-        ``max_clients_per_address`` for the peer ``address`` (an IP); raises
-        _HandshakeError 503 when either is reached. :meth:`_release_slot`
-        (or registering the client, then :meth:`_finish`) gives it back."""
-        with self._clients_lock:
-            if len(self._clients) + self._reserved >= self.max_clients:
-                raise _HandshakeError(503, "too_many_clients", f"client limit reached ({self.max_clients})")
-            held = self._per_address.get(address, 0)
-            if held >= self.max_clients_per_address:
-                raise _HandshakeError(
-                    503, "too_many_clients",
-                    f"client limit per address reached ({self.max_clients_per_address} from {address})",
-                )
-            self._per_address[address] = held + 1
-            self._reserved += 1
-
-    def _release_address_locked(self, address):
-        left = self._per_address.get(address, 0) - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            self._per_address.pop(address, None)
+    # -- WebSocket ------------------------------------------------------------------
 
     def _websocket_view(self):
+        """The upgrade: refusals as plain HTTP first, then the client's whole
+        session in this request thread (:meth:`Connection.run`)."""
         environ = request.environ
         peer = environ.get("REMOTE_ADDR") or "?"
+        raw_sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")  # gunicorn: coda_ws.wsgi
         try:
-            options = self._check_handshake(environ)
+            if raw_sock is None or isinstance(raw_sock, ssl.SSLSocket):
+                raise HandshakeRefused(
+                    501, "not_implemented",
+                    "coda_ws serves WebSocket over plain HTTP only (Werkzeug or gunicorn, no TLS in the process): "
+                    "terminate TLS in a reverse proxy",
+                )
+            if self._stopping:
+                raise HandshakeRefused(503, "unavailable", "the server is shutting down")
+            upgrade = self.gate.upgrade(environ, request.args)
             self._reserve_slot(peer)
-        except _HandshakeError as exc:
+        except HandshakeRefused as refused:
             with self._clients_lock:
                 self._totals["rejected_handshakes"] += 1
-            log.info("refused WebSocket from %s: %s %s", request.remote_addr, exc.status, exc.message)
-            return _json_error(exc.status, exc.code, exc.message)
-        client_id = str(uuid.uuid4())
-        raw_sock = environ.get("werkzeug.socket") or environ["gunicorn.socket"]  # gunicorn: coda_ws.wsgi
+            log.info("refused WebSocket from %s: %s %s", peer, refused.status, refused.message)
+            return _json_error(refused.status, refused.code, refused.message)
         environ["coda_ws.socket_taken"] = True  # no HTTP response may follow on this socket
         raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
         _tune_socket(raw_sock)
         sock = GuardedSocket(raw_sock, write_timeout=self.ping_timeout)
-        conn = None
         try:
-            conn = self._accept(environ, client_id, sock, options)
+            conn = self._accept(environ, peer, sock, upgrade)
         except Exception as exc:
             with self._clients_lock:
                 self._reserved -= 1
                 self._release_address_locked(peer)
-            log.warning("WebSocket handshake with %s failed: %s", request.remote_addr, exc)
+            log.warning("WebSocket handshake with %s failed: %s", peer, exc)
             with contextlib.suppress(OSError):
                 sock.release()  # simple-websocket's refusal, if it wrote one
             sock.shutdown()
             return Response(status=400)
         try:
-            self._serve_client(conn)
+            conn.run()
         except Exception:
-            log.exception("client %s: writer failed", client_id)
+            log.exception("client %s: writer failed", conn.id)
             conn.disconnect_reason = conn.disconnect_reason or "internal_error"
         finally:
-            self._finish(conn)
+            conn.end()
+            self._unregister(conn)
         return Response(status=200)
 
-    def _accept(self, environ, client_id, sock, options):
+    def _accept(self, environ, peer, sock, upgrade):
+        """Subscribe, perform the handshake, queue the first frames and
+        register the client, then let its handshake response out."""
+        client_id = str(uuid.uuid4())
         threading.current_thread().name = f"coda-ws-client:{client_id[:8]}"
         subscription = self.bus.subscribe(
-            types=options["filter"], since=options["since"], epoch=options["epoch"], reader_id=client_id
+            types=upgrade.event_filter, since=upgrade.since, epoch=upgrade.epoch, reader_id=client_id
         )
         sock.on_close = subscription.wake.set
         # "Too slow" (4008) means the client does not read, not that its writer
@@ -931,27 +811,26 @@ class CodaWebSocketServer:
         handshake_environ = dict(environ)
         handshake_environ["werkzeug.socket"] = sock
         # Decline permessage-deflate: compressing per connection costs 2.4-3.9x
-        # the CPU per message (DESIGN.md, traps), and events are small.
+        # the CPU per message (docs/architecture.md), and events are small.
         handshake_environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         # Hold the handshake response until the client is registered: a client
         # whose connect() returned is in server.clients (as in the original).
         sock.hold()
         try:
-            ws = simple_websocket.Server(
-                handshake_environ,
-                subprotocols=[V1_SUBPROTOCOL],
-                max_message_size=self.max_message_size,
-                thread_class=functools.partial(threading.Thread, name=f"coda-ws-reader:{client_id[:8]}", daemon=True),
-                event_class=lambda: subscription.wake,
+            transport = ServerTransport(
+                handshake_environ, subprotocols=[V1_SUBPROTOCOL], max_message_size=self.max_message_size,
+                reader_name=f"coda-ws-reader:{client_id[:8]}", wake=subscription.wake,
             )
         except BaseException:
             subscription.close()
             raise
         address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
-        conn = Connection(client_id, ws, sock, subscription, address, environ.get("HTTP_USER_AGENT", ""),
-                          options["v1"], options["scopes"], self.rate_limit)
-        self._post_initial_frames(conn, options)
-        conn.peer = environ.get("REMOTE_ADDR") or "?"
+        conn = Connection(
+            client_id, transport, sock, subscription, address=address, peer=peer,
+            user_agent=environ.get("HTTP_USER_AGENT", ""), v1=upgrade.v1, scopes=upgrade.scopes,
+            settings=self._session_settings, hooks=self._hooks,
+        )
+        self._post_initial_frames(conn, upgrade)
         with self._clients_lock:
             self._reserved -= 1
             self._clients[client_id] = conn
@@ -970,213 +849,89 @@ class CodaWebSocketServer:
                         "user_agent": conn.user_agent})
         return conn
 
-    def _post_initial_frames(self, conn, options):
+    def _post_initial_frames(self, conn, upgrade):
+        """hello (v1), the resume answer (v1, when asked), the replay frame."""
         sub = conn.subscription
         replay = sub.replay
         if conn.redact:
             replay = [event for event in map(redact_event, replay) if event is not None]
         replay_frame = None
+        included = 0
         if sub.resume is None or not sub.resume.recovered:
-            if options["replay"] and (conn.v1 or replay):
+            if upgrade.replay and (conn.v1 or replay):
                 payload, included = self.bus.replay_frame_json(replay, self.max_replay_bytes)
                 replay_frame = framing.text_frame(payload)
         if conn.v1:
-            hello = {
-                "type": "hello", "protocol": 1, "server": SERVER_NAME, "client_id": conn.id,
-                "epoch": sub.epoch, "seq": sub.start_seq,
-                "replay": included if replay_frame is not None else 0,
-            }
-            conn.post(framing.text_frame(encode_json(hello)))
+            conn.post_json({
+                "type": "hello", "protocol": PROTOCOL_VERSION, "server": SERVER_NAME, "client_id": conn.id,
+                "epoch": sub.epoch, "seq": sub.start_seq, "replay": included,
+            })
             if sub.resume is not None:
-                conn.post(framing.text_frame(encode_json(sub.resume.frame_dict())))
+                conn.post_json(sub.resume.frame_dict())
         if replay_frame is not None:
             conn.post(replay_frame)
 
-    def _serve_client(self, conn):
-        """The writer loop: runs in the connection's request thread until it ends.
+    def _reserve_slot(self, address):
+        """Count a handshake in progress against ``max_clients`` and against
+        ``max_clients_per_address`` for the peer ``address`` (an IP); raises
+        HandshakeRefused 503 when either is reached. Registering the client
+        keeps the slot until :meth:`_unregister`; a failed handshake gives it back."""
+        with self._clients_lock:
+            if len(self._clients) + self._reserved >= self.max_clients:
+                raise HandshakeRefused(503, "too_many_clients", f"client limit reached ({self.max_clients})")
+            held = self._per_address.get(address, 0)
+            if held >= self.max_clients_per_address:
+                raise HandshakeRefused(
+                    503, "too_many_clients",
+                    f"client limit per address reached ({self.max_clients_per_address} from {address})",
+                )
+            self._per_address[address] = held + 1
+            self._reserved += 1
 
-        It holds ``conn.pen`` whenever it is awake and keeps it once it
-        returns, so the dispatcher (``conn.push``) writes for this client only
-        while the writer sleeps, and never after the close frame.
-        """
-        self._run_handlers(self.on_connect_handlers, conn.id)
-        ws, sock, sub, wake = conn.ws, conn.sock, conn.subscription, conn.wake
-        conn.pen.acquire()
-        if DIRECT_WRITES:
-            sub.notify = conn.push
-        ping_interval, ping_timeout = self.ping_interval, self.ping_timeout
-        next_ping = time.monotonic() + ping_interval if ping_interval else None
-        ping_sent = None
-        while True:
-            wake.clear()  # clear first, then look at every source of work
-            inbox = ws.input_buffer
-            while inbox and conn._closing is None:
-                self._handle_message(conn, inbox.pop(0))
-            if sub.overflowed:
-                if sub.stale == STALE_EPOCH_CHANGED:
-                    # Not the client's fault: its positions belong to a stream
-                    # that is gone. On reconnect, resume says epoch_changed.
-                    conn.disconnect_reason = "epoch_changed"
-                    self._close(conn, CLOSE_SERVICE_RESTART, "the stream's epoch changed: resume with since")
-                else:
-                    conn.disconnect_reason = "too_slow"
-                    self._close(conn, CLOSE_TOO_SLOW, "client too slow: resume with since")
-                return
-            if not ws.connected:
-                self._note_reader_end(conn)
-                return
-            timeout = None
-            if next_ping is not None:
-                now = time.monotonic()
-                if ping_sent is not None and ws.pong_received:
-                    conn.last_rtt = now - ping_sent  # an upper bound: seen at the writer's next wake-up
-                    ping_sent = None
-                if ping_sent is not None and ping_timeout and now - ping_sent >= ping_timeout:
-                    conn.disconnect_reason = "keepalive_timeout"
-                    self._close(conn, CLOSE_INTERNAL, "keepalive ping timeout")
-                    return
-                if now >= next_ping and (ping_sent is None or not ping_timeout):
-                    ws.pong_received = False
-                    ping_sent = now
-                    next_ping = now + ping_interval
-                    conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
-                if ping_sent is not None and ping_timeout:
-                    timeout = ping_sent + ping_timeout - now  # no new ping while one is unanswered
-                else:
-                    timeout = next_ping - now
-            frames = conn.take_outbox()
-            entries, position = sub.read()
-            if entries:
-                if conn.redact:
-                    frames.extend(entry.redacted_frame() for entry in entries)
-                else:
-                    frames.extend(entry.frame for entry in entries)
-            if frames or sock.has_unsent:
-                try:
-                    # First the tail of what the dispatcher could only partly write.
-                    sock.send(frames[0] if len(frames) == 1 else b"".join(frames))
-                except WriteTimeout:
-                    conn.disconnect_reason = "write_timeout"
-                    sock.shutdown()
-                    return
-                except OSError:
-                    conn.disconnect_reason = conn.disconnect_reason or "connection_lost"
-                    sock.shutdown()
-                    return
-                conn.frames_sent += len(entries)
-                sub.delivered += len(entries)
-            sub.commit(position)
-            closing = conn._closing
-            if closing is not None and position >= closing[2]:
-                # Everything the close request asked to deliver has been written.
-                self._close(conn, closing[0], closing[1])
-                return
-            if position < self.bus.head and not sub.overflowed:
-                continue  # more is waiting: write it now, without sleeping
-            conn.pen.release()  # asleep: the dispatcher may write for us
-            wake.wait(timeout)
-            conn.pen.acquire()
-
-    def _close(self, conn, code, reason):
-        """Send a close frame, wait briefly for the client's reply, end the connection."""
-        conn.close_code = code
-        if conn.disconnect_reason is None:
-            conn.disconnect_reason = {CLOSE_GOING_AWAY: "server_shutdown"}.get(code, f"closed_{code}")
-        try:
-            # Frames already queued (a final error, a pong) go out before the close.
-            pending = conn.take_outbox()
-            if pending:
-                conn.sock.send(b"".join(pending))
-            conn.ws.close(code, reason)
-        except (OSError, simple_websocket.ConnectionClosed):
-            pass  # the client is already gone; nothing to tell it
+    def _release_address_locked(self, address):
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
         else:
-            conn.ws.thread.join(CLOSE_TIMEOUT)  # the reader ends when the client's close reply arrives
+            self._per_address.pop(address, None)
 
-    def _note_reader_end(self, conn):
-        ws = conn.ws
-        if ws.max_message_size and ws.incoming_message_len > ws.max_message_size:
-            conn.disconnect_reason, conn.close_code = "message_too_big", CLOSE_TOO_BIG
-        elif ws.close_reason == 1005 or ws.close_reason is None:  # no close frame: the socket just ended
-            conn.disconnect_reason = "connection_lost"
-        else:
-            conn.disconnect_reason, conn.close_code = "client_closed", int(ws.close_reason)
-
-    def _finish(self, conn):
-        reader = conn.ws.thread
-        if not conn.ws.connected:
-            # The reader is ending on its own (client close): it marks the
-            # connection closed *before* it writes its close reply, so let it finish.
-            reader.join(CLOSE_TIMEOUT)
-        conn.ws.connected = False
-        conn.sock.shutdown()  # wakes the reader; Werkzeug would otherwise keep reading this socket
-        reader.join(CLOSE_TIMEOUT)
-        conn.subscription.close()
+    def _unregister(self, conn):
+        """The session is over: count it, forget the client, run the disconnect handlers."""
         reason = conn.disconnect_reason or "connection_lost"
+        code = CLOSE_ABNORMAL if conn.close_code is None else conn.close_code
         with self._clients_lock:
             if self._clients.pop(conn.id, None) is not None:
                 self._release_address_locked(conn.peer)
             self._totals["events_sent"] += conn.frames_sent
             self._totals["errors"] += conn.errors
             self._disconnects[reason] = self._disconnects.get(reason, 0) + 1
-            code = ABNORMAL_CLOSE if conn.close_code is None else str(conn.close_code)
-            self._disconnect_codes[code] = self._disconnect_codes.get(code, 0) + 1
+            self._disconnect_codes[str(code)] = self._disconnect_codes.get(str(code), 0) + 1
             self._clients_changed.notify_all()
         log.info("client %s disconnected from %s (%s, close code %s)", conn.id, conn.address, reason, code,
-                 extra={"client_id": conn.id, "address": conn.address, "close_code": int(code), "reason": reason})
+                 extra={"client_id": conn.id, "address": conn.address, "close_code": code, "reason": reason})
         self._run_handlers(self.on_disconnect_handlers, conn.id)
 
-    def _handle_message(self, conn, message):
-        conn.messages_received += 1
-        if not conn.rate.allow():
-            with self._clients_lock:
-                self._totals["rate_limited"] += 1
-            if conn.rate.refused == 1:  # say it once per episode, not once per frame
-                self._reply_error(conn, f"too many messages: at most {self.rate_limit:g} per second",
-                                  code="rate_limited")
-            if conn.rate.refused > conn.rate.burst:
-                conn.disconnect_reason = "rate_limited"
-                conn.request_close(CLOSE_POLICY, "rate limit exceeded")
-            return
-        if not isinstance(message, str):
-            self._reply_error(conn, "binary frames are not supported; send JSON text", code="bad_request")
-            return
-        try:
-            data = json.loads(message)
-        except (ValueError, RecursionError):
-            self._reply_error(conn, "Invalid JSON format")
-            return
-        if not isinstance(data, dict):
-            self._reply_error(conn, f"expected a JSON object, got {type(data).__name__}", code="bad_request")
-            return
-        kind = data.get("type")
-        if kind == "ping":
-            reply = {"type": "pong", "seq": self.bus.last_seq, "id": data.get("id")}
-            try:
-                conn.post(framing.text_frame(encode_json(reply)))
-            except (TypeError, ValueError):
-                self._reply_error(conn, "ping id must be a JSON value", code="bad_request")
-        elif kind == "subscribe":
-            self._subscribe(conn, data)
-        else:
-            self._run_handlers(self.on_message_handlers, conn.id, data)
 
-    def _subscribe(self, conn, data):
-        types = data.get("types")
-        session_id = data.get("session_id")
-        try:
-            event_filter = EventFilter(types, session_id)
-        except (TypeError, ValueError) as exc:
-            self._reply_error(conn, f"invalid subscribe: {exc}", code="bad_request")
-            return
-        conn.subscription.set_filter(event_filter)
-        conn.post(framing.text_frame(encode_json({"type": "subscribed", **event_filter.describe()})))
+class _Hooks:
+    """What each :class:`~coda_ws.connection.Connection` needs from its
+    server (:class:`~coda_ws.connection.SessionHooks`), without handing it the
+    server itself."""
 
-    def _reply_error(self, conn, message, code=None):
-        conn.errors += 1
-        with self._clients_lock:
-            self._totals["invalid_messages"] += 1
-        frame = {"type": "error", "message": message, "timestamp": time.time()}
-        if code is not None:
-            frame["code"] = code
-        conn.post(framing.text_frame(encode_json(frame)))
+    __slots__ = ("_server",)
+
+    def __init__(self, server):
+        self._server = server
+
+    def connected(self, conn):
+        self._server._run_handlers(self._server.on_connect_handlers, conn.id)
+
+    def message(self, conn, data):
+        self._server._run_handlers(self._server.on_message_handlers, conn.id, data)
+
+    def count(self, name):
+        server = self._server
+        with server._clients_lock:
+            server._totals[name] += 1
+
+    def last_seq(self):
+        return self._server.bus.last_seq

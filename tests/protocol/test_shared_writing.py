@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from coda_ws import connection
+from coda_ws import _sendfast
 from coda_ws.connection import DIRECT_WRITE_BYTES, GuardedSocket
 
 from ..conftest import TIMEOUT, connect, recv_json, wait_for
@@ -201,9 +201,9 @@ def pair(request, monkeypatch):
     buffers; try_send through libc's send (holding the GIL, the default where
     ctypes reaches libc) and through Python's socket.send (the fallback)."""
     if request.param == "socket.send":
-        monkeypatch.setattr(connection, "_libc_send", None)
+        monkeypatch.setattr(_sendfast, "_send", None)
     elif sys.platform.startswith("linux"):
-        assert connection._libc_send is not None, "libc's send should be reachable through ctypes on Linux"
+        assert _sendfast.USING_LIBC_SEND, "libc's send should be reachable through ctypes on Linux"
     left, right = socket.socketpair()
     left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     right.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
