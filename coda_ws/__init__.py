@@ -7,7 +7,6 @@ reconnect without missing anything.
 """
 
 from ._version import __version__
-
 from .backplane import RedisEmitter  # noqa: E402
 from .bus import EventBus, Subscription  # noqa: E402
 from .client import ClientConnectionError, CodaEventClient, HandshakeRejected  # noqa: E402

@@ -1,4 +1,4 @@
-"""The boundary around simple-websocket's internals (server side).
+"""The boundary around simple-websocket's and wsproto's internals (server and client).
 
 simple-websocket's public API is ``receive()``/``send()``/``close()``, each
 blocking and meant for one thread. coda_ws drives a connection from two
@@ -14,16 +14,34 @@ pinned in ``setup.cfg`` (``simple-websocket>=1.0,<2``).
 """
 
 import functools
+import json
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import simple_websocket
+from wsproto import ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    RejectConnection,
+    RejectData,
+    Request,
+)
 
-__all__ = ["ServerTransport", "ConnectionClosed", "REQUIRED_ATTRIBUTES"]
+from .errors import HandshakeRejected
+
+__all__ = ["ServerTransport", "ClientTransport", "ConnectionClosed", "HandshakeError", "REQUIRED_ATTRIBUTES"]
+
+_MAX_REJECT_BODY = 64 * 1024
 
 #: simple-websocket's exception for a connection that is already closed.
 ConnectionClosed = simple_websocket.ConnectionClosed
+#: simple-websocket's exception for a handshake that did not complete.
+HandshakeError = simple_websocket.ConnectionError
 
 #: The undocumented attributes of ``simple_websocket.Server`` this module uses.
 REQUIRED_ATTRIBUTES = ("input_buffer", "pong_received", "incoming_message_len", "max_message_size",
@@ -125,3 +143,200 @@ class ServerTransport:
         thread = self._ws.thread
         thread.join(timeout)
         return not thread.is_alive()
+
+
+class _ClientSocket:
+    """The client's socket, as simple-websocket sees it.
+
+    ``send`` holds a lock, so the reader thread's pongs and the connection
+    thread's frames never interleave. ``close`` (simple-websocket calls it as
+    the very last step of its reader thread) does not close the file
+    descriptor: the connection thread closes it after joining the reader, so
+    the number cannot be reused while a thread still reads from it. It wakes
+    the connection thread instead, after the reader has marked the
+    connection closed, so the end of a connection is never missed.
+    """
+
+    def __init__(self, sock, on_reader_done):
+        self._sock = sock
+        self._write_lock = threading.Lock()  # one writer at a time on the socket
+        self._on_reader_done = on_reader_done
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def recv(self, size):
+        return self._sock.recv(size)
+
+    def send(self, data):
+        with self._write_lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    sendall = send
+
+    def close(self):
+        self._on_reader_done()
+
+
+class ClientTransport(simple_websocket.Client):
+    """simple-websocket's client, connected and handshaken within a deadline.
+
+    Built on ``simple_websocket.Client`` (its reader thread, ``receive`` and
+    frame handling), but ``Client.connect`` is not used, for four reasons
+    found here (simple-websocket 1.1):
+
+    * it connects and reads the handshake answer without any timeout, so a
+      server that accepts TCP and never answers hangs the caller for good,
+      and ``close()`` cannot interrupt it;
+    * frames that arrive in the same read as the ``101`` answer stay in
+      wsproto's buffer until more data comes (so the ``hello`` frame could
+      wait until the next event);
+    * when the server's close frame comes in that same read, it raises
+      ``ConnectionError`` and the events before the close are lost;
+    * a refusal only gives the status code, not the server's explanation.
+
+    Here the TCP connect is bounded by ``timeout``, the socket is handed to
+    ``on_socket`` before the handshake (so the owner can shut it down), the
+    handshake shares the same deadline, frames bundled with the answer are
+    processed at once (a bundled close frame included), and a refusal raises
+    :class:`~coda_ws.errors.HandshakeRejected` with the server's JSON explanation.
+
+    The client's connection thread reads the rest of simple-websocket's state
+    through the methods below, never through its attributes.
+    """
+
+    def __init__(self, host, port, target, *, secure, subprotocols, headers, timeout, on_socket,
+                 on_reader_done, reader_name, wake, ping_interval, max_message_size, ssl_context=None):
+        self.host = host
+        self.port = port
+        self.path = target
+        self.subprotocols = list(subprotocols)
+        self._extra_headers = list(headers)
+        self._deadline = time.monotonic() + timeout
+        self._host_header = f"[{host}]" if ":" in host else host
+        if port != (443 if secure else 80):
+            self._host_header += f":{port}"
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no TCP connection within the connect timeout ({timeout:g} s)") from None
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if secure:
+                context = ssl_context or ssl.create_default_context()
+                raw = context.wrap_socket(raw, server_hostname=host)
+            self.raw_socket = raw
+            self.accepted = False
+            on_socket(raw)
+            thread_class = functools.partial(threading.Thread, name=reader_name, daemon=True)
+            try:
+                # Base.__init__ (skipping Client.__init__, which would connect
+                # again without a timeout) runs handshake() and starts the reader.
+                simple_websocket.ws.Base.__init__(
+                    self, _ClientSocket(raw, on_reader_done), connection_type=ConnectionType.CLIENT,
+                    receive_bytes=65536, ping_interval=ping_interval, max_message_size=max_message_size,
+                    thread_class=thread_class, event_class=lambda: wake,
+                )
+            except simple_websocket.ConnectionError:
+                if not self.accepted:
+                    raise
+                # The server accepted and closed in the same breath: its frames
+                # and its close frame came with the 101 answer. Base refuses a
+                # connection that is already closed; keep what the server sent
+                # and stand in for the reader, which would only report the end.
+                self.thread = thread_class(target=self.sock.close)
+                self.thread.start()
+        except BaseException:
+            raw.close()
+            raise
+
+    def take_messages(self) -> list[str | bytes]:
+        """The complete messages received since the last call, oldest first."""
+        inbox = self.input_buffer
+        messages: list[str | bytes] = []
+        while inbox:
+            messages.append(inbox.pop(0))
+        return messages
+
+    def message_too_big(self, limit: int | None) -> bool:
+        """True when the reader ended on a message larger than ``limit`` bytes."""
+        return bool(limit) and bool(self.incoming_message_len > limit)
+
+    def peer_close(self) -> tuple[int, str]:
+        """``(code, reason)`` of the close frame the server sent (code 1005 when it sent none)."""
+        code = int(self.close_reason) if self.close_reason is not None else 1005
+        return code, self.close_message or ""
+
+    def remote_closing(self) -> bool:
+        """True when the server sent a close frame that was not answered yet."""
+        return self.ws.state == ConnectionState.REMOTE_CLOSING
+
+    def send_close(self, code: int) -> None:
+        """Answer or start the closing handshake with ``code`` (nothing when it is over already).
+
+        Raises:
+            OSError or ProtocolError: the connection is gone.
+        """
+        if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self.sock.send(self.ws.send(CloseConnection(code=int(code))))
+
+    def join_reader(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the reader thread; True when it ended."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def handshake(self):
+        request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
+                          extra_headers=self._extra_headers)
+        self.sock.send(self.ws.send(request))
+        raw = self.raw_socket
+        rejection = None
+        body = bytearray()
+        while True:
+            remaining = self._deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                raw.settimeout(remaining)
+                data = self.sock.recv(self.receive_bytes)
+            except TimeoutError:
+                raise TimeoutError("no WebSocket handshake answer within the connect timeout") from None
+            if not data:
+                if rejection is not None:
+                    raise _rejection(rejection, body)
+                raise ConnectionResetError("the server closed the connection during the WebSocket handshake")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    raw.settimeout(None)  # from now on the reader thread blocks in recv
+                    self.subprotocol = event.subprotocol
+                    self.accepted = self.connected = True
+                    # Frames that came in the same read as the answer: handle
+                    # them now, or they would wait for the next read.
+                    self.connected = self._handle_events()
+                    return
+                if isinstance(event, RejectConnection):
+                    rejection = event
+                    if not event.has_body:
+                        raise _rejection(rejection, body)
+                elif isinstance(event, RejectData):
+                    if len(body) < _MAX_REJECT_BODY:
+                        body += event.data[: _MAX_REJECT_BODY - len(body)]
+                    if event.body_finished:
+                        raise _rejection(rejection, body)
+
+
+def _rejection(event, body):
+    code = message = None
+    text = bytes(body).decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error") if isinstance(data.get("error"), str) else None
+        message = data.get("message") if isinstance(data.get("message"), str) else None
+    elif text:
+        message = text[:200]
+    return HandshakeRejected(event.status_code, code, message)

@@ -47,7 +47,13 @@ import uuid
 from . import framing
 from .errors import InvalidEventError
 from .events import (
-    DEFAULT_MAX_EVENT_SIZE, WIRE_HEAD, assemble_event, encode_json, event_class, prepare_event, wire_tail,
+    DEFAULT_MAX_EVENT_SIZE,
+    WIRE_HEAD,
+    assemble_event,
+    encode_json,
+    event_class,
+    prepare_event,
+    wire_tail,
 )
 from .filters import EventFilter
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram

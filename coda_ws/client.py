@@ -52,7 +52,6 @@ client's own flow control, so it reconnects with ``reconnect=False`` too. A
 """
 
 import collections
-import functools
 import json
 import logging
 import random
@@ -62,21 +61,19 @@ import threading
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import simple_websocket
-from wsproto import ConnectionState, ConnectionType
-from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import ProtocolError
 
+from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
-from .errors import CodaWSError, InvalidEventError
+from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from .events import EventType, encode_json, validate_event
 from .filters import EventFilter
+from .protocol import V1_SUBPROTOCOL
 
 __all__ = ["CodaEventClient", "ClientConnectionError", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
 
 log = logging.getLogger("coda_ws.client")
 
-V1_SUBPROTOCOL = "coda-ws.v1"
 
 #: Close codes after which the client reconnects (when ``reconnect=True``):
 #: going away, internal error, service restart, try again later, too slow.
@@ -92,194 +89,6 @@ _CLOSE_NORMAL = 1000
 _NO_STATUS = frozenset({1005, 1006})
 _CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
-_MAX_REJECT_BODY = 64 * 1024
-
-
-class ClientConnectionError(CodaWSError, ConnectionError):
-    """The client could not connect, or gave up reconnecting.
-
-    Raised from :meth:`CodaEventClient.get` and iteration once the events
-    received before the failure have been consumed.
-    """
-
-
-class HandshakeRejected(ClientConnectionError):
-    """The server refused the WebSocket handshake with an HTTP status.
-
-    Attributes:
-        status: the HTTP status code (401, 403, 503...).
-        code: the ``error`` field of the server's JSON body, or ``None``.
-        message: the server's explanation (its ``message`` field, or the body).
-    """
-
-    def __init__(self, status, code=None, message=None):
-        self.status, self.code, self.message = status, code, message
-        detail = f"{code}: {message}" if code and message else (message or code or "no details")
-        super().__init__(f"server refused the WebSocket connection with HTTP {status} ({detail})")
-
-
-# ----------------------------------------------------------------------------
-# The socket layer.
-# ----------------------------------------------------------------------------
-
-
-class _ClientSocket:
-    """The client's socket, as simple-websocket sees it.
-
-    ``send`` holds a lock, so the reader thread's pongs and the connection
-    thread's frames never interleave. ``close`` (simple-websocket calls it as
-    the very last step of its reader thread) does not close the file
-    descriptor: the connection thread closes it after joining the reader, so
-    the number cannot be reused while a thread still reads from it. It wakes
-    the connection thread instead, after the reader has marked the
-    connection closed, so the end of a connection is never missed.
-    """
-
-    def __init__(self, sock, on_reader_done):
-        self._sock = sock
-        self._write_lock = threading.Lock()  # one writer at a time on the socket
-        self._on_reader_done = on_reader_done
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def recv(self, size):
-        return self._sock.recv(size)
-
-    def send(self, data):
-        with self._write_lock:
-            self._sock.sendall(data)
-        return len(data)
-
-    sendall = send
-
-    def close(self):
-        self._on_reader_done()
-
-
-class _ClientWebSocket(simple_websocket.Client):
-    """simple-websocket's client, connected and handshaken within a deadline.
-
-    Built on ``simple_websocket.Client`` (its reader thread, ``receive`` and
-    frame handling), but ``Client.connect`` is not used, for four reasons
-    found here (simple-websocket 1.1):
-
-    * it connects and reads the handshake answer without any timeout, so a
-      server that accepts TCP and never answers hangs the caller for good,
-      and ``close()`` cannot interrupt it;
-    * frames that arrive in the same read as the ``101`` answer stay in
-      wsproto's buffer until more data comes (so the ``hello`` frame could
-      wait until the next event);
-    * when the server's close frame comes in that same read, it raises
-      ``ConnectionError`` and the events before the close are lost;
-    * a refusal only gives the status code, not the server's explanation.
-
-    Here the TCP connect is bounded by ``timeout``, the socket is handed to
-    ``on_socket`` before the handshake (so the owner can shut it down), the
-    handshake shares the same deadline, frames bundled with the answer are
-    processed at once (a bundled close frame included), and a refusal raises
-    :class:`HandshakeRejected` with the server's JSON explanation.
-    """
-
-    def __init__(self, host, port, target, *, secure, subprotocols, headers, timeout, on_socket,
-                 on_reader_done, reader_name, wake, ping_interval, max_message_size, ssl_context=None):
-        self.host = host
-        self.port = port
-        self.path = target
-        self.subprotocols = list(subprotocols)
-        self._extra_headers = list(headers)
-        self._deadline = time.monotonic() + timeout
-        self._host_header = f"[{host}]" if ":" in host else host
-        if port != (443 if secure else 80):
-            self._host_header += f":{port}"
-        try:
-            raw = socket.create_connection((host, port), timeout=timeout)
-        except TimeoutError:
-            raise TimeoutError(f"no TCP connection within the connect timeout ({timeout:g} s)") from None
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if secure:
-                context = ssl_context or ssl.create_default_context()
-                raw = context.wrap_socket(raw, server_hostname=host)
-            self.raw_socket = raw
-            self.accepted = False
-            on_socket(raw)
-            thread_class = functools.partial(threading.Thread, name=reader_name, daemon=True)
-            try:
-                # Base.__init__ (skipping Client.__init__, which would connect
-                # again without a timeout) runs handshake() and starts the reader.
-                simple_websocket.ws.Base.__init__(
-                    self, _ClientSocket(raw, on_reader_done), connection_type=ConnectionType.CLIENT,
-                    receive_bytes=65536, ping_interval=ping_interval, max_message_size=max_message_size,
-                    thread_class=thread_class, event_class=lambda: wake,
-                )
-            except simple_websocket.ConnectionError:
-                if not self.accepted:
-                    raise
-                # The server accepted and closed in the same breath: its frames
-                # and its close frame came with the 101 answer. Base refuses a
-                # connection that is already closed; keep what the server sent
-                # and stand in for the reader, which would only report the end.
-                self.thread = thread_class(target=self.sock.close)
-                self.thread.start()
-        except BaseException:
-            raw.close()
-            raise
-
-    def handshake(self):
-        request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
-                          extra_headers=self._extra_headers)
-        self.sock.send(self.ws.send(request))
-        raw = self.raw_socket
-        rejection = None
-        body = bytearray()
-        while True:
-            remaining = self._deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                raw.settimeout(remaining)
-                data = self.sock.recv(self.receive_bytes)
-            except TimeoutError:
-                raise TimeoutError("no WebSocket handshake answer within the connect timeout") from None
-            if not data:
-                if rejection is not None:
-                    raise _rejection(rejection, body)
-                raise ConnectionResetError("the server closed the connection during the WebSocket handshake")
-            self.ws.receive_data(data)
-            for event in self.ws.events():
-                if isinstance(event, AcceptConnection):
-                    raw.settimeout(None)  # from now on the reader thread blocks in recv
-                    self.subprotocol = event.subprotocol
-                    self.accepted = self.connected = True
-                    # Frames that came in the same read as the answer: handle
-                    # them now, or they would wait for the next read.
-                    self.connected = self._handle_events()
-                    return
-                if isinstance(event, RejectConnection):
-                    rejection = event
-                    if not event.has_body:
-                        raise _rejection(rejection, body)
-                elif isinstance(event, RejectData):
-                    if len(body) < _MAX_REJECT_BODY:
-                        body += event.data[: _MAX_REJECT_BODY - len(body)]
-                    if event.body_finished:
-                        raise _rejection(rejection, body)
-
-
-def _rejection(event, body):
-    code = message = None
-    text = bytes(body).decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        code = data.get("error") if isinstance(data.get("error"), str) else None
-        message = data.get("message") if isinstance(data.get("message"), str) else None
-    elif text:
-        message = text[:200]
-    return HandshakeRejected(event.status_code, code, message)
 
 
 # ----------------------------------------------------------------------------
@@ -1052,7 +861,7 @@ class CodaEventClient:
         if self._token is not None:
             headers.append(("Authorization", f"Bearer {self._token}"))
         try:
-            ws = _ClientWebSocket(
+            ws = ClientTransport(
                 self._host, self._port, target, secure=self._secure, subprotocols=[V1_SUBPROTOCOL],
                 headers=headers, timeout=self.connect_timeout, on_socket=self._on_socket,
                 on_reader_done=wake.set, reader_name=f"coda-ws-eventclient-reader:{self.name}", wake=wake,
@@ -1069,7 +878,7 @@ class CodaEventClient:
             error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
             log.error("%s: %s", self.name, error)
             return _Outcome("stopped" if self._stop.is_set() else "fatal", error=error)
-        except (OSError, simple_websocket.ConnectionError, ProtocolError) as exc:
+        except (OSError, HandshakeError, ProtocolError) as exc:
             self._forget_socket()
             return _Outcome("stopped" if self._stop.is_set() else "retry", error=exc)
         with self._lock:
@@ -1094,7 +903,6 @@ class CodaEventClient:
 
     def _read(self, ws, wake, session):
         """Handle the frames of one connection until it ends, pauses or stops."""
-        inbox = ws.input_buffer
         while True:
             wake.clear()  # clear first, then look at every source of work
             if self._stop.is_set():
@@ -1103,12 +911,13 @@ class CodaEventClient:
                 # The connection is broken: make sure the reader ends too; its
                 # end (and the close code, if any) is handled below.
                 self._shutdown(ws.raw_socket)
-            while inbox:
-                if not self._handle_message(session, inbox.pop(0)):
+            connected = ws.connected  # read first: what the reader appended before it ended is taken below
+            for message in ws.take_messages():
+                if not self._handle_message(session, message):
                     return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
-            if not ws.connected:
-                while inbox:  # what the reader appended just before it ended
-                    if not self._handle_message(session, inbox.pop(0)):
+            if not connected:
+                for message in ws.take_messages():  # appended just before the reader ended
+                    if not self._handle_message(session, message):
                         return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
                 return self._closed_outcome(ws, session)
             wake.wait()
@@ -1121,17 +930,16 @@ class CodaEventClient:
                 frame = self._outbox.popleft()
             try:
                 ws.send(frame)
-            except (OSError, simple_websocket.ConnectionClosed, ProtocolError) as exc:
+            except (OSError, ConnectionClosed, ProtocolError) as exc:
                 log.debug("%s: could not send a frame: %s", self.name, exc)
                 return False
 
     def _closed_outcome(self, ws, session):
-        if self.max_message_size and ws.incoming_message_len > self.max_message_size:
+        if ws.message_too_big(self.max_message_size):
             error = ClientConnectionError(
                 f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)")
             return _Outcome("fatal", session.started, error, close_code=1009)
-        code = int(ws.close_reason) if ws.close_reason is not None else 1005
-        reason = ws.close_message or ""
+        code, reason = ws.peer_close()
         self._count(f"disconnect:{'connection_lost' if code in _NO_STATUS else code}")
         if code in _NO_STATUS:
             return _Outcome("retry", session.started, ConnectionResetError("connection lost"), close_code=code)
@@ -1149,14 +957,13 @@ class CodaEventClient:
         if outcome is not None and outcome.kind in ("stopped", "paused"):
             self._count("pauses" if outcome.kind == "paused" else "disconnect:client_closed")
             self._send_close(ws, _CLOSE_NORMAL)
-            ws.thread.join(self.close_timeout)  # the server answers and ends the connection
-        elif ws.ws.state == ConnectionState.REMOTE_CLOSING:
+            ws.join_reader(self.close_timeout)  # the server answers and ends the connection
+        elif ws.remote_closing():
             # Answer the server's close frame with its code (1005 may not be sent: say 1000).
-            code = int(ws.close_reason)
+            code = ws.peer_close()[0]
             self._send_close(ws, _CLOSE_NORMAL if code in _NO_STATUS else code)
         self._shutdown(ws.raw_socket)
-        ws.thread.join(self.close_timeout + 1.0)
-        if ws.thread.is_alive():  # cannot happen after shutdown unless the OS misbehaves; say so
+        if not ws.join_reader(self.close_timeout + 1.0):  # cannot happen after shutdown unless the OS misbehaves
             log.warning("%s: the reader thread did not end after shutdown", self.name)
         else:
             ws.raw_socket.close()
@@ -1171,8 +978,7 @@ class CodaEventClient:
 
     def _send_close(self, ws, code):
         try:
-            if ws.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                ws.sock.send(ws.ws.send(CloseConnection(code=int(code))))
+            ws.send_close(code)
         except (OSError, ProtocolError) as exc:  # the connection is already gone: nothing to tell it
             log.debug("%s: could not send the close frame: %s", self.name, exc)
 

@@ -60,7 +60,12 @@ from ._sendfast import DONTWAIT, can_send_directly, send_now
 from ._transport import ConnectionClosed, ServerTransport
 from .filters import EventFilter
 from .protocol import (
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_SLOW,
 )
 
 __all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter", "SessionHooks", "SessionSettings",

@@ -5,7 +5,10 @@
 convention catches it.
 """
 
-__all__ = ["CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused"]
+__all__ = [
+    "CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused", "ClientConnectionError",
+    "HandshakeRejected",
+]
 
 
 class CodaWSError(Exception):
@@ -59,3 +62,26 @@ class HandshakeRefused(CodaWSError):
         self.code = code
         self.message = message
         self.reason = reason
+
+
+class ClientConnectionError(CodaWSError, ConnectionError):
+    """The client could not connect, or gave up reconnecting.
+
+    Raised from :meth:`CodaEventClient.get` and iteration once the events
+    received before the failure have been consumed.
+    """
+
+
+class HandshakeRejected(ClientConnectionError):
+    """The server refused the WebSocket handshake with an HTTP status.
+
+    Attributes:
+        status: the HTTP status code (401, 403, 503...).
+        code: the ``error`` field of the server's JSON body, or ``None``.
+        message: the server's explanation (its ``message`` field, or the body).
+    """
+
+    def __init__(self, status: int, code: str | None = None, message: str | None = None) -> None:
+        self.status, self.code, self.message = status, code, message
+        detail = f"{code}: {message}" if code and message else (message or code or "no details")
+        super().__init__(f"server refused the WebSocket connection with HTTP {status} ({detail})")

@@ -23,7 +23,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .auth import AuthSpec, Authenticator, HostPolicy, OriginPolicy, bearer_token, is_loopback_host
+from .auth import (
+    Authenticator,
+    AuthSpec,
+    HostPolicy,
+    OriginPolicy,
+    bearer_token,
+    is_loopback_host,
+)
 from .errors import HandshakeRefused
 from .filters import EventFilter
 from .protocol import V1_SUBPROTOCOL

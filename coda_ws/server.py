@@ -28,7 +28,12 @@ import uuid
 import weakref
 
 from flask import Blueprint, Flask, Response, request
-from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
+from werkzeug.serving import (
+    WSGIRequestHandler,
+    get_sockaddr,
+    make_server,
+    select_address_family,
+)
 
 from . import framing
 from ._transport import ServerTransport
@@ -41,7 +46,12 @@ from .handshake import Gate
 from .http_api import DEFAULT_MAX_BODY_SIZE, register_http_api
 from .metrics import ServerMetrics
 from .protocol import (
-    BEARER_SUBPROTOCOL_PREFIX, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, PROTOCOL_VERSION, SERVER_NAME, V1_SUBPROTOCOL,
+    BEARER_SUBPROTOCOL_PREFIX,
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
+    PROTOCOL_VERSION,
+    SERVER_NAME,
+    V1_SUBPROTOCOL,
 )
 
 __all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]

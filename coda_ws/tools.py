@@ -36,10 +36,10 @@ import threading
 import time
 
 from . import argtypes
-from .client import ClientConnectionError, CodaEventClient
-from .interrupts import interruptible
-from .errors import CodaWSError, InvalidEventError
+from .client import CodaEventClient
+from .errors import ClientConnectionError, CodaWSError, InvalidEventError
 from .events import BaseEvent, encode_json, validate_event
+from .interrupts import interruptible
 
 __all__ = [
     "ToolError",

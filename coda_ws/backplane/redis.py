@@ -67,7 +67,13 @@ import uuid
 
 from ..bus import StampedEvent, entry_from_wire
 from ..events import (
-    DEFAULT_MAX_EVENT_SIZE, WIRE_HEAD, SystemErrorEvent, build_fields, encode_fields, prepare_event, wire_tail,
+    DEFAULT_MAX_EVENT_SIZE,
+    WIRE_HEAD,
+    SystemErrorEvent,
+    build_fields,
+    encode_fields,
+    prepare_event,
+    wire_tail,
 )
 
 __all__ = [
