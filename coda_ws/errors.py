@@ -5,7 +5,7 @@
 convention catches it.
 """
 
-__all__ = ["CodaWSError", "InvalidEventError"]
+__all__ = ["CodaWSError", "InvalidEventError", "JournalError"]
 
 
 class CodaWSError(Exception):
@@ -26,3 +26,17 @@ class InvalidEventError(CodaWSError, TypeError, ValueError):
         super().__init__(message)
         self.event_type = event_type
         self.field = field
+
+
+class JournalError(CodaWSError):
+    """A journal file cannot be used: it is not a coda_ws journal, it is
+    damaged, or it cannot be opened. The message names the file, what is
+    wrong and what to do.
+
+    Attributes:
+        path: the journal file.
+    """
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
