@@ -35,6 +35,14 @@ Bounds and policies (principle 5):
   :data:`CONFLATE_BACKLOG` events behind, an entry that a newer one of the
   same type and session supersedes is skipped and counted.
 * Memory is bounded by the ring and the replay buffer, not by readers.
+
+Persistence hooks: a journal restores the stream at start
+(:meth:`EventBus.restore`, with the windows of positions a crash lost) and
+sets a *fence* (:meth:`EventBus.set_fence`): the dispatcher publishes no seq
+above the seqs the journal has durably reserved, so a crash can never make
+the stream hand out a seq twice. Events above the fence stay queued, in
+order, and the dispatcher tells the journal (``on_held``) so it reserves
+more; in normal operation the fence is never reached.
 """
 
 import collections

@@ -520,3 +520,37 @@ def test_bad_rows_are_skipped_and_counted_and_the_server_starts(server_factory, 
         assert recv_json(ws)["count"] == 7
         assert [e["seq"] for e in recv_events(ws, 7)] == [1, 2, 4, 6, 8, 9, 10]
     assert [e["seq"] for e in get(restarted, "events?since=0").json()] == [1, 2, 4, 6, 8, 9, 10]
+
+
+def test_python_client_reports_the_lost_window_and_continues(server_factory, tmp_path):
+    """The Python client of a journaled server that is SIGKILLed and restarted
+    on the same port reconnects, reports ``reason: "lost"`` with the window
+    to ``on_gap`` (same epoch: nothing to start over), and goes on with the
+    new events, whose seqs are above everything it has seen."""
+    from coda_ws import CodaEventClient
+
+    path = str(tmp_path / "events.db")
+    child = Child("-c", _KILL_CHILD, path, 10_000, 50)
+    gaps = []
+    try:
+        url, epoch = child.wait_for_output(r"^serving (\S+) (\w+)").groups()
+        client = CodaEventClient(url, on_gap=gaps.append, backoff_initial=0.05, backoff_max=0.2)
+        try:
+            seen = [client.get(CHILD_TIMEOUT) for _ in range(50)]
+            assert [e.seq for e in seen] == list(range(1, 51))
+            child.proc.send_signal(signal.SIGKILL)
+            assert child.wait() == -signal.SIGKILL
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            server = server_factory(journal=path, port=port)
+            reserved = server.sequence_number
+            wait_for(lambda: server.get_connected_clients(), CHILD_TIMEOUT, "the client to reconnect")
+            new = server.emit("llm_token", token="after", cumulative_text="")
+            event = client.get(TIMEOUT)
+            assert (event.seq, event.token) == (reserved + 1, "after")
+            assert [(g["reason"], g["lost"]) for g in gaps] == [("lost", [1, reserved])]
+            assert new.seq > 50 and client.stats()["gaps"] == 1
+        finally:
+            client.close()
+    finally:
+        child.kill()
+    assert server.epoch == epoch
