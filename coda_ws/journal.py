@@ -67,8 +67,11 @@ What a crash can lose
 * A process crash (SIGKILL, a segfault, the OOM killer): the events
   delivered to clients but not yet committed, that is at most the last
   batch, which spans at most ``flush_interval`` seconds of events (default
-  0.2 s; measured by ``benchmarks/crash_loss.py``), plus events emitted but
-  not yet dispatched (microseconds, never seen by any client). Their seqs
+  0.2 s) plus the time of one commit, and events emitted but not yet
+  dispatched (microseconds, never seen by any client).
+  ``benchmarks/crash_loss.py`` measured, at 500 events/s, at most 99
+  delivered events lost (spanning 0.196 s) with the default interval, 44
+  (0.039 s) with 0.05 s and 369 (0.74 s) with 1 s. Their seqs
   are never handed out again: the stream continues above the reservation
   under the same epoch, and resuming clients are told exactly which window
   was lost. Everything committed survives: the WAL is written before the
