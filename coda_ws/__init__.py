@@ -10,7 +10,7 @@ from ._version import __version__
 from .backplane import RedisEmitter  # noqa: E402
 from .bus import EventBus, Subscription  # noqa: E402
 from .client import ClientConnectionError, CodaEventClient, HandshakeRejected  # noqa: E402
-from .errors import CodaWSError, InvalidEventError  # noqa: E402
+from .errors import CodaWSError, InvalidEventError, JournalError  # noqa: E402
 from .events import (  # noqa: E402
     BaseEvent,
     ComponentErrorEvent,
@@ -67,6 +67,7 @@ __all__ = [
     "EventFilter",
     "CodaWSError",
     "InvalidEventError",
+    "JournalError",
     "EventType",
     "create_event",
     "validate_event",

@@ -35,6 +35,14 @@ Bounds and policies (principle 5):
   :data:`CONFLATE_BACKLOG` events behind, an entry that a newer one of the
   same type and session supersedes is skipped and counted.
 * Memory is bounded by the ring and the replay buffer, not by readers.
+
+Persistence hooks: a journal restores the stream at start
+(:meth:`EventBus.restore`, with the windows of positions a crash lost) and
+sets a *fence* (:meth:`EventBus.set_fence`): the dispatcher publishes no seq
+above the seqs the journal has durably reserved, so a crash can never make
+the stream hand out a seq twice. Events above the fence stay queued, in
+order, and the dispatcher tells the journal (``on_held``) so it reserves
+more; in normal operation the fence is never reached.
 """
 
 import collections
@@ -230,22 +238,28 @@ class ResumeResult:
 
     ``recovered`` True: ``first``..``last`` are the positions replayed from
     history and ``count`` how many of them pass the reader's filter.
-    ``recovered`` False: ``reason`` is ``"epoch_changed"``, ``"too_old"`` or
-    ``"unknown_position"`` and ``earliest`` the oldest position still held.
+    ``recovered`` False: ``reason`` is ``"epoch_changed"``, ``"too_old"``,
+    ``"unknown_position"`` or ``"lost"`` and ``earliest`` the oldest position
+    still held; for ``"lost"``, ``lost`` is the ``(first, last)`` window of
+    positions the stream lost (a crash, or a journal that could not write
+    them) that the position falls in.
     """
 
-    __slots__ = ("recovered", "first", "last", "count", "reason", "earliest")
+    __slots__ = ("recovered", "first", "last", "count", "reason", "earliest", "lost")
 
-    def __init__(self, recovered, first=None, last=None, count=0, reason=None, earliest=None):
+    def __init__(self, recovered, first=None, last=None, count=0, reason=None, earliest=None, lost=None):
         self.recovered = recovered
         self.first, self.last, self.count = first, last, count
-        self.reason, self.earliest = reason, earliest
+        self.reason, self.earliest, self.lost = reason, earliest, lost
 
     def frame_dict(self):
         """The ``resume`` control frame for this outcome."""
         if self.recovered:
             return {"type": "resume", "recovered": True, "from": self.first, "to": self.last, "count": self.count}
-        return {"type": "resume", "recovered": False, "reason": self.reason, "earliest": self.earliest}
+        frame = {"type": "resume", "recovered": False, "reason": self.reason, "earliest": self.earliest}
+        if self.lost is not None:
+            frame["lost"] = [self.lost[0], self.lost[1]]
+        return frame
 
 
 class Subscription:
@@ -567,6 +581,14 @@ class EventBus:
         self._floor = 1
         self._compatible = {}
         self._sequencer = None
+        # Windows of positions the stream lost, ((first, last), ...) in seq
+        # order (see restore and add_lost); replaced, never mutated, under _lock.
+        self._lost = ()
+        # The fence (see set_fence): the dispatcher publishes no seq above it.
+        # Plain attributes: set_fence assigns them, then wakes the dispatcher,
+        # which reads them when it takes a batch (under _dispatch_lock).
+        self._fence = None
+        self._on_fence_held = None
         #: An object with ``read(since, event_filter, limit, until)`` and
         #: ``covered_seq`` holding events older than the ring (a journal or a
         #: backplane stream), or None; see :meth:`stored_history`.
@@ -697,6 +719,9 @@ class EventBus:
                 return ResumeResult(False, reason="epoch_changed", earliest=oldest)
         if since > head:
             return ResumeResult(False, reason="unknown_position", earliest=oldest)
+        window = self._lost_window_locked(since)
+        if window is not None:
+            return ResumeResult(False, reason="lost", earliest=oldest, lost=window)
         if since + 1 < oldest:
             return ResumeResult(False, reason="too_old", earliest=oldest)
         ring = self._ring
@@ -711,6 +736,13 @@ class EventBus:
 
     def _oldest_locked(self, head):
         return max(self._floor, head - len(self._ring) + 1) if head else 1
+
+    def _lost_window_locked(self, seq):
+        """The lost window holding position ``seq``, as ``(first, last)``, or None."""
+        for first, last in self._lost:
+            if first <= seq <= last:
+                return first, last
+        return None
 
     def _unsubscribe(self, sub):
         with self._lock:
@@ -843,7 +875,7 @@ class EventBus:
 
     # -- persistence and scale-out (coda_ws.journal, coda_ws.backplane) -------
 
-    def restore(self, epoch, last_seq, events=(), replay=None, *, first_seq=None, compatible=None):
+    def restore(self, epoch, last_seq, events=(), replay=None, *, first_seq=None, compatible=None, lost=()):
         """Replace the stream's state with one kept elsewhere (a journal, a backplane).
 
         A journal calls it once, before anything is emitted, so the stream
@@ -873,8 +905,14 @@ class EventBus:
                 the first event's seq); older positions count as no longer held.
             compatible: ``{epoch: seq}`` for earlier epochs this stream
                 continues: a resume with such an epoch and a position up to
-                that seq is honored (a journal after a crash: everything up to
-                the last committed seq is unchanged).
+                that seq is honored (a journal written by an earlier version,
+                after a crash: everything up to the last committed seq is
+                unchanged).
+            lost: ``(first, last)`` windows of positions the stream lost (a
+                journal after a crash: the seqs reserved but not committed).
+                A resume from a position inside one is answered
+                ``recovered: false, reason: "lost"`` with the window; the
+                positions themselves are holes no reader receives.
 
         Raises:
             ValueError: a bad argument, or events out of order.
@@ -885,6 +923,7 @@ class EventBus:
         if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
             raise ValueError(f"last_seq must be a non-negative integer, got {last_seq!r}")
         compatible = dict(compatible or {})
+        lost = self._check_windows(lost, last_seq)
         capacity = len(self._ring)
         ring = [_EMPTY] * capacity
         latest = {}
@@ -939,6 +978,7 @@ class EventBus:
                 with self._emit_lock:
                     self._replay[:] = records  # in place: holders of server.replay_buffer see it
                 self._compatible = compatible
+                self._lost = lost
                 subscribers = self._subscribers
         for sub in subscribers:
             if epoch_changed:
@@ -947,6 +987,122 @@ class EventBus:
                 sub._overflow("the stream was restored from its journal or backplane")
         with self._dispatched:
             self._dispatched.notify_all()
+
+    @staticmethod
+    def _check_windows(windows, last_seq):
+        out = []
+        for window in windows or ():
+            first, last = window
+            if (not isinstance(first, int) or not isinstance(last, int) or isinstance(first, bool)
+                    or isinstance(last, bool) or not 1 <= first <= last or last > last_seq):
+                raise ValueError(f"a lost window must be (first, last) with 1 <= first <= last <= {last_seq}, "
+                                 f"got {window!r}")
+            out.append((first, last))
+        out.sort()
+        return tuple(out)
+
+    def add_lost(self, first, last):
+        """Record that positions ``first``..``last`` (already dispatched) were
+        lost: a resume from inside the window is answered ``recovered: false,
+        reason: "lost"`` with it. For a journal that could not write events
+        before they left the history. Thread-safe."""
+        (window,) = self._check_windows([(first, last)], self._head)
+        with self._lock:
+            self._lost = tuple(sorted(self._lost + (window,)))
+
+    def lost_windows(self, since=0, until=None):
+        """The lost windows (``(first, last)`` tuples, oldest first) that hold
+        a position after ``since`` and, when given, at most ``until``."""
+        windows = self._lost
+        return [w for w in windows if w[1] > since and (until is None or w[0] <= until)]
+
+    # -- the fence (a journal's seq reservation) --------------------------------
+
+    def set_fence(self, seq, on_held=None):
+        """Publish no event with a seq above ``seq`` (None: no fence).
+
+        A journal sets it to the seqs it has durably reserved, so no seq can
+        reach a reader that a crash could make the stream hand out again.
+        Events above the fence stay queued, in order (``emit()`` still never
+        blocks), until the fence moves; the dispatcher is woken at once when
+        it does. ``on_held(seq)``, when given, is called from the dispatcher
+        (it must not block) each time it leaves events above the fence, with
+        the first seq it held back. Thread-safe.
+        """
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+            raise ValueError(f"fence must be a non-negative integer or None, got {seq!r}")
+        self._on_fence_held = on_held
+        self._fence = seq
+        self._pending.set()  # the dispatcher re-reads the fence when it takes the next batch
+        with self._dispatched:
+            self._dispatched.notify_all()  # flush() waits for what the fence lets through
+
+    def fence_at_head(self):
+        """Set the fence to the last seq dispatched, atomically with the
+        dispatcher, and return it: nothing later is published until the fence
+        moves. A journal closing cleanly calls it before it records that
+        nothing after that seq was handed out."""
+        with self._dispatch_lock:
+            self._fence = head = self._head
+        with self._dispatched:
+            self._dispatched.notify_all()
+        return head
+
+    @property
+    def fence(self):
+        """The seq no published event may exceed, or None (see :meth:`set_fence`)."""
+        return self._fence
+
+    def _take_unfenced_locked(self):
+        """The queued work items up to the fence, taken out of the queue (the
+        caller holds ``_emit_lock``); the rest stays queued, in order."""
+        queue = self._queue
+        fence = self._fence
+        if fence is None or queue[-1][0] <= fence:
+            self._queue = collections.deque()
+            return queue
+        batch = []
+        while queue and queue[0][0] <= fence:
+            batch.append(queue.popleft())
+        return batch
+
+    def _report_fence_held(self):
+        """Tell the fence's owner that events wait above it (dispatcher thread)."""
+        fence, on_held = self._fence, self._on_fence_held
+        if fence is None or on_held is None or self._last_seq <= fence:
+            return
+        try:
+            on_held(fence + 1)
+        except Exception:
+            self._count("listener_errors")
+            log.exception("fence callback %r failed", on_held)
+
+    def retained(self, first, last):
+        """The entries for positions ``first``..``last`` still in the history.
+
+        Returns ``(entries, held_from)``: every position from ``held_from``
+        to ``last`` was still held when read, and ``entries`` are those of
+        them that readers receive (events sent to a single client and holes
+        left out), oldest first; positions ``first``..``held_from - 1`` had
+        already left the history. Lock-free (entries are immutable); for a
+        journal writing what it could not queue.
+        """
+        ring = self._ring
+        capacity = len(ring)
+        last = min(last, self._head)
+        out = []
+        seq = last
+        # Newest first: the ring overwrites oldest first, so once one
+        # position is gone, every older one is gone too.
+        while seq >= first:
+            entry = ring[seq % capacity]
+            if entry.seq != seq:
+                break
+            if type(entry) is Entry and entry.target is None:
+                out.append(entry)
+            seq -= 1
+        out.reverse()
+        return out, seq + 1
 
     def set_sequencer(self, sequencer):
         """Let an external sequencer (a backplane) stamp seqs instead of this bus.
@@ -1032,7 +1188,13 @@ class EventBus:
             "dispatch_errors": counters["dispatch_errors"],
             "events_conflated": counters["conflated_retired"] + sum(s.conflated for s in subs),
             "listener_errors": counters["listener_errors"],
+            "fence": self._fence,
+            "held_by_fence": self._held_by_fence(),
         }
+
+    def _held_by_fence(self):
+        fence = self._fence
+        return 0 if fence is None else max(0, self._last_seq - max(fence, self._head))
 
     def drop_counts(self):
         """Entries skipped for readers, as ``{(type, reason): count}`` over
@@ -1089,12 +1251,17 @@ class EventBus:
             with self._emit_lock:
                 if not self._queue:
                     return
-                batch, self._queue = self._queue, collections.deque()
-            try:
-                made, holes = [self._make_entry(*item) for item in batch], False
-            except Exception:  # never expected (everything that can fail, failed in emit())
-                made, holes = self._make_entries_one_by_one(batch), True
-            self._deliver(made, holes)
+                batch = self._take_unfenced_locked()
+            if batch:
+                try:
+                    made, holes = [self._make_entry(*item) for item in batch], False
+                except Exception:  # never expected (everything that can fail, failed in emit())
+                    made, holes = self._make_entries_one_by_one(batch), True
+                self._deliver(made, holes)
+        if self._queue:
+            self._report_fence_held()
+        if not batch:
+            return
         with self._dispatched:
             self._dispatched.notify_all()
 
@@ -1179,6 +1346,11 @@ class EventBus:
         """Wait until every event emitted before this call is dispatched.
 
         Returns True when it is, False when ``timeout`` seconds passed first.
+        Events held above the fence (:meth:`set_fence`) are waited for only
+        when a ``timeout`` is given (a journal moves its fence within
+        milliseconds in normal operation, but not while its disk fails):
+        without one, flush() returns False at once when they are all that
+        is left, so a caller never hangs on a failing disk.
         """
         target = self._last_seq
         if self._head >= target:
@@ -1187,13 +1359,18 @@ class EventBus:
             self._start_dispatcher()
         self._pending.set()
         deadline = None if timeout is None else time.monotonic() + timeout
+        fenced = timeout is None
         with self._dispatched:
-            while self._head < target:
+            while self._head < (self._dispatchable(target) if fenced else target):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._dispatched.wait(remaining)
-        return True
+        return self._head >= target
+
+    def _dispatchable(self, target):
+        fence = self._fence
+        return target if fence is None else min(target, max(fence, self._head))
 
     def close(self, timeout=5.0):
         """Dispatch everything emitted so far and stop the dispatcher thread.

@@ -261,8 +261,10 @@ class CodaEventClient:
     notes). After a disconnection the client reconnects with exponential
     backoff and jitter and resumes after ``last_seq``; when the server cannot
     recover the position it calls ``on_gap(frame)`` with the ``resume`` frame
-    (``reason``: ``epoch_changed``, ``too_old`` or ``unknown_position``), in the
-    thread that consumes events, just before the events that follow the gap.
+    (``reason``: ``epoch_changed``, ``too_old``, ``unknown_position`` or
+    ``lost``, the last with ``"lost": [first, last]``, the seqs a crashed
+    journaled server could not keep), in the thread that consumes events,
+    just before the events that follow the gap.
 
     Close codes: 1001, 1011, 1012, 1013 and 4008, or a connection that ends
     without a close frame, reconnect (``reconnect=True``). 1000 from the server

@@ -7,7 +7,7 @@ convention catches it.
 
 __all__ = [
     "CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused", "ClientConnectionError",
-    "HandshakeRejected",
+    "HandshakeRejected", "JournalError",
 ]
 
 
@@ -85,3 +85,17 @@ class HandshakeRejected(ClientConnectionError):
         self.status, self.code, self.message = status, code, message
         detail = f"{code}: {message}" if code and message else (message or code or "no details")
         super().__init__(f"server refused the WebSocket connection with HTTP {status} ({detail})")
+
+
+class JournalError(CodaWSError):
+    """A journal file cannot be used: it is not a coda_ws journal, it is
+    damaged, or it cannot be opened. The message names the file, what is
+    wrong and what to do.
+
+    Attributes:
+        path: the journal file.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -42,7 +42,7 @@ from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
 
-__all__ = ["register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE"]
+__all__ = ["register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER"]
 
 log = logging.getLogger("coda_ws.http_api")
 
@@ -60,6 +60,9 @@ _SERVER_KEYS = ("seq", "timestamp", "redacted")
 # Names emit() takes as its own arguments; they can never be event fields.
 _NOT_FIELDS = ("self", "event_type", "high_priority")
 _NO_STORE = {"Cache-Control": "no-store"}
+
+#: The ``GET /events`` response header listing lost windows (``first-last,...``).
+LOST_HEADER = "Coda-WS-Lost"
 
 
 def _json(body, status=200, headers=None):
@@ -254,7 +257,10 @@ class _HttpApi:
         configured. Events sent to a single client are never included. For a
         token without ``read:content`` the content fields are null and
         ``"redacted": true`` is added. Page with ``since=<seq of the last
-        event received>`` until the array is empty.
+        event received>`` until the array is empty. When positions the page
+        covers were lost (a crash, or a journal that could not write them),
+        the ``Coda-WS-Lost`` header lists them as ``first-last`` ranges,
+        comma-separated.
         """
         denied = self.server.http_auth("read")
         if denied is not None:
@@ -290,7 +296,14 @@ class _HttpApi:
                 continue  # a position without a deliverable event
             parts.append(_frame_payload(entry.redacted_frame()) if redact else entry.data)
         body = b"[" + b",".join(parts) + b"]"
-        return Response(body, mimetype="application/json", headers=_NO_STORE)
+        headers = dict(_NO_STORE)
+        lost_windows = getattr(bus, "lost_windows", None)
+        if lost_windows is not None:
+            # A full page covers positions up to its last event; a short one, the rest of the stream.
+            windows = lost_windows(since, entries[-1].seq if entries and len(entries) >= limit else None)
+            if windows:
+                headers[LOST_HEADER] = ",".join(f"{first}-{last}" for first, last in windows)
+        return Response(body, mimetype="application/json", headers=headers)
 
     def post_event(self):
         """``POST /events``: publish one event (``publish`` scope when auth is

@@ -183,7 +183,8 @@ class _Collector:
         yield disconnects
 
         resumes = CounterMetricFamily(
-            "coda_ws_resumes", "Resume requests by result: recovered, epoch_changed, too_old, unknown_position",
+            "coda_ws_resumes", "Resume requests by result: recovered, epoch_changed, too_old, unknown_position, "
+            "lost",
             labels=["result"])
         for result, count in sorted(stats.get("resumes", {}).items()):
             resumes.add_metric([result], count)
@@ -222,3 +223,39 @@ class _Collector:
                                   "handlers", value=stats["handler_errors"])
         yield CounterMetricFamily("coda_ws_listener_errors", "Exceptions raised by bus listeners",
                                   value=bus_stats["listener_errors"])
+        journal = getattr(server, "journal", None)
+        if journal is not None:
+            yield from _journal_metrics(journal)
+
+
+def _journal_metrics(journal):
+    """The journal's state and counters (see :meth:`coda_ws.journal.Journal.stats`)."""
+    stats = journal.stats()
+    ok, _reason = journal.ready()
+    yield GaugeMetricFamily("coda_ws_journal_up", "1 when the journal is ready (writes succeed, delivery not "
+                            "paused, nothing waits too long), else 0; /readyz says why", value=1 if ok else 0)
+    yield GaugeMetricFamily("coda_ws_journal_queued_events", "Events dispatched and not yet written to the journal",
+                            value=stats["queued"])
+    yield GaugeMetricFamily("coda_ws_journal_oldest_unwritten_age_seconds",
+                            "Seconds the oldest event not yet written has waited (0 when none)",
+                            value=stats["oldest_unwritten_age"])
+    yield GaugeMetricFamily("coda_ws_journal_committed_seq", "The last seq committed (or recorded as lost)",
+                            value=stats["committed_seq"])
+    yield GaugeMetricFamily("coda_ws_journal_reserved_seq",
+                            "The durable seq reservation: no seq above it has reached a client",
+                            value=stats["reserved_seq"])
+    yield GaugeMetricFamily("coda_ws_journal_failing_seconds", "Seconds writes have been failing (0 when they "
+                            "succeed)", value=stats["failing_for"])
+    yield GaugeMetricFamily("coda_ws_journal_delivery_paused", "1 while delivery to clients waits for a seq "
+                            "reservation the journal cannot write", value=1 if stats["delivery_paused"] else 0)
+    yield GaugeMetricFamily("coda_ws_journal_writer_running", "1 while the journal's writer thread runs",
+                            value=1 if stats["writer_running"] else 0)
+    yield CounterMetricFamily("coda_ws_journal_events_written", "Events written to the journal",
+                              value=stats["events_written"])
+    yield CounterMetricFamily("coda_ws_journal_write_errors", "Journal transactions that failed (each is retried)",
+                              value=stats["write_errors"])
+    yield CounterMetricFamily("coda_ws_journal_lost_events", "Positions the journal could not write before they "
+                              "left the history ring (recorded as lost windows)", value=stats["lost_events"])
+    yield CounterMetricFamily("coda_ws_journal_writer_restarts", "Journal writer threads restarted after one died",
+                              value=stats["writer_restarts"])
+    yield GaugeMetricFamily("coda_ws_journal_bad_rows", "Unreadable journal rows skipped", value=stats["bad_rows"])

@@ -147,11 +147,13 @@ class CodaWebSocketServer:
         handshake_timeout: seconds a client may take to send its HTTP request
             (default 10): slow handshakes cannot hold threads.
         bus: an existing :class:`EventBus` to serve (default: a new one).
-        journal: a SQLite file keeping the stream across restarts (see
-            :mod:`coda_ws.journal`: same epoch, seq continues, clients resume);
-            None (default) keeps it in memory only.
+        journal: a SQLite file keeping the stream across restarts and
+            crashes (see :mod:`coda_ws.journal`: same epoch, seqs never
+            reused, clients resume), or a :class:`coda_ws.journal.Journal`
+            not yet attached (for its other options); None (default) keeps
+            the stream in memory only.
         journal_max_events, journal_max_age: the journal's retention, in
-            events and in seconds (None: no limit).
+            events and in seconds (None: no limit); only with a file path.
         journal_flush_interval: seconds an event may wait before it is
             committed (default 0.2): what a process crash can lose at most.
         backplane: a ``redis://`` URL (or a backplane object): share one
@@ -502,7 +504,14 @@ class CodaWebSocketServer:
         if journal is not None:
             from .journal import Journal
 
-            self.journal = Journal(journal, max_events=max_events, max_age=max_age, flush_interval=flush_interval)
+            if isinstance(journal, Journal):
+                if max_events is not None or max_age is not None:
+                    raise ValueError("journal_max_events and journal_max_age apply to a journal path; give them "
+                                     "to the Journal object instead")
+                self.journal = journal
+            else:
+                self.journal = Journal(journal, max_events=max_events, max_age=max_age,
+                                       flush_interval=flush_interval)
             self.journal.attach(self.bus)
         elif backplane is not None:
             from .backplane import open_backplane

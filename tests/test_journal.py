@@ -234,8 +234,9 @@ while True:
 def test_sigkilled_server_loses_at_most_the_last_flush_interval(server_factory, tmp_path):
     """A server killed with SIGKILL while emitting: the journal holds every
     event emitted more than flush_interval (plus scheduling slack) before the
-    kill; a new server starts cleanly after the last committed seq under a
-    new epoch, and a client of the old epoch at a committed position resumes."""
+    kill; a new server keeps the epoch, continues above the seq reservation
+    with the uncommitted positions recorded as a lost window, a client of a
+    committed position resumes, and one inside the window is told it is lost."""
     path = str(tmp_path / "events.db")
     child = Child("-c", _CRASH_CHILD, path)
     try:
@@ -255,25 +256,32 @@ def test_sigkilled_server_loses_at_most_the_last_flush_interval(server_factory, 
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     server = server_factory(journal=path)
-    last = server.sequence_number
-    lost = [seq for seq in emitted if seq > last]
+    stored = server.bus.stored_history(0)
+    committed = stored[-1].seq
+    lost = [seq for seq in emitted if seq > committed]
     window = max((killed_at - emitted[seq] for seq in lost), default=0.0)
     # At most the last batch, which spans flush_interval (0.2 s); allow 0.5 s
     # of scheduling delay on a loaded machine.
     assert window <= 0.2 + 0.5, f"lost {len(lost)} events emitted up to {window:.3f} s before the kill"
-    assert last >= 1000
-    stored = server.bus.stored_history(0)
-    assert [e.seq for e in stored] == list(range(1, last + 1))
-    assert [json.loads(e.data)["token"] for e in stored[-3:]] == [str(s - 1) for s in range(last - 2, last + 1)]
+    assert committed >= 1000
+    assert [e.seq for e in stored] == list(range(1, committed + 1))
+    tokens = [json.loads(e.data)["token"] for e in stored[-3:]]
+    assert tokens == [str(s - 1) for s in range(committed - 2, committed + 1)]
 
-    assert server.epoch != old_epoch  # clients may have seen lost events under seqs now reused
-    assert server.emit("stt_start", mode="after").seq == last + 1
-    with open_v1(server, f"since={last - 5}&epoch={old_epoch}") as (ws, _):
-        assert recv_json(ws) == {"type": "resume", "recovered": True, "from": last - 4, "to": last + 1,
+    assert server.epoch == old_epoch  # seqs are never reused, so the epoch stays
+    reserved = server.sequence_number
+    assert reserved >= committed
+    windows = server.get_stats()["journal"]["lost_windows"]
+    assert windows == ([[committed + 1, reserved]] if reserved > committed else [])
+    assert server.emit("stt_start", mode="after").seq == reserved + 1
+    with open_v1(server, f"since={committed - 5}&epoch={old_epoch}") as (ws, _):
+        assert recv_json(ws) == {"type": "resume", "recovered": True, "from": committed - 4, "to": reserved + 1,
                                  "count": 6}
-        assert [recv_json(ws)["seq"] for _ in range(6)] == list(range(last - 4, last + 2))
-    with open_v1(server, f"since={last + 1}&epoch={old_epoch}") as (ws, _):
-        assert recv_json(ws)["reason"] == "epoch_changed"
+        assert [recv_json(ws)["seq"] for _ in range(6)] == [*range(committed - 4, committed + 1), reserved + 1]
+    if reserved > committed:
+        with open_v1(server, f"since={committed + 1}&epoch={old_epoch}") as (ws, _):
+            frame = recv_json(ws)
+            assert (frame["reason"], frame["lost"]) == ("lost", [committed + 1, reserved])
     wait_for(lambda: not server.get_connected_clients(), CHILD_TIMEOUT, "clients to go")
 
 

@@ -19,9 +19,10 @@
  *   and the server sends exactly what was missed; anything at or below the
  *   last delivered `seq` is dropped should it come again.
  * - When the server cannot recover (`resume` with `recovered: false`, e.g. a
- *   restarted server with a new epoch), `onGap` is called before the replay
- *   frame of the new stream is delivered, so the caller can mark its state
- *   as stale.
+ *   restarted server with a new epoch, or `reason: "lost"` with the `lost`
+ *   [first, last] window a crashed journaled server could not keep), `onGap`
+ *   is called before the replay frame of the new stream is delivered, so the
+ *   caller can mark its state as stale.
  * - Reconnects use exponential backoff with jitter and never stop until
  *   `close()` is called.
  *
@@ -104,8 +105,10 @@ export class CodaEventClient {
    * @param {number} [options.maxReconnectDelay=10000]  backoff cap, ms.
    * @param {(event: object, meta: {replayed: boolean, resumed: boolean}) => void} [options.onEvent]
    * @param {(status: object) => void} [options.onStatus]  see `status`.
-   * @param {(gap: {reason: string, earliest: number|null, previousEpoch: string|null,
-   *   epoch: string, lastSeq: number}) => void} [options.onGap]
+   * @param {(gap: {reason: string, earliest: number|null, lost: number[]|null,
+   *   previousEpoch: string|null, epoch: string, lastSeq: number}) => void} [options.onGap]
+   *   `reason` is `epoch_changed`, `too_old`, `unknown_position` or `lost`; `lost`
+   *   is the `[first, last]` window of seqs the server lost (reason `lost`), else null.
    * @param {(frame: object) => void} [options.onControl]  every control frame
    *   (hello, resume, replay, subscribed, pong, error), after the client handled it.
    */
@@ -401,6 +404,7 @@ export class CodaEventClient {
     this._call("onGap", {
       reason: frame.reason,
       earliest: frame.earliest ?? null,
+      lost: Array.isArray(frame.lost) ? frame.lost : null,
       previousEpoch,
       epoch: hello.epoch,
       lastSeq,

@@ -155,6 +155,35 @@ def test_resume_too_old_delivers_replay_without_repeats(server_factory, page):
     assert all(e["replayed"] for e in got)
 
 
+def test_lost_window_reports_a_gap_with_its_range(server_factory, page, tmp_path):
+    """A journaled server that lost the events after seq 5 in a crash (the
+    file says so) answers the client's resume from 10 with reason "lost":
+    onGap gets the window, the epoch is kept, and new events follow."""
+    import sqlite3
+
+    path = str(tmp_path / "events.db")
+    port = free_port()
+    old = server_factory(port=port, journal=path)
+    start_client(page, old, minReconnectDelay=50, maxReconnectDelay=400)
+    seen = [old.emit("llm_token", session_id="s", token=str(i), cumulative_text="").seq for i in range(10)]
+    wait_for_event_seq(page, seen[-1])
+    old.stop()
+    with sqlite3.connect(path) as conn:  # as a SIGKILL after seq 5 was committed leaves it
+        conn.execute("DELETE FROM events WHERE seq > 5")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'last_seq'")
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'clean'")
+    conn.close()
+    new = server_factory(port=port, journal=path)
+    reserved = new.sequence_number
+    assert new.epoch == old.epoch and reserved > 10
+    page.wait_for_function("() => window.t.gaps.length === 1")
+    gap = page.evaluate("() => window.t.gaps[0]")
+    assert (gap["reason"], gap["lost"], gap["epoch"], gap["lastSeq"]) == ("lost", [6, reserved], new.epoch, 10)
+    live = new.emit("llm_token", session_id="s", token="after", cumulative_text="").seq
+    wait_for_event_seq(page, live)
+    assert [e["seq"] for e in events(page)] == seen + [live]
+
+
 def test_application_ping_replaces_a_dead_connection(server, page):
     """A connection that silently stops passing data (black-holed by a proxy)
     is noticed by the application ping; the client reconnects and resumes

@@ -6,6 +6,7 @@ const GAP_REASONS = {
   epoch_changed: "the server restarted and its event history is gone (new epoch)",
   too_old: "the dashboard was away longer than the server keeps history",
   unknown_position: "the server does not know the dashboard's last position",
+  lost: "the server crashed before it had saved the events the dashboard saw last",
 };
 
 /** Live events per second over a sliding window of whole seconds. */
@@ -72,7 +73,9 @@ export class ConnectionPanel {
   /** A resume was not recovered: the panels may miss what happened in between. */
   showGap(gap) {
     const why = GAP_REASONS[gap.reason] || gap.reason;
-    const range = gap.lastSeq ? ` Events after seq ${gap.lastSeq} of the previous stream may be missing.` : "";
+    const range = gap.lost
+      ? ` Events ${gap.lost[0]} to ${gap.lost[1]} are lost.`
+      : gap.lastSeq ? ` Events after seq ${gap.lastSeq} of the previous stream may be missing.` : "";
     setText(this.noticeText, `The stream could not be resumed: ${why}.${range}`);
     this.notice.dataset.reason = gap.reason;
     this.notice.hidden = false;
