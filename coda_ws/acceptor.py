@@ -27,7 +27,8 @@ Limits, each counted in :attr:`Acceptor.counters` (the server's
 ``timeout`` (the server's ``handshake_timeout``)
     A **total** deadline from ``accept()`` for the head and the declared
     body, however the client spreads its bytes. At the deadline the
-    connection is closed without an answer (``handshake_timeouts``).
+    connection is closed without an answer (``handshake_timeouts``; a
+    browser's speculative preconnection that is never used ends here too).
 ``max_head_size`` (:data:`MAX_HEAD_SIZE`, 64 KiB)
     A longer head is answered ``431`` with the JSON error body the server
     uses elsewhere, then closed (``oversize_heads``).
