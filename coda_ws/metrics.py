@@ -49,6 +49,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from . import acceptor
 from ._version import __version__
 from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram
 
@@ -215,6 +216,18 @@ class _Collector:
         yield CounterMetricFamily("coda_ws_epoch_changes", "Clients closed (1012) because the stream moved to a "
                                   "new epoch under them (a backplane whose Redis lost the stream)",
                                   value=bus_stats["epoch_changes"])
+        yield CounterMetricFamily(
+            "coda_ws_handshake_timeouts", "Connections closed because their request head and declared body had "
+            "not arrived within handshake_timeout (a total deadline from accept)", value=stats["handshake_timeouts"])
+        yield CounterMetricFamily(
+            "coda_ws_oversize_heads", f"Request heads over {acceptor.MAX_HEAD_SIZE} bytes, answered 431",
+            value=stats["oversize_heads"])
+        yield CounterMetricFamily(
+            "coda_ws_pending_overflows", "Connections waiting for their request closed to make room, the oldest "
+            f"first (more than {acceptor.MAX_PENDING} waiting, or more than {acceptor.MAX_BUFFERED} bytes "
+            "buffered for them)", value=stats["pending_overflows"])
+        yield GaugeMetricFamily("coda_ws_pending_handshakes", "Connections whose request head (and declared body) "
+                                "has not arrived yet; they hold no thread", value=stats["pending_handshakes"])
         yield CounterMetricFamily("coda_ws_invalid_messages", "Client frames answered with an error frame",
                                   value=stats["invalid_messages"])
         yield CounterMetricFamily("coda_ws_rate_limited", "Client frames refused by the rate limit",

@@ -8,15 +8,20 @@ with Werkzeug's threaded server in a background thread; mounted
 
 Threads (principle 7), all named and all joined by :meth:`stop`:
 
-* ``coda-ws-http:PORT`` accepts connections;
-* one Werkzeug request thread per connection, which for a WebSocket client is
-  its writer (see :mod:`coda_ws.connection`), renamed ``coda-ws-client:ID``;
+* ``coda-ws-http:PORT`` accepts connections and reads every request head (and
+  declared body) without a thread per connection, under a total deadline
+  (``handshake_timeout``; see :mod:`coda_ws.acceptor`);
+* one request thread per complete request, ``coda-ws-request:PORT``,
+  registered before it starts, running Werkzeug's request handler; for a
+  WebSocket client it is its writer (see :mod:`coda_ws.connection`), renamed
+  ``coda-ws-client:ID``;
 * one simple-websocket reader thread per client, ``coda-ws-reader:ID``;
 * the bus dispatcher, ``coda-ws-dispatcher``, which also writes new events
   to clients whose writer is asleep (``Connection.push``).
 """
 
 import contextlib
+import functools
 import json
 import logging
 import pathlib
@@ -25,7 +30,6 @@ import ssl
 import threading
 import time
 import uuid
-import weakref
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.serving import (
@@ -37,6 +41,8 @@ from werkzeug.serving import (
 
 from . import framing
 from ._transport import ServerTransport
+from .acceptor import COUNTERS as ACCEPTOR_COUNTERS
+from .acceptor import Acceptor
 from .auth import is_loopback_host
 from .bus import EventBus, redact_event
 from .connection import Connection, GuardedSocket, SessionSettings
@@ -77,6 +83,23 @@ class _QuietRequestHandler(WSGIRequestHandler):
         level = logging.WARNING if type == "error" else logging.DEBUG
         if http_log.isEnabledFor(level):
             http_log.log(level, "%s %s", self.address_string(), message % args if args else message)
+
+
+class _PrereadRequestHandler(_QuietRequestHandler):
+    """The handler for a request the accept loop has read (:mod:`coda_ws.acceptor`).
+
+    It is made with a :class:`~coda_ws.acceptor.PendingRequest` as its
+    ``request``: the connection is its socket (so ``werkzeug.socket`` is the
+    real socket) and ``rfile`` gives the bytes already read first, then the
+    socket, never past the declared request nor after the request's deadline.
+    """
+
+    def setup(self):
+        pending = self.request
+        self.request = pending.sock
+        super().setup()  # connection, its timeout, rfile and wfile
+        self.rfile.close()  # nothing was read through it
+        self.rfile = pending.make_rfile()
 
 
 def _tune_socket(sock):
@@ -144,8 +167,10 @@ class CodaWebSocketServer:
             (default 20, bursts of ``2 * rate_limit``); excess frames get an
             ``error`` frame with code ``rate_limited``, and a client that keeps
             going is closed with 1008.
-        handshake_timeout: seconds a client may take to send its HTTP request
-            (default 10): slow handshakes cannot hold threads.
+        handshake_timeout: seconds from accept by which a client must have
+            sent its HTTP request head and any body it declares (default 10;
+            a total deadline, not per read; then the connection is closed).
+            Until then the request holds no thread (see :mod:`coda_ws.acceptor`).
         bus: an existing :class:`EventBus` to serve (default: a new one).
         journal: a SQLite file keeping the stream across restarts and
             crashes (see :mod:`coda_ws.journal`: same epoch, seqs never
@@ -272,7 +297,12 @@ class CodaWebSocketServer:
         self._disconnects = {}
         self._disconnect_codes = {}  # close code as a string ("1006": no close frame) -> count
         self._resumes = {}  # "recovered" or the reason it was not -> count
-        self._request_threads = weakref.WeakSet()  # every thread that ran a request
+        # _threads_lock guards _request_threads: request thread -> its socket, added
+        # before the thread starts (stop() cannot miss one), removed as it ends.
+        self._threads_lock = threading.Lock()
+        self._request_threads = {}
+        self._acceptor = None  # the accept loop while running
+        self._acceptor_counts = dict.fromkeys(ACCEPTOR_COUNTERS, 0)  # kept across restarts
         self._lifecycle_lock = threading.Lock()
         self._stopping = False
         self._serve_thread = None
@@ -405,8 +435,13 @@ class CodaWebSocketServer:
             self.bus.start()
             if self.backplane is not None:
                 self.backplane.start()  # waits briefly for the first load of the shared stream
+            handler = httpd.RequestHandlerClass  # make_server set its protocol_version
+            self._acceptor = Acceptor(
+                httpd.socket, functools.partial(self._start_request, httpd, handler),
+                timeout=self.handshake_timeout, max_body_size=self.max_body_size, counters=self._acceptor_counts,
+            )
             thread = threading.Thread(
-                target=self._serve, args=(httpd,), name=f"coda-ws-http:{self.port}", daemon=True
+                target=self._serve, args=(self._acceptor,), name=f"coda-ws-http:{self.port}", daemon=True
             )
             self._serve_thread = thread
             self.running = True
@@ -428,8 +463,13 @@ class CodaWebSocketServer:
                     self.host, self.port)
 
     def _request_handler(self):
-        """Werkzeug's request handler with a deadline for reading requests (slowloris)."""
-        return type("CodaRequestHandler", (_QuietRequestHandler,), {"timeout": self.handshake_timeout})
+        """Werkzeug's request handler for requests the accept loop has read.
+
+        A class per start: ``make_server`` sets its ``protocol_version``.
+        ``timeout`` is the socket's timeout in the request thread (each write
+        of a response); reads are bounded by the request's deadline instead.
+        """
+        return type("CodaRequestHandler", (_PrereadRequestHandler,), {"timeout": self.handshake_timeout})
 
     def _bind(self):
         family = select_address_family(self.host, self.port)
@@ -447,15 +487,69 @@ class CodaWebSocketServer:
             raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
         return listener
 
-    def _serve(self, httpd):
-        # Our own accept loop instead of serve_forever(): stop() wakes it at
-        # once by shutting the listening socket down, without a poll interval.
-        while not self._stopping:
-            httpd.handle_request()
+    def _serve(self, acceptor):
+        """The accept loop's thread (``coda-ws-http:PORT``): accepts connections and
+        reads their request heads until :meth:`stop` closes the acceptor (at once,
+        no poll interval)."""
+        try:
+            acceptor.serve_forever()
+        except Exception:
+            log.exception("the accept loop on port %s failed: no new connection is accepted", self.port)
+
+    def _start_request(self, httpd, handler, pending):
+        """The acceptor's handoff (accept loop's thread): a request thread for a
+        request that has arrived, registered before it starts."""
+        thread = threading.Thread(
+            target=self._handle_request, args=(httpd, handler, pending),
+            name=f"coda-ws-request:{self.port}", daemon=True,
+        )
+        with self._threads_lock:
+            self._request_threads[thread] = pending.sock
+        try:
+            thread.start()
+        except BaseException:
+            with self._threads_lock:
+                del self._request_threads[thread]
+            raise  # the acceptor closes the connection
+
+    def _handle_request(self, httpd, handler, pending):
+        """A request thread: Werkzeug's handler on ``pending``, then the socket is closed."""
+        try:
+            handler(pending, pending.address, httpd)
+        except Exception:
+            log.exception("request from %s failed", pending.address)
+        finally:
+            httpd.shutdown_request(pending.sock)  # FIN, then close
+            with self._threads_lock:
+                self._request_threads.pop(threading.current_thread(), None)
 
     def _wsgi(self, environ, start_response):
-        self._request_threads.add(threading.current_thread())
         return self._app.wsgi_app(environ, start_response)
+
+    def _join_request_threads(self, deadline, grace):
+        """Join every request thread, looping until none remains (stop()).
+
+        No thread is added once the accept loop has ended. Sockets of the
+        threads still running at ``grace`` are shut down (a plain request still
+        reading its body or writing its response), which ends them.
+        """
+        forced = False
+        while True:
+            with self._threads_lock:
+                threads = dict(self._request_threads)
+            if not threads:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning("%d request thread(s) still running after stop()'s timeout", len(threads))
+                return
+            if not forced and now >= grace:
+                forced = True
+                for sock in threads.values():
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            for thread in threads:
+                thread.join(max(0.0, (deadline if forced else grace) - time.monotonic()))
 
     def stop(self, timeout=5.0):
         """Close every client with 1001, stop serving, and join every thread.
@@ -476,16 +570,13 @@ class CodaWebSocketServer:
             self.running = False
             self._stopping = True  # handshakes from now on get 503
             httpd, self.server = self.server, None
-            try:
-                httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop at once
-            except OSError:
-                pass
+            acceptor, self._acceptor = self._acceptor, None
+            acceptor.close()  # wakes the accept loop at once; it closes every pending connection
             self._serve_thread.join(max(0.0, deadline - time.monotonic()))
             self.close_clients(CLOSE_GOING_AWAY, "server shutting down", max(0.0, deadline - time.monotonic()))
-            # Werkzeug does not wait for its request threads: join them (WebSocket
-            # writers end once their client is gone, plain requests end quickly).
-            for thread in list(self._request_threads):
-                thread.join(max(0.0, deadline - time.monotonic()))
+            # Every request thread (WebSocket writers end once their client is
+            # gone, plain requests end quickly).
+            self._join_request_threads(deadline, grace=deadline - timeout / 5)
             httpd.server_close()
             for callback in list(self._stop_callbacks):
                 try:
@@ -678,6 +769,7 @@ class CodaWebSocketServer:
             resumes = dict(self._resumes)
             rejected_requests = dict(self._rejected_requests)
         bus = self.bus.stats()
+        acceptor = self._acceptor
         return {
             "total_connections": totals["total_connections"],
             "current_connections": len(connections),
@@ -698,6 +790,8 @@ class CodaWebSocketServer:
             "rejected_handshakes": totals["rejected_handshakes"],
             "rejected_requests": rejected_requests,
             "rate_limited": totals["rate_limited"],
+            **dict(self._acceptor_counts),  # handshake_timeouts, oversize_heads, pending_overflows
+            "pending_handshakes": acceptor.pending if acceptor is not None else 0,
             "disconnects": disconnects,
             "disconnect_codes": disconnect_codes,
             "resumes": resumes,
