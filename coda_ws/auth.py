@@ -46,6 +46,7 @@ __all__ = [
     "HostPolicy",
     "parse_host_header",
     "AuthSpec",
+    "check_exposure",
 ]
 
 log = logging.getLogger("coda_ws.auth")
@@ -267,6 +268,29 @@ class OriginPolicy:
         if is_loopback_host(hostname):
             return True
         return host_allowed and bool(host_header) and parts.netloc == host_header.lower()
+
+
+def check_exposure(host: str, port: int | str, *, authenticated: bool, insecure: bool) -> None:
+    """Refuse to serve a non-loopback address without tokens (principle 9).
+
+    The one refusal every way of serving makes (``start()``, ``coda-ws serve``,
+    a gunicorn node). With ``insecure`` it logs a warning instead.
+
+    Raises:
+        CodaWSError: naming the address and the three ways out.
+    """
+    if is_loopback_host(host) or authenticated:
+        return
+    if not insecure:
+        from .errors import CodaWSError
+
+        raise CodaWSError(
+            f"refusing to serve {host}:{port} without authentication: anyone who can reach it could read what "
+            "the user says. Configure tokens (auth={'TOKEN': ['read']}, the CODA_WS_TOKENS environment variable, "
+            "or `coda-ws serve --token-file FILE`; `coda-ws token new` makes one), bind to localhost, or accept "
+            "the risk with insecure=True (--insecure, CODA_WS_INSECURE=1)."
+        )
+    log.warning("serving %s:%s without authentication (insecure): every client can read every event", host, port)
 
 
 def parse_host_header(value: str) -> str | None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Option", "OPTIONS", "OPTION_NAMES", "check", "from_env", "from_mapping", "from_toml", "resolve",
-           "Setting", "describe"]
+           "Setting", "describe", "suggestion"]
 
 _UNSET: Any = object()
 
@@ -311,7 +311,7 @@ def from_mapping(mapping: Mapping[str, Any], where: str, prefixed: bool = False)
             name = key
         option = _BY_NAME.get(name)
         if option is None:
-            raise ValueError(f"{where}: unknown option {key!r}{_suggestion(name)}")
+            raise ValueError(f"{where}: unknown option {key!r}{suggestion(name)}")
         if isinstance(value, str) and option.kind != "str":
             values[name] = option.parse(value, where)
         else:
@@ -387,7 +387,8 @@ def describe(settings: Mapping[str, Setting]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _suggestion(name: str) -> str:
+def suggestion(name: str) -> str:
+    """' (did you mean ...?)' for a misspelt option name, or the list of options."""
     import difflib
 
     close = difflib.get_close_matches(name, sorted(OPTION_NAMES), n=1)

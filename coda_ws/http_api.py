@@ -37,7 +37,7 @@ from flask import Response, request
 from .auth import ALL_SCOPES, bearer_token
 from .bus import Entry
 from .errors import CodaWSError, EventTooLargeError, InvalidEventError
-from .events import EVENT_VERSION, event_class
+from .events import EVENT_VERSION, encode_json, event_class
 from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
@@ -126,15 +126,20 @@ def _integer(args, name, default, minimum, maximum_text):
     return int(text)
 
 
-def register_http_api(bp, server):
+def register_http_api(bp, server, static_dir):
     """Add the routes of this module to ``bp`` (a Flask blueprint) for ``server``.
 
     Called once per app by ``CodaWebSocketServer.init_app``. The views read
     ``server.bus``, ``server.metrics``, ``server.get_stats()``,
     ``server.clients``, ``server.http_auth()`` and, when they exist,
-    ``server.journal`` / ``server.backplane`` (their ``ready()``).
+    ``server.journal`` / ``server.backplane`` (their ``ready()``); the pages
+    come from ``static_dir``.
     """
     api = _HttpApi(server)
+    bp.add_url_rule("/", "index", _page_view(static_dir, "index.html"))
+    bp.add_url_rule("/debug", "debug", _page_view(static_dir, "debug.html"))
+    bp.add_url_rule("/healthz", "healthz", api.healthz)
+    bp.add_url_rule("/turns", "turns", api.turns)
     bp.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
     bp.add_url_rule("/metrics", "metrics", api.metrics, methods=["GET"])
     bp.add_url_rule("/stats", "stats", api.stats, methods=["GET"])
@@ -143,11 +148,50 @@ def register_http_api(bp, server):
     bp.add_url_rule("/events", "publish_event", api.post_event, methods=["POST"])
 
 
+def _page_view(static_dir, name):
+    """A view serving one of the package's HTML pages (dashboard, debug)."""
+
+    def view():
+        path = static_dir / name
+        if not path.is_file():
+            return _error(404, "not_found", f"{name} is not installed")
+        response = Response(path.read_bytes(), mimetype="text/html")
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    view.__name__ = f"page_{name.split('.')[0]}"
+    return view
+
+
 class _HttpApi:
     """The views, bound to one server."""
 
     def __init__(self, server):
         self.server = server
+
+    # -- pages and probes -----------------------------------------------------------
+
+    def healthz(self):
+        """``GET /healthz``: 200 while the process serves. No auth (a probe)."""
+        return Response('{"status":"ok"}', mimetype="application/json")
+
+    def turns(self):
+        """``GET /turns?limit=N`` (``read`` when auth is on): the per-turn latency
+        breakdown of the conversation turns in the history, newest first
+        (see :mod:`coda_ws.turns`); ``limit`` from 1 to 1000 (default 20)."""
+        from .turns import turn_breakdown
+
+        denied = self.server.http_auth("read")
+        if denied is not None:
+            return denied
+        try:
+            limit = _integer(request.args, "limit", 20, 1, "1000")
+        except _BadParameter as exc:
+            return _error(400, "bad_request", str(exc))
+        if limit > 1000:
+            return _error(400, "bad_request", f"limit must be an integer from 1 to 1000, got {limit}")
+        events = [entry.to_dict() for entry in self.server.bus.history()]
+        return Response(encode_json(turn_breakdown(events, limit)), mimetype="application/json")
 
     # -- health ---------------------------------------------------------------------
 
@@ -181,17 +225,9 @@ class _HttpApi:
         return _json({"status": "ready", "checks": checks})
 
     def _server_state(self):
-        server = self.server
-        if getattr(server, "_stopping", False):
-            return "shutting down"
-        if server.running:
-            thread = getattr(server, "_serve_thread", None)
-            if thread is not None and not thread.is_alive():
-                return "the accept loop has ended"
-            return "ok"
         # Not started by us, yet this request was answered: the application's
         # own server (a mounted app, gunicorn through coda_ws.wsgi) serves it.
-        return "ok"
+        return self.server.serving_state
 
     # -- admin --------------------------------------------------------------------------
 

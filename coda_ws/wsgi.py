@@ -13,27 +13,12 @@ The node serves the WebSocket stream and coda_ws's HTTP endpoints; it has no
 event source of its own: the pipeline's processes emit into the backplane
 (:class:`~coda_ws.backplane.RedisEmitter`).
 
-Configuration, from environment variables (unset: the server's default):
-
-=================================  ==============================================
-``CODA_WS_BACKPLANE``              ``redis://`` URL of the shared stream
-``CODA_WS_BACKPLANE_PREFIX``       Redis key prefix (default ``coda_ws``)
-``CODA_WS_JOURNAL``                SQLite journal file (one worker only; not
-                                   with a backplane)
-``CODA_WS_JOURNAL_MAX_EVENTS``     journal retention, events
-``CODA_WS_JOURNAL_MAX_AGE``        journal retention, seconds
-``CODA_WS_HISTORY_SIZE``           events kept for resume
-``CODA_WS_MAX_REPLAY_EVENTS``      events in the replay frame
-``CODA_WS_CLIENT_QUEUE_SIZE``      lossless events a client may fall behind
-``CODA_WS_MAX_CLIENTS``            concurrent clients per worker
-``CODA_WS_ALLOWED_ORIGINS``        comma-separated browser origins
-``CODA_WS_ALLOWED_HOSTS``          comma-separated extra Host names (DNS
-                                   rebinding defence; ``*``: any)
-``CODA_WS_PING_INTERVAL``          seconds between keepalive pings
-``CODA_WS_PING_TIMEOUT``           seconds to answer a ping
-``CODA_WS_URL_PREFIX``             path prefix of every route (default none)
-``CODA_WS_TOKENS``                 tokens and scopes (see :mod:`coda_ws.auth`)
-=================================  ==============================================
+Configuration: every option of :mod:`coda_ws.config` from its environment
+variable, ``CODA_WS_<OPTION>`` (``CODA_WS_BACKPLANE``, ``CODA_WS_HISTORY_SIZE``,
+``CODA_WS_ALLOWED_HOSTS``, ...; unset: the server's default), plus
+``CODA_WS_TOKENS`` (tokens and scopes, see :mod:`coda_ws.auth`) and, read by
+:mod:`coda_ws.gunicorn_conf`, ``CODA_WS_BIND``, ``CODA_WS_WORKERS``,
+``CODA_WS_THREADS`` and ``CODA_WS_INSECURE``.
 
 Without a backplane or journal, a node is an embedded server whose only
 event source is ``POST /events``; with several workers each would be a
@@ -47,58 +32,22 @@ import logging
 import os
 import threading
 
+from . import config
+
 __all__ = ["create_server", "server_options", "node", "shutdown", "NodeApp", "check_exposure"]
 
 log = logging.getLogger("coda_ws.wsgi")
 
-_INT_OPTIONS = {
-    "CODA_WS_JOURNAL_MAX_EVENTS": "journal_max_events",
-    "CODA_WS_HISTORY_SIZE": "history_size",
-    "CODA_WS_MAX_REPLAY_EVENTS": "max_replay_events",
-    "CODA_WS_CLIENT_QUEUE_SIZE": "client_queue_size",
-    "CODA_WS_MAX_CLIENTS": "max_clients",
-}
-_FLOAT_OPTIONS = {
-    "CODA_WS_JOURNAL_MAX_AGE": "journal_max_age",
-    "CODA_WS_PING_INTERVAL": "ping_interval",
-    "CODA_WS_PING_TIMEOUT": "ping_timeout",
-}
-_TEXT_OPTIONS = {
-    "CODA_WS_BACKPLANE": "backplane",
-    "CODA_WS_BACKPLANE_PREFIX": "backplane_prefix",
-    "CODA_WS_JOURNAL": "journal",
-}
-
-
-def _number(env, name, kind):
-    text = env[name].strip()
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-
-
 def server_options(env=None):
-    """The ``CodaWebSocketServer`` keyword arguments the environment asks for.
+    """The ``CodaWebSocketServer`` keyword arguments the environment asks for
+    (every ``CODA_WS_*`` variable of :mod:`coda_ws.config`, and
+    ``CODA_WS_BIND`` for the address the node reports).
 
     Raises:
         ValueError: a variable that does not parse, naming it.
     """
     env = os.environ if env is None else env
-    options = {}
-    for name, key in _TEXT_OPTIONS.items():
-        if env.get(name, "").strip():
-            options[key] = env[name].strip()
-    for name, key in _INT_OPTIONS.items():
-        if env.get(name, "").strip():
-            options[key] = _number(env, name, int)
-    for name, key in _FLOAT_OPTIONS.items():
-        if env.get(name, "").strip():
-            options[key] = _number(env, name, float)
-    if env.get("CODA_WS_ALLOWED_ORIGINS", "").strip():
-        options["allowed_origins"] = [o.strip() for o in env["CODA_WS_ALLOWED_ORIGINS"].split(",") if o.strip()]
-    if "CODA_WS_URL_PREFIX" in env:
-        options["url_prefix"] = env["CODA_WS_URL_PREFIX"].strip().rstrip("/")
+    options = config.from_env(env)
     bind = env.get("CODA_WS_BIND", "").strip()
     if bind and not bind.startswith("unix:"):
         host, _, port = bind.rpartition(":")
@@ -160,7 +109,8 @@ def node():
 
 
 def shutdown(timeout=5.0):
-    """Close every client with 1001, then flush and stop the node.
+    """Close every client with 1001, then flush and stop the node
+    (``CodaWebSocketServer.close_stream``: the shutdown ``stop()`` does).
 
     Idempotent and thread-safe: a second call waits for the first to finish.
     Called by :mod:`coda_ws.gunicorn_conf` when the worker stops.
@@ -171,17 +121,7 @@ def shutdown(timeout=5.0):
         if server is None or _closed:
             return
         _closed = True
-        if server.backplane is not None:
-            server.backplane.flush(timeout / 5)
-        server.bus.flush(timeout / 5)
-        left = server.close_clients(timeout=timeout * 3 / 5)
-        if left:
-            log.warning("coda_ws node: %d clients still connected at shutdown", left)
-        server.bus.close(timeout / 5)
-        if server.journal is not None:
-            server.journal.close(timeout / 5)
-        if server.backplane is not None:
-            server.backplane.close(timeout / 5)
+        server.close_stream(timeout)
         log.info("coda_ws node stopped")
 
 
@@ -191,19 +131,17 @@ def check_exposure(addresses, env=None):
     risk. ``addresses``: gunicorn's ``cfg.address`` list.
 
     Raises:
-        RuntimeError: naming the address.
+        CodaWSError: naming the address (:func:`coda_ws.auth.check_exposure`).
     """
-    from .auth import Authenticator, is_loopback_host
+    from .auth import Authenticator
+    from .auth import check_exposure as refuse_exposure
 
     env = os.environ if env is None else env
-    if Authenticator(None).enabled or env.get("CODA_WS_INSECURE", "").strip() in ("1", "true", "yes"):
-        return
+    authenticated = Authenticator(None, environ=env).enabled
+    insecure = env.get("CODA_WS_INSECURE", "").strip().lower() in ("1", "true", "yes", "on")
     for address in addresses:
-        if isinstance(address, tuple) and not is_loopback_host(str(address[0])):
-            raise RuntimeError(
-                f"refusing to serve {address[0]}:{address[1]} without authentication: set CODA_WS_TOKENS, "
-                "bind to 127.0.0.1, or set CODA_WS_INSECURE=1 to accept the risk"
-            )
+        if isinstance(address, tuple):
+            refuse_exposure(str(address[0]), address[1], authenticated=authenticated, insecure=insecure)
 
 
 def __getattr__(name):

@@ -315,7 +315,8 @@ def test_outage_with_redis_flushed(node_factory, own_redis):
             read_events(ws, 10_000, timeout=CHILD_TIMEOUT)
         # Not "too slow" (4008): the stream it was reading is gone; resume tells it so.
         assert closed.value.rcvd.code == 1012
-    assert node.get_stats()["disconnects"].get("epoch_changed") == 1
+    wait_for(lambda: node.get_stats()["disconnects"].get("epoch_changed") == 1, TIMEOUT,
+             lambda: f"the close counted as epoch_changed: {node.get_stats()['disconnects']}")
     wait_for(lambda: backplane.ready()[0] and backplane.stats()["buffered"] == 0, CHILD_TIMEOUT,
              lambda: f"the backplane to recover: {backplane.ready()} {backplane.stats()}")
     assert node.epoch != epoch and backplane.stats()["epoch_changes"] == 1

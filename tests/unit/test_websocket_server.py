@@ -296,7 +296,11 @@ def test_paused_client_memory_stays_bounded(server_factory):
     emit_many(1000, 3000)  # another 96 MB: growth would show if anything kept it
     growth = process.memory_info().rss - before
     assert server.bus.stats()["history_events"] == 200
-    assert growth < 24 * 2**20, f"RSS grew {growth / 2**20:.1f} MB"
+    # Unbounded, it would grow by the 96 MB emitted. Bounded, it still moves by
+    # a few tens of MB: glibc keeps freed 32 KB blocks in per-thread arenas
+    # (the emitting thread, the dispatcher and the writer allocate them), more
+    # so on a loaded machine; 24 MB was exceeded once with nothing retained.
+    assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MB"
     paused.close()
 
 
