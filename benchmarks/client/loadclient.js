@@ -21,6 +21,13 @@
 //       every healthy client has everything (or after P seconds). Prints
 //       {"event": "started"} at once and {"event": "result", ...} when every
 //       client has its last event, or at the timeout.
+//   {"cmd": "start", "n": N, "open": true, ...}
+//       the same, but N is only a cap: the server decides how many events it
+//       emits (the pipeline scenario emits for as long as its work runs), and
+//       the round ends once "expect" has said how many and every client has
+//       the last one (or at the timeout).
+//   {"cmd": "expect", "n": N}
+//       the number of events of an open round (events 0..N-1).
 //   {"cmd": "resume"}
 //       the paused client reads again now (run.py sends it once coda_ws has
 //       closed that client for being too slow).
@@ -250,8 +257,8 @@ class Client {
 }
 
 class Round {
-  constructor(n, timeoutS, pauseMaxS, clients) {
-    this.n = n;
+  constructor(n, timeoutS, pauseMaxS, clients, open = false) {
+    this.n = open ? Infinity : n; // an open round learns its n from "expect"
     this.clients = clients;
     this.healthy = clients.filter((c) => !c.paused);
     this.pausedClient = clients.find((c) => c.paused) || null;
@@ -273,6 +280,12 @@ class Round {
     this.timer = setTimeout(() => this.finish(true), timeoutS * 1000);
   }
 
+  expect(n) {
+    this.n = n;
+    for (const c of this.clients) if (c.lastI >= n - 1) c.done = true;
+    this.check();
+  }
+
   record(t, latencyNs) {
     if (this.firstRecv === 0) this.firstRecv = t;
     this.lastRecv = t;
@@ -289,7 +302,7 @@ class Round {
   // A client is finished when it has the last event, or is closed and not
   // resuming. Healthy clients first; then the paused one reads again.
   check() {
-    if (this.finished) return;
+    if (this.finished || this.n === Infinity) return;
     const finished = (c) => c.done || (!c.open && !c.reconnecting);
     if (!this.healthy.every(finished)) return;
     if (!this.healthyDoneAt) this.healthyDoneAt = nowNs();
@@ -314,10 +327,10 @@ class Round {
     print({
       event: 'result',
       timed_out: timedOut,
-      n: this.n,
+      n: Number.isFinite(this.n) ? this.n : null,
       healthy: this.healthy.length,
       delivered: this.healthy.reduce((s, c) => s + c.received, 0),
-      expected: this.healthy.length * this.n,
+      expected: Number.isFinite(this.n) ? this.healthy.length * this.n : null,
       complete_clients: this.healthy.filter((c) => c.done).length,
       out_of_order: this.clients.reduce((s, c) => s + c.outOfOrder, 0),
       // Healthy clients the server closed (coda_ws clients then resume, so
@@ -376,8 +389,10 @@ async function main() {
     if (!line.trim()) return;
     const order = JSON.parse(line);
     if (order.cmd === 'start') {
-      round = new Round(order.n, order.timeout_s, order.pause_max_s || 5, clients);
+      round = new Round(order.n, order.timeout_s, order.pause_max_s || 5, clients, Boolean(order.open));
       print({ event: 'started' });
+    } else if (order.cmd === 'expect') {
+      if (round) round.expect(order.n);
     } else if (order.cmd === 'resume') {
       if (round && round.pausedClient) round.resumePaused();
     } else if (order.cmd === 'quit') {
