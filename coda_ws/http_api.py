@@ -31,12 +31,13 @@ methods; none holds a lock across I/O.
 import functools
 import json
 import logging
+import ssl
 
 from flask import Response, request
 
 from .auth import ALL_SCOPES, bearer_token
 from .bus import Entry
-from .errors import CodaWSError, EventTooLargeError, InvalidEventError
+from .errors import CodaWSError, EventTooLargeError, HandshakeRefused, InvalidEventError
 from .events import EVENT_VERSION, encode_json, event_class
 from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -126,16 +127,26 @@ def _integer(args, name, default, minimum, maximum_text):
     return int(text)
 
 
-def register_http_api(bp, server, static_dir):
-    """Add the routes of this module to ``bp`` (a Flask blueprint) for ``server``.
+def register_http_api(bp, server, static_dir, whole_app=None):
+    """Add every route of coda_ws to ``bp`` (a Flask blueprint) for ``server``:
+    the Host and Origin checks before each request, the WebSocket upgrade at
+    ``/`` and ``/ws``, the pages and the HTTP API.
 
     Called once per app by ``CodaWebSocketServer.init_app``. The views read
     ``server.bus``, ``server.metrics``, ``server.get_stats()``,
-    ``server.clients``, ``server.http_auth()`` and, when they exist,
-    ``server.journal`` / ``server.backplane`` (their ``ready()``); the pages
-    come from ``static_dir``.
+    ``server.clients``, ``server.gate``, ``server.registry`` and, when they
+    exist, ``server.journal`` / ``server.backplane`` (their ``ready()``); the
+    pages come from ``static_dir``. With ``whole_app`` (a standalone server's
+    own app), requests that match no route are checked too.
     """
     api = _HttpApi(server)
+    bp.before_request(api.check_request)
+    if whole_app is not None:
+        whole_app.before_request(lambda: None if request.blueprint == bp.name else api.check_request())
+    bp.add_url_rule("/", "websocket", api.websocket, websocket=True)
+    bp.add_url_rule("/ws", "websocket_ws", api.websocket, websocket=True)
+    if bp.url_prefix:
+        bp.add_url_rule("", "websocket_bare", api.websocket, websocket=True)
     bp.add_url_rule("/", "index", _page_view(static_dir, "index.html"))
     bp.add_url_rule("/debug", "debug", _page_view(static_dir, "debug.html"))
     bp.add_url_rule("/healthz", "healthz", api.healthz)
@@ -169,6 +180,57 @@ class _HttpApi:
     def __init__(self, server):
         self.server = server
 
+    # -- before every request, and the upgrade ------------------------------------
+
+    def check_request(self):
+        """Runs before every request to coda_ws's routes, HTTP and upgrade
+        alike: the Host allow-list, then the origin policy for requests from
+        browser pages (see :meth:`Gate.check_request
+        <coda_ws.handshake.Gate.check_request>`). Returns the refusal (421 or
+        403, JSON), or None to go on."""
+        try:
+            self.server.gate.check_request(request.environ)
+        except HandshakeRefused as refused:
+            upgrade = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+            self.server.registry.count_refusal(refused, upgrade)
+            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, refused.message)
+            return _error(refused.status, refused.code, refused.message)
+        return None
+
+    def http_auth(self, scope):
+        """None when the request may use ``scope``, else the 401/403 JSON
+        response to return. Without auth, ``publish`` is allowed from
+        loopback only and everything else is allowed."""
+        try:
+            self.server.gate.http_scope(request.environ, scope)
+        except HandshakeRefused as refused:
+            return _error(refused.status, refused.code, refused.message)
+        return None
+
+    def websocket(self):
+        """The upgrade: refusals as plain HTTP first, then the client's whole
+        session in this request thread (see :class:`~coda_ws.registry.ClientRegistry`)."""
+        server = self.server
+        environ = request.environ
+        peer = environ.get("REMOTE_ADDR") or "?"
+        raw_sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")  # gunicorn: coda_ws.wsgi
+        try:
+            if raw_sock is None or isinstance(raw_sock, ssl.SSLSocket):
+                raise HandshakeRefused(
+                    501, "not_implemented",
+                    "coda_ws serves WebSocket over plain HTTP only (Werkzeug or gunicorn, no TLS in the process): "
+                    "terminate TLS in a reverse proxy",
+                )
+            if server.serving_state == "shutting down":
+                raise HandshakeRefused(503, "unavailable", "the server is shutting down")
+            upgrade = server.gate.upgrade(environ, request.args)
+            served = server.registry.serve(environ, raw_sock, peer, upgrade)
+        except HandshakeRefused as refused:
+            server.registry.count("rejected_handshakes")
+            log.info("refused WebSocket from %s: %s %s", peer, refused.status, refused.message)
+            return _error(refused.status, refused.code, refused.message)
+        return Response(status=200 if served else 400)
+
     # -- pages and probes -----------------------------------------------------------
 
     def healthz(self):
@@ -181,7 +243,7 @@ class _HttpApi:
         (see :mod:`coda_ws.turns`); ``limit`` from 1 to 1000 (default 20)."""
         from .turns import turn_breakdown
 
-        denied = self.server.http_auth("read")
+        denied = self.http_auth("read")
         if denied is not None:
             return denied
         try:
@@ -237,7 +299,7 @@ class _HttpApi:
         Built from live state at each scrape (see :mod:`coda_ws.metrics`); a
         scrape takes no lock that ``emit()`` takes.
         """
-        denied = self.server.http_auth("admin")
+        denied = self.http_auth("admin")
         if denied is not None:
             return denied
         return Response(self.server.metrics.exposition(), content_type=METRICS_CONTENT_TYPE, headers=_NO_STORE)
@@ -259,7 +321,7 @@ class _HttpApi:
         ``connected_since``: Unix time; ``last_pong_rtt``: seconds, or null
         before the first keepalive answer.
         """
-        denied = self.server.http_auth("admin")
+        denied = self.http_auth("admin")
         if denied is not None:
             return denied
         body = self.server.get_stats()
@@ -298,7 +360,7 @@ class _HttpApi:
         the ``Coda-WS-Lost`` header lists them as ``first-last`` ranges,
         comma-separated.
         """
-        denied = self.server.http_auth("read")
+        denied = self.http_auth("read")
         if denied is not None:
             return denied
         args = request.args
@@ -367,7 +429,7 @@ class _HttpApi:
             415 a Content-Type other than ``application/json``.
         """
         server = self.server
-        denied = server.http_auth("publish")
+        denied = self.http_auth("publish")
         if denied is not None:
             return denied
         if request.mimetype != "application/json":

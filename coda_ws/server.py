@@ -24,15 +24,13 @@ their owners, and the lock order are in ``docs/architecture.md``.
 """
 
 import contextlib
-import json
 import logging
 import pathlib
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask
 
 from . import config
 from .acceptor import COUNTERS as ACCEPTOR_COUNTERS
@@ -40,7 +38,6 @@ from .auth import check_exposure
 from .bus import EventBus
 from .connection import Connection, SessionSettings
 from .deadline import Deadline
-from .errors import HandshakeRefused
 from .events import BaseEvent
 from .handshake import Gate
 from .http_api import register_http_api
@@ -53,20 +50,9 @@ __all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
 
 log = logging.getLogger("coda_ws.server")
 
-#: Default ``max_replay_bytes``: well under every shipped client's frame limit
-#: (the Python client's 16 MiB, browsers' far larger).
-DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
-#: Default ``max_clients_per_address``.
-DEFAULT_MAX_CLIENTS_PER_ADDRESS = 64
-
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET: Any = object()
 _OPTION_DEFAULTS = {option.name: option.default for option in config.OPTIONS}
-
-
-def _json_error(status: int, code: str, message: str) -> Response:
-    body = json.dumps({"error": code, "message": message})
-    return Response(body, status=status, mimetype="application/json")
 
 
 class CodaWebSocketServer:
@@ -175,16 +161,9 @@ class CodaWebSocketServer:
             "coda_ws", __name__, url_prefix=self.url_prefix or None,
             static_folder=str(_STATIC_DIR), static_url_path="/static",
         )
-        bp.before_request(self._check_request)
-        if app is self._app and not self._mounted:
-            # Standalone, the whole app is ours: requests that match no
-            # route (404s) are checked too.
-            app.before_request(lambda: None if request.blueprint == "coda_ws" else self._check_request())
-        bp.add_url_rule("/", "websocket", self._websocket_view, websocket=True)
-        bp.add_url_rule("/ws", "websocket_ws", self._websocket_view, websocket=True)
-        if self.url_prefix:
-            bp.add_url_rule("", "websocket_bare", self._websocket_view, websocket=True)
-        register_http_api(bp, self, _STATIC_DIR)  # pages, /healthz /readyz /metrics /stats /schema /events /turns
+        # Every route: the pages, the HTTP API and the WebSocket upgrade, with
+        # the Host and Origin checks before each request.
+        register_http_api(bp, self, _STATIC_DIR, whole_app=app if app is self._app and not self._mounted else None)
         app.register_blueprint(bp)
         app.extensions["coda_ws"] = self
 
@@ -502,81 +481,18 @@ class CodaWebSocketServer:
         clients = self.registry.stats()
         bus = self.bus.stats()
         service = self.server
-        return {
-            "total_connections": clients["total_connections"],
-            "current_connections": clients["current_connections"],
-            "events_sent": clients["events_sent"],
-            "errors": clients["errors"],
-            "replay_buffer_size": bus["replay_buffer_size"],
-            "running": self.running,
-            "sequence_number": self.bus.last_seq,
-            "epoch": self.bus.epoch,
-            "events_emitted": bus["events_emitted"],
-            "events_dropped": bus["events_conflated"],
-            "overflows": bus["overflows"],
-            "epoch_changes": bus["epoch_changes"],
-            "dispatch_errors": bus["dispatch_errors"],
-            "history_events": bus["history_events"],
-            "invalid_messages": clients["invalid_messages"],
-            "handler_errors": clients["handler_errors"],
-            "rejected_handshakes": clients["rejected_handshakes"],
-            "rejected_requests": clients["rejected_requests"],
-            "rate_limited": clients["rate_limited"],
-            **dict(self._acceptor_counts),  # handshake_timeouts, oversize_heads, pending_overflows
-            "pending_handshakes": service.pending if service is not None else 0,
-            "disconnects": clients["disconnects"],
-            "disconnect_codes": clients["disconnect_codes"],
-            "resumes": clients["resumes"],
-            **({"journal": self.journal.stats()} if self.journal is not None else {}),
-            **({"backplane": self.backplane.stats()} if self.backplane is not None else {}),
-        }
-
-    # -- requests ---------------------------------------------------------------------
-
-    def _check_request(self) -> Response | None:
-        """Runs before every request to coda_ws's routes, HTTP and upgrade
-        alike (standalone: before every request): the Host allow-list, then
-        the origin policy for requests from browser pages (see
-        :meth:`Gate.check_request <coda_ws.handshake.Gate.check_request>`).
-        Returns the refusal (421 or 403, JSON), or None to go on."""
-        try:
-            self.gate.check_request(request.environ)
-        except HandshakeRefused as refused:
-            upgrade = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
-            self.registry.count_refusal(refused, upgrade)
-            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, refused.message)
-            return _json_error(refused.status, refused.code, refused.message)
-        return None
-
-    def http_auth(self, scope: str) -> Response | None:
-        """For HTTP views: None when the request may use ``scope``, else the
-        401/403 JSON response to return. Without auth, ``publish`` is allowed
-        from loopback only and everything else is allowed."""
-        try:
-            self.gate.http_scope(request.environ, scope)
-        except HandshakeRefused as refused:
-            return _json_error(refused.status, refused.code, refused.message)
-        return None
-
-    def _websocket_view(self) -> Response:
-        """The upgrade: refusals as plain HTTP first, then the client's whole
-        session in this request thread (see :class:`ClientRegistry`)."""
-        environ = request.environ
-        peer = environ.get("REMOTE_ADDR") or "?"
-        raw_sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")  # gunicorn: coda_ws.wsgi
-        try:
-            if raw_sock is None or isinstance(raw_sock, ssl.SSLSocket):
-                raise HandshakeRefused(
-                    501, "not_implemented",
-                    "coda_ws serves WebSocket over plain HTTP only (Werkzeug or gunicorn, no TLS in the process): "
-                    "terminate TLS in a reverse proxy",
-                )
-            if self._stopping:
-                raise HandshakeRefused(503, "unavailable", "the server is shutting down")
-            upgrade = self.gate.upgrade(environ, request.args)
-            served = self.registry.serve(environ, raw_sock, peer, upgrade)
-        except HandshakeRefused as refused:
-            self.registry.count("rejected_handshakes")
-            log.info("refused WebSocket from %s: %s %s", peer, refused.status, refused.message)
-            return _json_error(refused.status, refused.code, refused.message)
-        return Response(status=200 if served else 400)
+        stats = {key: clients[key] for key in ("total_connections", "current_connections", "events_sent", "errors")}
+        stats.update(replay_buffer_size=bus["replay_buffer_size"], running=self.running,
+                     sequence_number=self.bus.last_seq, epoch=self.bus.epoch, events_emitted=bus["events_emitted"],
+                     events_dropped=bus["events_conflated"])
+        stats.update((key, bus[key]) for key in ("overflows", "epoch_changes", "dispatch_errors", "history_events"))
+        stats.update((key, clients[key]) for key in ("invalid_messages", "handler_errors", "rejected_handshakes",
+                                                     "rejected_requests", "rate_limited"))
+        stats.update(self._acceptor_counts)  # handshake_timeouts, oversize_heads, pending_overflows
+        stats["pending_handshakes"] = service.pending if service is not None else 0
+        stats.update((key, clients[key]) for key in ("disconnects", "disconnect_codes", "resumes"))
+        if self.journal is not None:
+            stats["journal"] = self.journal.stats()
+        if self.backplane is not None:
+            stats["backplane"] = self.backplane.stats()
+        return stats
