@@ -63,6 +63,24 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_TIMEOUT = 2.0
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
+
+#: Headers of the HTML pages (dashboard, debug). The pages load only their own
+#: files (no inline script or style, no CDN) and open only the WebSocket to
+#: their own host: CSP's 'self' covers same-host ws: and wss:, whatever the
+#: path, so the pages work the same at the root and under a url_prefix. They
+#: may not be framed (clickjacking) and send no Referer (the address may hold
+#: a #token= fragment; browsers never send fragments, but no-referrer costs nothing).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
 _UNSET = object()
 
 
@@ -86,6 +104,12 @@ def _tune_socket(sock):
     """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _nosniff(response):
+    """Every answer of coda_ws's routes declares its type for good (no MIME sniffing)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _json_error(status, code, message):
@@ -250,7 +274,8 @@ class CodaWebSocketServer:
         self._stop_callbacks = []
 
         self.metrics = ServerMetrics(self)  # /metrics; counts from here on (a bus listener)
-        self._app = app if app is not None else Flask("coda_ws")
+        # static_folder=None: the blueprint serves /static (with its headers), standalone and mounted alike.
+        self._app = app if app is not None else Flask("coda_ws", static_folder=None)
         self._mounted = app is not None
         self.init_app(self._app)
 
@@ -277,6 +302,7 @@ class CodaWebSocketServer:
         bp.add_url_rule("/healthz", "healthz", self._healthz_view)
         bp.add_url_rule("/turns", "turns", self._turns_view)
         register_http_api(bp, self)  # /readyz /metrics /stats /schema /events
+        bp.after_request(_nosniff)  # static files and JSON answers too: never sniffed as HTML
         if self.url_prefix:
             bp.add_url_rule("", "websocket_bare", self._websocket_view, websocket=True)
         app.register_blueprint(bp)
@@ -663,7 +689,7 @@ class CodaWebSocketServer:
             if not path.is_file():
                 return _json_error(404, "not_found", f"{name} is not installed")
             response = Response(path.read_bytes(), mimetype="text/html")
-            response.headers["Cache-Control"] = "no-cache"
+            response.headers.update(_PAGE_HEADERS)
             return response
 
         view.__name__ = f"page_{name.split('.')[0]}"
