@@ -214,3 +214,29 @@ def test_token_that_cannot_be_a_subprotocol_is_refused(server, page, bad):
         bad,
     )
     assert message.startswith("TypeError") and "subprotocol" in message
+
+
+def test_before_reconnect_hook_decides_whether_to_retry(server_factory, page):
+    """beforeReconnect is asked before each retry with the status (here
+    handshakeFailed: the server refused the token); the retry waits for its
+    answer, true retries and false closes the client for good."""
+    server = server_factory(auth={"good-token": ["read"]})
+    page.goto(server.http_url + "healthz")
+    page.evaluate("""async (url) => {
+      const mod = await import("/static/coda-ws-client.js");
+      const t = window.t = {asked: [], states: []};
+      t.client = new mod.CodaEventClient(url, {
+        token: "bad-token", minReconnectDelay: 20, maxReconnectDelay: 40,
+        onStatus: (status) => t.states.push(status.state),
+        beforeReconnect: (status) => {
+          t.asked.push({handshakeFailed: status.handshakeFailed, attempt: status.attempt});
+          // Answer later than the backoff delay: the retry must wait for it.
+          return new Promise((resolve) => setTimeout(() => resolve(t.asked.length < 3), 100));
+        },
+      });
+    }""", server.url)
+    page.wait_for_function("() => window.t.client.state === 'closed'")
+    asked = page.evaluate("() => window.t.asked")
+    assert asked == [{"handshakeFailed": True, "attempt": n} for n in (1, 2, 3)]
+    assert page.evaluate("() => window.t.states").count("connected") == 0
+    assert server.get_stats()["rejected_handshakes"] == 3  # no attempt after the hook said no
