@@ -329,8 +329,9 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
 
 def test_auth_token_from_fragment_and_redacted_content(server_factory, page, context):
     """With auth on, the #token= fragment lets the page in; a read-only token
-    sees redacted content, shown as such. Without a token the page is refused
-    and keeps retrying, never showing "connected"."""
+    sees redacted content, shown as such. Without a token the page is refused:
+    it stops retrying and asks for a token (tests/browser/test_token_prompt.py),
+    never showing "connected"."""
     server = server_factory(auth={"reader-token": ["read"]})
     open_dashboard(page, server.http_url + "#token=reader-token")
     server.emit("stt_result", session_id="s", text="my secret words", confidence=0.9, duration_ms=100.0)
@@ -340,6 +341,7 @@ def test_auth_token_from_fragment_and_redacted_content(server_factory, page, con
 
     anonymous = context.new_page()
     anonymous.goto(server.http_url)
-    anonymous.wait_for_function("() => window.codaDashboard.client.status.attempt >= 2")
-    expect(anonymous.locator("#status-pill")).not_to_have_attribute("data-state", "connected")
+    expect(anonymous.locator("#auth-prompt")).to_be_visible()
+    expect(anonymous.locator("#status-pill")).to_have_attribute("data-state", "unauthorized")
+    assert anonymous.evaluate("window.codaDashboard.client.state") == "closed"
     anonymous.close()
