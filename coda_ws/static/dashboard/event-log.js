@@ -93,6 +93,14 @@ function describeSystemInfo(data) {
   if (event === "startup") return join(`startup${rest.version ? ` of ${rest.version}` : ""}`,
     rest.session_id ? `session ${shortId(rest.session_id)}` : null);
   if (event === "shutdown") return join("shutdown", rest.uptime_seconds != null ? `after ${duration(rest.uptime_seconds)}` : null);
+  if (event === "performance_summary" && rest.data && typeof rest.data === "object") {
+    const ops = Object.entries(rest.data.operation_timings || {}).filter(([, t]) => t && Number.isFinite(t.p95_ms));
+    const slowest = ops.reduce((a, b) => (b[1].p95_ms > a[1].p95_ms ? b : a), ops[0] || null);
+    const metrics = rest.data.system_metrics || {};
+    return join("performance summary", `${ops.length} operation${ops.length === 1 ? "" : "s"} timed`,
+      slowest ? `slowest ${slowest[0]} p95 ${formatMs(slowest[1].p95_ms)}` : null,
+      Number.isFinite(metrics.cpu_percent) ? `cpu ${formatNumber(metrics.cpu_percent, 1)}%` : null);
+  }
   return join(event ? words(event) : null, Object.keys(rest).length ? inline(rest) : null) || "info";
 }
 
