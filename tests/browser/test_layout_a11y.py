@@ -144,7 +144,7 @@ def run_axe(page):
 @pytest.mark.parametrize("size_name", list(SIZES))
 def test_dashboard_layout_at_size(size_name, browser, server_factory, screenshots):
     """At a phone, a half-screen window and a desktop size, after two turns:
-    no sideways scrolling, every panel heading visible, whole connection
+    the event log has not moved (two columns), no sideways scrolling, every panel heading visible, whole connection
     labels and values, the earlier turn readable in its scrolling list,
     tables inside their cards, chart axes without repeated or clipped labels
     and legends with the latest value, the GPU chart replaced by its one-line
@@ -157,8 +157,13 @@ def test_dashboard_layout_at_size(size_name, browser, server_factory, screenshot
         response = page.goto(server.http_url)
         assert "script-src 'self'" in response.headers["content-security-policy"]
         expect(page.locator("#status-pill")).to_have_attribute("data-state", "connected")
+        log_top = "() => document.querySelector('#panel-log').getBoundingClientRect().top + scrollY"
+        before = page.evaluate(log_top)
         said = play_turns(server)
         wait_for_seq(page, server.sequence_number)
+        if size_name != "phone":
+            # The first turns fill the latency panel's reserved places: the log below stays put.
+            assert abs(page.evaluate(log_top) - before) <= 1, "the page jumped when the first turns came"
         # The first turn moved to the previous turns when the second started.
         previous = page.locator("#conv-previous > li")
         expect(previous).to_have_count(1)
@@ -229,23 +234,24 @@ def test_dashboard_layout_at_size(size_name, browser, server_factory, screenshot
 
 
 def test_empty_dashboard_shows_one_line_states(browser, server_factory, screenshots):
-    """A server with no events yet: the latency chart, the system charts and
-    the percentile table give way to one-line empty states (no blank axes
-    reading "1 ms 1 ms 1 ms 0 ms"), at a desktop size and on a short window."""
+    """A server with no events yet: the latency chart and the system charts
+    give way to one-line empty states (no blank axes reading "1 ms 1 ms 1 ms
+    0 ms"; the latency chart keeps its place, so the page does not jump when
+    the first turn comes), at a desktop size and on a short window."""
     server = server_factory()
     for width, height in ((1280, 600), (360, 640)):
         context, page = new_page(browser, (width, height))
         try:
             open_dashboard(page, server.http_url)
-            expect(page.locator("#lat-figure")).to_be_hidden()
+            expect(page.locator("#lat-chart")).to_be_hidden()
             expect(page.get_by_text("No timed turns yet")).to_be_visible()
-            expect(page.locator("#lat-table-wrap")).to_be_hidden()
             expect(page.locator("#sys-charts")).to_be_hidden()
             expect(page.locator("#sys-empty")).to_be_visible()
             # Not only displayed: whole on screen, not clipped away by the conversation card.
             for text in ("Previous turns", "No previous turns yet.", "No events yet."):
                 assert_fully_shown(page.get_by_text(text, exact=True))
             assert horizontal_overflow(page) <= 0
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshots / f"dashboard-empty-{width}x{height}.png"), full_page=True)
             assert csp_violations(page) == []
             assert page.probe.problems() == []

@@ -13,7 +13,9 @@
  * - axis labels never clip: the plot keeps room for half a label at its right
  *   edge and at its top;
  * - a chart without data shows its one-line empty state instead of a blank
- *   plot (the figure around it gets `data-empty`).
+ *   plot: in place of the whole figure, or (`reserve`) in a box of the plot's
+ *   height under the figure's caption, for a chart whose data is sure to come
+ *   (the page does not jump when it does).
  */
 
 function uPlotLib() {
@@ -68,6 +70,8 @@ function latest(values) {
  * @param {boolean} [options.legend=true]  show uPlot's legend under the chart.
  * @param {string} [options.empty]  the one-line text shown instead of the plot
  *   while no y value is known.
+ * @param {boolean} [options.reserve=false]  keep the plot's height (and the
+ *   figure's caption) while empty.
  * @returns {{setData: (data: number[][]) => void, points: () => number, empty: () => boolean,
  *   layout: () => object, destroy: () => void}}
  */
@@ -75,7 +79,7 @@ export function lineChart(container, options) {
   const UPlot = uPlotLib();
   const {
     series, height = 140, time = true, xLabel = "", yFormat = String, yMin, yMax, ySpan = 1,
-    legend = true, empty = "No data yet.",
+    legend = true, empty = "No data yet.", reserve = false,
   } = options;
   const axis = cssVar("--chart-axis", "#8b949e");
   const grid = cssVar("--chart-grid", "rgba(255,255,255,0.06)");
@@ -149,15 +153,20 @@ export function lineChart(container, options) {
   let data = [[], ...series.map(() => [])];
   const figure = container.closest("figure");
   const emptyNode = document.createElement("p");
-  emptyNode.className = "empty chart-empty";
+  emptyNode.className = reserve ? "empty chart-empty chart-empty-reserved" : "empty chart-empty";
   emptyNode.textContent = empty;
-  (figure || container).after(emptyNode);
+  if (reserve) {
+    emptyNode.style.minHeight = `${height + (legend ? 26 : 0)}px`; // the plot and its legend row
+    container.after(emptyNode);
+  } else {
+    (figure || container).after(emptyNode);
+  }
   const chart = new UPlot(opts, data, container);
   container.dataset.points = "0";
 
   const setEmpty = (isEmpty) => {
     emptyNode.hidden = !isEmpty;
-    if (figure) figure.hidden = isEmpty;
+    if (figure && !reserve) figure.hidden = isEmpty;
     else container.hidden = isEmpty;
     container.dataset.empty = String(isEmpty);
   };

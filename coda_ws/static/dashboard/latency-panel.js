@@ -41,7 +41,6 @@ export class LatencyPanel {
     this.waterfall = byId("waterfall");
     this.title = byId("wf-title");
     this.total = byId("wf-total");
-    this.tableWrap = byId("lat-table-wrap");
     this.tableBody = byId("lat-table").tBodies[0];
     this.chart = lineChart(byId("lat-chart"), {
       time: false,
@@ -51,6 +50,7 @@ export class LatencyPanel {
       ySpan: 100,
       yFormat: axisMs,
       empty: "No timed turns yet: each turn with a first audio adds a point here.",
+      reserve: true,
       series: [
         { label: "voice-to-voice", color: "#58a6ff", width: 1.5, points: true, format: formatMs },
         { label: "p50", color: "#3fb950", width: 1.5, format: formatMs },
@@ -58,7 +58,6 @@ export class LatencyPanel {
       ],
     });
     this._renderWaterfall(null);
-    this.tableWrap.hidden = true;
   }
 
   render() {
@@ -77,7 +76,6 @@ export class LatencyPanel {
       timed.map((t) => t.rolling_p95_ms)]);
 
     this._renderWaterfall(b.turns[0] || null);
-    this.tableWrap.hidden = b.count === 0;
     this._renderTable(b.components);
   }
 
