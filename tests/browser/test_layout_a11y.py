@@ -118,7 +118,7 @@ def csp_violations(page):
 def check_chart_axes(page, name):
     """Every drawn axis label of chart ``name`` is unique on its axis and inside the canvas."""
     layout = page.evaluate(f"window.codaDashboard.charts[{name!r}].layout()")
-    assert layout["axes"], f"{name}: no axis drawn"
+    assert sorted(axis["axis"] for axis in layout["axes"]) == ["x", "y"], f"{name}: an axis has no ticks: {layout}"
     for axis in layout["axes"]:
         texts = [label["text"] for label in axis["labels"]]
         assert texts, f"{name} {axis['axis']}: no labels"
@@ -257,6 +257,28 @@ def test_empty_dashboard_shows_one_line_states(browser, server_factory, screensh
             assert page.probe.problems() == []
         finally:
             context.close()
+
+
+def test_first_sample_and_first_turn_are_drawn_with_axes(browser, server_factory):
+    """One system_metrics sample and one timed turn: each chart draws its lone
+    point (a line needs two) and labels both axes, without repeats or clipping."""
+    server = server_factory()
+    context, page = new_page(browser, SIZES["desktop"])
+    try:
+        open_dashboard(page, server.http_url)
+        server.broadcast_system_metrics(512.0, 12.5, None, 30)
+        assert run_demo_conversation(CodaWebSocketIntegration(server), pace=0.05, exchange=0)
+        wait_for_seq(page, server.sequence_number)
+        expect(page.locator("#lat-chart")).to_have_attribute("data-points", "1")
+        for chart in ("latency", "cpu", "memory"):
+            assert page.evaluate(f"""() => {{
+                const u = window.codaDashboard.charts[{chart!r}].uplot;
+                return u.data[0].length === 1 && u.series[1].points.show(u, 1, 0, 0);
+            }}"""), f"{chart}: the lone sample is not drawn"
+            check_chart_axes(page, chart)
+        assert csp_violations(page) == []
+    finally:
+        context.close()
 
 
 def test_short_window_keeps_previous_turns(browser, server_factory, screenshots):

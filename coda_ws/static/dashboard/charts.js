@@ -73,7 +73,7 @@ function latest(values) {
  * @param {boolean} [options.reserve=false]  keep the plot's height (and the
  *   figure's caption) while empty.
  * @returns {{setData: (data: number[][]) => void, points: () => number, empty: () => boolean,
- *   layout: () => object, destroy: () => void}}
+ *   layout: () => object, uplot: object, destroy: () => void}}
  */
 export function lineChart(container, options) {
   const UPlot = uPlotLib();
@@ -98,15 +98,25 @@ export function lineChart(container, options) {
   // Whole-number x (turn numbers): keep a third of a step of room at each end.
   // Clock time: whole seconds at both ends, so a young stream (two samples
   // half a second apart) still gets a tick, and a tick at the end has room.
-  const xRange = time
-    ? (u, min, max) => (min == null ? [0, 1] : [Math.floor(min), Math.max(Math.ceil(max), Math.floor(min) + 1)])
-    : (u, min, max) => (min == null ? [0, 1] : [Math.min(min, max - 1) - 0.3, max + 0.3]);
-  const labels = new Map(); // axis index -> {splits, values}, as last drawn
+  // From the data itself: for a single x value uPlot widens min/max on its own
+  // (by 86 400 000 on a seconds scale), which would leave the axis without a tick.
+  const xRange = (u) => {
+    const xs = u.data[0];
+    if (!xs || !xs.length) return [0, 1];
+    const first = xs[0];
+    const last = xs[xs.length - 1];
+    return time
+      ? [Math.floor(first), Math.max(Math.ceil(last), Math.floor(first) + 1)]
+      : [Math.min(first, last - 1) - 0.3, last + 0.3];
+  };
+  // axis index -> {splits, values, min, max}: the labels as last computed, and the
+  // scale they were computed for (uPlot skips the callback for an axis without ticks).
+  const labels = new Map();
   const record = (index, format) => (u, splits) => {
     const scale = u.scales[index === 0 ? "x" : "y"];
     // A tick outside the scale (uPlot can place one past the end) gets no label.
     const values = splits.map((v) => (v == null || v < scale.min - 1e-9 || v > scale.max + 1e-9 ? "" : format(v)));
-    labels.set(index, { splits: splits.slice(), values });
+    labels.set(index, { splits: splits.slice(), values, min: scale.min, max: scale.max });
     return values;
   };
   const xFormat = time ? clockTime : (v) => (Number.isInteger(v) ? String(v) : "");
@@ -145,7 +155,8 @@ export function lineChart(container, options) {
         dash: s.dash,
         fill: s.fill,
         spanGaps: true,
-        points: { show: s.points ?? false, size: 5, fill: s.color },
+        // Points when asked for, and always for a lone sample (a line needs two).
+        points: { show: (u, i, i0, i1) => Boolean(s.points) || i1 === i0, size: 5, fill: s.color },
         value: legendValue(s.format || yFormat, i + 1),
       })),
     ],
@@ -188,6 +199,7 @@ export function lineChart(container, options) {
       container.dataset.points = String(next[0].length);
     },
     points: () => data[0].length,
+    uplot: chart,
     empty: () => container.dataset.empty === "true",
     /**
      * Where the axis labels were drawn, in CSS pixels of the chart's canvas
@@ -199,7 +211,11 @@ export function lineChart(container, options) {
       const ratio = window.devicePixelRatio || 1;
       const plot = { left: chart.bbox.left / ratio, top: chart.bbox.top / ratio,
         width: chart.bbox.width / ratio, height: chart.bbox.height / ratio };
-      const axes = [...labels.entries()].map(([index, { splits, values }]) => {
+      const current = [...labels.entries()].filter(([index, { min, max }]) => {
+        const scale = chart.scales[index === 0 ? "x" : "y"];
+        return scale.min === min && scale.max === max;
+      });
+      const axes = current.map(([index, { splits, values }]) => {
         const horizontal = index === 0;
         const spec = opts.axes[index];
         const boxes = splits.map((value, i) => {
