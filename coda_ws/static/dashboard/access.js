@@ -141,7 +141,7 @@ export class StreamAccess {
     let text;
     if (!hadToken) {
       reason = "missing";
-      text = "This dashboard could not connect: the server requires a token and none was given. "
+      text = "This page could not connect: the server requires a token and none was given. "
         + "Paste one below.";
     } else if (answer.status === 403) {
       reason = "forbidden";
