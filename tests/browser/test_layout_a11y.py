@@ -99,8 +99,10 @@ FULLY_SHOWN = """(el) => {
         box = {top: Math.max(box.top, c.top), left: Math.max(box.left, c.left),
                bottom: Math.min(box.bottom, c.bottom), right: Math.min(box.right, c.right)};
     }
-    const ok = r.top >= box.top - 1 && r.bottom <= box.bottom + 1 && r.left >= box.left - 1 && r.right <= box.right + 1;
-    return ok ? true : `${el.textContent.slice(0, 30)}: ${JSON.stringify([r.top, r.bottom])} outside ${JSON.stringify(box)}`;
+    const ok = r.top >= box.top - 1 && r.bottom <= box.bottom + 1
+        && r.left >= box.left - 1 && r.right <= box.right + 1;
+    const where = `${JSON.stringify([r.top, r.bottom])} outside ${JSON.stringify(box)}`;
+    return ok ? true : `${el.textContent.slice(0, 30)}: ${where}`;
 }"""
 
 
@@ -134,10 +136,12 @@ def check_chart_axes(page, name):
 def run_axe(page):
     """axe-core's WCAG 2.1 A and AA violations on the page, as readable lines."""
     result = page.evaluate("""async () => {
-        const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
-                                           resultTypes: ["violations"]});
-        return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} -> ` +
-            v.nodes.slice(0, 5).map((n) => n.target.join(" ") + (n.failureSummary ? ` [${n.failureSummary.split("\\n").slice(1).join("; ")}]` : "")).join(" | "));
+        const tags = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
+        const r = await axe.run(document, {runOnly: {type: "tag", values: tags}, resultTypes: ["violations"]});
+        const node = (n) => n.target.join(" ")
+            + (n.failureSummary ? ` [${n.failureSummary.split("\\n").slice(1).join("; ")}]` : "");
+        return r.violations.map((v) =>
+            `${v.id} (${v.impact}): ${v.help} -> ${v.nodes.slice(0, 5).map(node).join(" | ")}`);
     }""")
     return result
 
