@@ -16,9 +16,11 @@ last events and a 1001 close, every thread is joined, and the exit code is 0.
 
 import argparse
 import logging
+import os
 import sqlite3
 import sys
 import threading
+from urllib.parse import quote
 
 from . import argtypes
 from ._version import __version__
@@ -149,7 +151,7 @@ def run_serve_command(args):
     try:
         with interruptible():
             _say(f"coda-ws {__version__} serving on {server.url}")
-            _print_watch_hints(server)
+            _print_watch_hints(server, args)
             _say("Press Ctrl-C to stop.")
             threading.Event().wait()  # until Ctrl-C or SIGTERM raises KeyboardInterrupt
     except KeyboardInterrupt:
@@ -190,7 +192,7 @@ def run_demo_command(args):
             perf.start()
             worker.start()
             _say(f"coda-ws {__version__} demo: streaming a scripted Coda conversation on {server.url}")
-            _print_watch_hints(server)
+            _print_watch_hints(server, args)
             _say("Press Ctrl-C to stop.")
             worker.join()  # interruptible: Ctrl-C raises KeyboardInterrupt here
     except KeyboardInterrupt:
@@ -271,9 +273,63 @@ def run_export_command(args):
     return 0
 
 
-def _print_watch_hints(server):
+def _print_watch_hints(server, args=None):
     _say(f"  watch it:   wscat -c {server.url.rstrip('/')}")
-    _say(f"  dashboard:  {server.http_url}")
+    _say(f"  dashboard:  {_dashboard_url(server, args)}")
+
+
+def _dashboard_url(server, args=None, stdout=None):
+    """The dashboard's URL to print: with ``#token=`` when tokens are configured
+    and one of them may read the stream, so the printed link opens a working page.
+
+    The token goes in the fragment, which browsers never send to the server.
+    It is printed only to a terminal (``stdout.isatty()``): output that goes
+    to a file or a log collector gets the bare URL and a hint, because a
+    token must never end up in logs.
+    """
+    url = server.http_url
+    tokens = _configured_tokens(args)
+    if not tokens:
+        return url
+    token = _readable_token(tokens)
+    if token is None:
+        return f"{url}  (every token lacks the read scope: the page will ask for one)"
+    stdout = sys.stdout if stdout is None else stdout
+    isatty = getattr(stdout, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        return f"{url}  (add #token=<a token with the read scope>; not printed here: output is not a terminal)"
+    return f"{url}#token={quote(token, safe='')}"
+
+
+def _configured_tokens(args):
+    """``{token: scopes}`` from ``--token-file`` and ``CODA_WS_TOKENS``, as the server reads them."""
+    from .auth import load_token_file, parse_tokens
+
+    tokens = {}
+    path = getattr(args, "token_file", None)
+    try:
+        if path:
+            tokens.update(load_token_file(path))
+        from_env = os.environ.get("CODA_WS_TOKENS", "").strip()
+        if from_env:
+            tokens.update(parse_tokens(from_env))
+    except (OSError, ValueError):  # the server read them a moment ago; a file edited since is not fatal here
+        return {}
+    return tokens
+
+
+def _readable_token(tokens):
+    """The token a dashboard link should carry, or None when none may read.
+
+    Among the tokens with ``read``, one that also has ``read:content`` (the
+    dashboard then shows what was said), and of those the one with the fewest
+    other scopes (least privilege: ``publish`` and ``admin`` are not needed
+    to watch). Ties keep the order of the configuration.
+    """
+    readers = [(token, scopes) for token, scopes in tokens.items() if "read" in scopes]
+    if not readers:
+        return None
+    return min(readers, key=lambda item: ("read:content" not in item[1], len(item[1])))[0]
 
 
 def _say(text):

@@ -43,7 +43,9 @@ from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
 
-__all__ = ["register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER"]
+__all__ = [
+    "register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER", "PAGE_HEADERS",
+]
 
 log = logging.getLogger("coda_ws.http_api")
 
@@ -61,6 +63,29 @@ _SERVER_KEYS = ("seq", "timestamp", "redacted")
 # Names emit() takes as its own arguments; they can never be event fields.
 _NOT_FIELDS = ("self", "event_type", "high_priority")
 _NO_STORE = {"Cache-Control": "no-store"}
+
+#: Headers of the HTML pages (dashboard, debug). The pages load only their own
+#: files (no inline script or style, no CDN) and open only the WebSocket to
+#: their own host: CSP's 'self' covers same-host ws: and wss:, whatever the
+#: path, so the pages work the same at the root and under a url_prefix. They
+#: may not be framed (clickjacking) and send no Referer (the address may hold
+#: a #token= fragment; browsers never send fragments, but no-referrer costs nothing).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _nosniff(response):
+    """Every answer of coda_ws's routes declares its type for good (no MIME sniffing)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 #: The ``GET /events`` response header listing lost windows (``first-last,...``).
 LOST_HEADER = "Coda-WS-Lost"
@@ -141,6 +166,7 @@ def register_http_api(bp, server, static_dir, whole_app=None):
     """
     api = _HttpApi(server)
     bp.before_request(api.check_request)
+    bp.after_request(_nosniff)  # static files and JSON answers too: never sniffed as HTML
     if whole_app is not None:
         whole_app.before_request(lambda: None if request.blueprint == bp.name else api.check_request())
     bp.add_url_rule("/", "websocket", api.websocket, websocket=True)
@@ -167,7 +193,7 @@ def _page_view(static_dir, name):
         if not path.is_file():
             return _error(404, "not_found", f"{name} is not installed")
         response = Response(path.read_bytes(), mimetype="text/html")
-        response.headers["Cache-Control"] = "no-cache"
+        response.headers.update(PAGE_HEADERS)
         return response
 
     view.__name__ = f"page_{name.split('.')[0]}"

@@ -141,7 +141,8 @@ class CodaWebSocketServer:
         self._acceptor_counts = dict.fromkeys(ACCEPTOR_COUNTERS, 0)  # kept across restarts
         self._stop_callbacks: list[Callable[[], Any]] = []
         self.metrics = ServerMetrics(self)  # /metrics; counts from here on (a bus listener)
-        self._app = app if app is not None else Flask("coda_ws")
+        # static_folder=None: the blueprint serves /static (with its headers), standalone and mounted alike.
+        self._app = app if app is not None else Flask("coda_ws", static_folder=None)
         self._mounted = app is not None
         self.init_app(self._app)
 

@@ -24,7 +24,9 @@
  *   is called before the replay frame of the new stream is delivered, so the
  *   caller can mark its state as stale.
  * - Reconnects use exponential backoff with jitter and never stop until
- *   `close()` is called.
+ *   `close()` is called, or until the `beforeReconnect` hook answers false
+ *   (a page that learns the server refuses its token stops there instead of
+ *   retrying forever).
  *
  * The token, when given, is offered as the subprotocol `coda-ws.bearer.TOKEN`
  * next to `coda-ws.v1` (browsers cannot set an Authorization header on a
@@ -59,6 +61,7 @@ const DEFAULTS = {
   onStatus: null,
   onGap: null,
   onControl: null,
+  beforeReconnect: null,
   WebSocket: null,
 };
 
@@ -104,13 +107,20 @@ export class CodaEventClient {
    * @param {number} [options.minReconnectDelay=250]  first reconnect delay, ms.
    * @param {number} [options.maxReconnectDelay=10000]  backoff cap, ms.
    * @param {(event: object, meta: {replayed: boolean, resumed: boolean}) => void} [options.onEvent]
-   * @param {(status: object) => void} [options.onStatus]  see `status`.
+   * @param {(status: object) => void} [options.onStatus]  see `status`; its
+   *   `handshakeFailed` is true when the last attempt ended before the opening
+   *   handshake completed (refused by the server, or the server unreachable).
    * @param {(gap: {reason: string, earliest: number|null, lost: number[]|null,
    *   previousEpoch: string|null, epoch: string, lastSeq: number}) => void} [options.onGap]
    *   `reason` is `epoch_changed`, `too_old`, `unknown_position` or `lost`; `lost`
    *   is the `[first, last]` window of seqs the server lost (reason `lost`), else null.
    * @param {(frame: object) => void} [options.onControl]  every control frame
    *   (hello, resume, replay, subscribed, pong, error), after the client handled it.
+   * @param {(status: object) => boolean|Promise<boolean>} [options.beforeReconnect]
+   *   asked before every reconnect, while the backoff delay runs; the reconnect
+   *   waits for its answer, and `false` closes the client for good. It gets the
+   *   status (`handshakeFailed` says the last attempt never opened). A hook
+   *   that throws or rejects counts as `true` (and is logged).
    */
   constructor(url, options = {}) {
     const unknown = Object.keys(options).filter((key) => !(key in DEFAULTS));
@@ -141,6 +151,7 @@ export class CodaEventClient {
     this._pingId = 0;
     this._lastError = null;
     this._lastClose = null;
+    this._handshakeFailed = false; // the last attempt ended before its opening handshake completed
     this._pendingPings = new Map(); // id -> {sentAt, resolve}
 
     // Connect from a microtask, so callbacks never run before the constructor
@@ -164,6 +175,7 @@ export class CodaEventClient {
       attempt: this._attempt,
       lastError: this._lastError,
       lastClose: this._lastClose,
+      handshakeFailed: this._handshakeFailed,
     };
   }
 
@@ -244,25 +256,33 @@ export class CodaEventClient {
       return;
     }
     this._ws = ws;
+    let opened = false;
     ws.onmessage = (msg) => this._onMessage(ws, msg);
-    ws.onclose = (ev) => this._onClose(ws, ev);
+    ws.onclose = (ev) => this._onClose(ws, ev, opened);
     ws.onerror = () => { this._lastError = "connection error"; };
     ws.onopen = () => {
       if (ws !== this._ws) return;
+      opened = true;
       clearTimeout(this._connectTimer);
+      this._handshakeFailed = false;
       this._startPings();
     };
     this._connectTimer = setTimeout(() => {
       if (ws !== this._ws || ws.readyState !== 0) return;
+      this._handshakeFailed = true;
       this._lastError = `no handshake within ${this._opts.connectTimeout} ms`;
       this._detach(1000, "handshake timeout");
       this._scheduleReconnect();
     }, this._opts.connectTimeout);
   }
 
-  _onClose(ws, ev) {
+  _onClose(ws, ev, opened) {
     if (ws !== this._ws) return; // an old socket we already gave up on
     this._lastClose = { code: ev.code, reason: ev.reason };
+    // Closed before it opened: the server refused the handshake (browsers hide the
+    // HTTP status: 401, 403, 503 and a network failure all look alike here) or
+    // could not be reached. A page can ask the server why over HTTP.
+    this._handshakeFailed = !opened;
     this._ws = null;
     clearTimeout(this._connectTimer);
     this._stopPings();
@@ -297,7 +317,27 @@ export class CodaEventClient {
     const delay = ceiling / 2 + Math.random() * (ceiling / 2);
     this._attempt += 1;
     this._setState(State.RECONNECTING, { retryInMs: Math.round(delay) });
-    this._retryTimer = setTimeout(() => this._connect(), delay);
+    const hook = this._opts.beforeReconnect;
+    if (typeof hook !== "function") {
+      this._retryTimer = setTimeout(() => this._connect(), delay);
+      return;
+    }
+    // Reconnect when both the delay and the hook are done; a close() in the
+    // meantime (it clears the timer and sets _closedByUser) wins.
+    const status = this.status;
+    const waited = new Promise((resolve) => { this._retryTimer = setTimeout(resolve, delay); });
+    const answer = Promise.resolve()
+      .then(() => hook(status))
+      .then((allowed) => allowed !== false, (err) => {
+        console.error("CodaEventClient beforeReconnect hook failed:", err);
+        return true;
+      });
+    answer.then((allowed) => {
+      if (!allowed && !this._closedByUser) this.close(); // at once, not after the delay
+    });
+    Promise.all([answer, waited]).then(([allowed]) => {
+      if (allowed && !this._closedByUser) this._connect();
+    });
   }
 
   _send(frame) {

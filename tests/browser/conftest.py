@@ -64,17 +64,28 @@ class PageProbe:
         self.console_errors = []
         self.page_errors = []
         self.failed_requests = []
+        self.aborted_requests = []  # cancelled by the browser (a navigation), not failed
         self.error_responses = []
         self.requests = []
         page.on("console", self._on_console)
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        page.on("requestfailed", lambda request: self.failed_requests.append(f"{request.url} {request.failure}"))
+        page.on("requestfailed", self._on_request_failed)
         page.on("request", lambda request: self.requests.append(request.url))
         page.on("response", self._on_response)
 
     def _on_console(self, message):
         if message.type == "error":
             self.console_errors.append((message.text, message.location.get("url", "")))
+
+    def _on_request_failed(self, request):
+        # net::ERR_ABORTED is the browser cancelling the request itself (the
+        # page navigated away while a fetch was in flight), not a failure of
+        # the server or the page; every other failure (reset, refused, empty
+        # answer) is a problem.
+        if request.failure == "net::ERR_ABORTED":
+            self.aborted_requests.append(request.url)
+        else:
+            self.failed_requests.append(f"{request.url} {request.failure}")
 
     def _on_response(self, response):
         if response.status >= 400:

@@ -279,7 +279,10 @@ def test_clients_panel_shows_stats_and_hides_when_refused(server, page):
 
 def test_five_thousand_events_stay_responsive_and_bounded(server, page):
     """5 000 events streamed at full speed: a click on a filter takes effect
-    within a second, and the log never holds more than its bound of rows."""
+    within a second of the page receiving it (measured with the page's own
+    clock, from the click event to the filtered log, so that a loaded machine
+    delaying Playwright's round trips does not count), and the log never holds
+    more than its bound of rows."""
     open_dashboard(page, server.http_url)
     types = [("llm_token", {"token": "x", "cumulative_text": "x"}),
              ("stt_interim", {"text": "partial", "confidence": 0.5}),
@@ -301,27 +304,30 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
     producer.start()
     try:
         page.wait_for_function("() => Number(document.querySelector('#conn-seq').dataset.seq) > 200")
+        page.evaluate("""() => document.addEventListener(
+            'click', () => { window.__clickAt = performance.now(); }, {capture: true, once: true})""")
         # Playwright's click waits for the chip to be visible, stable and hit-testable
-        # (several round trips to the renderer); the filter must then apply within 1 s.
-        chip.click(timeout=3000)
-        page.wait_for_function(
+        # (several round trips to the renderer, slow on a loaded machine): not timed.
+        chip.click()
+        applied_after_ms = page.wait_for_function(
             """() => {
                 const rows = [...document.querySelectorAll('#log-rows > .log-row')];
-                return rows.length > 0 && rows.every(r => r.dataset.type.startsWith('llm_'));
+                const filtered = rows.length > 0 && rows.every(r => r.dataset.type.startsWith('llm_'));
+                return filtered && window.__clickAt !== undefined ? performance.now() - window.__clickAt : false;
             }""",
-            timeout=1000,
-        )
+            polling="raf",
+        ).json_value()
+        assert applied_after_ms < 1000, f"the filter applied {applied_after_ms:.0f} ms after the click"
         rows = page.locator("#log-rows > .log-row").count()
         assert rows <= MAX_LOG_ROWS
     finally:
         producer.join(10)
     assert done.is_set()
     wait_for_seq(page, server.sequence_number, timeout_ms=10000)
-    page.click("#log-chips .chip[data-types='']", timeout=1000)
-    expect(page.locator("#log-rows > .log-row")).to_have_count(MAX_LOG_ROWS, timeout=1000)
+    page.click("#log-chips .chip[data-types='']")
+    expect(page.locator("#log-rows > .log-row")).to_have_count(MAX_LOG_ROWS)
     # The count is already right before the unfiltered rows are drawn: wait for the newest row.
-    expect(page.locator("#log-rows > .log-row").first).to_have_attribute(
-        "data-seq", str(server.sequence_number), timeout=1000)
+    expect(page.locator("#log-rows > .log-row").first).to_have_attribute("data-seq", str(server.sequence_number))
     seqs = log_seqs(page)
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
     assert seqs[0] == server.sequence_number
@@ -329,8 +335,9 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
 
 def test_auth_token_from_fragment_and_redacted_content(server_factory, page, context):
     """With auth on, the #token= fragment lets the page in; a read-only token
-    sees redacted content, shown as such. Without a token the page is refused
-    and keeps retrying, never showing "connected"."""
+    sees redacted content, shown as such. Without a token the page is refused:
+    it stops retrying and asks for a token (tests/browser/test_token_prompt.py),
+    never showing "connected"."""
     server = server_factory(auth={"reader-token": ["read"]})
     open_dashboard(page, server.http_url + "#token=reader-token")
     server.emit("stt_result", session_id="s", text="my secret words", confidence=0.9, duration_ms=100.0)
@@ -340,6 +347,7 @@ def test_auth_token_from_fragment_and_redacted_content(server_factory, page, con
 
     anonymous = context.new_page()
     anonymous.goto(server.http_url)
-    anonymous.wait_for_function("() => window.codaDashboard.client.status.attempt >= 2")
-    expect(anonymous.locator("#status-pill")).not_to_have_attribute("data-state", "connected")
+    expect(anonymous.locator("#auth-prompt")).to_be_visible()
+    expect(anonymous.locator("#status-pill")).to_have_attribute("data-state", "unauthorized")
+    assert anonymous.evaluate("window.codaDashboard.client.state") == "closed"
     anonymous.close()

@@ -2,6 +2,8 @@
 
 import pytest
 
+from coda_ws import CodaWebSocketServer
+
 from ..conftest import TIMEOUT, wait_for
 from .conftest import free_port
 from .helpers import TcpProxy
@@ -118,20 +120,27 @@ def test_new_epoch_reports_a_gap(server_factory, page):
     seen = old.emit("llm_token", session_id="s", token="a", cumulative_text="a").seq
     wait_for_event_seq(page, seen)
     old.stop()
-    new = server_factory(port=port)
-    assert new.epoch != old.epoch
+    # Emitted before the new server serves, so that it reaches the client in the
+    # replay frame: emitted after start(), it went live to a client that had
+    # reconnected in between (its retries come every 50-400 ms).
+    new = CodaWebSocketServer(host="127.0.0.1", port=port)
     replayed = new.emit("system_info", data={"event": "startup"})
-    page.wait_for_function("() => window.t.gaps.length === 1")
-    gap = page.evaluate("() => window.t.gaps[0]")
-    assert gap["reason"] == "epoch_changed"
-    assert gap["previousEpoch"] == old.epoch and gap["epoch"] == new.epoch
-    assert gap["lastSeq"] == seen
-    page.wait_for_function("() => window.t.client.epoch === window.t.gaps[0].epoch")
-    live = new.emit("llm_token", session_id="s", token="b", cumulative_text="b")
-    page.wait_for_function("seq => window.t.events.some(e => e.seq === seq && !e.replayed)", arg=live.seq)
-    got = events(page)
-    # The new stream's seqs start again at 1: its replay is delivered, nothing twice.
-    assert [(e["seq"], e["replayed"]) for e in got] == [(seen, False), (replayed.seq, True), (live.seq, False)]
+    new.start()
+    try:
+        assert new.epoch != old.epoch
+        page.wait_for_function("() => window.t.gaps.length === 1")
+        gap = page.evaluate("() => window.t.gaps[0]")
+        assert gap["reason"] == "epoch_changed"
+        assert gap["previousEpoch"] == old.epoch and gap["epoch"] == new.epoch
+        assert gap["lastSeq"] == seen
+        page.wait_for_function("() => window.t.client.epoch === window.t.gaps[0].epoch")
+        live = new.emit("llm_token", session_id="s", token="b", cumulative_text="b")
+        page.wait_for_function("seq => window.t.events.some(e => e.seq === seq && !e.replayed)", arg=live.seq)
+        got = events(page)
+        # The new stream's seqs start again at 1: its replay is delivered, nothing twice.
+        assert [(e["seq"], e["replayed"]) for e in got] == [(seen, False), (replayed.seq, True), (live.seq, False)]
+    finally:
+        new.stop()
 
 
 def test_resume_too_old_delivers_replay_without_repeats(server_factory, page):
@@ -243,3 +252,29 @@ def test_token_that_cannot_be_a_subprotocol_is_refused(server, page, bad):
         bad,
     )
     assert message.startswith("TypeError") and "subprotocol" in message
+
+
+def test_before_reconnect_hook_decides_whether_to_retry(server_factory, page):
+    """beforeReconnect is asked before each retry with the status (here
+    handshakeFailed: the server refused the token); the retry waits for its
+    answer, true retries and false closes the client for good."""
+    server = server_factory(auth={"good-token": ["read"]})
+    page.goto(server.http_url + "healthz")
+    page.evaluate("""async (url) => {
+      const mod = await import("/static/coda-ws-client.js");
+      const t = window.t = {asked: [], states: []};
+      t.client = new mod.CodaEventClient(url, {
+        token: "bad-token", minReconnectDelay: 20, maxReconnectDelay: 40,
+        onStatus: (status) => t.states.push(status.state),
+        beforeReconnect: (status) => {
+          t.asked.push({handshakeFailed: status.handshakeFailed, attempt: status.attempt});
+          // Answer later than the backoff delay: the retry must wait for it.
+          return new Promise((resolve) => setTimeout(() => resolve(t.asked.length < 3), 100));
+        },
+      });
+    }""", server.url)
+    page.wait_for_function("() => window.t.client.state === 'closed'")
+    asked = page.evaluate("() => window.t.asked")
+    assert asked == [{"handshakeFailed": True, "attempt": n} for n in (1, 2, 3)]
+    assert page.evaluate("() => window.t.states").count("connected") == 0
+    assert server.get_stats()["rejected_handshakes"] == 3  # no attempt after the hook said no

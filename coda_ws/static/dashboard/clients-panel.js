@@ -41,10 +41,16 @@ export class ClientsPanel {
     this.count = byId("clients-count");
     this.timer = null;
     this.stopped = false;
+    this.generation = 0; // polls of an earlier start() (another token) are dropped
   }
 
-  start() {
-    this._poll();
+  /** Start polling (again) with `token`; a poll in flight for an older token is ignored. */
+  start(token = this.token) {
+    clearTimeout(this.timer);
+    this.token = token;
+    this.stopped = false;
+    this.generation += 1;
+    this._poll(this.generation);
   }
 
   stop() {
@@ -52,16 +58,18 @@ export class ClientsPanel {
     clearTimeout(this.timer);
   }
 
-  async _poll() {
+  async _poll(generation = this.generation) {
     this.timer = null;
-    if (this.stopped) return;
+    if (this.stopped || generation !== this.generation) return;
     let response;
     try {
       response = await fetch(httpUrl("stats"), {
         headers: { Accept: "application/json", ...authHeaders(this.token) },
         cache: "no-store",
       });
+      if (generation !== this.generation) return;
     } catch (err) {
+      if (generation !== this.generation) return;
       // Server unreachable (restarting?): hide for now and try again later.
       this._hide("server unreachable");
       this._schedule(POLL_MS * 3);
@@ -80,6 +88,7 @@ export class ClientsPanel {
     let stats;
     try {
       stats = await response.json();
+      if (generation !== this.generation) return;
     } catch (err) {
       this._hide("/stats did not answer JSON");
       this.stop();
@@ -90,7 +99,8 @@ export class ClientsPanel {
   }
 
   _schedule(ms) {
-    if (!this.stopped) this.timer = setTimeout(() => this._poll(), ms);
+    const generation = this.generation;
+    if (!this.stopped) this.timer = setTimeout(() => this._poll(generation), ms);
   }
 
   _hide(reason) {

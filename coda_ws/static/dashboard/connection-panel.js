@@ -47,11 +47,13 @@ export class ConnectionPanel {
     this.noticeText = byId("gap-text");
     this.meter = new RateMeter();
     this.lastStatus = null;
+    this.refusal = null;
     byId("gap-dismiss").addEventListener("click", () => { this.notice.hidden = true; });
   }
 
   setStatus(status) {
     this.lastStatus = status;
+    if (this.refusal) return; // the token prompt speaks until a new token is tried
     let label = status.state;
     if (status.state === "reconnecting" && status.retryInMs != null) {
       label = `reconnecting in ${(status.retryInMs / 1000).toFixed(1)} s`;
@@ -68,6 +70,21 @@ export class ConnectionPanel {
       this.epoch.dataset.epoch = status.epoch;
     }
     setText(this.reconnects, status.reconnects);
+  }
+
+  /**
+   * The server refused this page (401/403): the client has stopped; say so
+   * where the status is shown. `null`: a new token is being tried.
+   */
+  setRefused(refusal) {
+    this.refusal = refusal;
+    if (!refusal) return;
+    const label = refusal.reason === "missing" ? "token needed" : "token refused";
+    this.pill.dataset.state = "unauthorized";
+    setText(this.pill, label);
+    this.pill.title = refusal.message;
+    setText(this.status, label);
+    this.status.dataset.state = "closed";
   }
 
   /** A resume was not recovered: the panels may miss what happened in between. */

@@ -63,6 +63,7 @@ export class ConversationPanel {
     this.latency = latency;
     this.currentNode = byId("conv-current");
     this.previousNode = byId("conv-previous");
+    this.previousEmpty = byId("conv-previous-empty");
     this.sessionNode = byId("conv-session");
     this.current = new Map(); // session -> turn in progress (or just ended)
     this.active = null; // the session whose turn is shown
@@ -200,6 +201,8 @@ export class ConversationPanel {
     if (this.previousDirty) {
       this.previousDirty = false;
       this.previousNode.replaceChildren(...this.previous.map((turn) => this._renderPrevious(turn)));
+      this.previousNode.hidden = this.previous.length === 0;
+      this.previousEmpty.hidden = this.previous.length > 0;
     }
   }
 
@@ -259,7 +262,8 @@ export class ConversationPanel {
       const label = turn.tts.done
         ? (turn.tts.success === false ? "Speech failed" : `Spoken · ${formatMs(turn.tts.audioMs)} of audio`)
         : `Speaking · ${pct.toFixed(0)}%`;
-      const progress = { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(pct)) };
+      const progress = { role: "progressbar", "aria-label": "Speech synthesis", "aria-valuemin": "0", "aria-valuemax": "100",
+        "aria-valuenow": String(Math.round(pct)) };
       const bar = el("div", { class: "progress", attrs: progress },
         el("div", { class: "progress-fill", style: { width: `${pct}%` } }));
       const engine = [turn.tts.engine, turn.tts.voice].filter(Boolean).join(" · ");

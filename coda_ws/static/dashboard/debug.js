@@ -8,11 +8,11 @@ import { CodaEventClient } from "../coda-ws-client.js";
 import { byId, el, setText, toJson } from "./dom.js";
 import { EVENT_SAMPLES, EVENT_TYPES } from "./event-types.js";
 import { parsePatterns } from "./glob.js";
-import { authHeaders, httpUrl, streamUrl, tokenFromFragment } from "./page.js";
+import { StreamAccess } from "./access.js";
+import { authHeaders, httpUrl, streamUrl } from "./page.js";
 
 const MAX_LINES = 500;
 
-const token = tokenFromFragment();
 const tail = byId("tail");
 const pill = byId("status-pill");
 const typesInput = byId("tail-types");
@@ -69,33 +69,53 @@ function setPublish(hello) {
       : "Your token lacks the publish scope: sending is disabled.");
 }
 
-const client = new CodaEventClient(streamUrl(), {
-  token,
-  onEvent(event, meta) {
-    push(`${meta.replayed ? "[replay] " : ""}${toJson(event)}`, "event");
+function connect(token) {
+  return new CodaEventClient(streamUrl(), {
+    token,
+    beforeReconnect: (status) => access.beforeReconnect(status),
+    onEvent(event, meta) {
+      push(`${meta.replayed ? "[replay] " : ""}${toJson(event)}`, "event");
+    },
+    onControl(frame) {
+      if (frame.type === "replay") {
+        const count = Array.isArray(frame.events) ? frame.events.length : 0;
+        push(`{"type":"replay","events":[… ${count} events, listed below …]}`, "control");
+        return;
+      }
+      push(toJson(frame), "control");
+      if (frame.type === "hello") setPublish(frame);
+    },
+    onStatus(status) {
+      access.observe(status);
+      if (access.refusal) return;
+      pill.dataset.state = status.state;
+      setText(pill, status.state);
+    },
+    onGap(gap) {
+      push(`-- stream not resumed (${gap.reason}); earlier events may be missing --`, "control");
+    },
+  });
+}
+
+const access = new StreamAccess({
+  connect,
+  onToken() {
+    // Keep the token when going back to the dashboard.
+    byId("dashboard-link").hash = access.fragment;
   },
-  onControl(frame) {
-    if (frame.type === "replay") {
-      const count = Array.isArray(frame.events) ? frame.events.length : 0;
-      push(`{"type":"replay","events":[… ${count} events, listed below …]}`, "control");
-      return;
-    }
-    push(toJson(frame), "control");
-    if (frame.type === "hello") setPublish(frame);
-  },
-  onStatus(status) {
-    pill.dataset.state = status.state;
-    setText(pill, status.state);
-  },
-  onGap(gap) {
-    push(`-- stream not resumed (${gap.reason}); earlier events may be missing --`, "control");
+  onRefused(refusal) {
+    if (!refusal) return;
+    pill.dataset.state = "unauthorized";
+    setText(pill, refusal.reason === "missing" ? "token needed" : "token refused");
+    setPublish(null);
   },
 });
+access.start();
 
 byId("tail-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const types = parsePatterns(typesInput.value);
-  client.subscribe({ types: types.length ? types : null, sessionId: sessionInput.value.trim() || null });
+  access.client.subscribe({ types: types.length ? types : null, sessionId: sessionInput.value.trim() || null });
 });
 byId("tail-clear").addEventListener("click", () => {
   tail.replaceChildren();
@@ -140,7 +160,7 @@ form.addEventListener("submit", async (ev) => {
   try {
     const response = await fetch(httpUrl("events"), {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders(token) },
+      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders(access.token) },
       body: JSON.stringify(body),
     });
     const text = await response.text();
@@ -158,7 +178,7 @@ form.addEventListener("submit", async (ev) => {
   }
 });
 
-// Keep the token when going back to the dashboard.
-if (token) document.getElementById("dashboard-link").hash = `token=${encodeURIComponent(token)}`;
-
-window.codaDebug = { client };
+window.codaDebug = {
+  get client() { return access.client; },
+  access,
+};

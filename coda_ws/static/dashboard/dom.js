@@ -43,6 +43,17 @@ export function formatMs(ms) {
   return `${Math.round(ms)} ms`;
 }
 
+/**
+ * An axis tick in ms: "0", "250 ms", "1 s", "1.5 s". Ticks fall on whole
+ * 1/2/5 steps, so no two ticks of one axis read the same.
+ */
+export function axisMs(ms) {
+  if (!Number.isFinite(ms)) return "";
+  if (ms === 0) return "0";
+  if (Math.abs(ms) < 1000) return `${Math.round(ms)} ms`;
+  return `${Number((ms / 1000).toFixed(3))} s`;
+}
+
 const numberFormats = new Map(); // digits -> Intl.NumberFormat (building one per call is slow)
 
 /** A number with exactly `digits` decimals and thousands separators, or an en dash. */

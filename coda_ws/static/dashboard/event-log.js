@@ -28,46 +28,155 @@ function fieldsOf(event) {
   return out;
 }
 
-/** A one-line description of an event, by type. */
+/** “text”, shortened; the redaction marker for null content. */
+function quote(text, length = SUMMARY_LENGTH) {
+  if (text == null) return "[redacted]";
+  return `“${short(text, length)}”`;
+}
+
+/** A number with its unit, or nothing when the field is missing. */
+function unit(value, suffix, digits = 0) {
+  return Number.isFinite(value) ? `${formatNumber(value, digits)}${suffix}` : null;
+}
+
+/** "80%" for a 0..1 confidence or score. */
+function percent(fraction) {
+  return Number.isFinite(fraction) ? `${Math.round(fraction * 100)}%` : null;
+}
+
+/** "42 s", "3 min 05 s", "1 h 02 min". */
+function duration(seconds) {
+  if (!Number.isFinite(seconds)) return null;
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+/** Words of a snake_case name: "push_to_talk" -> "push to talk". */
+function words(name) {
+  return String(name ?? "").replaceAll("_", " ");
+}
+
+/**
+ * A value as short readable text: strings quoted, objects as `key: value`
+ * pairs, nested objects and long lists abbreviated.
+ */
+export function inline(value, depth = 0) {
+  if (value === null || value === undefined) return "none";
+  if (typeof value === "string") return depth ? `"${short(value, 60)}"` : short(value, 100);
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : formatNumber(value, 2);
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (Array.isArray(value)) {
+    if (depth > 1) return `[${value.length}]`;
+    const shown = value.slice(0, 5).map((v) => inline(v, depth + 1));
+    return `[${shown.join(", ")}${value.length > 5 ? `, … ${value.length - 5} more` : ""}]`;
+  }
+  if (typeof value === "object") {
+    const entries = Object.entries(value);
+    if (depth > 1) return entries.length ? "{…}" : "{}";
+    const shown = entries.slice(0, 6).map(([k, v]) => `${k}: ${inline(v, depth + 1)}`);
+    const text = `${shown.join(", ")}${entries.length > 6 ? ", …" : ""}`;
+    return depth ? `{${text}}` : text;
+  }
+  return String(value);
+}
+
+/** Parts joined with " · ", empty ones left out. */
+function join(...parts) {
+  return parts.filter((part) => part != null && part !== "").join(" · ");
+}
+
+function describeSystemInfo(data) {
+  if (data == null || typeof data !== "object") return inline(data);
+  const { event, ...rest } = data;
+  if (event === "startup") return join(`startup${rest.version ? ` of ${rest.version}` : ""}`,
+    rest.session_id ? `session ${shortId(rest.session_id)}` : null);
+  if (event === "shutdown") return join("shutdown", rest.uptime_seconds != null ? `after ${duration(rest.uptime_seconds)}` : null);
+  if (event === "performance_summary" && rest.data && typeof rest.data === "object") {
+    const ops = Object.entries(rest.data.operation_timings || {}).filter(([, t]) => t && Number.isFinite(t.p95_ms));
+    const slowest = ops.reduce((a, b) => (b[1].p95_ms > a[1].p95_ms ? b : a), ops[0] || null);
+    const metrics = rest.data.system_metrics || {};
+    return join("performance summary", `${ops.length} operation${ops.length === 1 ? "" : "s"} timed`,
+      slowest ? `slowest ${slowest[0]} p95 ${formatMs(slowest[1].p95_ms)}` : null,
+      Number.isFinite(metrics.cpu_percent) ? `cpu ${formatNumber(metrics.cpu_percent, 1)}%` : null);
+  }
+  return join(event ? words(event) : null, Object.keys(rest).length ? inline(rest) : null) || "info";
+}
+
+/** A one-line description of an event, in words, by type. */
 export function describe(event) {
   if (event.redacted) return describeRedacted(event);
   const e = event;
   switch (e.type) {
-    case "stt_start": return `mode ${e.mode}`;
-    case "stt_interim": return `“${short(e.text)}” (interim)`;
-    case "stt_result": return `“${short(e.text)}”`;
-    case "llm_start": return `${e.model} · ${short(e.prompt, 100)}`;
-    case "llm_token": return toJson(e.token);
+    case "system_info": return describeSystemInfo(e.data);
+    case "system_error": return `${e.level ?? "error"}: ${short(e.message)}`;
+    case "system_metrics":
+      return join(`cpu ${formatNumber(e.cpu_percent, 1)}%`, `mem ${formatNumber(e.memory_mb, 1)} MB`,
+        e.gpu_vram_mb != null ? `gpu ${formatNumber(e.gpu_vram_mb, 0)} MB` : null,
+        e.uptime_seconds != null ? `up ${duration(e.uptime_seconds)}` : null);
+    case "system_status":
+      return join(`${e.ready_components ?? "?"} of ${e.total_components ?? "?"} components ready`,
+        e.failed_components ? `${e.failed_components} failed` : null, e.integration_health);
+    case "stt_start": return `listening (${words(e.mode) || "no mode"})`;
+    case "stt_interim": return join(`${quote(e.text)} (interim)`, percent(e.confidence));
+    case "stt_result": return quote(e.text);
+    case "llm_start": return join(e.model, short(e.prompt, 100));
+    case "llm_token": return quote(e.token, 40);
     case "llm_result": return `${short(e.text, 100)} · ${e.token_count} tokens in ${formatMs(e.duration_ms)}`;
     case "tts_start": return `${e.engine}/${e.voice_id} · ${short(e.text, 100)}`;
     case "tts_progress": return `${formatNumber(e.progress_percent, 0)}%`;
     case "tts_result":
       return `${e.success ? "ok" : "failed"} · ${formatMs(e.audio_duration_ms)} of audio in ${formatMs(e.duration_ms)}`;
-    case "tool_call": return `${e.tool_name}(${short(toJson(e.parameters), 100)})`;
-    case "tool_result": return `${e.tool_name} → ${short(toJson(e.result), 100)} · ${formatMs(e.duration_ms)}`;
-    case "system_metrics":
-      return `cpu ${formatNumber(e.cpu_percent, 1)}% · mem ${formatNumber(e.memory_mb, 1)} MB`
-        + (e.gpu_vram_mb != null ? ` · gpu ${formatNumber(e.gpu_vram_mb, 0)} MB` : "");
-    case "system_error": return `${e.level}: ${short(e.message)}`;
-    case "latency_trace": return `${e.component}.${e.operation} ${formatMs(e.duration_ms)}`;
+    case "tts_status": return `status ${words(e.status)}`;
+    case "tool_call": return `${e.tool_name}(${short(inline(e.parameters), 100)})`;
+    case "tool_result": return `${e.tool_name} → ${short(inline(e.result), 100)} · ${formatMs(e.duration_ms)}`;
+    case "tool_error": return `${e.tool_name} failed: ${short(e.error)}`;
+    case "memory_store":
+      return join(`stored ${words(e.memory_type) || "memory"}`, quote(e.content_preview, 100),
+        Number.isFinite(e.importance) ? `importance ${formatNumber(e.importance, 1)}` : null);
+    case "memory_retrieve":
+      return `recalled ${e.results_count ?? "?"} for ${quote(e.query, 100)}`;
+    case "conversation_start": return `conversation ${short(e.conversation_id, 40)} started`;
     case "conversation_turn": return `#${e.turn_number} “${short(e.user_input, 60)}”`;
+    case "conversation_end":
+      return join(`conversation ${short(e.conversation_id, 40)} ended`,
+        e.total_turns != null ? `${e.total_turns} turn${e.total_turns === 1 ? "" : "s"}` : null,
+        e.duration_seconds != null ? duration(e.duration_seconds) : null);
+    case "latency_trace": return `${e.component}.${e.operation} ${formatMs(e.duration_ms)}`;
+    case "component_timing": {
+      const timings = e.timings && typeof e.timings === "object" ? Object.entries(e.timings) : [];
+      return `${e.component}: ${timings.map(([name, ms]) => `${words(name)} ${formatMs(ms)}`).join(", ") || "no timings"}`;
+    }
+    case "component_status":
+      return join(`${e.component_type} ${words(e.state)}`,
+        e.initialization_order != null ? `order ${e.initialization_order}` : null,
+        Array.isArray(e.dependencies) && e.dependencies.length ? `needs ${e.dependencies.join(", ")}` : null);
+    case "component_error":
+      return join(`${e.component_type} ${words(e.state) || "error"}: ${short(e.error_message)}`,
+        e.error_count > 1 ? `${e.error_count} errors` : null);
+    case "component_health": return `${e.component_type}: ${short(inline(e.health_status), 120)}`;
+    case "integration_metrics":
+      return join(e.is_active ? "active" : "inactive",
+        `${formatNumber(e.total_events_processed ?? 0)} events processed`,
+        e.websocket_server_available === false ? "no server" : null);
     default:
       if (typeof e.error === "string") return short(e.error);
-      return short(toJson(fieldsOf(e)));
+      return short(inline(fieldsOf(e)));
   }
 }
 
 const CATEGORIES = new Set(["stt", "llm", "tts", "tool", "memory", "conversation", "system", "latency", "component"]);
 
-/** The colour group of a type: its prefix, "error" for *_error, else "other". */
 /** Redacted events: their non-content fields only (content is null for this reader). */
 function describeRedacted(event) {
   const fields = fieldsOf(event);
   delete fields.redacted;
   const kept = Object.entries(fields).filter(([, value]) => value !== null);
-  return short(`[content redacted] ${toJson(Object.fromEntries(kept))}`);
+  return short(join("[content redacted]", kept.length ? inline(Object.fromEntries(kept)) : null));
 }
 
+/** The colour group of a type: its prefix, "error" for *_error, else "other". */
 function category(type) {
   const name = String(type);
   if (name.endsWith("_error")) return "error";
@@ -92,6 +201,7 @@ export class EventLog {
     this.list = byId("log-rows");
     this.countNode = byId("log-count");
     this.foot = byId("log-foot");
+    this.emptyNote = byId("log-empty");
     this.typesInput = byId("log-types");
     this.sessionSelect = byId("log-session");
     this.searchInput = byId("log-search");
@@ -246,6 +356,8 @@ export class EventLog {
     const shown = this.list.childElementCount;
     setText(this.countNode, `${this.total.toLocaleString("en-US")} events · ${shown} shown`);
     this.list.dataset.rows = String(shown);
+    this.emptyNote.hidden = shown > 0;
+    if (!shown) setText(this.emptyNote, this.total ? "No events match these filters." : "No events yet.");
     setText(this.foot, shown >= MAX_ROWS
       ? `Showing the newest ${MAX_ROWS} matching events; the last ${MAX_STORED} or more are kept for filtering.`
       : "");

@@ -5,7 +5,7 @@
  */
 
 import { lineChart } from "./charts.js";
-import { byId, el, formatMs, setText } from "./dom.js";
+import { axisMs, byId, el, formatMs, setText } from "./dom.js";
 
 /** Turns in the chart and in the percentile table. */
 const TURNS_SHOWN = 100;
@@ -47,11 +47,14 @@ export class LatencyPanel {
       xLabel: "turn",
       height: 150,
       yMin: 0,
-      yFormat: (v) => formatMs(v),
+      ySpan: 100,
+      yFormat: axisMs,
+      empty: "No timed turns yet: each turn with a first audio adds a point here.",
+      reserve: true,
       series: [
-        { label: "voice-to-voice", color: "#58a6ff", width: 1.5, points: true },
-        { label: "p50", color: "#3fb950", width: 1.5 },
-        { label: "p95", color: "#d29922", width: 1.5, dash: [5, 4] },
+        { label: "voice-to-voice", color: "#58a6ff", width: 1.5, points: true, format: formatMs },
+        { label: "p50", color: "#3fb950", width: 1.5, format: formatMs },
+        { label: "p95", color: "#d29922", width: 1.5, dash: [5, 4], format: formatMs },
       ],
     });
     this._renderWaterfall(null);
@@ -114,9 +117,19 @@ export class LatencyPanel {
       node.style.left = scale(value);
       ticks.append(node);
     };
+    // Labels never overlap or repeat: the zero label only where it cannot run
+    // into an end label (about 56 px each, with a gap; a phone's track is
+    // narrow), and no end label while nothing is measured after 0 (the zero
+    // line stays either way).
+    const zeroAt = (0 - lo) / (hi - lo);
+    const track = Math.max(60, this.waterfall.clientWidth - 200);
+    const room = Math.min(0.5, 56 / track);
+    const endsAtZero = hi <= 1;
     if (lo < 0) tick(lo, formatMs(lo), "start");
-    tick(0, "0", lo < 0 ? "middle" : "start");
-    tick(hi, formatMs(hi), "end");
+    if (lo === 0) tick(0, "0", "start");
+    else if (endsAtZero) tick(hi, "0", "end");
+    else if (zeroAt > room && zeroAt < 1 - room) tick(0, "0", "middle");
+    if (!endsAtZero) tick(hi, formatMs(hi), "end");
     const axis = el("div", { class: "wf-row wf-axis" }, el("span"), ticks, el("span"));
     const notes = [turn.marks.stt_result !== null ? "0 = end of user speech (stt_result)" : "0 = llm_start (no speech input)"];
     if (turn.tool_calls) {

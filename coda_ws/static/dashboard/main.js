@@ -8,6 +8,11 @@
  * keeps answering clicks while thousands of events stream in; a user action
  * (a filter change) renders at the next frame regardless. Control frames
  * (hello) go through the same queue so they are applied in stream order.
+ *
+ * On a server that requires tokens, StreamAccess (access.js) owns the client:
+ * when the server refuses the page it stops the client and shows the token
+ * prompt; a token entered there replaces the client by a new one. Events the
+ * panels already applied are not applied twice when that happens.
  */
 
 import { CodaEventClient } from "../coda-ws-client.js";
@@ -16,7 +21,8 @@ import { ConnectionPanel } from "./connection-panel.js";
 import { ConversationPanel } from "./conversation-panel.js";
 import { EventLog } from "./event-log.js";
 import { LatencyPanel } from "./latency-panel.js";
-import { authHeaders, httpUrl, streamUrl, tokenFromFragment } from "./page.js";
+import { StreamAccess } from "./access.js";
+import { authHeaders, httpUrl, streamUrl } from "./page.js";
 import { SystemPanel } from "./system-panel.js";
 import { TurnTracker } from "./turns.js";
 
@@ -27,14 +33,14 @@ const BURST_EVENTS = 50;
 /** Least time between two DOM updates during a burst, in ms. */
 const BURST_RENDER_MS = 150;
 
-const token = tokenFromFragment();
 const tracker = new TurnTracker();
 const connection = new ConnectionPanel();
 const conversation = new ConversationPanel({ summaryFor: (turn) => tracker.summaryForSeq(turn.startSeq) });
 const latency = new LatencyPanel(tracker);
 const system = new SystemPanel();
 const log = new EventLog(() => schedule(true));
-const clients = new ClientsPanel(token);
+const clients = new ClientsPanel(null);
+let clientsToken; // the token the clients panel polls with (undefined: not started)
 
 const queue = [];
 let scheduled = false;
@@ -45,6 +51,10 @@ let seededEpoch = null;
 // The seq of the last event the panels have applied (the client's lastSeq runs
 // ahead of it while events wait in the queue for the next frame).
 let appliedSeq = 0;
+// The stream position the panels have taken events up to (across clients: a
+// client made for a new token starts afresh and would deliver them again).
+let seenEpoch = null;
+let seenSeq = 0;
 
 function schedule(now = false) {
   urgent = urgent || now;
@@ -68,6 +78,9 @@ function flush() {
       continue;
     }
     const { event, meta } = item;
+    if (item.epoch === seenEpoch && event.seq <= seenSeq) continue; // applied before (an earlier client)
+    seenEpoch = item.epoch;
+    seenSeq = event.seq;
     appliedSeq = event.seq;
     if (!meta.replayed) live += 1;
     // The turn tracker is seeded from GET /turns, so replayed (partial) events are not fed to it.
@@ -99,7 +112,7 @@ async function seedTurns(hello) {
   seededEpoch = hello.epoch;
   try {
     const response = await fetch(httpUrl(`turns?limit=${SEED_TURNS}`), {
-      headers: authHeaders(token),
+      headers: authHeaders(access.token),
       cache: "no-store",
     });
     if (!response.ok) throw new Error(`GET turns answered ${response.status}`);
@@ -115,33 +128,57 @@ async function seedTurns(hello) {
   }
 }
 
-const client = new CodaEventClient(streamUrl(), {
-  token,
-  onEvent(event, meta) {
-    queue.push({ event, meta });
-    schedule();
-  },
-  onStatus(status) {
-    connection.setStatus(status);
-    schedule();
-  },
-  onGap(gap) {
-    connection.showGap(gap);
-  },
-  onControl(frame) {
-    if (frame.type === "hello") {
-      queue.push({ hello: frame });
+function connect(token) {
+  return new CodaEventClient(streamUrl(), {
+    token,
+    beforeReconnect: (status) => access.beforeReconnect(status),
+    onEvent(event, meta) {
+      queue.push({ event, meta, epoch: access.client ? access.client.epoch : null });
       schedule();
-      seedTurns(frame);
-    }
+    },
+    onStatus(status) {
+      connection.setStatus(status);
+      access.observe(status);
+      schedule();
+    },
+    onGap(gap) {
+      connection.showGap(gap);
+    },
+    onControl(frame) {
+      if (frame.type === "hello") {
+        queue.push({ hello: frame });
+        schedule();
+        seedTurns(frame);
+        if (clientsToken !== access.token) {
+          clientsToken = access.token;
+          clients.start(access.token);
+        }
+      }
+    },
+  });
+}
+
+const access = new StreamAccess({
+  connect,
+  onToken() {
+    // Keep the token when moving to the debug page (the fragment never reaches the server).
+    document.getElementById("debug-link").hash = access.fragment;
+  },
+  onRefused(refusal) {
+    connection.setRefused(refusal);
   },
 });
+access.start();
 
-clients.start();
-// Keep the token when moving to the debug page (the fragment never reaches the server).
-if (token) document.getElementById("debug-link").hash = `token=${encodeURIComponent(token)}`;
 // Events/s decays to zero when the stream is quiet: redraw the connection panel now and then.
 setInterval(() => connection.render(appliedSeq), 1000);
 
 // For tests and for poking around from the console.
-window.codaDashboard = { client, tracker, log, panels: { connection, conversation, latency, system, log, clients } };
+window.codaDashboard = {
+  get client() { return access.client; },
+  access,
+  tracker,
+  log,
+  panels: { connection, conversation, latency, system, log, clients },
+  charts: { latency: latency.chart, cpu: system.cpuChart, memory: system.memChart, gpu: system.gpuChart },
+};

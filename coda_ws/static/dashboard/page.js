@@ -34,6 +34,54 @@ export function tokenFromFragment(loc = location) {
   return token ? token : null;
 }
 
+/**
+ * The sessionStorage key of this server's token: one per page directory, so
+ * two coda_ws servers mounted on one origin keep their own tokens.
+ * sessionStorage stays in this tab and is never sent anywhere (unlike a cookie).
+ */
+function storageKey(loc = location) {
+  return `coda-ws.token:${baseUrl(loc).pathname}`;
+}
+
+function storage() {
+  try {
+    return window.sessionStorage;
+  } catch (err) {
+    return null; // storage disabled (some privacy settings): the fragment still works
+  }
+}
+
+/** The token to start with: the fragment's, else the one this tab entered before, else null. */
+export function initialToken(loc = location) {
+  const fromFragment = tokenFromFragment(loc);
+  if (fromFragment) return fromFragment;
+  const store = storage();
+  return (store && store.getItem(storageKey(loc))) || null;
+}
+
+/** The fragment that carries `token` (empty without one). */
+export function tokenFragment(token) {
+  return token ? `#token=${encodeURIComponent(token)}` : "";
+}
+
+/**
+ * Keep `token` for this tab: in sessionStorage and in the address's fragment
+ * (replaced in place: no navigation, no request). `null` forgets it.
+ */
+export function rememberToken(token, loc = location) {
+  const store = storage();
+  if (store) {
+    if (token) store.setItem(storageKey(loc), token);
+    else store.removeItem(storageKey(loc));
+  }
+  const url = new URL(loc.href);
+  url.hash = tokenFragment(token);
+  if (url.href !== loc.href) history.replaceState(history.state, "", token ? url.href : url.href.replace(/#$/, ""));
+}
+
+/** Characters a token may have: it travels as a WebSocket subprotocol (an HTTP token, RFC 7230). */
+export const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 /** Headers for the server's HTTP endpoints. */
 export function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};

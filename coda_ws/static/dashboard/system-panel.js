@@ -16,9 +16,14 @@ function formatUptime(seconds) {
   return `${s} s`;
 }
 
-/** Axis tick label: whole numbers plain, fractions with one decimal. */
+/** Axis tick label: whole numbers (the axes step by whole 1/2/5 units), with separators. */
 function tick(v) {
   return formatNumber(v, Number.isInteger(v) ? 0 : 1);
+}
+
+/** A value in a legend or tile: one decimal below 100, whole above. */
+function value(v) {
+  return formatNumber(v, Math.abs(v) < 100 ? 1 : 0);
 }
 
 export class SystemPanel {
@@ -32,19 +37,24 @@ export class SystemPanel {
     this.memValue = byId("sys-mem");
     this.gpuValue = byId("sys-gpu");
     this.uptimeValue = byId("sys-uptime");
+    // The value tiles above the charts show the latest values: no legends.
     this.cpuChart = lineChart(byId("sys-cpu-chart"), {
-      height: 100, yMin: 0, legend: false, yFormat: (v) => `${formatNumber(v, 0)}%`,
-      series: [{ label: "CPU %", color: "#58a6ff", fill: "rgba(88,166,255,0.12)", format: (v) => `${tick(v)}%` }],
+      height: 100, yMin: 0, ySpan: 5, legend: false, yFormat: (v) => `${tick(v)}%`,
+      empty: "CPU: none reported.",
+      series: [{ label: "CPU %", color: "#58a6ff", fill: "rgba(88,166,255,0.12)", format: (v) => `${value(v)}%` }],
     });
     this.memChart = lineChart(byId("sys-mem-chart"), {
-      height: 100, yMin: 0, legend: false, yFormat: tick,
-      series: [{ label: "Memory MB", color: "#a371f7", fill: "rgba(163,113,247,0.12)", format: (v) => `${tick(v)} MB` }],
+      height: 100, yMin: 0, ySpan: 10, legend: false, yFormat: tick,
+      empty: "Memory: none reported.",
+      series: [{ label: "Memory MB", color: "#a371f7", fill: "rgba(163,113,247,0.12)", format: (v) => `${value(v)} MB` }],
     });
     this.gpuChart = lineChart(byId("sys-gpu-chart"), {
-      height: 100, yMin: 0, legend: false, yFormat: tick,
-      series: [{ label: "GPU MB", color: "#3fb950", fill: "rgba(63,185,80,0.12)", format: (v) => `${tick(v)} MB` }],
+      height: 100, yMin: 0, ySpan: 10, legend: false, yFormat: tick,
+      empty: "GPU memory: none reported (no GPU, or nvidia-ml-py is not installed).",
+      series: [{ label: "GPU MB", color: "#3fb950", fill: "rgba(63,185,80,0.12)", format: (v) => `${value(v)} MB` }],
     });
-    this.gpuNote = byId("sys-gpu-note");
+    this.emptyNote = byId("sys-empty");
+    this.charts = byId("sys-charts");
     this.last = null;
   }
 
@@ -72,6 +82,7 @@ export class SystemPanel {
     this.cpuChart.setData([this.x.slice(), this.cpu.slice()]);
     this.memChart.setData([this.x.slice(), this.mem.slice()]);
     this.gpuChart.setData([this.x.slice(), this.gpu.slice()]);
-    this.gpuNote.hidden = this.gpu.some((v) => v !== null);
+    this.emptyNote.hidden = true;
+    this.charts.hidden = false;
   }
 }
