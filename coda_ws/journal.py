@@ -415,6 +415,8 @@ class Journal:
         self._flush_waiters = 0
         self._stopping = False
         self._abandon = False
+        self._closing = False  # close() is running
+        self._restart_after_exit = False  # work arrived while a writer close() gave up on was finishing
         self._thread = None
         self._dead = None  # why the last writer died of a bug, until a new one starts
         # Fault episode: when writes started failing, attempts, last error.
@@ -580,6 +582,7 @@ class Journal:
                     "inside them are told so); continuing after seq %d",
                     self.path, epoch, head + 1, reserved, reserved)
                 head = reserved
+            windows = [(first, min(last, head)) for first, last in windows if first <= head]  # a damaged table
             bus.restore(epoch, head, state.events, state.replay, first_seq=state.first_seq,
                         compatible=compatible, lost=windows)
             open_meta = {"epoch": epoch, "compatible": json.dumps(compatible), "last_seq": head}
@@ -682,6 +685,10 @@ class Journal:
     def _ensure_writer_locked(self):
         if self._thread is None:
             self._start_writer_locked()
+        elif self._abandon and not self._closing:
+            # close() gave up on the writer, which is still inside SQLite
+            # (a busy wait); a new one takes over once it has ended.
+            self._restart_after_exit = True
 
     def _start_writer_locked(self):
         # A new writer starts only once the previous one has finished its
@@ -733,6 +740,9 @@ class Journal:
             with self._cond:
                 if self._thread is me:
                     self._thread = None
+                    if self._restart_after_exit:
+                        self._restart_after_exit = False
+                        self._start_writer_locked()
                 self._cond.notify_all()
 
     def _close_quietly(self, conn):
@@ -1011,6 +1021,15 @@ class Journal:
         committed as lost; while this process lives the journal keeps it
         and writes it once a later writer succeeds.
         """
+        with self._cond:
+            self._closing = True
+        try:
+            return self._close(timeout)
+        finally:
+            with self._cond:
+                self._closing = False
+
+    def _close(self, timeout):
         deadline = time.monotonic() + timeout
         grace = min(1.0, timeout / 4)  # left for the writer to notice that we give up
         while True:
