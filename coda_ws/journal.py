@@ -693,19 +693,22 @@ class Journal:
     def _start_writer_locked(self):
         # A new writer starts only once the previous one has finished its
         # last transaction (it clears _thread last), so file states stay ordered.
-        if self._dead is not None:
-            log.info("journal %s: starting a new writer (the last one died: %s)", self.path, self._dead)
+        died_of = self._dead
+        if died_of is not None:
             self._counters["writer_restarts"] += 1
             self._dead = None
         self._stopping = self._abandon = False
-        self._thread = thread = threading.Thread(target=self._run, name="coda-ws-journal", daemon=True)
+        self._thread = thread = threading.Thread(target=self._run, args=(died_of,), name="coda-ws-journal",
+                                                 daemon=True)
         thread.start()
         return thread
 
-    def _run(self):
+    def _run(self, died_of=None):
         me = threading.current_thread()
         conn = None
         delay = 0.0
+        if died_of is not None:
+            log.info("journal %s: a new writer takes over (the last one died: %s)", self.path, died_of)
         try:
             while True:
                 with self._cond:

@@ -356,6 +356,10 @@ def test_full_disk_keeps_the_stream_flowing_and_history_committed(small_disk, se
     assert "gave up closing after" in new[1] and "10 events not committed (seqs 521-530)" in new[1]
     assert len([r for r in caplog.records if r.exc_info]) == 0  # no tracebacks
 
+    (small_disk / "filler").unlink()  # the journal kept them: a later close commits them
+    assert journal.close(TIMEOUT)
+    assert file_seqs(path)[-11:] == list(range(520, 531))
+
 
 # -- a crash ------------------------------------------------------------------------------------
 
