@@ -990,13 +990,13 @@ class Journal:
         head = self._bus.head if self._bus is not None else 0
         with self._cond:
             target = max(self._queued_seq, head)
-            if self._committed_seq >= target:
+            if self._flushed_locked(target):
                 return True
             self._ensure_writer_locked()
             self._flush_waiters += 1
             self._cond.notify_all()
             try:
-                while self._committed_seq < target:
+                while not self._flushed_locked(target):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -1006,6 +1006,14 @@ class Journal:
                 return True
             finally:
                 self._flush_waiters -= 1
+
+    def _flushed_locked(self, target):
+        if self._committed_seq >= target:
+            return True
+        # Positions the listener will never get (holes) are not waited for.
+        queued = self._queued_seq
+        return (self._committed_seq >= queued and queued < target
+                and not self._bus.retained(queued + 1, target)[0])
 
     def close(self, timeout=5.0):
         """Commit everything queued, mark the file closed cleanly, join the writer.
