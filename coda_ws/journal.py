@@ -415,6 +415,8 @@ class Journal:
         self._flush_waiters = 0
         self._stopping = False
         self._abandon = False
+        self._closing = False  # close() is running
+        self._restart_after_exit = False  # work arrived while a writer close() gave up on was finishing
         self._thread = None
         self._dead = None  # why the last writer died of a bug, until a new one starts
         # Fault episode: when writes started failing, attempts, last error.
@@ -580,6 +582,7 @@ class Journal:
                     "inside them are told so); continuing after seq %d",
                     self.path, epoch, head + 1, reserved, reserved)
                 head = reserved
+            windows = [(first, min(last, head)) for first, last in windows if first <= head]  # a damaged table
             bus.restore(epoch, head, state.events, state.replay, first_seq=state.first_seq,
                         compatible=compatible, lost=windows)
             open_meta = {"epoch": epoch, "compatible": json.dumps(compatible), "last_seq": head}
@@ -682,23 +685,30 @@ class Journal:
     def _ensure_writer_locked(self):
         if self._thread is None:
             self._start_writer_locked()
+        elif self._abandon and not self._closing:
+            # close() gave up on the writer, which is still inside SQLite
+            # (a busy wait); a new one takes over once it has ended.
+            self._restart_after_exit = True
 
     def _start_writer_locked(self):
         # A new writer starts only once the previous one has finished its
         # last transaction (it clears _thread last), so file states stay ordered.
-        if self._dead is not None:
-            log.info("journal %s: starting a new writer (the last one died: %s)", self.path, self._dead)
+        died_of = self._dead
+        if died_of is not None:
             self._counters["writer_restarts"] += 1
             self._dead = None
         self._stopping = self._abandon = False
-        self._thread = thread = threading.Thread(target=self._run, name="coda-ws-journal", daemon=True)
+        self._thread = thread = threading.Thread(target=self._run, args=(died_of,), name="coda-ws-journal",
+                                                 daemon=True)
         thread.start()
         return thread
 
-    def _run(self):
+    def _run(self, died_of=None):
         me = threading.current_thread()
         conn = None
         delay = 0.0
+        if died_of is not None:
+            log.info("journal %s: a new writer takes over (the last one died: %s)", self.path, died_of)
         try:
             while True:
                 with self._cond:
@@ -733,6 +743,9 @@ class Journal:
             with self._cond:
                 if self._thread is me:
                     self._thread = None
+                    if self._restart_after_exit:
+                        self._restart_after_exit = False
+                        self._start_writer_locked()
                 self._cond.notify_all()
 
     def _close_quietly(self, conn):
@@ -977,13 +990,13 @@ class Journal:
         head = self._bus.head if self._bus is not None else 0
         with self._cond:
             target = max(self._queued_seq, head)
-            if self._committed_seq >= target:
+            if self._flushed_locked(target):
                 return True
             self._ensure_writer_locked()
             self._flush_waiters += 1
             self._cond.notify_all()
             try:
-                while self._committed_seq < target:
+                while not self._flushed_locked(target):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -993,6 +1006,14 @@ class Journal:
                 return True
             finally:
                 self._flush_waiters -= 1
+
+    def _flushed_locked(self, target):
+        if self._committed_seq >= target:
+            return True
+        # Positions the listener will never get (holes) are not waited for.
+        queued = self._queued_seq
+        return (self._committed_seq >= queued and queued < target
+                and not self._bus.retained(queued + 1, target)[0])
 
     def close(self, timeout=5.0):
         """Commit everything queued, mark the file closed cleanly, join the writer.
@@ -1011,6 +1032,15 @@ class Journal:
         committed as lost; while this process lives the journal keeps it
         and writes it once a later writer succeeds.
         """
+        with self._cond:
+            self._closing = True
+        try:
+            return self._close(timeout)
+        finally:
+            with self._cond:
+                self._closing = False
+
+    def _close(self, timeout):
         deadline = time.monotonic() + timeout
         grace = min(1.0, timeout / 4)  # left for the writer to notice that we give up
         while True:

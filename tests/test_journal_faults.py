@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -128,12 +129,14 @@ def test_writer_survives_a_write_lock_held_across_stop_and_start(server_factory,
         assert readyz(server)[0] == 503
         assert file_seqs(path) == list(range(1, 101))  # not one committed row deleted
 
-    assert server.journal.flush(TIMEOUT)
-    assert file_seqs(path) == list(range(1, 201))
+    # No flush() here: the writer has to get there on its own.
+    wait_for(lambda: file_seqs(path) == list(range(1, 201)), TIMEOUT, "every event committed")
     wait_for(lambda: readyz(server)[0] == 200, TIMEOUT, "readiness")
     assert value(scrape(server), "coda_ws_journal_up") == 1
     ended = [r.getMessage() for r in caplog.records if r.name == JOURNAL_LOG and "writing again" in r.getMessage()]
-    assert len(ended) == 1 and "100 events written late" in ended[0], ended
+    # 100, or 50 when the writer stop() gave up on was still inside SQLite's busy wait at the
+    # restart: it writes its own 50 on its way out and a new writer the other 50.
+    assert len(ended) == 1 and re.search(r"(100|50) events written late", ended[0]), ended
     assert len(journal_errors(caplog)) == 2  # one per episode, plus the stop: not one per attempt
 
 
@@ -350,8 +353,12 @@ def test_full_disk_keeps_the_stream_flowing_and_history_committed(small_disk, se
     assert time.monotonic() - started < 1.5 + 1.0
     new = [r.getMessage() for r in journal_errors(caplog)[errors_before:]]
     assert len(new) == 2 and "write failed" in new[0], new
-    assert "gave up closing after 1.5 s: 10 events not committed (seqs 521-530)" in new[1]
+    assert "gave up closing after" in new[1] and "10 events not committed (seqs 521-530)" in new[1]
     assert len([r for r in caplog.records if r.exc_info]) == 0  # no tracebacks
+
+    (small_disk / "filler").unlink()  # the journal kept them: a later close commits them
+    assert journal.close(TIMEOUT)
+    assert file_seqs(path)[-11:] == list(range(520, 531))
 
 
 # -- a crash ------------------------------------------------------------------------------------
