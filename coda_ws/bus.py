@@ -52,24 +52,23 @@ import threading
 import time
 import uuid
 
-from . import framing
-from .errors import InvalidEventError
-from .events import (
-    DEFAULT_MAX_EVENT_SIZE,
+from ._fastjson import encode_json
+from .events import DEFAULT_MAX_EVENT_SIZE, assemble_event
+from .filters import EventFilter
+from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
+from .wire import (
     WIRE_HEAD,
-    assemble_event,
-    encode_json,
-    event_class,
+    Entry,
+    EventDict,
+    Hole,
+    entry_from_wire,
+    new_entry,
     prepare_event,
     wire_tail,
 )
-from .filters import EventFilter
-from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 
-__all__ = [
-    "EventBus", "Subscription", "Entry", "EventDict", "ResumeResult", "CONFLATE_BACKLOG", "redact_event",
-    "StampedEvent", "entry_from_wire",
-]
+__all__ = ["EventBus", "Subscription", "ResumeResult", "CONFLATE_BACKLOG", "STALE_EPOCH_CHANGED",
+           "DEFAULT_CLIENT_QUEUE_SIZE"]
 
 log = logging.getLogger("coda_ws.bus")
 
@@ -89,65 +88,6 @@ STALE_EPOCH_CHANGED = "epoch_changed"
 DEFAULT_CLIENT_QUEUE_SIZE = 1024
 
 
-class EventDict(dict):
-    """An event in dict form (the replay buffer holds these) that remembers its
-    wire JSON, so replay frames reuse the bytes encoded at emit time."""
-
-    __slots__ = ("wire",)
-
-
-class Entry:
-    """One event in the history ring. Immutable once published.
-
-    Attributes:
-        seq, timestamp, type, session_id: the envelope.
-        frame: the event framed as a WebSocket text message (the bytes every
-            writer sends); :attr:`data` is its JSON payload.
-        high_priority: kept in the replay buffer.
-        conflate_key: ``(type, session_id)`` for conflatable state, else None.
-        target: a client id for ``send_to`` events (delivered to that client
-            only, never replayed or resumed), else None.
-    """
-
-    __slots__ = (
-        "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
-        "frame", "offset", "cls", "_redacted",
-    )
-
-    def redacted_frame(self):
-        """The frame for readers without ``read:content``: content fields set
-        to null and ``"redacted": true``. Built once per event, on first use
-        (two writers racing build identical bytes); events without content
-        fields share their normal frame."""
-        frame = self._redacted
-        if frame is None:
-            if self.cls.content_fields:
-                frame = framing.text_frame(encode_json(redact_event(self.to_dict())))
-            else:
-                frame = self.frame
-            self._redacted = frame
-        return frame
-
-    @property
-    def data(self):
-        """The event's wire JSON (UTF-8 bytes)."""
-        return self.frame[self.offset :]
-
-    def to_dict(self):
-        """The event as a wire-ordered dict."""
-        return json.loads(self.frame[self.offset :])
-
-    def event(self):
-        """The event as its dataclass."""
-        fields = self.to_dict()
-        for key in ("version", "type"):
-            del fields[key]
-        return self.cls(**fields)
-
-    def __repr__(self):
-        return f"<Entry seq={self.seq} type={self.type}>"
-
-
 #: What a replay frame takes besides its events (with room for "omitted").
 _REPLAY_FRAME_OVERHEAD = b'{"type":"replay","events":[],"omitted":18446744073709551615}'
 
@@ -156,81 +96,6 @@ def _replay_seq(event):
     """The seq of a replay buffer item (0 for dicts added by hand without one)."""
     seq = event.get("seq", 0) if isinstance(event, dict) else 0
     return seq if isinstance(seq, int) else 0
-
-
-def redact_event(event):
-    """A copy of an event dict with its content fields set to None and
-    ``"redacted": True``; None for a dict whose type is unknown (its content
-    cannot be told apart, so a read-only reader must not get it)."""
-    type_name = event.get("type")
-    try:
-        content = event_class(type_name).content_fields
-    except InvalidEventError:
-        return None
-    redacted = dict(event)
-    for name in content:
-        if name in redacted:
-            redacted[name] = None
-    redacted["redacted"] = True
-    return redacted
-
-
-class StampedEvent(collections.namedtuple(
-    "StampedEvent", "seq timestamp type session_id high_priority payload target", defaults=(None,)
-)):
-    """An event whose seq was stamped elsewhere (a journal, a backplane), as
-    :meth:`EventBus.restore` and :meth:`EventBus.ingest` take it.
-
-    Attributes:
-        seq, timestamp, type, session_id: the envelope (``type`` a string).
-        high_priority: kept in the replay buffer.
-        payload: the event's wire JSON (UTF-8 bytes), envelope included: the
-            very bytes sent to readers.
-        target: a reader id for an event sent to a single reader, else None.
-    """
-
-    __slots__ = ()
-
-
-def _new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
-    """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
-    place entries are built, so emitted and stamped-elsewhere events are alike."""
-    entry = Entry()
-    entry.seq = seq
-    entry.timestamp = timestamp
-    entry.type = type_name = cls.type_name
-    entry.session_id = session_id
-    entry.high_priority = high_priority and target is None
-    entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
-    entry.target = target
-    entry.cls = cls
-    entry._redacted = None
-    entry.frame = framing.text_frame(payload)
-    entry.offset = len(entry.frame) - len(payload)
-    return entry
-
-
-def entry_from_wire(event):
-    """Build the history entry for a :class:`StampedEvent`, framing it once.
-
-    Returns ``(entry, record)``: ``record`` is the replay buffer's
-    :class:`EventDict` for a high-priority event, else None. An event of a
-    type this version does not know becomes a hole (logged): a position no
-    reader receives, so the order of the others stays intact.
-    """
-    try:
-        cls = event_class(event.type)
-    except InvalidEventError:
-        log.warning("event seq %d has unknown type %r; no reader will receive it", event.seq, event.type)
-        return _Hole(event.seq), None
-    payload = bytes(event.payload)
-    entry = _new_entry(event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority),
-                       event.target, payload)
-    if entry.high_priority:
-        record = EventDict(json.loads(payload))
-        record.wire = payload
-        return entry, record
-    return entry, None
 
 
 class ResumeResult:
@@ -855,6 +720,15 @@ class EventBus:
         return self._head
 
     @property
+    def deliverable_seq(self):
+        """The last seq stamped that the dispatcher may publish: ``last_seq``,
+        or the journal's fence when it holds events back. What a reader that
+        keeps up will have once the dispatcher has caught up."""
+        fence = self._fence
+        last = self._last_seq
+        return last if fence is None else min(last, fence)
+
+    @property
     def oldest_seq(self):
         """The oldest seq still held in the history (1 when empty)."""
         return self._oldest_locked(self._head)
@@ -953,7 +827,7 @@ class EventBus:
         floor = max(1, low + 1, last_seq + 1 if floor is None else floor)
         for seq in range(floor, last_seq + 1):
             if ring[seq % capacity].seq != seq:
-                ring[seq % capacity] = _Hole(seq)
+                ring[seq % capacity] = Hole(seq)
         if replay is not None:
             records.clear()
             for payload in replay:
@@ -1148,7 +1022,7 @@ class EventBus:
                 expected += 1
             with self._emit_lock:
                 self._last_seq = max(self._last_seq, expected - 1)
-            self._deliver(made, holes=any(type(entry) is _Hole for entry, _ in made))
+            self._deliver(made, holes=any(type(entry) is Hole for entry, _ in made))
         with self._dispatched:
             self._dispatched.notify_all()
 
@@ -1322,7 +1196,7 @@ class EventBus:
         is in the replay buffer already (emit() put it there): it only gets
         its wire bytes here."""
         payload = b"%s%d%s" % (WIRE_HEAD, seq, wire_tail(timestamp, cls.type_name, session_json, body))
-        entry = _new_entry(seq, timestamp, cls, session_id, record is not None, target, payload)
+        entry = new_entry(seq, timestamp, cls, session_id, record is not None, target, payload)
         if record is not None:
             record.wire = payload
         return entry, None
@@ -1339,7 +1213,7 @@ class EventBus:
             except Exception:
                 self._count("dispatch_errors")
                 log.exception("event seq %d could not be framed; no reader will receive it", item[0])
-                made.append((_Hole(item[0]), None))
+                made.append((Hole(item[0]), None))
         return made
 
     def flush(self, timeout=None):
@@ -1401,24 +1275,3 @@ class _Empty:
 
 
 _EMPTY = _Empty()
-
-
-class _Hole:
-    """A position of the stream whose event no reader here may receive: an
-    event sent to a single client that a journal did not keep, or one of an
-    unknown type. Its ``target`` matches no reader, so readers, resume,
-    replay and history skip it exactly like another client's ``send_to``
-    event, and the seqs around it stay consecutive."""
-
-    __slots__ = ("seq",)
-    target = ""
-    conflate_key = None
-    high_priority = False
-    type = ""
-    session_id = None
-
-    def __init__(self, seq):
-        self.seq = seq
-
-    def __repr__(self):
-        return f"<hole seq={self.seq}>"

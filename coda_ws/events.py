@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 from dataclasses_json import DataClassJsonMixin
 
 from ._fastjson import encode_json
-from .errors import EventTooLargeError, InvalidEventError
+from .errors import InvalidEventError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -76,7 +76,7 @@ __all__ = [
     "create_event",
     "validate_event",
     "encode_json",
-    "prepare_event",
+    "encode_session_id",
     "DEFAULT_MAX_EVENT_SIZE",
 ]
 
@@ -91,10 +91,6 @@ _ENVELOPE = ("version", "seq", "timestamp", "type", "session_id")
 #: a long response or a tool result fits, a runaway blob does not.
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 
-#: The most wire JSON an event takes besides its fields, type name and session
-#: id: the envelope's keys and punctuation, a seq of up to 20 digits and a
-#: timestamp's repr of up to 24 characters.
-_ENVELOPE_BYTES = len(b'{"version":"1.0","seq":,"timestamp":,"type":"","session_id":}') + 20 + 24
 
 
 class EventType(str, Enum):
@@ -569,16 +565,32 @@ def event_class(event_type):
     )
 
 
-def _check_session_id(session_id, type_name):
-    if session_id is None or type(session_id) is str:
-        return session_id
-    if isinstance(session_id, str):
-        return str.__str__(session_id)
-    raise InvalidEventError(
-        f"{type_name}.session_id must be a string or None, got {_kind(session_id)} {session_id!r}",
-        event_type=type_name,
-        field="session_id",
-    )
+def encode_session_id(session_id, type_name):
+    """Check an event's session id and encode it as its wire JSON.
+
+    Returns ``(session_id, json_bytes)``: a plain ``str`` (str subclasses are
+    converted) or None, and its UTF-8 JSON (``b"null"`` for None).
+
+    Raises:
+        InvalidEventError: naming ``session_id``: not a string, or a string
+            UTF-8 cannot encode (a lone surrogate).
+    """
+    if session_id is None:
+        return None, b"null"
+    if type(session_id) is not str:
+        if not isinstance(session_id, str):
+            raise InvalidEventError(
+                f"{type_name}.session_id must be a string or None, got {_kind(session_id)} {session_id!r}",
+                event_type=type_name,
+                field="session_id",
+            )
+        session_id = str.__str__(session_id)
+    try:
+        return session_id, encode_json(session_id).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: a valid str, not UTF-8
+        raise InvalidEventError(
+            f"{type_name}.session_id cannot be encoded as UTF-8: {exc}", event_type=type_name, field="session_id"
+        ) from None
 
 
 def assemble_event(cls, seq, timestamp, session_id, values):
@@ -654,79 +666,6 @@ def encode_fields(cls, values):
         raise InvalidEventError(f"{type_name} cannot be encoded as JSON: {exc}", event_type=type_name) from None
 
 
-def prepare_event(event_type, session_id, high_priority, fields, max_event_size=DEFAULT_MAX_EVENT_SIZE):
-    """Everything ``emit()`` does in the caller's thread, in one place.
-
-    Validates and coerces the fields, encodes them and the session id, and
-    checks the encoded size, so that every way an event can fail, fails here
-    (DESIGN: "encoding is complete in the caller"); what comes back can
-    always be stamped and framed. Used by ``EventBus.emit``, ``RedisEmitter``
-    and ``POST /events`` (through ``emit``).
-
-    Args:
-        event_type: an :class:`EventType` or its string value.
-        session_id: a string or None.
-        high_priority: True, False, or None for the type's default.
-        fields: the type's fields (a dict; consumed).
-        max_event_size: the largest encoded event, in bytes (None: no limit).
-
-    Returns:
-        A plain tuple ``(cls, values, body, session_id, session_json,
-        high_priority)`` (a tuple, not an object: this is ``emit()``'s hot
-        path): ``values`` the coerced fields in wire order, ``body`` their
-        UTF-8 JSON object, ``session_json`` the session id as UTF-8 JSON
-        (``b"null"`` for None).
-
-    Raises:
-        InvalidEventError: an unknown type, a bad field or session id, or a
-            value that cannot be encoded (NaN, a lone surrogate, ...).
-        EventTooLargeError: the encoded event is over ``max_event_size``.
-    """
-    cls = event_class(event_type)
-    values = build_fields(cls, fields)
-    body = encode_fields(cls, values)
-    type_name = cls.type_name
-    if session_id is None:
-        session_json = b"null"
-    else:
-        session_id = _check_session_id(session_id, type_name)
-        try:
-            session_json = encode_json(session_id).encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate: valid str, not UTF-8
-            raise InvalidEventError(
-                f"{type_name}.session_id cannot be encoded as UTF-8: {exc}", event_type=type_name, field="session_id"
-            ) from None
-    if high_priority is None:
-        high_priority = cls.high_priority
-    elif high_priority is not True and high_priority is not False:
-        raise InvalidEventError(f"high_priority must be True, False or None, got {high_priority!r}")
-    if max_event_size is not None:
-        size = len(body) + len(session_json) + len(type_name) + _ENVELOPE_BYTES
-        if size > max_event_size:
-            raise EventTooLargeError(
-                f"{type_name} event is {size} bytes encoded, over max_event_size ({max_event_size} bytes); "
-                "send large payloads by reference, or raise max_event_size",
-                event_type=type_name, size=size, limit=max_event_size,
-            )
-    return cls, values, body, session_id, session_json, high_priority
-
-
-def wire_tail(timestamp, type_name, session_json, body):
-    """An event's wire JSON after its seq: timestamp, type, session and the
-    fields, in wire order. ``session_json`` and ``body`` come from
-    :func:`prepare_event`; nothing here can fail for them."""
-    return b',"timestamp":%s,"type":"%s","session_id":%s%s' % (
-        repr(timestamp).encode(),
-        type_name.encode(),
-        session_json,
-        b"," + body[1:] if len(body) > 2 else b"}",
-    )
-
-
-#: An event's wire JSON is ``WIRE_HEAD + seq digits + wire_tail(...)``.
-WIRE_HEAD = b'{"version":"1.0","seq":'
-
-
 def create_event(event_type, seq=0, *, session_id=None, timestamp=None, **fields):
     """Build a validated event.
 
@@ -744,7 +683,10 @@ def create_event(event_type, seq=0, *, session_id=None, timestamp=None, **fields
         InvalidEventError (a TypeError and a ValueError): unknown type, or a
             field missing, unknown, of the wrong kind or not encodable.
     """
-    cls, values, _, session_id, _, _ = prepare_event(event_type, session_id, None, dict(fields), None)
+    cls = event_class(event_type)
+    values = build_fields(cls, dict(fields))
+    encode_fields(cls, values)
+    session_id, _ = encode_session_id(session_id, cls.type_name)
     if timestamp is None:
         timestamp = time.time()
     else:

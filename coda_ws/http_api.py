@@ -36,12 +36,12 @@ import ssl
 from flask import Response, request
 
 from .auth import ALL_SCOPES, bearer_token
-from .bus import Entry
 from .errors import CodaWSError, EventTooLargeError, HandshakeRefused, InvalidEventError
 from .events import EVENT_VERSION, encode_json, event_class
 from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
+from .wire import Entry
 
 __all__ = [
     "register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER", "PAGE_HEADERS",

@@ -104,10 +104,10 @@ import time
 import uuid
 import weakref
 
-from .bus import StampedEvent, entry_from_wire
 from .errors import JournalError
 from .events import EventType
 from .filters import EventFilter
+from .wire import StampedEvent, entry_from_wire
 
 __all__ = ["Journal", "JournalState", "read_journal", "DEFAULT_FLUSH_INTERVAL"]
 

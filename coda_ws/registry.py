@@ -25,12 +25,13 @@ from typing import Any
 
 from . import framing
 from ._transport import ServerTransport
-from .bus import EventBus, redact_event
+from .bus import EventBus
 from .connection import Connection, GuardedSocket, SessionSettings
 from .deadline import Deadline
 from .errors import HandshakeRefused
 from .handshake import UpgradeRequest
 from .protocol import CLOSE_ABNORMAL, PROTOCOL_VERSION, SERVER_NAME, V1_SUBPROTOCOL
+from .wire import redact_event
 
 __all__ = ["ClientRegistry", "RegistryLimits"]
 
@@ -172,7 +173,9 @@ class ClientRegistry:
         ``timeout`` seconds had passed."""
         deadline = Deadline(timeout)
         grace = deadline.earlier(timeout / 5)  # healthy clients answer the close frame well before
-        head = self.bus.head  # what each client gets before its close frame
+        # What each client gets before its close frame: everything emitted so
+        # far, not only what is dispatched (under load the dispatcher may lag).
+        head = max(self.bus.head, self.bus.deliverable_seq)
         for conn in self.snapshot().values():
             conn.request_close(code, reason, after=head)
         with self._changed:

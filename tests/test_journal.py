@@ -11,7 +11,7 @@ import time
 import pytest
 
 from coda_ws import CodaWebSocketServer, EventBus, EventFilter, cli
-from coda_ws.bus import StampedEvent
+from coda_ws.wire import StampedEvent
 from coda_ws.journal import Journal, read_journal
 
 from ._proc import CHILD_TIMEOUT, Child

@@ -65,16 +65,13 @@ import threading
 import time
 import uuid
 
-from ..bus import StampedEvent, entry_from_wire
 from ..events import (
     DEFAULT_MAX_EVENT_SIZE,
-    WIRE_HEAD,
     SystemErrorEvent,
     build_fields,
     encode_fields,
-    prepare_event,
-    wire_tail,
 )
+from ..wire import WIRE_HEAD, StampedEvent, entry_from_wire, prepare_event, wire_tail
 
 __all__ = [
     "RedisBackplane", "RedisEmitter", "stream_keys",

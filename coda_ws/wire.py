@@ -1,0 +1,270 @@
+"""The wire format: an event as it travels, is stored and comes back.
+
+Every event is one flat JSON object (``docs/protocol.md`` section 2):
+``WIRE_HEAD + seq digits + wire_tail(timestamp, type, session, fields)``.
+The parts that can fail (validating the fields, encoding them and the session
+id, the size limit) are done once, in the caller's thread, by
+:func:`prepare_event`; what is left once a seq is known (joining bytes,
+framing) cannot fail.
+
+This module holds the names the bus, the journal, the backplane and the HTTP
+API share:
+
+* :func:`prepare_event`: ``emit()``'s caller-side half, used by
+  ``EventBus.emit``, ``RedisEmitter.emit`` and ``POST /events`` (through emit);
+* :data:`WIRE_HEAD`, :func:`wire_tail`: the bytes around the seq (a backplane's
+  sequencer joins them in Redis);
+* :class:`Entry`: one event in the history ring, framed once for every reader,
+  with its redacted variant built at most once;
+* :class:`StampedEvent` and :func:`entry_from_wire`: an event whose seq was
+  stamped elsewhere (a journal row, a Redis stream entry) back into an entry;
+* :class:`Hole`: a position no reader receives;
+* :class:`EventDict` and :func:`redact_event`: events in dict form (the replay
+  buffer), and their redacted copies.
+"""
+
+import collections
+import json
+import logging
+
+from . import framing
+from ._fastjson import encode_json
+from .errors import EventTooLargeError, InvalidEventError
+from .events import (
+    DEFAULT_MAX_EVENT_SIZE,
+    build_fields,
+    encode_fields,
+    encode_session_id,
+    event_class,
+)
+
+__all__ = [
+    "WIRE_HEAD", "wire_tail", "prepare_event", "Entry", "EventDict", "StampedEvent", "Hole", "new_entry",
+    "entry_from_wire", "redact_event",
+]
+
+log = logging.getLogger("coda_ws.bus")
+
+#: The most wire JSON an event takes besides its fields, type name and session
+#: id: the envelope's keys and punctuation, a seq of up to 20 digits and a
+#: timestamp's repr of up to 24 characters.
+_ENVELOPE_BYTES = len(b'{"version":"1.0","seq":,"timestamp":,"type":"","session_id":}') + 20 + 24
+
+
+#: An event's wire JSON is ``WIRE_HEAD + seq digits + wire_tail(...)``.
+WIRE_HEAD = b'{"version":"1.0","seq":'
+
+
+def prepare_event(event_type, session_id, high_priority, fields, max_event_size=DEFAULT_MAX_EVENT_SIZE):
+    """Everything ``emit()`` does in the caller's thread, in one place.
+
+    Validates and coerces the fields, encodes them and the session id, and
+    checks the encoded size, so that every way an event can fail, fails here
+    (DESIGN: "encoding is complete in the caller"); what comes back can
+    always be stamped and framed. Used by ``EventBus.emit``, ``RedisEmitter``
+    and ``POST /events`` (through ``emit``).
+
+    Args:
+        event_type: an :class:`EventType` or its string value.
+        session_id: a string or None.
+        high_priority: True, False, or None for the type's default.
+        fields: the type's fields (a dict; consumed).
+        max_event_size: the largest encoded event, in bytes (None: no limit).
+
+    Returns:
+        A plain tuple ``(cls, values, body, session_id, session_json,
+        high_priority)`` (a tuple, not an object: this is ``emit()``'s hot
+        path): ``values`` the coerced fields in wire order, ``body`` their
+        UTF-8 JSON object, ``session_json`` the session id as UTF-8 JSON
+        (``b"null"`` for None).
+
+    Raises:
+        InvalidEventError: an unknown type, a bad field or session id, or a
+            value that cannot be encoded (NaN, a lone surrogate, ...).
+        EventTooLargeError: the encoded event is over ``max_event_size``.
+    """
+    cls = event_class(event_type)
+    values = build_fields(cls, fields)
+    body = encode_fields(cls, values)
+    type_name = cls.type_name
+    session_id, session_json = encode_session_id(session_id, type_name)
+    if high_priority is None:
+        high_priority = cls.high_priority
+    elif high_priority is not True and high_priority is not False:
+        raise InvalidEventError(f"high_priority must be True, False or None, got {high_priority!r}")
+    if max_event_size is not None:
+        size = len(body) + len(session_json) + len(type_name) + _ENVELOPE_BYTES
+        if size > max_event_size:
+            raise EventTooLargeError(
+                f"{type_name} event is {size} bytes encoded, over max_event_size ({max_event_size} bytes); "
+                "send large payloads by reference, or raise max_event_size",
+                event_type=type_name, size=size, limit=max_event_size,
+            )
+    return cls, values, body, session_id, session_json, high_priority
+
+
+def wire_tail(timestamp, type_name, session_json, body):
+    """An event's wire JSON after its seq: timestamp, type, session and the
+    fields, in wire order. ``session_json`` and ``body`` come from
+    :func:`prepare_event`; nothing here can fail for them."""
+    return b',"timestamp":%s,"type":"%s","session_id":%s%s' % (
+        repr(timestamp).encode(),
+        type_name.encode(),
+        session_json,
+        b"," + body[1:] if len(body) > 2 else b"}",
+    )
+
+
+class EventDict(dict):
+    """An event in dict form (the replay buffer holds these) that remembers its
+    wire JSON, so replay frames reuse the bytes encoded at emit time."""
+
+    __slots__ = ("wire",)
+
+
+class Entry:
+    """One event in the history ring. Immutable once published.
+
+    Attributes:
+        seq, timestamp, type, session_id: the envelope.
+        frame: the event framed as a WebSocket text message (the bytes every
+            writer sends); :attr:`data` is its JSON payload.
+        high_priority: kept in the replay buffer.
+        conflate_key: ``(type, session_id)`` for conflatable state, else None.
+        target: a client id for ``send_to`` events (delivered to that client
+            only, never replayed or resumed), else None.
+    """
+
+    __slots__ = (
+        "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
+        "frame", "offset", "cls", "_redacted",
+    )
+
+    def redacted_frame(self):
+        """The frame for readers without ``read:content``: content fields set
+        to null and ``"redacted": true``. Built once per event, on first use
+        (two writers racing build identical bytes); events without content
+        fields share their normal frame."""
+        frame = self._redacted
+        if frame is None:
+            if self.cls.content_fields:
+                frame = framing.text_frame(encode_json(redact_event(self.to_dict())))
+            else:
+                frame = self.frame
+            self._redacted = frame
+        return frame
+
+    @property
+    def data(self):
+        """The event's wire JSON (UTF-8 bytes)."""
+        return self.frame[self.offset :]
+
+    def to_dict(self):
+        """The event as a wire-ordered dict."""
+        return json.loads(self.frame[self.offset :])
+
+    def event(self):
+        """The event as its dataclass."""
+        fields = self.to_dict()
+        for key in ("version", "type"):
+            del fields[key]
+        return self.cls(**fields)
+
+    def __repr__(self):
+        return f"<Entry seq={self.seq} type={self.type}>"
+
+
+def redact_event(event):
+    """A copy of an event dict with its content fields set to None and
+    ``"redacted": True``; None for a dict whose type is unknown (its content
+    cannot be told apart, so a read-only reader must not get it)."""
+    type_name = event.get("type")
+    try:
+        content = event_class(type_name).content_fields
+    except InvalidEventError:
+        return None
+    redacted = dict(event)
+    for name in content:
+        if name in redacted:
+            redacted[name] = None
+    redacted["redacted"] = True
+    return redacted
+
+
+class StampedEvent(collections.namedtuple(
+    "StampedEvent", "seq timestamp type session_id high_priority payload target", defaults=(None,)
+)):
+    """An event whose seq was stamped elsewhere (a journal, a backplane), as
+    :meth:`EventBus.restore` and :meth:`EventBus.ingest` take it.
+
+    Attributes:
+        seq, timestamp, type, session_id: the envelope (``type`` a string).
+        high_priority: kept in the replay buffer.
+        payload: the event's wire JSON (UTF-8 bytes), envelope included: the
+            very bytes sent to readers.
+        target: a reader id for an event sent to a single reader, else None.
+    """
+
+    __slots__ = ()
+
+
+def new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
+    """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
+    place entries are built, so emitted and stamped-elsewhere events are alike."""
+    entry = Entry()
+    entry.seq = seq
+    entry.timestamp = timestamp
+    entry.type = type_name = cls.type_name
+    entry.session_id = session_id
+    entry.high_priority = high_priority and target is None
+    entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
+    entry.target = target
+    entry.cls = cls
+    entry._redacted = None
+    entry.frame = framing.text_frame(payload)
+    entry.offset = len(entry.frame) - len(payload)
+    return entry
+
+
+def entry_from_wire(event):
+    """Build the history entry for a :class:`StampedEvent`, framing it once.
+
+    Returns ``(entry, record)``: ``record`` is the replay buffer's
+    :class:`EventDict` for a high-priority event, else None. An event of a
+    type this version does not know becomes a hole (logged): a position no
+    reader receives, so the order of the others stays intact.
+    """
+    try:
+        cls = event_class(event.type)
+    except InvalidEventError:
+        log.warning("event seq %d has unknown type %r; no reader will receive it", event.seq, event.type)
+        return Hole(event.seq), None
+    payload = bytes(event.payload)
+    entry = new_entry(event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority),
+                       event.target, payload)
+    if entry.high_priority:
+        record = EventDict(json.loads(payload))
+        record.wire = payload
+        return entry, record
+    return entry, None
+
+
+class Hole:
+    """A position of the stream whose event no reader here may receive: an
+    event sent to a single client that a journal did not keep, or one of an
+    unknown type. Its ``target`` matches no reader, so readers, resume,
+    replay and history skip it exactly like another client's ``send_to``
+    event, and the seqs around it stay consecutive."""
+
+    __slots__ = ("seq",)
+    target = ""
+    conflate_key = None
+    high_priority = False
+    type = ""
+    session_id = None
+
+    def __init__(self, seq):
+        self.seq = seq
+
+    def __repr__(self):
+        return f"<hole seq={self.seq}>"
