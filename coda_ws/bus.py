@@ -53,6 +53,7 @@ import time
 import uuid
 
 from ._fastjson import encode_json
+from .checks import integer, is_integer
 from .events import DEFAULT_MAX_EVENT_SIZE, assemble_event
 from .filters import EventFilter
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
@@ -383,8 +384,7 @@ class EventBus:
             ("history_size", history_size),
             ("client_queue_size", client_queue_size),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "max_replay_events" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            integer(name, value, 0 if name == "max_replay_events" else 1)
         if client_queue_size > history_size:
             raise ValueError(
                 f"client_queue_size ({client_queue_size}) cannot exceed history_size ({history_size}):"
@@ -392,10 +392,7 @@ class EventBus:
             )
         if epoch is not None and (not isinstance(epoch, str) or not epoch):
             raise ValueError(f"epoch must be a non-empty string, got {epoch!r}")
-        if max_event_size is not None and (
-            not isinstance(max_event_size, int) or isinstance(max_event_size, bool) or max_event_size < 1024
-        ):
-            raise ValueError(f"max_event_size must be an integer of at least 1024 (bytes) or None, got {max_event_size!r}")
+        integer("max_event_size", max_event_size, 1024, none_ok=True)
         self._max_replay_events = max_replay_events
         self.max_event_size = max_event_size
         self.history_size = history_size
@@ -552,8 +549,7 @@ class EventBus:
             A :class:`Subscription`.
         """
         event_filter = types if isinstance(types, EventFilter) else EventFilter(types, session_id)
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-            raise ValueError(f"since must be a non-negative integer, got {since!r}")
+        integer("since", since, 0, none_ok=True)
         self.flush()
         wake = wake if wake is not None else threading.Event()
         with self._lock:
@@ -663,8 +659,7 @@ class EventBus:
 
     @max_replay_events.setter
     def max_replay_events(self, value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"max_replay_events must be a non-negative integer, got {value!r}")
+        integer("max_replay_events", value, 0)
         with self._lock, self._emit_lock:
             self._max_replay_events = value
             replay = self._replay
@@ -794,8 +789,7 @@ class EventBus:
         """
         if not isinstance(epoch, str) or not epoch:
             raise ValueError(f"epoch must be a non-empty string, got {epoch!r}")
-        if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
-            raise ValueError(f"last_seq must be a non-negative integer, got {last_seq!r}")
+        integer("last_seq", last_seq, 0)
         compatible = dict(compatible or {})
         lost = self._check_windows(lost, last_seq)
         capacity = len(self._ring)
@@ -867,8 +861,7 @@ class EventBus:
         out = []
         for window in windows or ():
             first, last = window
-            if (not isinstance(first, int) or not isinstance(last, int) or isinstance(first, bool)
-                    or isinstance(last, bool) or not 1 <= first <= last or last > last_seq):
+            if not (is_integer(first) and is_integer(last) and 1 <= first <= last <= last_seq):
                 raise ValueError(f"a lost window must be (first, last) with 1 <= first <= last <= {last_seq}, "
                                  f"got {window!r}")
             out.append((first, last))
@@ -903,8 +896,7 @@ class EventBus:
         (it must not block) each time it leaves events above the fence, with
         the first seq it held back. Thread-safe.
         """
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
-            raise ValueError(f"fence must be a non-negative integer or None, got {seq!r}")
+        integer("fence", seq, 0, none_ok=True)
         self._on_fence_held = on_held
         self._fence = seq
         self._pending.set()  # the dispatcher re-reads the fence when it takes the next batch

@@ -22,10 +22,11 @@ message whichever way it came in.
 """
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from . import checks
 
 __all__ = ["Option", "OPTIONS", "OPTION_NAMES", "check", "from_env", "from_mapping", "from_toml", "resolve",
            "Setting", "describe", "suggestion"]
@@ -38,47 +39,20 @@ def _type_name(value: Any) -> str:
 
 
 def _integer(minimum: int, maximum: int | None = None, none_ok: bool = False) -> Callable[[str, Any], Any]:
-    def check_integer(name: str, value: Any) -> Any:
-        if value is None and none_ok:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
-                maximum is not None and value > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
-            extra = " or None" if none_ok else ""
-            raise ValueError(f"{name} must be an integer {bound}{extra}, got {value!r}")
-        return value
-
-    return check_integer
+    return lambda name, value: checks.integer(name, value, minimum, maximum, none_ok=none_ok)
 
 
 def _seconds(positive: bool, none_ok: bool) -> Callable[[str, Any], Any]:
-    def check_seconds(name: str, value: Any) -> Any:
-        if value is None and none_ok:
-            return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or value < 0 or (positive and value == 0):
-            what = "a positive" if positive else "a non-negative"
-            raise ValueError(f"{name} must be {what} number of seconds{' or None' if none_ok else ''}, got {value!r}")
-        return value
-
-    return check_seconds
+    return lambda name, value: checks.number(name, value, positive=positive, minimum=0, none_ok=none_ok,
+                                             unit="seconds")
 
 
 def _number(name: str, value: Any) -> Any:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
+    return checks.number(name, value, positive=True)
 
 
 def _text(none_ok: bool) -> Callable[[str, Any], Any]:
-    def check_text(name: str, value: Any) -> Any:
-        if value is None and none_ok:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{name} must be a non-empty string{' or None' if none_ok else ''}, got {value!r}")
-        return value
-
-    return check_text
+    return lambda name, value: checks.non_empty_text(name, value, none_ok=none_ok)
 
 
 def _path_or_object(name: str, value: Any) -> Any:

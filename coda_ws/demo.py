@@ -19,13 +19,13 @@ to keep serving meanwhile (``coda-ws demo`` does).
 
 import itertools
 import logging
-import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Tuple
 
+from .checks import number
 from .perf import WebSocketPerfIntegration
 
 __all__ = [
@@ -150,9 +150,7 @@ class _Pacer:
     """Waits ``seconds * pace`` on the stop event; raises _Stopped once it is set."""
 
     def __init__(self, pace, stop_event):
-        if (not isinstance(pace, (int, float)) or isinstance(pace, bool)
-                or not math.isfinite(pace) or pace < 0):
-            raise ValueError(f"pace must be a non-negative number, got {pace!r}")
+        number("pace", pace, minimum=0)
         self.pace = float(pace)
         self.stop_event = stop_event if stop_event is not None else threading.Event()
 

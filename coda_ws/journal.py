@@ -104,6 +104,7 @@ import time
 import uuid
 import weakref
 
+from .checks import integer, number
 from .errors import JournalError
 from .events import EventType
 from .filters import EventFilter
@@ -358,20 +359,14 @@ class Journal:
                  max_batch=10_000, queue_size=50_000, synchronous="NORMAL", reserve_block=None):
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ValueError(f"journal path must be a file path, got {path!r}")
-        if max_events is not None and (not isinstance(max_events, int) or isinstance(max_events, bool)
-                                       or max_events < 1):
-            raise ValueError(f"journal max_events must be a positive integer or None, got {max_events!r}")
-        for name, value in (("max_age", max_age), ("flush_interval", flush_interval)):
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"journal {name} must be a positive number of seconds, got {value!r}")
+        integer("journal max_events", max_events, 1, none_ok=True)
+        number("journal max_age", max_age, positive=True, none_ok=True, unit="seconds")
+        number("journal flush_interval", flush_interval, positive=True, none_ok=True, unit="seconds")
         if flush_interval is None:
             raise ValueError("journal flush_interval must be a positive number of seconds, got None")
-        for name, value in (("max_batch", max_batch), ("queue_size", queue_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"journal {name} must be a positive integer, got {value!r}")
-        if reserve_block is not None and (not isinstance(reserve_block, int) or isinstance(reserve_block, bool)
-                                          or reserve_block < 1):
-            raise ValueError(f"journal reserve_block must be a positive integer or None, got {reserve_block!r}")
+        integer("journal max_batch", max_batch, 1)
+        integer("journal queue_size", queue_size, 1)
+        integer("journal reserve_block", reserve_block, 1, none_ok=True)
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"journal synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
         self.path = os.fspath(path)

@@ -35,6 +35,8 @@ from typing import Any, Dict, Optional
 
 import psutil
 
+from .checks import integer, is_integer, number
+
 __all__ = ["WebSocketPerfIntegration", "OperationTimer", "DEFAULT_WINDOW"]
 
 log = logging.getLogger("coda_ws.perf")
@@ -252,11 +254,8 @@ class WebSocketPerfIntegration:
     def __init__(self, server, metrics_interval: float = 5.0, *, window: int = DEFAULT_WINDOW):
         if not callable(getattr(server, "emit", None)):
             raise TypeError(f"server must have an emit() method, got {type(server).__name__}")
-        if (not isinstance(metrics_interval, (int, float)) or isinstance(metrics_interval, bool)
-                or not math.isfinite(metrics_interval) or metrics_interval <= 0):
-            raise ValueError(f"metrics_interval must be a positive number of seconds, got {metrics_interval!r}")
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be a positive integer, got {window!r}")
+        number("metrics_interval", metrics_interval, positive=True, unit="seconds")
+        integer("window", window, 1)
         self.server = server
         self.metrics_interval = float(metrics_interval)
         self.window = window
@@ -409,7 +408,7 @@ class WebSocketPerfIntegration:
         """Add ``amount`` to ``counter`` (created at 0); returns the new value."""
         if not isinstance(counter, str):
             raise TypeError(f"counter must be a string, got {type(counter).__name__}")
-        if not isinstance(amount, int) or isinstance(amount, bool):
+        if not is_integer(amount):
             raise TypeError(f"amount must be an integer, got {type(amount).__name__} {amount!r}")
         with self._lock:
             self._counters[counter] += amount

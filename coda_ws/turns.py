@@ -67,6 +67,8 @@ metrics-only reader may not see.
 
 import math
 
+from .checks import integer, is_number
+
 __all__ = ["turn_breakdown", "percentile", "ROLLING_WINDOW", "COMPONENTS", "MARKS"]
 
 #: Turns (with a voice-to-voice value) in each turn's rolling p50/p95 window.
@@ -105,7 +107,7 @@ def percentile(values, p):
 
 def _number(value):
     """``value`` when it is a real number (not a bool), else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return value
     return None
 
@@ -268,8 +270,7 @@ def turn_breakdown(events, limit=20):
     Raises:
         ValueError: ``limit`` is not a positive integer.
     """
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    integer("limit", limit, 1)
     open_turns = {}
     turns = []
     for event in events:

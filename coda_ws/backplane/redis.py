@@ -65,6 +65,7 @@ import threading
 import time
 import uuid
 
+from ..checks import integer, number
 from ..events import (
     DEFAULT_MAX_EVENT_SIZE,
     SystemErrorEvent,
@@ -248,8 +249,7 @@ class _Publisher:
 
     def __init__(self, url, keys, *, buffer_size, maxlen, replay_keep, max_batch=500, max_pipeline=8):
         for name, value in (("buffer_size", buffer_size), ("maxlen", maxlen), ("replay_keep", replay_keep)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            integer(name, value, 1)
         self._url = url
         self._keys = keys
         self.buffer_size = buffer_size
@@ -424,16 +424,16 @@ class _Publisher:
     def _build(self, items, first_batch):
         """Split items into script calls: ``[(batch_number, argv, count)]``."""
         batches = []
-        for number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
+        for batch_number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
             chunk = items[start : start + self.max_batch]
-            argv = [self.maxlen, self.replay_keep, number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
+            argv = [self.maxlen, self.replay_keep, batch_number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
             for timestamp, type_name, session_id, session_json, high_priority, body, target in chunk:
                 argv += (
                     repr(timestamp), type_name, "" if session_id is None else session_id,
                     "0" if session_id is None else "1", "1" if high_priority else "0", target or "",
                     wire_tail(timestamp, type_name, session_json, body),
                 )
-            batches.append((number, argv, len(chunk)))
+            batches.append((batch_number, argv, len(chunk)))
         return batches
 
     def _send(self, client, batches):
@@ -616,10 +616,7 @@ class RedisEmitter:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
-        if max_event_size is not None and (
-            not isinstance(max_event_size, int) or isinstance(max_event_size, bool) or max_event_size < 1024
-        ):
-            raise ValueError(f"max_event_size must be an integer of at least 1024 (bytes) or None, got {max_event_size!r}")
+        integer("max_event_size", max_event_size, 1024, none_ok=True)
         self.url = url
         self.prefix = prefix
         self.max_event_size = max_event_size
@@ -712,8 +709,7 @@ class RedisBackplane:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
-        if not isinstance(block, (int, float)) or isinstance(block, bool) or not 0.01 <= block <= 60:
-            raise ValueError(f"block must be from 0.01 to 60 seconds, got {block!r}")
+        number("block", block, minimum=0.01, maximum=60, unit="seconds")
         self.url = url
         self.prefix = prefix
         self._keys = stream_keys(prefix)
