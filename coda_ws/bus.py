@@ -54,6 +54,7 @@ import uuid
 
 from ._fastjson import encode_json
 from .checks import integer, is_integer
+from .deadline import Deadline
 from .events import DEFAULT_MAX_EVENT_SIZE, assemble_event
 from .filters import EventFilter
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
@@ -1224,12 +1225,12 @@ class EventBus:
         if self._thread is None:
             self._start_dispatcher()
         self._pending.set()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         fenced = timeout is None
         with self._dispatched:
             while self._head < (self._dispatchable(target) if fenced else target):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired:
                     return False
                 self._dispatched.wait(remaining)
         return self._head >= target

@@ -58,13 +58,13 @@ import random
 import socket
 import ssl
 import threading
-import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wsproto.utilities import ProtocolError
 
 from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
+from .deadline import Deadline
 from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from .events import EventType, encode_json, validate_event
 from .filters import EventFilter
@@ -149,7 +149,7 @@ class _EventQueue:
         """The next item, ``_TIMEOUT`` after ``timeout`` seconds (None: no
         limit), or ``_END`` once the queue has ended and is empty. Raises the
         error the queue ended with, after the items queued before it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._cond:
             while True:
                 if self._items:
@@ -163,8 +163,8 @@ class _EventQueue:
                     if self._error is not None:
                         raise self._error
                     return _END
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired:
                     return _TIMEOUT
                 self._cond.wait(remaining)
 
@@ -518,13 +518,13 @@ class CodaEventClient:
         """Block until a session is open; True then, False after ``timeout``
         seconds or as soon as the client has ended (``stats()["sessions"]``
         tells whether a session was open before that)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._changed:
             while not self._connected:
                 if self._finished or self._closing:
                     return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired:
                     return False
                 self._changed.wait(remaining)
             return True
@@ -550,9 +550,9 @@ class CodaEventClient:
         return None if item is _TIMEOUT or item is _END else item
 
     def _next(self, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = deadline.remaining()
             item = self._queue.get(remaining)
             if not isinstance(item, _Gap):
                 return item
@@ -644,11 +644,11 @@ class CodaEventClient:
         wake.set()
         if timeout is None:
             return None
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._changed:
             while self._subscribed_acks < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._connected:
+                remaining = deadline.left()
+                if deadline.expired or not self._connected:
                     return None
                 self._changed.wait(remaining)
             return self._last_subscribed
@@ -678,12 +678,12 @@ class CodaEventClient:
         wake.set()
         if timeout is None:
             return ping_id
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._changed:
             try:
                 while self._pongs.get(ping_id) is None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    remaining = deadline.left()
+                    if deadline.expired:
                         return None
                     self._changed.wait(remaining)
                 return self._pongs[ping_id]
@@ -716,7 +716,7 @@ class CodaEventClient:
         discarded). Waits at most ``timeout`` seconds; returns True when every
         thread of the client has ended. May be called from a callback.
         """
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._lock:
             self._closing = True
             wake, ws, raw = self._wake, self._ws, self._raw
@@ -730,15 +730,15 @@ class CodaEventClient:
             self._shutdown(raw)  # a handshake in progress: abort it
         current = threading.current_thread()
         if self._thread is not current:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+            self._thread.join(deadline.left())
             if self._thread.is_alive():
                 with self._lock:
                     raw = self._raw
                 if raw is not None:
                     self._shutdown(raw)
-                self._thread.join(max(0.0, deadline - time.monotonic()))
+                self._thread.join(deadline.left())
         if callback_thread is not None and callback_thread is not current:
-            callback_thread.join(max(0.0, deadline - time.monotonic()))
+            callback_thread.join(deadline.left())
         alive = [t for t in (self._thread, callback_thread) if t is not None and t is not current and t.is_alive()]
         if alive:
             log.warning("%s: close() timed out with threads still running: %s", self.name,

@@ -58,6 +58,7 @@ from . import framing
 from ._fastjson import encode_json
 from ._sendfast import DONTWAIT, can_send_directly, send_now
 from ._transport import ConnectionClosed, ServerTransport
+from .errors import WriteTimeout
 from .filters import EventFilter
 from .protocol import (
     CLOSE_GOING_AWAY,
@@ -68,7 +69,7 @@ from .protocol import (
     CLOSE_TOO_SLOW,
 )
 
-__all__ = ["GuardedSocket", "WriteTimeout", "Connection", "RateLimiter", "SessionHooks", "SessionSettings",
+__all__ = ["GuardedSocket", "Connection", "RateLimiter", "SessionHooks", "SessionSettings",
            "CLOSE_TIMEOUT"]
 
 log = logging.getLogger("coda_ws.connection")
@@ -85,10 +86,6 @@ CLOSE_TIMEOUT = 2.0
 
 #: The stream's ``Subscription.stale`` when it moved to a new epoch under the reader.
 _EPOCH_CHANGED = "epoch_changed"
-
-
-class WriteTimeout(OSError):
-    """A client accepted no data for longer than the write timeout."""
 
 
 class GuardedSocket:

@@ -7,7 +7,7 @@ convention catches it.
 
 __all__ = [
     "CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused", "ClientConnectionError",
-    "HandshakeRejected", "JournalError",
+    "HandshakeRejected", "JournalError", "WriteTimeout", "ToolError",
 ]
 
 
@@ -99,3 +99,23 @@ class JournalError(CodaWSError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class WriteTimeout(CodaWSError, OSError):
+    """A client accepted no data for longer than the write timeout
+    (``ping_timeout``); the server drops it. An ``OSError`` too, like every
+    other way a write to a client can fail."""
+
+
+class ToolError(CodaWSError):
+    """A stream tool (``tail``, ``record``, ``play``) could not do its job;
+    the message is meant for the user.
+
+    Attributes:
+        exit_code: what the ``coda-ws`` command exits with (2: bad arguments,
+            1: anything else).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

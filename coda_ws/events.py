@@ -278,7 +278,11 @@ class BaseEvent(DataClassJsonMixin):
     _wire_keys: ClassVar[tuple] = ()
 
     def to_dict(self, encode_json=False):
-        """The wire form: a plain dict in wire key order."""
+        """The wire form: a plain dict in wire key order.
+
+        ``encode_json`` is dataclasses-json's parameter, accepted so that this
+        stays a drop-in for ``DataClassJsonMixin.to_dict``: the values of an
+        event are JSON-ready either way, so it changes nothing."""
         return {name: getattr(self, name) for name in self._wire_keys}
 
     def to_json(self, **kwargs):

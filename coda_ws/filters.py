@@ -88,10 +88,6 @@ class EventFilter:
         type_name = event.get("type")
         return isinstance(type_name, str) and self.match(type_name, event.get("session_id"))
 
-    @property
-    def is_everything(self):
-        return self.types is None and self.session_id is None
-
     def describe(self):
         """The filter as a JSON-ready dict (``types`` is ``None`` for all)."""
         return {"types": list(self.types) if self.types is not None else None, "session_id": self.session_id}

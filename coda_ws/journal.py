@@ -105,6 +105,7 @@ import uuid
 import weakref
 
 from .checks import integer, number
+from .deadline import Deadline
 from .errors import JournalError
 from .events import EventType
 from .filters import EventFilter
@@ -979,7 +980,7 @@ class Journal:
         as long as it takes, through write failures). Events the bus has not
         dispatched yet are not waited for (``bus.flush()`` first).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         # The bus publishes a batch to its readers before it calls listeners:
         # what it has dispatched is on its way here.
         head = self._bus.head if self._bus is not None else 0
@@ -992,8 +993,8 @@ class Journal:
             self._cond.notify_all()
             try:
                 while not self._flushed_locked(target):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
+                    remaining = deadline.remaining()
+                    if deadline.expired:
                         return False
                     if self._thread is None:
                         self._ensure_writer_locked()  # the last one died of a bug
@@ -1036,7 +1037,7 @@ class Journal:
                 self._closing = False
 
     def _close(self, timeout):
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         grace = min(1.0, timeout / 4)  # left for the writer to notice that we give up
         while True:
             with self._cond:
@@ -1047,12 +1048,12 @@ class Journal:
                     if not self._has_work_locked() and not self._file_open:
                         self._stopping = False
                         return True
-                    if time.monotonic() >= deadline:
+                    if deadline.expired:
                         break
                     thread = self._start_writer_locked()
                 self._stopping = True
                 self._cond.notify_all()
-            thread.join(max(0.0, deadline - grace - time.monotonic()))
+            thread.join(deadline.earlier(grace).remaining())
             if thread.is_alive():
                 break
         with self._cond:
@@ -1060,7 +1061,7 @@ class Journal:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(deadline.left())
         with self._cond:
             if self._thread is None:
                 self._abandon = self._stopping = False

@@ -37,7 +37,7 @@ import time
 
 from . import argtypes
 from .client import CodaEventClient
-from .errors import ClientConnectionError, CodaWSError, InvalidEventError
+from .errors import ClientConnectionError, InvalidEventError, ToolError
 from .events import BaseEvent, encode_json, validate_event
 from .interrupts import interruptible
 
@@ -58,19 +58,6 @@ STOP_CHECK_INTERVAL = 0.1
 _ENVELOPE = ("version", "seq", "timestamp", "type", "session_id")
 _VALUE_WIDTH = 60  # longest rendering of one field in a tail line, in characters
 _PLAIN_WIDTH = 240  # longest tail line when the output is not a terminal
-
-
-class ToolError(CodaWSError):
-    """A tool could not do its job; the message is meant for the user.
-
-    Attributes:
-        exit_code: what the ``coda-ws`` command exits with (2: bad arguments,
-            1: anything else).
-    """
-
-    def __init__(self, message, exit_code=1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- shared helpers --------------------------------------------------------------

@@ -66,6 +66,7 @@ import time
 import uuid
 
 from ..checks import integer, number
+from ..deadline import Deadline
 from ..events import (
     DEFAULT_MAX_EVENT_SIZE,
     SystemErrorEvent,
@@ -494,7 +495,7 @@ class _Publisher:
                 log.warning("backplane: Redis unreachable (%s); buffering up to %d events", exc, self.buffer_size)
             self._down = f"redis unreachable: {exc}"
             if self._stopping:
-                remaining = self._close_deadline - time.monotonic()
+                remaining = self._close_deadline.left()
                 if remaining <= 0:
                     lost = self._give_up_locked(buffered_too=True)
                     log.error("backplane: closing with Redis unreachable; %d events not published", lost)
@@ -526,14 +527,14 @@ class _Publisher:
         """Wait until every event submitted so far is published (or given up).
 
         Returns False after ``timeout`` seconds (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._cond:
             target = self._accepted
             while self._settled < target:
                 if self._thread is None:
                     return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired:
                     return False
                 self._cond.wait(remaining)
             return True
@@ -542,20 +543,20 @@ class _Publisher:
         """Publish what is buffered (giving up after ``timeout`` seconds if
         Redis is unreachable), then join the thread. Idempotent; a later
         submit starts a new thread. Returns True when the thread ended."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
             with self._cond:
                 thread = self._thread
                 if thread is None:
                     if not self._buffer:
                         return True
-                    if time.monotonic() >= deadline:
+                    if deadline.expired:
                         return False
                     thread = self._start_locked()  # events submitted while the last one was ending
                 self._stopping = True
-                self._close_deadline = max(time.monotonic(), deadline - 0.5)
+                self._close_deadline = deadline.earlier(0.5)
                 self._cond.notify_all()
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(deadline.left())
             if thread.is_alive():
                 log.warning("backplane publisher still busy after %.1f s", timeout)
                 return False
@@ -770,7 +771,7 @@ class RedisBackplane:
 
         Idempotent; returns within about ``timeout`` seconds even when Redis
         is unreachable (buffered events are then counted as dropped)."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         published = self._publisher.close(timeout * 0.6)
         with self._lock:
             thread, stop = self._thread, self._stop
@@ -780,12 +781,12 @@ class RedisBackplane:
         stop.set()
         # Wake an XREAD blocked on the server; repeated in case the reader
         # was between commands when the first one arrived.
-        while thread.is_alive() and time.monotonic() < deadline:
+        while thread.is_alive() and not deadline.expired:
             client_id = self._client_id  # the reader's connection (it changes on reconnect)
             if client_id is not None:
                 with contextlib.suppress(*_connection_errors()):
                     self._query().client_unblock(client_id)
-            thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+            thread.join(min(0.1, deadline.left()))
         self._synced.clear()
         with self._lock:
             query, self._query_client = self._query_client, None
@@ -796,14 +797,14 @@ class RedisBackplane:
     def flush(self, timeout=None):
         """Wait until every event emitted on this node is published and back
         in its bus (so its clients have it). False after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         if not self._publisher.flush(timeout):
             return False
         target, epoch = self._publisher.last_seq, self._publisher.epoch
         with self._ingested:
             while self._bus.head < target and self._epoch == epoch:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired:
                     return False
                 self._ingested.wait(remaining)
         return True

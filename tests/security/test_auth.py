@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from coda_ws import CodaWebSocketServer
 from coda_ws.auth import Authenticator, OriginPolicy, parse_tokens
@@ -222,7 +223,19 @@ def test_insecure_bind_starts_with_a_warning(caplog):
 
 
 def test_non_loopback_bind_with_auth_starts():
-    """With tokens configured, a non-loopback bind is allowed."""
-    server = CodaWebSocketServer(host="0.0.0.0", port=0, auth={"t" * 20: ["read"]})
+    """With tokens configured, a non-loopback bind is allowed and serves clients
+    that bring a token (and refuses those that do not)."""
+    token = "t" * 20
+    server = CodaWebSocketServer(host="0.0.0.0", port=0, auth={token: ["read"]})
     server.start()
-    server.stop()
+    try:
+        assert server.running
+        with connect(f"ws://127.0.0.1:{server.port}/?v=1",
+                     additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            assert recv_json(ws)["type"] == "hello"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/")
+        assert refused.value.response.status_code == 401
+    finally:
+        server.stop()
+    assert not server.running

@@ -313,13 +313,25 @@ def test_garbage_instead_of_a_handshake(harness):
 
 
 def test_handler_crash_does_not_affect_others(harness):
-    """A message handler that raises for one client's frames leaves everyone else untouched."""
+    """A message handler that raises for one client's frames leaves everyone else
+    untouched: another client keeps its session (its ping is answered), the
+    harness's healthy client gets every event (finish() checks), and the
+    crashing client itself stays connected."""
     h = harness()
     h.server.add_message_handler(lambda cid, data: 1 / 0)
-    with connect(h.server.url + "?replay=0") as ws:
+    with connect(h.server.url + "?v=1&replay=0") as other, connect(h.server.url + "?v=1&replay=0") as ws:
+        assert json.loads(other.recv(timeout=TIMEOUT))["type"] == "hello"
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "hello"
         for _ in range(10):
             ws.send(json.dumps({"type": "command"}))
         wait_for(lambda: h.server.get_stats()["handler_errors"] == 10, message="handler errors counted")
+        for client, ping_id in ((other, "other"), (ws, "crasher")):
+            client.send(json.dumps({"type": "ping", "id": ping_id}))
+            reply = json.loads(client.recv(timeout=TIMEOUT))
+            while reply.get("type") != "pong":  # events emitted meanwhile come first
+                reply = json.loads(client.recv(timeout=TIMEOUT))
+            assert reply["id"] == ping_id
+        assert h.server.get_stats()["current_connections"] == 3
     h.finish()
 
 
