@@ -10,10 +10,12 @@ stamps the next ``seq`` and a timestamp and appends the work item to a queue.
 It does no I/O and touches no reader, so its cost does not depend on how many
 readers there are.
 
-One dispatcher thread takes the queue in batches. For each event it builds the
-wire JSON and the WebSocket frame once, appends an :class:`Entry` to the
-history ring (``history_size`` entries, indexed by ``seq``) and, for
-high-priority events, an :class:`EventDict` to the replay buffer. Then it
+A high-priority event's :class:`~coda_ws.wire.EventDict` goes into the
+replay buffer in that same lock, so ``replay_buffer`` holds it as soon as
+``emit()`` returns. One dispatcher thread takes the queue in batches. For
+each event it builds the wire JSON and the WebSocket frame once and appends an
+:class:`~coda_ws.wire.Entry` to the history ring (``history_size`` entries,
+indexed by ``seq``). Then it
 notifies the readers: it wakes each one's thread or, when the reader gave a
 ``notify`` hook (the server does, see ``Connection.push``), calls it, so an
 idle client's new frames are written at once without waking its thread.
@@ -35,6 +37,20 @@ Bounds and policies (principle 5):
   :data:`CONFLATE_BACKLOG` events behind, an entry that a newer one of the
   same type and session supersedes is skipped and counted.
 * Memory is bounded by the ring and the replay buffer, not by readers.
+
+Locks, always taken in this order (a thread holding one never waits for one
+listed before it):
+
+1. ``EventBus._dispatch_lock``: one batch is taken and published at a time
+   (the dispatcher, ``ingest()``, ``restore()``);
+2. ``Subscription._lag_lock``: one reader's lag bookkeeping;
+3. ``EventBus._lock``: the ring's head, the subscribers, the counters;
+4. ``EventBus._emit_lock``: the seq counter, the queue and the replay buffer
+   (``emit()`` takes only this one, briefly);
+5. ``EventBus._dispatched``'s lock: waits for the head to move (taken alone).
+
+No lock is held across a socket write, a reader's ``notify`` hook, a listener
+or a log call.
 
 Persistence hooks: a journal restores the stream at start
 (:meth:`EventBus.restore`, with the windows of positions a crash lost) and
@@ -311,7 +327,8 @@ class Subscription:
         bus = self._bus
         ring = bus._ring
         capacity = len(ring)
-        with self._lag_lock:
+        why = None
+        with self._lag_lock:  # decide under the lock; _overflow (which logs and counts) runs after it
             start = max(cursor, self._resume_to) if self._scanned_to is None else self._scanned_to
             pending = self._lossless
             match = self._filter.match
@@ -319,24 +336,27 @@ class Subscription:
             for seq in range(start + 1, head + 1):
                 entry = ring[seq % capacity]
                 if entry.seq != seq:
-                    self._overflow("history overwritten before delivery")
-                    return
+                    why = "history overwritten before delivery"
+                    break
                 if (
                     entry.conflate_key is None
                     and (entry.target is None or entry.target == my_id)
                     and match(entry.type, entry.session_id)
                 ):
                     pending.append(seq)
-            self._scanned_to = max(start, head)
-            cursor = self._cursor
-            while pending and pending[0] <= cursor:
-                pending.popleft()
-            blocked = self.blocked
-            if len(pending) > self._limit and (blocked is None or blocked()):
-                self._overflow(f"more than {self._limit} lossless events waiting")
-            elif pending and head - pending[0] >= capacity - bus._chunk:
-                # The next chunk would overwrite a lossless event this reader still needs.
-                self._overflow("lossless events about to leave the history before delivery")
+            else:
+                self._scanned_to = max(start, head)
+                cursor = self._cursor
+                while pending and pending[0] <= cursor:
+                    pending.popleft()
+                blocked = self.blocked
+                if len(pending) > self._limit and (blocked is None or blocked()):
+                    why = f"more than {self._limit} lossless events waiting"
+                elif pending and head - pending[0] >= capacity - bus._chunk:
+                    # The next chunk would overwrite a lossless event this reader still needs.
+                    why = "lossless events about to leave the history before delivery"
+        if why is not None:
+            self._overflow(why)
 
     def _gap_was_state_only(self, first, end):
         """True when entries ``first``..``end-1`` (gone from the ring) were
@@ -1091,6 +1111,8 @@ class EventBus:
             if self._thread is not None:
                 return
             self._stop = stop = threading.Event()
+            # daemon: a script that never calls close() can still exit; close(),
+            # stop() and the journal's exit hook join it.
             self._thread = threading.Thread(
                 target=self._run, args=(stop,), name="coda-ws-dispatcher", daemon=True
             )

@@ -184,6 +184,7 @@ def run_demo_command(args):
             log.exception("the demo loop failed")
             failure.append(exc)
 
+    # daemon: a second Ctrl-C must still end the process; the finally block joins it.
     worker = threading.Thread(target=feed, name="coda-ws-demo", daemon=True)
     try:
         with interruptible():

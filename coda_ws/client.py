@@ -404,6 +404,7 @@ class CodaEventClient:
         self._callback_thread = None
         self._counters = collections.Counter()
 
+        # daemon: a script that forgets close() can still exit; close() joins it.
         self._thread = threading.Thread(target=self._run, name=f"coda-ws-eventclient:{self.name}", daemon=True)
         self._thread.start()
 
@@ -594,6 +595,7 @@ class CodaEventClient:
             self._callbacks = self._callbacks + [callback]
             start = self._callback_thread is None
             if start:
+                # daemon, as the connection thread; close() joins it.
                 self._callback_thread = threading.Thread(
                     target=self._run_callbacks, name=f"coda-ws-eventclient-callback:{self.name}", daemon=True
                 )

@@ -72,6 +72,7 @@ def post_worker_init(worker):
     def on_term(signum, frame):
         if callable(previous):
             previous(signum, frame)  # gunicorn: stop accepting, finish what runs
+        # daemon: gunicorn's own shutdown must not wait on it; worker_exit joins the shutdown.
         threading.Thread(target=wsgi.shutdown, name="coda-ws-shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)

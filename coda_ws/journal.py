@@ -694,6 +694,8 @@ class Journal:
             self._counters["writer_restarts"] += 1
             self._dead = None
         self._stopping = self._abandon = False
+        # daemon: a process that never stops the server can still exit; close()
+        # joins it, and the exit hook commits what is queued before that.
         self._thread = thread = threading.Thread(target=self._run, args=(died_of,), name="coda-ws-journal",
                                                  daemon=True)
         thread.start()

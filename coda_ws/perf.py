@@ -287,6 +287,8 @@ class WebSocketPerfIntegration:
             if self._thread is not None:
                 return
             stop_event = threading.Event()
+            # daemon: a monitor never stopped must not keep the process alive;
+            # stop() (and the server's stop, through a stop callback) joins it.
             thread = threading.Thread(
                 target=self._run, args=(stop_event,), name="coda-ws-metrics", daemon=True
             )

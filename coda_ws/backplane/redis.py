@@ -314,6 +314,7 @@ class _Publisher:
         # One publisher at a time: a new one starts only once close() has
         # joined the previous one, so batches stay in order.
         self._stopping = False
+        # daemon: an emitter never closed must not keep the process alive; close() joins it.
         self._thread = thread = threading.Thread(target=self._run, name="coda-ws-redis-publisher", daemon=True)
         thread.start()
         return thread
@@ -761,6 +762,7 @@ class RedisBackplane:
                 self._stop = stop = threading.Event()
                 self._synced.clear()
                 self._reader_error = "backplane not yet synced with Redis"
+                # daemon, as the publisher; close() (and so the server's stop()) joins it.
                 self._thread = threading.Thread(target=self._read_loop, args=(stop,), name="coda-ws-redis-reader",
                                                 daemon=True)
                 self._thread.start()
