@@ -58,15 +58,16 @@ def test_vendored_chart_library_is_pinned_with_licence():
     assert "MIT License" in (vendor / "uPlot.LICENSE").read_text()
 
 
-def test_readme_shows_the_dashboard_on_a_phone_and_a_desktop():
-    """The README's Dashboard section shows both screenshots; they exist, are
-    PNG files and stay small (a few hundred KB at most)."""
+def test_readme_and_docs_show_the_dashboard_on_a_phone_and_a_desktop():
+    """The README and the docs' Dashboard page show both screenshots; they exist,
+    are PNG files and stay small (a few hundred KB at most); the page documents
+    the token in the fragment and where the page keeps it."""
     root = STATIC.parents[1]
     readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Dashboard", 1)[1].split("\n## ", 1)[0]
-    for name in ("docs/dashboard.png", "docs/dashboard-phone.png"):
-        assert name in section, name
-        data = (root / name).read_bytes()
+    page = (root / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    for name in ("dashboard.png", "dashboard-phone.png"):
+        assert f"docs/{name}" in readme and f"({name})" in page or f'"{name}"' in page, name
+        data = (root / "docs" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert len(data) < 400_000, (name, len(data))
-    assert "#token=" in section and "sessionStorage" in section
+    assert "#token=" in page and "sessionStorage" in page
