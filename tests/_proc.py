@@ -34,10 +34,10 @@ def _default_signals():
 class Child:
     """A running ``python ARGS...``; stdout and stderr are read by two threads."""
 
-    def __init__(self, *args, cwd=None):
+    def __init__(self, *args, cwd=None, executable=None):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, *map(str, args)],
+            [str(executable or sys.executable), *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
