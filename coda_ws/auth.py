@@ -47,6 +47,7 @@ __all__ = [
     "parse_host_header",
     "AuthSpec",
     "check_exposure",
+    "weak_token_reason",
 ]
 
 log = logging.getLogger("coda_ws.auth")
@@ -102,9 +103,32 @@ def parse_tokens(text: str, where: str = "CODA_WS_TOKENS") -> dict[str, frozense
 
 
 def load_token_file(path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
-    """Read tokens from a file in :func:`parse_tokens` format."""
+    """Read tokens from a file in :func:`parse_tokens` format.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a malformed entry, or a file without any token (naming the file).
+    """
     with open(path, encoding="utf-8") as handle:
-        return parse_tokens(handle.read(), where=str(path))
+        tokens = parse_tokens(handle.read(), where=str(path))
+    if not tokens:
+        raise ValueError(f"{os.fspath(path)}: no tokens in this file; add lines of TOKEN=scope,scope "
+                         "(`coda-ws token new --scopes read` prints one)")
+    return tokens
+
+
+#: Tokens shorter than this, or made of fewer distinct characters, get a warning.
+_WEAK_LENGTH = 16
+_WEAK_DISTINCT = 8
+
+
+def weak_token_reason(token: str) -> str | None:
+    """Why ``token`` is easy to guess (too short, too few distinct characters), or None."""
+    if len(token) < _WEAK_LENGTH:
+        return f"it has {len(token)} characters (use at least {_WEAK_LENGTH})"
+    if len(set(token)) < _WEAK_DISTINCT:
+        return f"it uses only {len(set(token))} distinct characters"
+    return None
 
 
 def new_token() -> str:
@@ -168,6 +192,11 @@ class Authenticator:
                 tokens.update(parse_tokens(from_env))
             if not tokens:
                 raise ValueError("auth: no tokens configured")
+            for number, token in enumerate(tokens, 1):
+                reason = weak_token_reason(token)
+                if reason is not None:  # never log the token itself
+                    log.warning("token %d of %d is weak: %s; `coda-ws token new` makes a strong one",
+                                number, len(tokens), reason)
             self._tokens = [(token.encode("utf-8"), scopes) for token, scopes in tokens.items()]
 
     @property
