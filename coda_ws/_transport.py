@@ -309,7 +309,6 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
         headers = [(name.encode("ascii"), value.encode("ascii")) for name, value in self._extra_headers]
         request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
                           extra_headers=headers)
-
         self.sock.send(self.ws.send(request))
         raw = self.raw_socket
         rejection: RejectConnection | None = None

@@ -526,7 +526,6 @@ class Acceptor:
 
 
 def _peer(conn: _Connection) -> str:
-
     address = conn.address
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"

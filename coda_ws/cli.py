@@ -340,5 +340,4 @@ def _readable_token(tokens: Mapping[str, frozenset[str]]) -> str | None:
 
 
 def _say(text: str) -> None:
-
     print(text, flush=True)

@@ -276,7 +276,6 @@ def _check_seconds(name: str, value: float, allow_none: Literal[False] = ..., al
 @overload
 def _check_seconds(name: str, value: float | None, allow_none: bool, allow_zero: bool = ...) -> float | None: ...
 def _check_seconds(name: str, value: object, allow_none: bool = False, allow_zero: bool = False) -> float | None:
-
     if value is None and allow_none:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0 or (
@@ -1199,7 +1198,6 @@ class CodaEventClient:
         return True
 
     def _decode(self, data: dict[str, Any]) -> _Delivered:
-
         """The event object for a wire dict, or the dict when it cannot be one."""
         type_name = data.get("type")
         if type_name not in _KNOWN_TYPES:
@@ -1211,7 +1209,6 @@ class CodaEventClient:
             event: BaseEvent = validate_event(data)
             return event
         except InvalidEventError as exc:
-
             self._count("invalid_events")
             log.warning("%s: invalid %s event (seq %s) delivered as a dict: %s", self.name, type_name,
                         data.get("seq"), exc)

@@ -73,7 +73,6 @@ from .protocol import (
 if TYPE_CHECKING:
     from .bus import Subscription
 
-
 __all__ = ["GuardedSocket", "Connection", "ConnectionInfo", "RateLimiter", "SessionHooks", "SessionSettings",
            "CLOSE_TIMEOUT"]
 
@@ -642,7 +641,6 @@ class Connection:
 
     def _take_outbox(self) -> list[bytes]:
         frames: list[bytes] = []
-
         outbox = self._outbox
         while outbox:
             frames.append(outbox.popleft())

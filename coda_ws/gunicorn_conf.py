@@ -107,7 +107,6 @@ def worker_int(worker: object) -> None:
 
 
 def worker_exit(arbiter: _Arbiter, worker: object) -> None:
-
     """The worker is ending: finish the shutdown (waits for one in progress)."""
     from coda_ws import wsgi
 

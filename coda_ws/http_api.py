@@ -94,6 +94,7 @@ def _nosniff(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
+
 #: The ``GET /events`` response header listing lost windows (``first-last,...``).
 LOST_HEADER = "Coda-WS-Lost"
 
@@ -438,7 +439,6 @@ class _HttpApi:
         return Response(body, mimetype="application/json", headers=headers)
 
     def post_event(self) -> Response:
-
         """``POST /events``: publish one event (``publish`` scope when auth is
         on; from loopback only when it is off).
 

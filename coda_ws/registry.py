@@ -378,7 +378,6 @@ class ClientRegistry:
 
 
 def _tune_socket(sock: socket.socket) -> None:
-
     """Socket options for an accepted WebSocket connection.
 
     ``TCP_NODELAY``: a frame goes out when it is written. With Nagle's

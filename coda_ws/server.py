@@ -583,7 +583,6 @@ class CodaWebSocketServer:
             resumes=clients["resumes"],
         )
         if self.journal is not None:
-
             stats["journal"] = self.journal.stats()
         if self.backplane is not None:
             stats["backplane"] = self.backplane.stats()

@@ -166,7 +166,6 @@ class HttpService:
             raise  # the acceptor closes the connection
 
     def _handle_request(self, handler: _HandlerFactory, pending: PendingRequest) -> None:
-
         """A request thread: Werkzeug's handler on ``pending``, then the socket is closed."""
         try:
             handler(pending, pending.address, self._httpd)

@@ -550,7 +550,6 @@ def _play_command(args: argparse.Namespace) -> int:
 
 
 def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-
     """Register ``tail``, ``record`` and ``play`` on an argparse subparsers object.
 
     Each subcommand sets ``func`` (``set_defaults``) to a handler that takes

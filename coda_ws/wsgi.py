@@ -45,6 +45,7 @@ __all__ = ["create_server", "server_options", "node", "shutdown", "NodeApp", "ch
 
 log = logging.getLogger("coda_ws.wsgi")
 
+
 def server_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``CodaWebSocketServer`` keyword arguments the environment asks for
     (every ``CODA_WS_*`` variable of :mod:`coda_ws.config`, and
@@ -152,7 +153,6 @@ def check_exposure(addresses: Iterable[object], env: Mapping[str, str] | None = 
 
 
 def __getattr__(name: str) -> NodeApp:
-
     # ``coda_ws.wsgi:app``: made when gunicorn's worker looks it up, after the fork.
     if name in ("app", "application"):
         return NodeApp(node())
