@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 from . import framing
 from ._fastjson import encode_json
@@ -371,7 +371,7 @@ class _Keepalive:
         if now >= self.next_ping and (self.sent is None or not self.timeout):
             transport.expect_pong()
             self.sent = now
-            self.next_ping = now + self.interval  # type: ignore[operator]  # set whenever next_ping is
+            self.next_ping = now + cast(float, self.interval)  # interval is set whenever next_ping is
             conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
         if self.sent is not None and self.timeout:
             return self.sent + self.timeout - now  # no new ping while one is unanswered
