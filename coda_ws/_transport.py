@@ -19,11 +19,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import simple_websocket
-from wsproto import ConnectionState, ConnectionType
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -157,29 +158,29 @@ class _ClientSocket:
     connection closed, so the end of a connection is never missed.
     """
 
-    def __init__(self, sock, on_reader_done):
+    def __init__(self, sock: socket.socket, on_reader_done: Callable[[], object]) -> None:
         self._sock = sock
         self._write_lock = threading.Lock()  # one writer at a time on the socket
         self._on_reader_done = on_reader_done
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self._sock.fileno()
 
-    def recv(self, size):
+    def recv(self, size: int) -> bytes:
         return self._sock.recv(size)
 
-    def send(self, data):
+    def send(self, data: bytes) -> int:
         with self._write_lock:
             self._sock.sendall(data)
         return len(data)
 
     sendall = send
 
-    def close(self):
+    def close(self) -> None:
         self._on_reader_done()
 
 
-class ClientTransport(simple_websocket.Client):
+class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-websocket ships no type information
     """simple-websocket's client, connected and handshaken within a deadline.
 
     Built on ``simple_websocket.Client`` (its reader thread, ``receive`` and
@@ -206,8 +207,23 @@ class ClientTransport(simple_websocket.Client):
     through the methods below, never through its attributes.
     """
 
-    def __init__(self, host, port, target, *, secure, subprotocols, headers, timeout, on_socket,
-                 on_reader_done, reader_name, wake, ping_interval, max_message_size, ssl_context=None):
+    # simple-websocket's attributes used here (set by its Base.__init__ and reader thread).
+    ws: WSConnection
+    sock: _ClientSocket
+    thread: threading.Thread
+    connected: bool
+    subprotocol: str | None
+    receive_bytes: int
+    input_buffer: list[str | bytes]
+    incoming_message_len: int
+    close_reason: int | None
+    close_message: str | None
+
+    def __init__(self, host: str, port: int, target: str, *, secure: bool, subprotocols: Iterable[str],
+                 headers: Iterable[tuple[str, str]], timeout: float, on_socket: Callable[[socket.socket], object],
+                 on_reader_done: Callable[[], object], reader_name: str, wake: threading.Event,
+                 ping_interval: float | None, max_message_size: int | None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self.path = target
@@ -261,7 +277,9 @@ class ClientTransport(simple_websocket.Client):
 
     def message_too_big(self, limit: int | None) -> bool:
         """True when the reader ended on a message larger than ``limit`` bytes."""
-        return bool(limit) and bool(self.incoming_message_len > limit)
+        if not limit:
+            return False
+        return self.incoming_message_len > limit
 
     def peer_close(self) -> tuple[int, str]:
         """``(code, reason)`` of the close frame the server sent (code 1005 when it sent none)."""
@@ -286,12 +304,14 @@ class ClientTransport(simple_websocket.Client):
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
-    def handshake(self):
+    def handshake(self) -> None:
+        # As bytes, as wsproto declares them (h11 would encode str headers as ASCII the same way).
+        headers = [(name.encode("ascii"), value.encode("ascii")) for name, value in self._extra_headers]
         request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
-                          extra_headers=self._extra_headers)
+                          extra_headers=headers)
         self.sock.send(self.ws.send(request))
         raw = self.raw_socket
-        rejection = None
+        rejection: RejectConnection | None = None
         body = bytearray()
         while True:
             remaining = self._deadline - time.monotonic()
@@ -324,11 +344,14 @@ class ClientTransport(simple_websocket.Client):
                     if len(body) < _MAX_REJECT_BODY:
                         body += event.data[: _MAX_REJECT_BODY - len(body)]
                     if event.body_finished:
-                        raise _rejection(rejection, body)
+                        # wsproto sends RejectData only after RejectConnection.
+                        raise _rejection(cast(RejectConnection, rejection), body)
 
 
-def _rejection(event, body):
-    code = message = None
+def _rejection(event: RejectConnection, body: bytearray) -> HandshakeRejected:
+    code: str | None = None
+    message: str | None = None
+
     text = bytes(body).decode("utf-8", "replace").strip()
     try:
         data = json.loads(text) if text else None

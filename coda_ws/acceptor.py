@@ -99,6 +99,11 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["Acceptor", "PendingRequest", "MAX_HEAD_SIZE", "MAX_PENDING", "MAX_BUFFERED", "LINGER_TIME",
            "COUNTERS"]
@@ -124,7 +129,7 @@ _LISTENER = object()
 _WAKE = object()
 
 
-def _json_response(status, reason, code, message):
+def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
     body = json.dumps({"error": code, "message": message}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
@@ -146,22 +151,22 @@ class PendingRequest:
 
     __slots__ = ("sock", "address", "data", "deadline", "limit")
 
-    def __init__(self, sock, address, data, deadline, limit):
+    def __init__(self, sock: socket.socket, address: Any, data: bytes, deadline: float, limit: int | None) -> None:
         self.sock, self.address, self.data, self.deadline, self.limit = sock, address, data, deadline, limit
 
-    def make_rfile(self):
+    def make_rfile(self) -> io.BufferedReader:
         """A buffered reader giving ``data`` first, then the socket, until
         ``limit`` and ``deadline`` (see :class:`_PrereadStream`)."""
         return io.BufferedReader(_PrereadStream(self))
 
 
 if hasattr(select, "poll"):
-    def _wait_readable(sock, timeout):
+    def _wait_readable(sock: socket.socket, timeout: float) -> bool:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(math.ceil(timeout * 1000)))
 else:  # pragma: no cover - Windows: select() takes any socket there
-    def _wait_readable(sock, timeout):
+    def _wait_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(select.select([sock], [], [], timeout)[0])
 
 
@@ -174,7 +179,7 @@ class _PrereadStream(io.RawIOBase):
     Closing it does not close the socket (its handler does).
     """
 
-    def __init__(self, request):
+    def __init__(self, request: PendingRequest) -> None:
         super().__init__()
         self._sock = request.sock
         self._data = memoryview(request.data)
@@ -182,24 +187,25 @@ class _PrereadStream(io.RawIOBase):
         self._deadline = request.deadline
         self._limit = request.limit
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer):
-        size = len(buffer)
-        if self._position < len(self._data):
-            n = min(size, len(self._data) - self._position)
-            buffer[:n] = self._data[self._position:self._position + n]
-            self._position += n
-            return n
-        if self._limit is not None:
-            size = min(size, self._limit - self._position)
-            if size <= 0:
-                return 0  # past the request: never wait for a next one
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0 or not _wait_readable(self._sock, remaining):
-            return 0
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        # One view for the copy and the recv (a buffer is not sliceable as such).
         with memoryview(buffer) as view:
+            size = len(view)
+            if self._position < len(self._data):
+                n = min(size, len(self._data) - self._position)
+                view[:n] = self._data[self._position:self._position + n]
+                self._position += n
+                return n
+            if self._limit is not None:
+                size = min(size, self._limit - self._position)
+                if size <= 0:
+                    return 0  # past the request: never wait for a next one
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0 or not _wait_readable(self._sock, remaining):
+                return 0
             n = self._sock.recv_into(view[:size])
         self._position += n
         return n
@@ -210,23 +216,23 @@ class _Connection:
 
     __slots__ = ("sock", "address", "deadline", "buffer", "scanned", "head_end", "limit")
 
-    def __init__(self, sock, address, deadline):
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
         self.sock = sock
         self.address = address
         self.deadline = deadline
-        self.buffer = bytearray()
+        self.buffer: bytearray | None = bytearray()  # None once handed over, dropped, or lingering
         self.scanned = 0  # the head's end was not found before this offset
-        self.head_end = None  # offset just after the blank line, once found
-        self.limit = None  # head plus declared body, once the head is read and the body awaited
+        self.head_end: int | None = None  # offset just after the blank line, once found
+        self.limit: int | None = None  # head plus declared body, once the head is read and the body awaited
 
 
-def _find_head_end(buffer, start):
+def _find_head_end(buffer: bytearray, start: int) -> int:
     """Offset just after the first blank line (``\\r\\n`` or ``\\n``) at or after ``start``, or -1."""
     ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := buffer.find(sep, start)) >= 0]
     return min(ends) if ends else -1
 
 
-def _declared_length(head):
+def _declared_length(head: bytes) -> tuple[int | None, bool]:
     """``(limit, wait)`` for a complete request head.
 
     ``limit``: the request's length in bytes from the head's start (head plus
@@ -236,7 +242,8 @@ def _declared_length(head):
     after ``Expect: 100-continue``: the client waits for the handler's
     ``100 Continue`` first). The caller compares the size with ``max_body_size``.
     """
-    lengths, chunked, expect = [], False, False
+    lengths: list[bytes] = []
+    chunked = expect = False
     for line in head.split(b"\n")[1:]:
         if line[:1] in (b" ", b"\t"):
             return None, False  # an obsolete folded header: let Werkzeug read it
@@ -278,8 +285,9 @@ class Acceptor:
     See the module docstring for the theory of operation.
     """
 
-    def __init__(self, listener, handoff, *, timeout, max_body_size, max_head_size=None, max_pending=None,
-                 max_buffered=None, counters=None):
+    def __init__(self, listener: socket.socket, handoff: Callable[[PendingRequest], object], *, timeout: float,
+                 max_body_size: int, max_head_size: int | None = None, max_pending: int | None = None,
+                 max_buffered: int | None = None, counters: dict[str, int] | None = None) -> None:
         self._listener = listener
         self._handoff = handoff
         self._timeout = float(timeout)
@@ -293,11 +301,13 @@ class Acceptor:
         # Made here, not in the loop's thread: every file descriptor exists once start() returns.
         self._selector = selectors.DefaultSelector()
         # Loop thread only: pending and lingering connections by fd, oldest (nearest deadline) first.
-        self._pending = collections.OrderedDict()
-        self._lingering = collections.OrderedDict()
+        self._pending: collections.OrderedDict[int, _Connection] = collections.OrderedDict()
+        self._lingering: collections.OrderedDict[int, _Connection] = collections.OrderedDict()
         self._buffered = 0  # bytes held in the pending connections' buffers
-        self._accept_paused_until = None
+        self._accept_paused_until: float | None = None
         self._closing = False
+        self._watcher: socket.socket
+        self._notifier: socket.socket | None
         self._watcher, self._notifier = socket.socketpair()
         self._notify_lock = threading.Lock()  # guards _notifier: close() from several threads at once
         self._too_large = _json_response(
@@ -306,11 +316,11 @@ class Acceptor:
         )
 
     @property
-    def pending(self):
+    def pending(self) -> int:
         """Connections waiting for their request head now (lingering ones included)."""
         return len(self._pending) + len(self._lingering)
 
-    def close(self):
+    def close(self) -> None:
         """Make :meth:`serve_forever` close every pending connection and return, at once.
 
         Thread-safe and idempotent; does not wait (join the loop's thread for that).
@@ -325,7 +335,7 @@ class Acceptor:
                 self._notifier.close()
                 self._notifier = None
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         """Run the loop until :meth:`close`; closes every pending connection on the way out."""
         selector = self._selector
         try:
@@ -354,7 +364,7 @@ class Acceptor:
 
     # -- the loop's steps -------------------------------------------------------------
 
-    def _select_timeout(self):
+    def _select_timeout(self) -> float | None:
         """Seconds to the nearest deadline (or to accepting again); None: nothing to wait for."""
         deadlines = [table[next(iter(table))].deadline for table in (self._pending, self._lingering) if table]
         if self._accept_paused_until is not None:
@@ -363,7 +373,7 @@ class Acceptor:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _expire(self):
+    def _expire(self) -> None:
         now = time.monotonic()
         while self._pending:
             conn = self._pending[next(iter(self._pending))]
@@ -381,7 +391,7 @@ class Acceptor:
             self._accept_paused_until = None
             self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
 
-    def _accept(self):
+    def _accept(self) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):
             try:
                 sock, address = self._listener.accept()
@@ -408,7 +418,7 @@ class Acceptor:
             self._pending[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
-    def _read(self, conn):
+    def _read(self, conn: _Connection) -> None:
         if conn.sock.fileno() == -1:
             return  # closed earlier in this batch of events (its fd may be another connection's now)
         try:
@@ -443,13 +453,14 @@ class Acceptor:
             conn.head_end = end
             limit, wait = _declared_length(bytes(conn.buffer[:end]))
             conn.limit = limit
-            if not wait or limit - end > self._max_body_size:
+            if not wait or limit is None or limit - end > self._max_body_size:  # wait: limit is a number
                 self._hand_over(conn)
                 return
-        if len(conn.buffer) >= conn.limit:
+        limit = conn.limit  # a number here: the head is in and its declared body awaited
+        if limit is not None and len(conn.buffer) >= limit:
             self._hand_over(conn)
 
-    def _shed(self, current):
+    def _shed(self, current: _Connection) -> None:
         """Over ``max_buffered``: close the oldest pending connections until under it."""
         while self._buffered > self._max_buffered and self._pending:
             victim = self._pending[next(iter(self._pending))]
@@ -459,7 +470,7 @@ class Acceptor:
             if victim is current:
                 return
 
-    def _refuse_oversize(self, conn):
+    def _refuse_oversize(self, conn: _Connection) -> None:
         self.counters["oversize_heads"] += 1
         log.info("refused %s: request head larger than %d bytes (431)", _peer(conn), self._max_head_size)
         self._forget(conn)
@@ -476,9 +487,10 @@ class Acceptor:
         self._lingering[conn.sock.fileno()] = conn
         self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 
-    def _hand_over(self, conn):
+    def _hand_over(self, conn: _Connection) -> None:
         self._forget(conn)
-        data, conn.buffer = bytes(conn.buffer), None
+        # A pending connection (the caller's): its buffer is not None.
+        data, conn.buffer = bytes(cast(bytearray, conn.buffer)), None
         try:
             conn.sock.setblocking(True)
             self._handoff(PendingRequest(conn.sock, conn.address, data, conn.deadline, conn.limit))
@@ -488,7 +500,7 @@ class Acceptor:
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _forget(self, conn):
+    def _forget(self, conn: _Connection) -> None:
         """Take ``conn`` out of the selector and the tables (its socket stays open)."""
         fd = conn.sock.fileno()
         table = self._pending if conn.buffer is not None else self._lingering
@@ -500,20 +512,20 @@ class Acceptor:
         except (KeyError, ValueError):
             pass
 
-    def _drop(self, conn):
+    def _drop(self, conn: _Connection) -> None:
         self._forget(conn)
         conn.buffer = None
         self._close_socket(conn)
 
     @staticmethod
-    def _close_socket(conn):
+    def _close_socket(conn: _Connection) -> None:
         try:
             conn.sock.close()
         except OSError:
             pass
 
 
-def _peer(conn):
+def _peer(conn: _Connection) -> str:
     address = conn.address
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"

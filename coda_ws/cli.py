@@ -20,12 +20,17 @@ import os
 import sqlite3
 import sys
 import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
 from . import argtypes
 from ._version import __version__
 from .interrupts import ignoring_interrupts, interruptible
 from .logging_json import LOG_FORMATS, configure_logging
+
+if TYPE_CHECKING:
+    from .server import CodaWebSocketServer
 
 __all__ = ["main", "build_parser"]
 
@@ -34,7 +39,7 @@ log = logging.getLogger("coda_ws.cli")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="coda-ws",
@@ -121,7 +126,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``coda-ws`` command line; returns the exit code.
 
     Args:
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
 # -- subcommands -------------------------------------------------------------------
 
 
-def run_serve_command(args):
+def run_serve_command(args: argparse.Namespace) -> int:
     """``coda-ws serve``: a bare server until Ctrl-C or SIGTERM."""
     server = _start_server(args)
     if server is None:
@@ -163,7 +168,7 @@ def run_serve_command(args):
     return 0
 
 
-def run_demo_command(args):
+def run_demo_command(args: argparse.Namespace) -> int:
     """``coda-ws demo``: the demo conversation in a loop until Ctrl-C or SIGTERM."""
     from .demo import DEMO_CONFIG, DEMO_VERSION, run_demo_loop
     from .integration import CodaWebSocketIntegration
@@ -175,9 +180,9 @@ def run_demo_command(args):
     integration = CodaWebSocketIntegration(server)
     perf = WebSocketPerfIntegration(server, metrics_interval=args.metrics_interval)
     stop_event = threading.Event()
-    failure = []
+    failure: list[Exception] = []
 
-    def feed():
+    def feed() -> None:
         try:
             run_demo_loop(integration, perf, pace=args.pace, stop_event=stop_event, iterations=args.iterations)
         except Exception as exc:  # report it in the main thread and exit 1
@@ -213,7 +218,7 @@ def run_demo_command(args):
 # -- helpers -----------------------------------------------------------------------
 
 
-def run_token_new_command(args):
+def run_token_new_command(args: argparse.Namespace) -> int:
     """``coda-ws token new``: print ``TOKEN=scopes`` for a token file."""
     from .auth import new_token
 
@@ -221,7 +226,7 @@ def run_token_new_command(args):
     return 0
 
 
-def _start_server(args):
+def _start_server(args: argparse.Namespace) -> "CodaWebSocketServer | None":
     from .auth import load_token_file
     from .errors import CodaWSError
     from .server import CodaWebSocketServer
@@ -239,9 +244,9 @@ def _start_server(args):
     return server
 
 
-def _persistence_options(args):
+def _persistence_options(args: argparse.Namespace) -> dict[str, Any]:
     """The journal and backplane options of ``coda-ws serve`` (none for ``demo``)."""
-    options = {}
+    options: dict[str, Any] = {}
     if getattr(args, "journal", None):
         options.update(journal=args.journal, journal_max_events=args.journal_max_events,
                        journal_max_age=args.journal_max_age)
@@ -250,7 +255,7 @@ def _persistence_options(args):
     return options
 
 
-def run_export_command(args):
+def run_export_command(args: argparse.Namespace) -> int:
     """``coda-ws export FILE``: a journal's events as JSON lines on standard output."""
     from .filters import EventFilter
     from .journal import read_journal
@@ -274,12 +279,13 @@ def run_export_command(args):
     return 0
 
 
-def _print_watch_hints(server, args=None):
+def _print_watch_hints(server: "CodaWebSocketServer", args: argparse.Namespace | None = None) -> None:
     _say(f"  watch it:   wscat -c {server.url.rstrip('/')}")
     _say(f"  dashboard:  {_dashboard_url(server, args)}")
 
 
-def _dashboard_url(server, args=None, stdout=None):
+def _dashboard_url(server: "CodaWebSocketServer", args: argparse.Namespace | None = None,
+                   stdout: TextIO | None = None) -> str:
     """The dashboard's URL to print: with ``#token=`` when tokens are configured
     and one of them may read the stream, so the printed link opens a working page.
 
@@ -302,11 +308,11 @@ def _dashboard_url(server, args=None, stdout=None):
     return f"{url}#token={quote(token, safe='')}"
 
 
-def _configured_tokens(args):
+def _configured_tokens(args: argparse.Namespace | None) -> dict[str, frozenset[str]]:
     """``{token: scopes}`` from ``--token-file`` and ``CODA_WS_TOKENS``, as the server reads them."""
     from .auth import load_token_file, parse_tokens
 
-    tokens = {}
+    tokens: dict[str, frozenset[str]] = {}
     path = getattr(args, "token_file", None)
     try:
         if path:
@@ -319,7 +325,7 @@ def _configured_tokens(args):
     return tokens
 
 
-def _readable_token(tokens):
+def _readable_token(tokens: Mapping[str, frozenset[str]]) -> str | None:
     """The token a dashboard link should carry, or None when none may read.
 
     Among the tokens with ``read``, one that also has ``read:content`` (the
@@ -333,5 +339,5 @@ def _readable_token(tokens):
     return min(readers, key=lambda item: ("read:content" not in item[1], len(item[1])))[0]
 
 
-def _say(text):
+def _say(text: str) -> None:
     print(text, flush=True)

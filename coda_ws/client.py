@@ -52,12 +52,15 @@ client's own flow control, so it reconnects with ``reconnect=False`` too. A
 """
 
 import collections
+import enum
 import json
 import logging
 import random
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Final, Literal, TypedDict, TypeVar, cast, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wsproto.utilities import ProtocolError
@@ -66,11 +69,11 @@ from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
 from .deadline import Deadline
 from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
-from .events import EventType, encode_json, validate_event
+from .events import BaseEvent, EventType, encode_json, validate_event
 from .filters import EventFilter
 from .protocol import V1_SUBPROTOCOL
 
-__all__ = ["CodaEventClient", "ClientConnectionError", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
+__all__ = ["CodaEventClient", "ClientConnectionError", "ClientStats", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
 
 log = logging.getLogger("coda_ws.client")
 
@@ -90,6 +93,31 @@ _NO_STATUS = frozenset({1005, 1006})
 _CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
 
+#: What the application gets: the event's dataclass, or a dict for an event
+#: of an unknown type, a redacted one, or one that fails validation.
+_Delivered = BaseEvent | dict[str, Any]
+#: A callback given to :meth:`CodaEventClient.on_event` (returned as it is).
+_Callback = TypeVar("_Callback", bound=Callable[[BaseEvent | dict[str, Any]], object])
+#: Types to filter on: names and globs, as a list (or set, or tuple) or a comma-separated string.
+_Types = str | Collection[str] | None
+
+
+class ClientStats(TypedDict):
+    """:meth:`CodaEventClient.stats`: the client's counters (a snapshot)."""
+
+    connect_attempts: int
+    sessions: int
+    events: int
+    duplicates_dropped: int
+    invalid_events: int
+    invalid_frames: int
+    gaps: int
+    pauses: int
+    server_errors: int
+    callback_errors: int
+    disconnects: dict[str, int]  # reason ("connection_lost", "client_closed" or a close code) -> count
+    queued: int  # events waiting for the application
+
 
 # ----------------------------------------------------------------------------
 # The queue between the connection thread and the application.
@@ -101,12 +129,22 @@ class _Gap:
 
     __slots__ = ("frame",)
 
-    def __init__(self, frame):
+    def __init__(self, frame: dict[str, Any]) -> None:
         self.frame = frame
 
 
-_TIMEOUT = object()
-_END = object()
+class _Signal(enum.Enum):
+    """What :meth:`_EventQueue.get` returns instead of an item."""
+
+    TIMEOUT = "timeout"
+    END = "end"
+
+
+_TIMEOUT: Final = _Signal.TIMEOUT
+_END: Final = _Signal.END
+
+#: An item of the queue: an event for the application, or a gap marker.
+_Item = _Gap | BaseEvent | dict[str, Any]
 
 
 class _EventQueue:
@@ -117,21 +155,21 @@ class _EventQueue:
     offers (replay frames) do not count against the bound. Thread-safe.
     """
 
-    def __init__(self, maxsize):
+    def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.low_water = maxsize // 2
-        self._items = collections.deque()
+        self._items: collections.deque[_Item] = collections.deque()
         self._events = 0  # items that count against maxsize
         # _cond guards every attribute below and _items/_events above.
         self._cond = threading.Condition(threading.Lock())
         self._ended = False
-        self._error = None
+        self._error: ClientConnectionError | None = None
         self._space_waiters = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._events
 
-    def offer(self, item, force=False):
+    def offer(self, item: _Item, force: bool = False) -> bool:
         """Append ``item``; False (and nothing appended) when the queue is full."""
         with self._cond:
             if self._ended:
@@ -145,7 +183,7 @@ class _EventQueue:
             self._cond.notify()
             return True
 
-    def get(self, timeout):
+    def get(self, timeout: float | None) -> _Item | _Signal:
         """The next item, ``_TIMEOUT`` after ``timeout`` seconds (None: no
         limit), or ``_END`` once the queue has ended and is empty. Raises the
         error the queue ended with, after the items queued before it."""
@@ -168,7 +206,7 @@ class _EventQueue:
                     return _TIMEOUT
                 self._cond.wait(remaining)
 
-    def wait_for_space(self):
+    def wait_for_space(self) -> bool:
         """Block until at most ``low_water`` events wait; False if the queue ended first."""
         with self._cond:
             self._space_waiters += 1
@@ -179,7 +217,7 @@ class _EventQueue:
                 self._space_waiters -= 1
             return not self._ended
 
-    def end(self, error=None, discard=False):
+    def end(self, error: ClientConnectionError | None = None, discard: bool = False) -> None:
         """End the queue (idempotent: the first call decides). Readers get the
         queued items first unless ``discard``, then ``_END`` or ``error``."""
         with self._cond:
@@ -192,7 +230,7 @@ class _EventQueue:
             self._cond.notify_all()
 
     @property
-    def ended(self):
+    def ended(self) -> bool:
         return self._ended
 
 
@@ -207,28 +245,37 @@ class _Session:
     __slots__ = ("since", "epoch_sent", "filter_version", "hello_epoch", "hello_seq", "started", "resume_to",
                  "resume_left")
 
-    def __init__(self, since, epoch_sent, filter_version):
+    def __init__(self, since: int | None, epoch_sent: str | None, filter_version: int) -> None:
         self.since = since
         self.epoch_sent = epoch_sent
         self.filter_version = filter_version
-        self.hello_epoch = None
-        self.hello_seq = None
+        self.hello_epoch: str | None = None
+        self.hello_seq: int | None = None
         self.started = False  # hello (or, from a legacy server, a first frame) received
-        self.resume_to = None  # while missed events of a recovered resume arrive
+        self.resume_to: int | None = None  # while missed events of a recovered resume arrive
         self.resume_left = 0
+
+
+#: How a connection ended, for the connection thread's loop.
+_Kind = Literal["stopped", "paused", "retry", "end", "fatal"]
 
 
 class _Outcome:
     __slots__ = ("kind", "established", "error", "close_code")
 
-    def __init__(self, kind, established=False, error=None, close_code=None):
-        self.kind = kind  # "stopped", "paused", "retry", "end" or "fatal"
+    def __init__(self, kind: _Kind, established: bool = False, error: Exception | None = None,
+                 close_code: int | None = None) -> None:
+        self.kind = kind
         self.established = established
         self.error = error
         self.close_code = close_code
 
 
-def _check_seconds(name, value, allow_none=False, allow_zero=False):
+@overload
+def _check_seconds(name: str, value: float, allow_none: Literal[False] = ..., allow_zero: bool = ...) -> float: ...
+@overload
+def _check_seconds(name: str, value: float | None, allow_none: bool, allow_zero: bool = ...) -> float | None: ...
+def _check_seconds(name: str, value: object, allow_none: bool = False, allow_zero: bool = False) -> float | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0 or (
@@ -319,11 +366,15 @@ class CodaEventClient:
     recent value.
     """
 
-    def __init__(self, url, types=None, session_id=None, token=None, resume=True, reconnect=True, on_gap=None,
-                 *, since=None, replay=True, max_queue=10_000, connect_timeout=10.0, close_timeout=1.0,
-                 backoff_initial=0.1, backoff_max=10.0, backoff_factor=2.0, backoff_jitter=0.5,
-                 max_retries=None, retry_first_connect=True, ping_interval=20.0,
-                 max_message_size=16 * 1024 * 1024, name=None, ssl_context=None):
+    def __init__(self, url: str, types: _Types = None, session_id: str | None = None, token: str | None = None,
+                 resume: bool = True, reconnect: bool = True,
+                 on_gap: Callable[[dict[str, Any]], object] | None = None, *, since: int | None = None,
+                 replay: bool = True, max_queue: int = 10_000, connect_timeout: float = 10.0,
+                 close_timeout: float = 1.0, backoff_initial: float = 0.1, backoff_max: float = 10.0,
+                 backoff_factor: float = 2.0, backoff_jitter: float = 0.5, max_retries: int | None = None,
+                 retry_first_connect: bool = True, ping_interval: float | None = 20.0,
+                 max_message_size: int | None = 16 * 1024 * 1024, name: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self._host, self._port, self._path, self._query, self._secure = self._parse_url(url)
         event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
@@ -370,13 +421,13 @@ class CodaEventClient:
         self._ssl_context = ssl_context
 
         # Written by the connection thread only (see the class docstring).
-        self._epoch = None
+        self._epoch: str | None = None
         self._last_seq = since if since is not None else 0
         self._start_since = since
         self._delivered_max = 0  # highest seq queued for the application in this epoch
-        self._recovered = None
-        self._client_id = None
-        self._close_code = None
+        self._recovered: bool | None = None
+        self._client_id: str | None = None
+        self._close_code: int | None = None
 
         self._queue = _EventQueue(max_queue)
         self._stop = threading.Event()  # set by close(); ends backoff waits
@@ -384,25 +435,25 @@ class CodaEventClient:
         # connected/finished, pongs or subscribe acknowledgements change.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._types = event_filter.types
+        self._types: tuple[str, ...] | None = event_filter.types
         self._session_id = session_id
         self._filter_version = 0  # bumped by subscribe(); a connection knows which version its URL carries
         self._closing = False
         self._connected = False
         self._finished = False
-        self._error = None
-        self._last_error = None
-        self._raw = None  # the socket of the connection being made or used
-        self._ws = None  # the open WebSocket, once the handshake is done
-        self._wake = None  # the current connection's wake-up event
-        self._outbox = collections.deque()  # frames for the connection thread to send
+        self._error: ClientConnectionError | None = None
+        self._last_error: Exception | None = None
+        self._raw: socket.socket | None = None  # the socket of the connection being made or used
+        self._ws: ClientTransport | None = None  # the open WebSocket, once the handshake is done
+        self._wake: threading.Event | None = None  # the current connection's wake-up event
+        self._outbox: collections.deque[str] = collections.deque()  # frames for the connection thread to send
         self._ping_id = 0
-        self._pongs = {}  # ping id -> pong frame (None while awaited)
+        self._pongs: dict[int, dict[str, Any] | None] = {}  # ping id -> pong frame (None while awaited)
         self._subscribed_acks = 0
-        self._last_subscribed = None
-        self._callbacks = []
-        self._callback_thread = None
-        self._counters = collections.Counter()
+        self._last_subscribed: dict[str, Any] | None = None
+        self._callbacks: list[Callable[[_Delivered], object]] = []
+        self._callback_thread: threading.Thread | None = None
+        self._counters: collections.Counter[str] = collections.Counter()
 
         # daemon: a script that forgets close() can still exit; close() joins it.
         self._thread = threading.Thread(target=self._run, name=f"coda-ws-eventclient:{self.name}", daemon=True)
@@ -411,7 +462,7 @@ class CodaEventClient:
     # -- configuration ----------------------------------------------------------
 
     @staticmethod
-    def _parse_url(url):
+    def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]], bool]:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
         try:
@@ -431,7 +482,7 @@ class CodaEventClient:
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in own]
         return parts.hostname, port or (443 if secure else 80), parts.path or "/", query, secure
 
-    def _target(self, since, epoch):
+    def _target(self, since: int | None, epoch: str | None) -> tuple[str, int]:
         """The request target (path and query) for the next connection, and
         the version of the filters it carries."""
         with self._lock:
@@ -452,51 +503,52 @@ class CodaEventClient:
     # -- public state -----------------------------------------------------------
 
     @property
-    def last_seq(self):
+    def last_seq(self) -> int:
         """The stream position the client has everything up to (and resumes after)."""
         return self._last_seq
 
     @property
-    def epoch(self):
+    def epoch(self) -> str | None:
         """The epoch of the stream ``last_seq`` belongs to (None before the first hello)."""
         return self._epoch
 
     @property
-    def recovered(self):
+    def recovered(self) -> bool | None:
         """The outcome of the last resume: True, False, or None (no resume yet)."""
         return self._recovered
 
     @property
-    def client_id(self):
+    def client_id(self) -> str | None:
         """The id the server gave the current (or last) connection."""
         return self._client_id
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         """True while a session is open (hello received)."""
         return self._connected
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once :meth:`close` was called or the stream has ended for good."""
         return self._closing or self._finished
 
     @property
-    def close_code(self):
+    def close_code(self) -> int | None:
         """The close code of the last connection that ended (None before)."""
         return self._close_code
 
     @property
-    def error(self):
-        """The error the stream ended with, or None."""
+    def error(self) -> ClientConnectionError | None:
+        """The error the stream ended with (:class:`HandshakeRejected` for a
+        refused handshake), or None."""
         return self._error
 
     @property
-    def last_error(self):
+    def last_error(self) -> Exception | None:
         """The last connection error (even one that was retried), or None."""
         return self._last_error
 
-    def stats(self):
+    def stats(self) -> ClientStats:
         """Counters (a snapshot dict): ``connect_attempts``, ``sessions``,
         ``events``, ``duplicates_dropped``, ``invalid_events``,
         ``invalid_frames``, ``gaps``, ``pauses``, ``server_errors``,
@@ -504,18 +556,20 @@ class CodaEventClient:
         with self._lock:
             counters = dict(self._counters)
         disconnects = {k[len("disconnect:"):]: v for k, v in counters.items() if k.startswith("disconnect:")}
-        result = {key: counters.get(key, 0) for key in (
-            "connect_attempts", "sessions", "events", "duplicates_dropped", "invalid_events", "invalid_frames",
-            "gaps", "pauses", "server_errors", "callback_errors")}
-        result["disconnects"] = disconnects
-        result["queued"] = len(self._queue)
-        return result
+        count = counters.get
+        return ClientStats(
+            connect_attempts=count("connect_attempts", 0), sessions=count("sessions", 0),
+            events=count("events", 0), duplicates_dropped=count("duplicates_dropped", 0),
+            invalid_events=count("invalid_events", 0), invalid_frames=count("invalid_frames", 0),
+            gaps=count("gaps", 0), pauses=count("pauses", 0), server_errors=count("server_errors", 0),
+            callback_errors=count("callback_errors", 0), disconnects=disconnects, queued=len(self._queue),
+        )
 
-    def _count(self, name, amount=1):
+    def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counters[name] += amount
 
-    def wait_connected(self, timeout=None):
+    def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until a session is open; True then, False after ``timeout``
         seconds or as soon as the client has ended (``stats()["sessions"]``
         tells whether a session was open before that)."""
@@ -532,7 +586,7 @@ class CodaEventClient:
 
     # -- reading ------------------------------------------------------------------
 
-    def get(self, timeout=None):
+    def get(self, timeout: float | None = None) -> BaseEvent | dict[str, Any] | None:
         """The next event, blocking up to ``timeout`` seconds (None: no limit).
 
         Returns None on timeout and once the stream has ended (check
@@ -550,7 +604,7 @@ class CodaEventClient:
         item = self._next(timeout)
         return None if item is _TIMEOUT or item is _END else item
 
-    def _next(self, timeout):
+    def _next(self, timeout: float | None) -> _Delivered | _Signal:
         deadline = Deadline(timeout)
         while True:
             remaining = deadline.remaining()
@@ -559,7 +613,7 @@ class CodaEventClient:
                 return item
             self._call_on_gap(item.frame)
 
-    def _call_on_gap(self, frame):
+    def _call_on_gap(self, frame: dict[str, Any]) -> None:
         if self.on_gap is None:
             log.warning("%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason"))
             return
@@ -568,16 +622,16 @@ class CodaEventClient:
         except Exception:
             log.exception("%s: on_gap callback %r failed", self.name, self.on_gap)
 
-    def __iter__(self):
+    def __iter__(self) -> "CodaEventClient":
         return self
 
-    def __next__(self):
+    def __next__(self) -> BaseEvent | dict[str, Any]:
         event = self.get()
         if event is None:
             raise StopIteration
         return event
 
-    def on_event(self, callback):
+    def on_event(self, callback: _Callback) -> _Callback:
         """Call ``callback(event)`` for every event, in a thread of the client.
 
         Callbacks run one after another in the order registered, in the
@@ -596,21 +650,21 @@ class CodaEventClient:
             start = self._callback_thread is None
             if start:
                 # daemon, as the connection thread; close() joins it.
-                self._callback_thread = threading.Thread(
+                self._callback_thread = callback_thread = threading.Thread(
                     target=self._run_callbacks, name=f"coda-ws-eventclient-callback:{self.name}", daemon=True
                 )
         if start:
-            self._callback_thread.start()
+            callback_thread.start()
         return callback
 
-    def _run_callbacks(self):
+    def _run_callbacks(self) -> None:
         while True:
             try:
                 item = self._next(None)
             except ClientConnectionError as exc:
                 log.error("%s: the event stream ended: %s", self.name, exc)
                 return
-            if item is _END:
+            if isinstance(item, _Signal):  # _END (without a timeout there is no _TIMEOUT)
                 return
             for callback in self._callbacks:
                 try:
@@ -621,7 +675,8 @@ class CodaEventClient:
 
     # -- requests to the server -----------------------------------------------------
 
-    def subscribe(self, types=None, session_id=None, timeout=None):
+    def subscribe(self, types: _Types = None, session_id: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any] | None:
         """Replace the client's filters (the server answers ``subscribed``).
 
         The new filters apply to the current connection from the server's next
@@ -656,11 +711,15 @@ class CodaEventClient:
             return self._last_subscribed
 
     @staticmethod
-    def _subscribe_frame(types, session_id):
+    def _subscribe_frame(types: Iterable[str] | None, session_id: str | None) -> str:
         return encode_json({"type": "subscribe", "types": list(types) if types is not None else None,
                             "session_id": session_id})
 
-    def ping(self, timeout=None):
+    @overload
+    def ping(self, timeout: None = None) -> int | None: ...
+    @overload
+    def ping(self, timeout: float) -> dict[str, Any] | None: ...
+    def ping(self, timeout: float | None = None) -> int | dict[str, Any] | None:
         """Send an application-level ping; the server answers with ``pong``.
 
         Without ``timeout``, returns the ping's id at once (None when not
@@ -692,7 +751,7 @@ class CodaEventClient:
             finally:
                 self._pongs.pop(ping_id, None)
 
-    def reconnect(self):
+    def reconnect(self) -> bool:
         """Drop the current connection at once, as a network failure would.
 
         The client reconnects and resumes as after any lost connection (with
@@ -711,7 +770,7 @@ class CodaEventClient:
 
     # -- closing ------------------------------------------------------------------
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> bool:
         """Close the connection (code 1000), stop reconnecting, join every thread.
 
         Idempotent; ends iteration at once (events still queued are
@@ -748,29 +807,29 @@ class CodaEventClient:
         return not alive
 
     @staticmethod
-    def _shutdown(raw):
+    def _shutdown(raw: socket.socket) -> None:
         try:
             raw.shutdown(socket.SHUT_RDWR)
         except OSError:  # not connected, or already shut down: nothing left to end
             return
 
-    def __enter__(self):
+    def __enter__(self) -> "CodaEventClient":
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self.closed else "connected" if self._connected else "connecting"
         return f"<CodaEventClient {self.url} {state} epoch={self._epoch} last_seq={self._last_seq}>"
 
     # -- the connection thread ---------------------------------------------------------
 
-    def _run(self):
+    def _run(self) -> None:
         failures = 0  # consecutive attempts that did not open a session (for max_retries)
         retries = 0  # delays waited since the last session opened (for the backoff)
         attempts = 0
-        delay = None
+        delay: float | None = None
         try:
             while not self._stop.is_set():
                 if delay is not None and self._stop.wait(delay):
@@ -793,7 +852,8 @@ class CodaEventClient:
                     self._finish(None)
                     break
                 if outcome.kind == "fatal":
-                    self._finish(outcome.error)
+                    # Always a ClientConnectionError already (a refusal, a bad close code): passed on as it is.
+                    self._finish(self._connection_error(outcome.error))
                     break
                 # "retry"
                 if outcome.established:
@@ -823,12 +883,12 @@ class CodaEventClient:
                 self._changed.notify_all()
             self._queue.end()
 
-    def _finish(self, error):
+    def _finish(self, error: ClientConnectionError | None) -> None:
         with self._lock:
             self._error = error
         self._queue.end(error=error)
 
-    def _connection_error(self, error, prefix=None):
+    def _connection_error(self, error: Exception | None, prefix: str | None = None) -> ClientConnectionError:
         if isinstance(error, ClientConnectionError):
             return error
         what = prefix or "cannot connect"
@@ -836,21 +896,21 @@ class CodaEventClient:
         exc.__cause__ = error
         return exc
 
-    def _backoff(self, retries):
+    def _backoff(self, retries: int) -> float:
         """Seconds to wait before the next attempt: ``backoff_initial`` times
         ``backoff_factor`` to the power of the retries since the last session,
         at most ``backoff_max``, minus a random part of up to ``backoff_jitter``."""
         base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(retries, 64))
         return base * (1.0 - self.backoff_jitter * random.random())
 
-    def _resume_point(self):
+    def _resume_point(self) -> tuple[int | None, str | None]:
         if self.resume and self._epoch is not None:
             return self._last_seq, self._epoch
         if self._start_since is not None and self._epoch is None:
             return self._start_since, None
         return None, None
 
-    def _connection(self):
+    def _connection(self) -> _Outcome:
         """One connection, from connect to close. Returns an _Outcome."""
         since, epoch = self._resume_point()
         target, filter_version = self._target(since, epoch)
@@ -874,7 +934,7 @@ class CodaEventClient:
             )
         except HandshakeRejected as exc:
             self._forget_socket()
-            kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
+            kind: _Kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
             log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, exc)
             return _Outcome("stopped" if self._stop.is_set() else kind, error=exc)
         except (ssl.SSLCertVerificationError, UnicodeError) as exc:  # a bad certificate or host name stays bad
@@ -888,24 +948,24 @@ class CodaEventClient:
         with self._lock:
             self._ws = ws
         session = _Session(since, epoch, filter_version)
-        outcome = None
+        outcome: _Outcome | None = None
         try:
             outcome = self._read(ws, wake, session)
         finally:
             self._end_connection(ws, outcome, session)
         return outcome
 
-    def _on_socket(self, raw):
+    def _on_socket(self, raw: socket.socket) -> None:
         with self._lock:
             if self._closing:
                 raise ConnectionAbortedError("the client was closed")
             self._raw = raw
 
-    def _forget_socket(self):
+    def _forget_socket(self) -> None:
         with self._lock:
             self._raw = None
 
-    def _read(self, ws, wake, session):
+    def _read(self, ws: ClientTransport, wake: threading.Event, session: _Session) -> _Outcome:
         """Handle the frames of one connection until it ends, pauses or stops."""
         while True:
             wake.clear()  # clear first, then look at every source of work
@@ -926,7 +986,7 @@ class CodaEventClient:
                 return self._closed_outcome(ws, session)
             wake.wait()
 
-    def _send_outbox(self, ws):
+    def _send_outbox(self, ws: ClientTransport) -> bool:
         while True:
             with self._lock:
                 if not self._outbox:
@@ -938,7 +998,7 @@ class CodaEventClient:
                 log.debug("%s: could not send a frame: %s", self.name, exc)
                 return False
 
-    def _closed_outcome(self, ws, session):
+    def _closed_outcome(self, ws: ClientTransport, session: _Session) -> _Outcome:
         if ws.message_too_big(self.max_message_size):
             error = ClientConnectionError(
                 f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)")
@@ -956,7 +1016,7 @@ class CodaEventClient:
             return _Outcome("fatal", session.started, error, close_code=code)
         return _Outcome("retry", session.started, error, close_code=code)
 
-    def _end_connection(self, ws, outcome, session):
+    def _end_connection(self, ws: ClientTransport, outcome: _Outcome | None, session: _Session) -> None:
         """Close the WebSocket politely when we end it, cut it, join its reader."""
         if outcome is not None and outcome.kind in ("stopped", "paused"):
             self._count("pauses" if outcome.kind == "paused" else "disconnect:client_closed")
@@ -980,7 +1040,7 @@ class CodaEventClient:
         if was_connected:
             log.info("%s: disconnected (%s)", self.name, outcome.kind if outcome else "error")
 
-    def _send_close(self, ws, code):
+    def _send_close(self, ws: ClientTransport, code: int) -> None:
         try:
             ws.send_close(code)
         except (OSError, ProtocolError) as exc:  # the connection is already gone: nothing to tell it
@@ -988,7 +1048,7 @@ class CodaEventClient:
 
     # -- frames ---------------------------------------------------------------------
 
-    def _handle_message(self, session, message):
+    def _handle_message(self, session: _Session, message: str | bytes) -> bool:
         """Handle one frame; False when the queue is full (the caller pauses)."""
         if not isinstance(message, str):
             self._count("invalid_frames")
@@ -1013,7 +1073,7 @@ class CodaEventClient:
             return True
         return self._accept_event(session, data)
 
-    def _session_started(self, session):
+    def _session_started(self, session: _Session) -> None:
         session.started = True
         with self._lock:
             self._connected = True
@@ -1022,10 +1082,10 @@ class CodaEventClient:
                 # subscribe() was called after this connection's URL was made
                 # and before it opened: send the filters it did not carry.
                 self._outbox.append(self._subscribe_frame(self._types, self._session_id))
-                self._wake.set()
+                cast(threading.Event, self._wake).set()  # set: a connection is being read
             self._changed.notify_all()
 
-    def _on_hello(self, session, frame):
+    def _on_hello(self, session: _Session, frame: dict[str, Any]) -> None:
         epoch, seq = frame.get("epoch"), frame.get("seq")
         if not isinstance(epoch, str) or type(seq) is not int:
             log.warning("%s: malformed hello frame: %.200s", self.name, frame)
@@ -1038,7 +1098,7 @@ class CodaEventClient:
             self._session_started(session)
         log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
 
-    def _move_to(self, epoch, seq):
+    def _move_to(self, epoch: str, seq: int | None) -> None:
         """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
         if epoch != self._epoch:
             self._delivered_max = 0
@@ -1047,7 +1107,7 @@ class CodaEventClient:
         if seq is not None and seq > self._last_seq:
             self._last_seq = seq
 
-    def _on_resume(self, session, frame):
+    def _on_resume(self, session: _Session, frame: dict[str, Any]) -> None:
         if frame.get("recovered") is True:
             self._recovered = True
             if session.hello_epoch is not None:
@@ -1069,12 +1129,13 @@ class CodaEventClient:
             self._move_to(session.hello_epoch, session.hello_seq)
         self._queue.offer(_Gap(dict(frame)))
 
-    def _finish_resume(self, session):
-        if session.resume_to > self._last_seq:
-            self._last_seq = session.resume_to
+    def _finish_resume(self, session: _Session) -> None:
+        resume_to = cast(int, session.resume_to)  # callers call it while a resume is in progress
+        if resume_to > self._last_seq:
+            self._last_seq = resume_to
         session.resume_to = None
 
-    def _on_replay(self, session, frame):
+    def _on_replay(self, session: _Session, frame: dict[str, Any]) -> None:
         events = frame.get("events")
         if not isinstance(events, list):
             self._count("invalid_frames")
@@ -1094,24 +1155,24 @@ class CodaEventClient:
             self._count("events")
             self._queue.offer(self._decode(data), force=True)
 
-    def _on_pong(self, session, frame):
+    def _on_pong(self, session: _Session, frame: dict[str, Any]) -> None:
         with self._lock:
             ping_id = frame.get("id")
             if ping_id in self._pongs:
                 self._pongs[ping_id] = frame
                 self._changed.notify_all()
 
-    def _on_subscribed(self, session, frame):
+    def _on_subscribed(self, session: _Session, frame: dict[str, Any]) -> None:
         with self._lock:
             self._subscribed_acks += 1
             self._last_subscribed = frame
             self._changed.notify_all()
 
-    def _on_error(self, session, frame):
+    def _on_error(self, session: _Session, frame: dict[str, Any]) -> None:
         self._count("server_errors")
         log.warning("%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code"))
 
-    def _accept_event(self, session, data):
+    def _accept_event(self, session: _Session, data: dict[str, Any]) -> bool:
         seq = data.get("seq")
         if type(seq) is not int:
             self._count("invalid_events")
@@ -1136,7 +1197,7 @@ class CodaEventClient:
                 self._finish_resume(session)
         return True
 
-    def _decode(self, data):
+    def _decode(self, data: dict[str, Any]) -> _Delivered:
         """The event object for a wire dict, or the dict when it cannot be one."""
         type_name = data.get("type")
         if type_name not in _KNOWN_TYPES:
@@ -1145,7 +1206,8 @@ class CodaEventClient:
         if data.get("redacted") is True:
             return data  # content fields are null: a dict, not a (valid) event object
         try:
-            return validate_event(data)
+            event: BaseEvent = validate_event(data)
+            return event
         except InvalidEventError as exc:
             self._count("invalid_events")
             log.warning("%s: invalid %s event (seq %s) delivered as a dict: %s", self.name, type_name,

@@ -23,6 +23,7 @@ message whichever way it came in.
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -302,8 +303,17 @@ def from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         OSError: the file cannot be read.
         ValueError: not TOML, an unknown key or a bad value, naming the file.
+        ImportError: Python 3.10 without the ``tomli`` package (``tomllib``
+            is in the standard library from Python 3.11 on).
     """
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser before it joined the standard library
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ImportError("reading a TOML file on Python 3.10 needs the tomli package (pip install tomli)"
+                              ) from None
 
     with open(path, "rb") as handle:
         try:

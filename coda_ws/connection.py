@@ -51,8 +51,9 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 from . import framing
 from ._fastjson import encode_json
@@ -69,7 +70,10 @@ from .protocol import (
     CLOSE_TOO_SLOW,
 )
 
-__all__ = ["GuardedSocket", "Connection", "RateLimiter", "SessionHooks", "SessionSettings",
+if TYPE_CHECKING:
+    from .bus import Subscription
+
+__all__ = ["GuardedSocket", "Connection", "ConnectionInfo", "RateLimiter", "SessionHooks", "SessionSettings",
            "CLOSE_TIMEOUT"]
 
 log = logging.getLogger("coda_ws.connection")
@@ -103,42 +107,42 @@ class GuardedSocket:
     both threads at once.
     """
 
-    def __init__(self, sock, write_timeout=None):
+    def __init__(self, sock: socket.socket, write_timeout: float | None = None) -> None:
         self._sock = sock
         self._write_lock = threading.Lock()  # one writer at a time on this socket
-        self._unsent = None  # memoryview: the rest of a message try_send could not finish
-        self._held = None  # a list of writes kept by hold() until release(), else None
+        self._unsent: memoryview | None = None  # the rest of a message try_send could not finish
+        self._held: list[bytes] | None = None  # writes kept by hold() until release(), else None
         self.write_timeout = write_timeout
         self.closed = False
-        self.on_close = None  # called once the reader thread is done with the socket
+        self.on_close: Callable[[], object] | None = None  # called once the reader thread is done with the socket
         self.write_calls = 0  # system calls that wrote data (batching is visible here)
         #: monotonic time since which a write has waited for the peer to read, else None
-        self.blocked_since = None
+        self.blocked_since: float | None = None
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self._sock.fileno()
 
     @property
-    def raw(self):
+    def raw(self) -> socket.socket:
         """The socket this wraps."""
         return self._sock
 
-    def recv(self, size):
+    def recv(self, size: int) -> bytes:
         return self._sock.recv(size)
 
     @property
-    def has_unsent(self):
+    def has_unsent(self) -> bool:
         """True while part of a message written by :meth:`try_send` is waiting."""
         return self._unsent is not None
 
-    def hold(self):
+    def hold(self) -> None:
         """Keep every write from now on in memory until :meth:`release`
         (the server registers a client before its handshake response leaves)."""
         with self._write_lock:
             if self._held is None:
                 self._held = []
 
-    def release(self):
+    def release(self) -> None:
         """Write what :meth:`hold` kept, and write directly from now on.
 
         Raises:
@@ -152,7 +156,7 @@ class GuardedSocket:
                 finally:
                     self.blocked_since = None
 
-    def send(self, data):
+    def send(self, data: bytes) -> int:
         """Write the unsent tail, if any, then all of ``data``; returns
         ``len(data)`` (simple-websocket's contract). ``send(b"")`` flushes."""
         with self._write_lock:
@@ -170,7 +174,7 @@ class GuardedSocket:
 
     sendall = send
 
-    def try_send(self, data):
+    def try_send(self, data: bytes) -> bool:
         """Write ``data`` without ever waiting, or not at all.
 
         Returns True when the socket took responsibility for ``data``: all of
@@ -201,10 +205,10 @@ class GuardedSocket:
         finally:
             self._write_lock.release()
 
-    def _send_all(self, data):
+    def _send_all(self, data: bytes | memoryview) -> None:
         sock = self._sock
         view = memoryview(data)
-        deadline = None
+        deadline: float | None = None
         while view:
             try:
                 sent = sock.send(view, DONTWAIT)
@@ -231,14 +235,14 @@ class GuardedSocket:
             if events and events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 raise ConnectionResetError("connection closed while writing")
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """End the connection in both directions (wakes a blocked reader and writer)."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:  # already shut down or reset by the peer: nothing left to end
             pass
 
-    def close(self):
+    def close(self) -> None:
         """Called by simple-websocket as the very last step of its reader thread."""
         self.closed = True
         if self.on_close is not None:
@@ -253,14 +257,14 @@ class RateLimiter:
     Used by one thread (the connection's writer); not thread-safe.
     """
 
-    def __init__(self, rate, burst):
+    def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
         self._tokens = burst
         self._stamp = time.monotonic()
         self.refused = 0  # frames refused since the client was last within its rate
 
-    def allow(self):
+    def allow(self) -> bool:
         """Take a token; False when the client is over its rate."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
@@ -304,6 +308,30 @@ class SessionHooks(Protocol):
         """The stream's last seq (for ``pong``)."""
 
 
+class ConnectionInfo(TypedDict):
+    """:meth:`Connection.info`: one client, as ``GET /stats`` lists it.
+
+    ``lag``: events the stream head is ahead of the client; ``queue_depth``:
+    frames its writer holds that its socket has not accepted yet;
+    ``dropped``: state events conflated for it; ``connected_since``: Unix
+    time; ``last_pong_rtt``: seconds, or None before the first keepalive answer.
+    """
+
+    id: str
+    address: str
+    user_agent: str
+    protocol: int  # 1 for a v1 session, 0 for a legacy one
+    scopes: list[str]
+    filters: Mapping[str, Any]  # EventFilter.describe(): {"types": [...] or None, "session_id": ... or None}
+    cursor: int
+    lag: int
+    queue_depth: int
+    sent: int
+    dropped: int
+    connected_since: float
+    last_pong_rtt: float | None
+
+
 class _SessionOver(Exception):
     """Raised inside :meth:`Connection.run` to end the session.
 
@@ -343,7 +371,7 @@ class _Keepalive:
         if now >= self.next_ping and (self.sent is None or not self.timeout):
             transport.expect_pong()
             self.sent = now
-            self.next_ping = now + self.interval  # type: ignore[operator]  # set whenever next_ping is
+            self.next_ping = now + cast(float, self.interval)  # interval is set whenever next_ping is
             conn.post(framing.frame(framing.OP_PING, b"coda-ws"))
         if self.sent is not None and self.timeout:
             return self.sent + self.timeout - now  # no new ping while one is unanswered
@@ -373,7 +401,7 @@ class Connection:
     and :meth:`end` belong to the connection's request thread.
     """
 
-    def __init__(self, client_id: str, transport: ServerTransport, sock: "GuardedSocket", subscription: Any,
+    def __init__(self, client_id: str, transport: ServerTransport, sock: GuardedSocket, subscription: "Subscription",
                  *, address: str, peer: str, user_agent: str, v1: bool, scopes: frozenset[str],
                  settings: SessionSettings, hooks: SessionHooks) -> None:
         self.id = client_id
@@ -404,7 +432,9 @@ class Connection:
 
     @property
     def wake(self) -> threading.Event:
-        return self.subscription.wake  # type: ignore[no-any-return]
+        """The subscription's event, set whenever the writer has work."""
+        wake: threading.Event = self.subscription.wake
+        return wake
 
     # -- any thread -----------------------------------------------------------------
 
@@ -452,7 +482,7 @@ class Connection:
         the stream is ``subscription.lag``. Safe to read from any thread."""
         return len(self._outbox) + int(self.subscription.in_flight)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ConnectionInfo:
         """A JSON-ready description (for ``/stats`` and ``get_stats``)."""
         sub = self.subscription
         return {
@@ -568,6 +598,7 @@ class Connection:
         sub = self.subscription
         sock = self.sock
         frames = self._take_outbox()
+        position: int
         entries, position = sub.read()
         if entries:
             frames.extend(self._event_frames(entries))
@@ -581,7 +612,7 @@ class Connection:
             self.frames_sent += len(entries)
             sub.delivered += len(entries)
         sub.commit(position)
-        return position  # type: ignore[no-any-return]
+        return position
 
     def _write_new_events(self) -> bool:
         """The dispatcher's share of the writer's work, under the pen: True
@@ -606,10 +637,10 @@ class Connection:
             self.frames_sent += len(entries)
             sub.delivered += len(entries)
         sub.commit(position)
-        return not sock.has_unsent and sub.lag == 0
+        return not sock.has_unsent and not sub.lag
 
     def _take_outbox(self) -> list[bytes]:
-        frames = []
+        frames: list[bytes] = []
         outbox = self._outbox
         while outbox:
             frames.append(outbox.popleft())

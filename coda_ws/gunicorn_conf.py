@@ -19,7 +19,10 @@ Any setting can still be overridden on the command line.
 
 import os
 import signal
+import socket
 import threading
+from types import FrameType
+from typing import Any, Protocol
 
 from coda_ws.wsgi import check_exposure
 
@@ -39,7 +42,25 @@ keepalive = 2
 control_socket_disable = True
 
 
-def on_starting(arbiter):
+# What these hooks use of gunicorn's objects (gunicorn ships no type information).
+class _Config(Protocol):
+    @property
+    def address(self) -> list[Any]: ...  # (host, port) tuples, or unix socket paths
+
+
+class _Listener(Protocol):
+    @property
+    def sock(self) -> socket.socket: ...
+
+
+class _Arbiter(Protocol):
+    @property
+    def cfg(self) -> _Config: ...
+
+    LISTENERS: list[_Listener]
+
+
+def on_starting(arbiter: _Arbiter) -> None:
     """Refuse to expose the stream without tokens (principle 9), and refuse
     TLS in the worker (``--certfile``): coda_ws writes to its sockets' file
     descriptors directly and cannot encrypt; terminate TLS in a reverse proxy."""
@@ -51,7 +72,7 @@ def on_starting(arbiter):
     check_exposure(arbiter.cfg.address)
 
 
-def when_ready(arbiter):
+def when_ready(arbiter: _Arbiter) -> None:
     """Say where the node listens (tests and scripts read this line)."""
     for listener in arbiter.LISTENERS:
         address = listener.sock.getsockname()
@@ -60,7 +81,7 @@ def when_ready(arbiter):
             print(f"coda-ws node listening on ws://{host}:{address[1]}/", flush=True)
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: object) -> None:
     """Make the node now, not on the first request, and close its clients
     with 1001 as soon as the worker is asked to stop gracefully, so gunicorn's
     graceful wait does not last as long as the clients stay."""
@@ -69,7 +90,7 @@ def post_worker_init(worker):
     wsgi.node()
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_term(signum, frame):
+    def on_term(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)  # gunicorn: stop accepting, finish what runs
         # daemon: gunicorn's own shutdown must not wait on it; worker_exit joins the shutdown.
@@ -78,14 +99,14 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, on_term)
 
 
-def worker_int(worker):
+def worker_int(worker: object) -> None:
     """SIGINT or SIGQUIT: gunicorn exits right after this; close clients first."""
     from coda_ws import wsgi
 
     wsgi.shutdown(timeout=2.0)
 
 
-def worker_exit(arbiter, worker):
+def worker_exit(arbiter: _Arbiter, worker: object) -> None:
     """The worker is ending: finish the shutdown (waits for one in progress)."""
     from coda_ws import wsgi
 

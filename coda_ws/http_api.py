@@ -31,9 +31,13 @@ methods; none holds a lock across I/O.
 import functools
 import json
 import logging
+import pathlib
 import ssl
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from flask import Response, request
+from flask import Blueprint, Flask, Response, request
+from werkzeug.datastructures import MultiDict
 
 from .auth import ALL_SCOPES, bearer_token
 from .errors import CodaWSError, EventTooLargeError, HandshakeRefused, InvalidEventError
@@ -42,6 +46,9 @@ from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
 from .wire import Entry
+
+if TYPE_CHECKING:
+    from .server import CodaWebSocketServer
 
 __all__ = [
     "register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER", "PAGE_HEADERS",
@@ -82,29 +89,30 @@ PAGE_HEADERS = {
 }
 
 
-def _nosniff(response):
+def _nosniff(response: Response) -> Response:
     """Every answer of coda_ws's routes declares its type for good (no MIME sniffing)."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
+
 
 #: The ``GET /events`` response header listing lost windows (``first-last,...``).
 LOST_HEADER = "Coda-WS-Lost"
 
 
-def _json(body, status=200, headers=None):
+def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     text = json.dumps(body, ensure_ascii=False, default=str)
     return Response(text, status=status, mimetype="application/json", headers={**_NO_STORE, **(headers or {})})
 
 
-def _error(status, code, message, **extra):
+def _error(status: int, code: str, message: str, **extra: object) -> Response:
     return _json({"error": code, "message": message, **extra}, status)
 
 
-def _bad_field(message, field=None):
+def _bad_field(message: str, field: str | None = None) -> Response:
     return _error(400, "bad_request", message, field=field)
 
 
-def _json_kind(value):
+def _json_kind(value: object) -> str:
     """The JSON name of a decoded value's type (for messages)."""
     if isinstance(value, list):
         return "an array"
@@ -119,14 +127,14 @@ def _json_kind(value):
     return type(value).__name__
 
 
-def _frame_payload(frame):
+def _frame_payload(frame: bytes) -> bytes:
     """The payload of a server frame built by :mod:`coda_ws.framing` (unmasked)."""
     size = frame[1] & 0x7F
     return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
 
 
 @functools.lru_cache(maxsize=1)
-def _schema_bytes():
+def _schema_bytes() -> bytes:
     return json.dumps(event_schema(), ensure_ascii=False).encode("utf-8")
 
 
@@ -134,7 +142,7 @@ class _BadParameter(Exception):
     pass
 
 
-def _single(args, name, default=None):
+def _single(args: "MultiDict[str, str]", name: str, default: str | None = None) -> str | None:
     values = args.getlist(name)
     if not values:
         return default
@@ -143,7 +151,7 @@ def _single(args, name, default=None):
     return values[0]
 
 
-def _integer(args, name, default, minimum, maximum_text):
+def _integer(args: "MultiDict[str, str]", name: str, default: int, minimum: int, maximum_text: str) -> int:
     text = _single(args, name)
     if text is None:
         return default
@@ -152,7 +160,8 @@ def _integer(args, name, default, minimum, maximum_text):
     return int(text)
 
 
-def register_http_api(bp, server, static_dir, whole_app=None):
+def register_http_api(bp: Blueprint, server: "CodaWebSocketServer", static_dir: pathlib.Path,
+                      whole_app: Flask | None = None) -> None:
     """Add every route of coda_ws to ``bp`` (a Flask blueprint) for ``server``:
     the Host and Origin checks before each request, the WebSocket upgrade at
     ``/`` and ``/ws``, the pages and the HTTP API.
@@ -185,10 +194,10 @@ def register_http_api(bp, server, static_dir, whole_app=None):
     bp.add_url_rule("/events", "publish_event", api.post_event, methods=["POST"])
 
 
-def _page_view(static_dir, name):
+def _page_view(static_dir: pathlib.Path, name: str) -> Callable[[], Response]:
     """A view serving one of the package's HTML pages (dashboard, debug)."""
 
-    def view():
+    def view() -> Response:
         path = static_dir / name
         if not path.is_file():
             return _error(404, "not_found", f"{name} is not installed")
@@ -203,12 +212,12 @@ def _page_view(static_dir, name):
 class _HttpApi:
     """The views, bound to one server."""
 
-    def __init__(self, server):
+    def __init__(self, server: "CodaWebSocketServer") -> None:
         self.server = server
 
     # -- before every request, and the upgrade ------------------------------------
 
-    def check_request(self):
+    def check_request(self) -> Response | None:
         """Runs before every request to coda_ws's routes, HTTP and upgrade
         alike: the Host allow-list, then the origin policy for requests from
         browser pages (see :meth:`Gate.check_request
@@ -223,7 +232,7 @@ class _HttpApi:
             return _error(refused.status, refused.code, refused.message)
         return None
 
-    def http_auth(self, scope):
+    def http_auth(self, scope: str) -> Response | None:
         """None when the request may use ``scope``, else the 401/403 JSON
         response to return. Without auth, ``publish`` is allowed from
         loopback only and everything else is allowed."""
@@ -233,7 +242,7 @@ class _HttpApi:
             return _error(refused.status, refused.code, refused.message)
         return None
 
-    def websocket(self):
+    def websocket(self) -> Response:
         """The upgrade: refusals as plain HTTP first, then the client's whole
         session in this request thread (see :class:`~coda_ws.registry.ClientRegistry`)."""
         server = self.server
@@ -259,11 +268,11 @@ class _HttpApi:
 
     # -- pages and probes -----------------------------------------------------------
 
-    def healthz(self):
+    def healthz(self) -> Response:
         """``GET /healthz``: 200 while the process serves. No auth (a probe)."""
         return Response('{"status":"ok"}', mimetype="application/json")
 
-    def turns(self):
+    def turns(self) -> Response:
         """``GET /turns?limit=N`` (``read`` when auth is on): the per-turn latency
         breakdown of the conversation turns in the history, newest first
         (see :mod:`coda_ws.turns`); ``limit`` from 1 to 1000 (default 20)."""
@@ -283,7 +292,7 @@ class _HttpApi:
 
     # -- health ---------------------------------------------------------------------
 
-    def readyz(self):
+    def readyz(self) -> Response:
         """``GET /readyz``: can this process take clients and events now?
 
         200 ``{"status": "ready", "checks": {...}}`` when every part is up;
@@ -312,14 +321,14 @@ class _HttpApi:
                           "checks": checks}, 503)
         return _json({"status": "ready", "checks": checks})
 
-    def _server_state(self):
+    def _server_state(self) -> str:
         # Not started by us, yet this request was answered: the application's
         # own server (a mounted app, gunicorn through coda_ws.wsgi) serves it.
         return self.server.serving_state
 
     # -- admin --------------------------------------------------------------------------
 
-    def metrics(self):
+    def metrics(self) -> Response:
         """``GET /metrics``: Prometheus text exposition (``admin`` when auth is on).
 
         Built from live state at each scrape (see :mod:`coda_ws.metrics`); a
@@ -330,7 +339,7 @@ class _HttpApi:
             return denied
         return Response(self.server.metrics.exposition(), content_type=METRICS_CONTENT_TYPE, headers=_NO_STORE)
 
-    def stats(self):
+    def stats(self) -> Response:
         """``GET /stats`` (``admin`` when auth is on): ``get_stats()`` plus ``"clients"``.
 
         ``clients`` is a list, oldest connection first, of one object per
@@ -350,26 +359,26 @@ class _HttpApi:
         denied = self.http_auth("admin")
         if denied is not None:
             return denied
-        body = self.server.get_stats()
+        stats = self.server.get_stats()
         connections = sorted(self.server.clients.values(), key=lambda conn: conn.connected_at)
-        body["clients"] = [conn.info() for conn in connections]
+        body: dict[str, Any] = {**stats, "clients": [conn.info() for conn in connections]}
         return _json(body)
 
     # -- schema -------------------------------------------------------------------------
 
-    def schema(self):
+    def schema(self) -> Response:
         """``GET /schema``: the JSON Schema of every event (see :mod:`coda_ws.schema`). No auth."""
         return Response(_schema_bytes(), mimetype="application/json", headers={"Cache-Control": "no-cache"})
 
     # -- events -------------------------------------------------------------------------
 
-    def _request_scopes(self):
+    def _request_scopes(self) -> frozenset[str]:
         authenticator = self.server.authenticator
         if not authenticator.enabled:
             return ALL_SCOPES
         return authenticator.scopes_for(bearer_token(request.environ)) or frozenset()
 
-    def get_events(self):
+    def get_events(self) -> Response:
         """``GET /events?since=&types=&session_id=&limit=`` (``read`` when auth is on).
 
         A bare JSON array of stored events, oldest first: those with ``seq >
@@ -414,7 +423,7 @@ class _HttpApi:
             log.warning("reading stored events failed", exc_info=True)
             return _error(503, "unavailable", "stored events could not be read; see the server log")
         redact = "read:content" not in self._request_scopes()
-        parts = []
+        parts: list[bytes] = []
         for entry in entries:
             if not isinstance(entry, Entry):
                 continue  # a position without a deliverable event
@@ -429,7 +438,7 @@ class _HttpApi:
                 headers[LOST_HEADER] = ",".join(f"{first}-{last}" for first, last in windows)
         return Response(body, mimetype="application/json", headers=headers)
 
-    def post_event(self):
+    def post_event(self) -> Response:
         """``POST /events``: publish one event (``publish`` scope when auth is
         on; from loopback only when it is off).
 

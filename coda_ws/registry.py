@@ -19,9 +19,9 @@ import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import framing
 from ._transport import ServerTransport
@@ -33,7 +33,10 @@ from .handshake import UpgradeRequest
 from .protocol import CLOSE_ABNORMAL, PROTOCOL_VERSION, SERVER_NAME, V1_SUBPROTOCOL
 from .wire import redact_event
 
-__all__ = ["ClientRegistry", "RegistryLimits"]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = ["ClientRegistry", "RegistryLimits", "RegistryStats"]
 
 log = logging.getLogger("coda_ws.server")
 
@@ -61,6 +64,24 @@ class RegistryLimits:
     write_timeout: float | None
 
 
+class RegistryStats(TypedDict):
+    """:meth:`ClientRegistry.stats`: the clients' part of ``get_stats()``
+    (``docs/observability.md`` describes every key)."""
+
+    total_connections: int
+    events_sent: int
+    errors: int
+    invalid_messages: int
+    handler_errors: int
+    rejected_handshakes: int
+    rate_limited: int
+    current_connections: int
+    disconnects: dict[str, int]  # reason -> count
+    disconnect_codes: dict[str, int]  # close code as a string ("1006": no close frame) -> count
+    resumes: dict[str, int]  # "recovered" or the reason it was not -> count
+    rejected_requests: dict[str, int]  # "host" (421) and "origin" (403) -> requests refused before anything else
+
+
 class _Hooks:
     """What each Connection needs from the server (its SessionHooks), and no more."""
 
@@ -79,7 +100,8 @@ class _Hooks:
         self._registry.count(name)
 
     def last_seq(self) -> int:
-        return self._registry.bus.last_seq
+        seq: int = self._registry.bus.last_seq
+        return seq
 
 
 class ClientRegistry:
@@ -131,20 +153,29 @@ class ClientRegistry:
             if upgrade:
                 self._totals["rejected_handshakes"] += 1
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RegistryStats:
         """The registry's part of ``get_stats()`` (a consistent snapshot)."""
         with self._lock:
             totals = dict(self._totals)
             connections = list(self._clients.values())
-            out = {
-                "disconnects": dict(self._disconnects),
-                "disconnect_codes": dict(self._disconnect_codes),
-                "resumes": dict(self._resumes),
-                "rejected_requests": dict(self._rejected_requests),
-            }
-        totals["events_sent"] += sum(conn.frames_sent for conn in connections)
-        totals["errors"] += sum(conn.errors for conn in connections)
-        return {**totals, "current_connections": len(connections), **out}
+            disconnects = dict(self._disconnects)
+            disconnect_codes = dict(self._disconnect_codes)
+            resumes = dict(self._resumes)
+            rejected = dict(self._rejected_requests)
+        return RegistryStats(
+            total_connections=totals["total_connections"],
+            events_sent=totals["events_sent"] + sum(conn.frames_sent for conn in connections),
+            errors=totals["errors"] + sum(conn.errors for conn in connections),
+            invalid_messages=totals["invalid_messages"],
+            handler_errors=totals["handler_errors"],
+            rejected_handshakes=totals["rejected_handshakes"],
+            rate_limited=totals["rate_limited"],
+            current_connections=len(connections),
+            disconnects=disconnects,
+            disconnect_codes=disconnect_codes,
+            resumes=resumes,
+            rejected_requests=rejected,
+        )
 
     # -- the table --------------------------------------------------------------------
 
@@ -189,7 +220,7 @@ class ClientRegistry:
 
     # -- one client's life ---------------------------------------------------------------
 
-    def serve(self, environ: Mapping[str, Any], raw_sock: Any, peer: str, upgrade: UpgradeRequest) -> bool:
+    def serve(self, environ: "WSGIEnvironment", raw_sock: socket.socket, peer: str, upgrade: UpgradeRequest) -> bool:
         """Admit a client whose handshake the gate accepted, run its session in
         this (request) thread, and unregister it when it ends.
 
@@ -200,7 +231,7 @@ class ClientRegistry:
             HandshakeRefused: 503 when a client limit is reached (nothing was written).
         """
         self._reserve(peer)
-        environ["coda_ws.socket_taken"] = True  # type: ignore[index]  # no HTTP response may follow
+        environ["coda_ws.socket_taken"] = True  # no HTTP response may follow
         raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
         _tune_socket(raw_sock)
         sock = GuardedSocket(raw_sock, write_timeout=self.limits.write_timeout)
@@ -253,7 +284,7 @@ class ClientRegistry:
         else:
             self._per_address.pop(address, None)
 
-    def _accept(self, environ: Mapping[str, Any], peer: str, sock: GuardedSocket,
+    def _accept(self, environ: "WSGIEnvironment", peer: str, sock: GuardedSocket,
                 upgrade: UpgradeRequest) -> Connection:
         """Subscribe, perform the handshake, queue the first frames and
         register the client, then let its handshake response out."""
@@ -346,7 +377,7 @@ class ClientRegistry:
         self._run_handlers("disconnect", conn.id)
 
 
-def _tune_socket(sock: Any) -> None:
+def _tune_socket(sock: socket.socket) -> None:
     """Socket options for an accepted WebSocket connection.
 
     ``TCP_NODELAY``: a frame goes out when it is written. With Nagle's

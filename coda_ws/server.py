@@ -27,8 +27,8 @@ import contextlib
 import logging
 import pathlib
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from flask import Blueprint, Flask
 
@@ -46,13 +46,75 @@ from .protocol import BEARER_SUBPROTOCOL_PREFIX, CLOSE_GOING_AWAY, V1_SUBPROTOCO
 from .registry import ClientRegistry, RegistryLimits
 from .serving import HttpService
 
-__all__ = ["CodaWebSocketServer", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
+if TYPE_CHECKING:
+    from .journal import Journal
+
+__all__ = ["CodaWebSocketServer", "ServerStats", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
 
 log = logging.getLogger("coda_ws.server")
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET: Any = object()
 _OPTION_DEFAULTS = {option.name: option.default for option in config.OPTIONS}
+
+
+class _Backplane(Protocol):
+    """What the server uses of its backplane: a
+    :class:`~coda_ws.backplane.RedisBackplane`, or any object with these
+    methods (``backplane=`` accepts one; see :func:`~coda_ws.backplane.open_backplane`)."""
+
+    def attach(self, bus: EventBus, /) -> object: ...
+
+    def start(self, ready_timeout: float = ...) -> bool: ...
+
+    def flush(self, timeout: float | None = ..., /) -> object: ...
+
+    def close(self, timeout: float = ..., /) -> object: ...
+
+    def ready(self) -> tuple[bool, str | None]: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+class _OptionalStats(TypedDict, total=False):
+    """The keys of :class:`ServerStats` present only with a journal or a backplane
+    (``NotRequired``, spelt as a base class: ``typing.NotRequired`` is Python 3.11+)."""
+
+    journal: Mapping[str, Any]  # Journal.stats()
+    backplane: Mapping[str, Any]  # the backplane's stats()
+
+
+class ServerStats(_OptionalStats):
+    """:meth:`CodaWebSocketServer.get_stats`: the original's counters plus
+    drops, overflows, refusals and disconnects by reason
+    (``docs/observability.md`` describes every key)."""
+
+    total_connections: int
+    current_connections: int
+    events_sent: int
+    errors: int
+    replay_buffer_size: int
+    running: bool
+    sequence_number: int
+    epoch: str
+    events_emitted: int
+    events_dropped: int
+    overflows: int
+    epoch_changes: int
+    dispatch_errors: int
+    history_events: int
+    invalid_messages: int
+    handler_errors: int
+    rejected_handshakes: int
+    rejected_requests: dict[str, int]  # "host" and "origin" -> requests refused before anything else
+    rate_limited: int
+    handshake_timeouts: int
+    oversize_heads: int
+    pending_overflows: int
+    pending_handshakes: int
+    disconnects: dict[str, int]  # reason -> count
+    disconnect_codes: dict[str, int]  # close code as a string ("1006": no close frame) -> count
+    resumes: dict[str, int]  # "recovered" or the reason it was not -> count
 
 
 class CodaWebSocketServer:
@@ -95,7 +157,7 @@ class CodaWebSocketServer:
         given = {"host": host, "port": port, "max_replay_events": max_replay_events,
                  "ping_interval": ping_interval, "ping_timeout": ping_timeout, **options}
         settings = {name: config.check(name, given.get(name, default)) for name, default in _OPTION_DEFAULTS.items()}
-        self.settings = settings
+        self.settings: dict[str, Any] = settings
         self.host: str = settings["host"]
         self.port: int = settings["port"]
         self.ping_interval: float | None = settings["ping_interval"] or None
@@ -119,8 +181,8 @@ class CodaWebSocketServer:
             max_event_size=settings["max_event_size"],
         )
         self._owns_bus = bus is None
-        self.journal: Any = None  # a coda_ws.journal.Journal with journal=
-        self.backplane: Any = None  # a coda_ws.backplane.RedisBackplane with backplane=
+        self.journal: Journal | None = None  # with journal=
+        self.backplane: _Backplane | None = None  # a coda_ws.backplane.RedisBackplane (or alike) with backplane=
         self._attach_persistence(settings)
 
         self.on_connect_handlers: list[Callable[[str], Any]] = []
@@ -194,7 +256,8 @@ class CodaWebSocketServer:
     @property
     def max_replay_events(self) -> int:
         """High-priority events kept for the replay frame (assignable, as in the original)."""
-        return self.bus.max_replay_events
+        value: int = self.bus.max_replay_events
+        return value
 
     @max_replay_events.setter
     def max_replay_events(self, value: int) -> None:
@@ -203,12 +266,14 @@ class CodaWebSocketServer:
     @property
     def sequence_number(self) -> int:
         """The last seq stamped (0 before any event)."""
-        return self.bus.last_seq
+        seq: int = self.bus.last_seq
+        return seq
 
     @property
     def replay_buffer(self) -> list[dict[str, Any]]:
         """The replay buffer: the bus's list of event dicts, oldest first (assignable)."""
-        return self.bus.replay
+        replay: list[dict[str, Any]] = self.bus.replay
+        return replay
 
     @replay_buffer.setter
     def replay_buffer(self, events: list[dict[str, Any]]) -> None:
@@ -220,14 +285,15 @@ class CodaWebSocketServer:
         return self.registry.snapshot()
 
     @property
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ServerStats:
         """Same as :meth:`get_stats`."""
         return self.get_stats()
 
     @property
     def epoch(self) -> str:
         """The stream's epoch (see the bus)."""
-        return self.bus.epoch
+        epoch: str = self.bus.epoch
+        return epoch
 
     @property
     def serving_state(self) -> str:
@@ -394,8 +460,10 @@ class CodaWebSocketServer:
 
     def emit(self, event_type: str, *, session_id: str | None = None, high_priority: bool | None = None,
              **fields: Any) -> BaseEvent:
-        """Emit an event to every client (see :meth:`EventBus.emit`)."""
-        return self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **fields)
+        """Emit an event to every client (see :meth:`EventBus.emit`); returns it
+        (an instance of the type's class, e.g. :class:`~coda_ws.events.STTResultEvent`)."""
+        event: BaseEvent = self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **fields)
+        return event
 
     def broadcast_event(self, event_type: str, data: dict[str, Any], high_priority: bool = False,
                         session_id: str | None = None) -> BaseEvent:
@@ -406,7 +474,8 @@ class CodaWebSocketServer:
         """
         if not isinstance(data, dict):
             raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
-        return self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **data)
+        event: BaseEvent = self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **data)
+        return event
 
     def send_to_client(self, client_id: str, event_type: str, data: dict[str, Any],
                        session_id: str | None = None) -> bool:
@@ -457,8 +526,10 @@ class CodaWebSocketServer:
         self.on_message_handlers.append(handler)
 
     def _run_handlers(self, kind: str, *args: Any) -> None:
-        handlers = {"connect": self.on_connect_handlers, "disconnect": self.on_disconnect_handlers,
-                    "message": self.on_message_handlers}[kind]
+        table: dict[str, list[Callable[..., Any]]] = {
+            "connect": self.on_connect_handlers, "disconnect": self.on_disconnect_handlers,
+            "message": self.on_message_handlers}
+        handlers = table[kind]
         for handler in list(handlers):
             try:
                 handler(*args)
@@ -476,22 +547,41 @@ class CodaWebSocketServer:
         """Block until at least ``min_clients`` are connected; False on timeout."""
         return self.registry.wait_for(min_clients, Deadline(timeout))
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self) -> ServerStats:
         """Counters: the original's keys plus drops, overflows, refusals and
         disconnects by reason (``docs/observability.md`` lists every key)."""
         clients = self.registry.stats()
         bus = self.bus.stats()
         service = self.server
-        stats = {key: clients[key] for key in ("total_connections", "current_connections", "events_sent", "errors")}
-        stats.update(replay_buffer_size=bus["replay_buffer_size"], running=self.running,
-                     sequence_number=self.bus.last_seq, epoch=self.bus.epoch, events_emitted=bus["events_emitted"],
-                     events_dropped=bus["events_conflated"])
-        stats.update((key, bus[key]) for key in ("overflows", "epoch_changes", "dispatch_errors", "history_events"))
-        stats.update((key, clients[key]) for key in ("invalid_messages", "handler_errors", "rejected_handshakes",
-                                                     "rejected_requests", "rate_limited"))
-        stats.update(self._acceptor_counts)  # handshake_timeouts, oversize_heads, pending_overflows
-        stats["pending_handshakes"] = service.pending if service is not None else 0
-        stats.update((key, clients[key]) for key in ("disconnects", "disconnect_codes", "resumes"))
+        acceptor = self._acceptor_counts
+        stats = ServerStats(
+            total_connections=clients["total_connections"],
+            current_connections=clients["current_connections"],
+            events_sent=clients["events_sent"],
+            errors=clients["errors"],
+            replay_buffer_size=bus["replay_buffer_size"],
+            running=self.running,
+            sequence_number=self.bus.last_seq,
+            epoch=self.bus.epoch,
+            events_emitted=bus["events_emitted"],
+            events_dropped=bus["events_conflated"],
+            overflows=bus["overflows"],
+            epoch_changes=bus["epoch_changes"],
+            dispatch_errors=bus["dispatch_errors"],
+            history_events=bus["history_events"],
+            invalid_messages=clients["invalid_messages"],
+            handler_errors=clients["handler_errors"],
+            rejected_handshakes=clients["rejected_handshakes"],
+            rejected_requests=clients["rejected_requests"],
+            rate_limited=clients["rate_limited"],
+            handshake_timeouts=acceptor["handshake_timeouts"],
+            oversize_heads=acceptor["oversize_heads"],
+            pending_overflows=acceptor["pending_overflows"],
+            pending_handshakes=service.pending if service is not None else 0,
+            disconnects=clients["disconnects"],
+            disconnect_codes=clients["disconnect_codes"],
+            resumes=clients["resumes"],
+        )
         if self.journal is not None:
             stats["journal"] = self.journal.stats()
         if self.backplane is not None:

@@ -37,6 +37,9 @@ from .deadline import Deadline
 
 __all__ = ["HttpService"]
 
+#: What makes a request handler: ``handler(pending, address, server)``.
+_HandlerFactory = Callable[[PendingRequest, Any, BaseWSGIServer], object]
+
 log = logging.getLogger("coda_ws.server")
 http_log = logging.getLogger("coda_ws.http")
 
@@ -61,7 +64,7 @@ class _PrereadRequestHandler(_QuietRequestHandler):
     """
 
     def setup(self) -> None:
-        pending = self.request
+        pending: PendingRequest = self.request  # made by HttpService._handle_request with one
         self.request = pending.sock
         super().setup()  # connection, its timeout, rfile and wfile
         self.rfile.close()  # nothing was read through it
@@ -148,7 +151,7 @@ class HttpService:
         except Exception:
             log.exception("the accept loop on port %s failed: no new connection is accepted", self.port)
 
-    def _start_request(self, handler: type, pending: PendingRequest) -> None:
+    def _start_request(self, handler: _HandlerFactory, pending: PendingRequest) -> None:
         """The acceptor's handoff (accept loop's thread): a request thread for a
         request that has arrived, registered before it starts."""
         thread = threading.Thread(target=self._handle_request, args=(handler, pending),
@@ -162,7 +165,7 @@ class HttpService:
                 del self._request_threads[thread]
             raise  # the acceptor closes the connection
 
-    def _handle_request(self, handler: type, pending: PendingRequest) -> None:
+    def _handle_request(self, handler: _HandlerFactory, pending: PendingRequest) -> None:
         """A request thread: Werkzeug's handler on ``pending``, then the socket is closed."""
         try:
             handler(pending, pending.address, self._httpd)

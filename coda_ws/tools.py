@@ -34,12 +34,17 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import argtypes
 from .client import CodaEventClient
 from .errors import ClientConnectionError, InvalidEventError, ToolError
 from .events import BaseEvent, encode_json, validate_event
 from .interrupts import interruptible
+
+if TYPE_CHECKING:
+    from .server import CodaWebSocketServer
 
 __all__ = [
     "ToolError",
@@ -59,16 +64,26 @@ _ENVELOPE = ("version", "seq", "timestamp", "type", "session_id")
 _VALUE_WIDTH = 60  # longest rendering of one field in a tail line, in characters
 _PLAIN_WIDTH = 240  # longest tail line when the output is not a terminal
 
+#: An event as the client delivers it: its dataclass, or a dict (see CodaEventClient).
+_Event = BaseEvent | dict[str, Any]
+#: A file to read or write.
+_Path = str | os.PathLike[str]
+
 
 # -- shared helpers --------------------------------------------------------------
 
 
-def _wire(event):
+def _wire(event: _Event) -> dict[str, Any]:
     """The wire form (a dict) of an event object or event dict."""
-    return event.to_dict() if isinstance(event, BaseEvent) else event
+    if isinstance(event, BaseEvent):
+        wire: dict[str, Any] = event.to_dict()
+        return wire
+    return event
 
 
-def _open_client(url, types, session_id, since, token, connect_timeout, replay, on_gap):
+def _open_client(url: str, types: str | Collection[str] | None, session_id: str | None, since: int | None,
+                 token: str | None, connect_timeout: float, replay: bool,
+                 on_gap: Callable[[dict[str, Any]], object]) -> CodaEventClient:
     """A connected client, or ToolError saying why there is none."""
     try:
         client = CodaEventClient(
@@ -88,7 +103,7 @@ def _open_client(url, types, session_id, since, token, connect_timeout, replay, 
     raise ToolError(f"cannot connect to {url}: {error}") from None
 
 
-def _events(client, stop_event, deadline):
+def _events(client: CodaEventClient, stop_event: threading.Event | None, deadline: float | None) -> Iterator[_Event]:
     """Events from ``client`` until the stream ends, ``stop_event`` is set or
     the monotonic ``deadline`` passes."""
     while True:
@@ -113,7 +128,7 @@ def _events(client, stop_event, deadline):
             return
 
 
-def _check_count(count):
+def _check_count(count: int | None) -> None:
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
         raise ToolError(f"count must be a positive integer, got {count!r}", exit_code=2)
 
@@ -132,18 +147,18 @@ _COLORS = (
 _DIM = "2"
 
 
-def _color_for(type_name):
+def _color_for(type_name: str) -> str:
     for marker, code in _COLORS:
         if marker in type_name:
             return code
     return _DIM
 
 
-def _short(text, width):
+def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
-def _render_value(value):
+def _render_value(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(_short(value, _VALUE_WIDTH), ensure_ascii=False)
     if isinstance(value, float):
@@ -155,7 +170,7 @@ def _render_value(value):
     return _short(text, _VALUE_WIDTH)
 
 
-def format_event(event, color=False, width=None):
+def format_event(event: _Event, color: bool = False, width: int | None = None) -> str:
     """One readable line for an event (object or dict), without a newline.
 
     ``HH:MM:SS.mmm #seq type [session] field=value ...``: string values are
@@ -189,8 +204,10 @@ def format_event(event, color=False, width=None):
     return f"{head}{plain_type}{text}"
 
 
-def tail(url, types=None, session_id=None, since=None, *, json_output=False, out=None, err=None,
-         stop_event=None, count=None, color=None, token=None, connect_timeout=10.0):
+def tail(url: str, types: str | Collection[str] | None = None, session_id: str | None = None,
+         since: int | None = None, *, json_output: bool = False, out: TextIO | None = None,
+         err: TextIO | None = None, stop_event: threading.Event | None = None, count: int | None = None,
+         color: bool | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
     """Print the live stream of ``url`` until it ends or is stopped.
 
     Args:
@@ -221,7 +238,7 @@ def tail(url, types=None, session_id=None, since=None, *, json_output=False, out
         color = is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
     width = shutil.get_terminal_size().columns if is_tty and not json_output else _PLAIN_WIDTH
 
-    def on_gap(frame):
+    def on_gap(frame: dict[str, Any]) -> None:
         print(f"-- events were missed ({frame.get('reason')}); the stream continues from the server's"
               f" position, oldest held: {frame.get('earliest')} --", file=err, flush=True)
 
@@ -242,7 +259,7 @@ def tail(url, types=None, session_id=None, since=None, *, json_output=False, out
     return shown
 
 
-def _isatty(stream):
+def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # not a real file, or already closed
@@ -252,8 +269,9 @@ def _isatty(stream):
 # -- record -----------------------------------------------------------------------------
 
 
-def record(url, path, types=None, session_id=None, *, count=None, duration=None, stop_event=None, err=None,
-           token=None, connect_timeout=10.0):
+def record(url: str, path: _Path, types: str | Collection[str] | None = None, session_id: str | None = None, *,
+           count: int | None = None, duration: float | None = None, stop_event: threading.Event | None = None,
+           err: TextIO | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
     """Write the stream of ``url`` to the JSON Lines file ``path``.
 
     One event per line, in its wire form (original ``seq`` and
@@ -285,7 +303,7 @@ def record(url, path, types=None, session_id=None, *, count=None, duration=None,
                                  or not 0 < duration < math.inf):
         raise ToolError(f"duration must be a positive number of seconds, got {duration!r}", exit_code=2)
 
-    def on_gap(frame):
+    def on_gap(frame: dict[str, Any]) -> None:
         print(f"-- events were missed ({frame.get('reason')}); the recording has a gap --", file=err, flush=True)
 
     # Connect first: a wrong address must not truncate an existing recording.
@@ -312,7 +330,7 @@ def record(url, path, types=None, session_id=None, *, count=None, duration=None,
 # -- play -------------------------------------------------------------------------------
 
 
-def read_recording(path):
+def read_recording(path: _Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """The events of a JSON Lines recording: yields ``(line_number, dict)``.
 
     Blank lines are skipped. Raises :class:`ToolError` naming the file and the
@@ -353,7 +371,7 @@ def read_recording(path):
             yield lineno, data
 
 
-def _playable(path, lineno, data):
+def _playable(path: _Path, lineno: int, data: dict[str, Any]) -> tuple[float | None, str, str | None, dict[str, Any]]:
     """``(timestamp or None, type, session_id, fields)`` for one recorded event."""
     if data.get("redacted") is True:
         raise ToolError(f"{path}:{lineno}: a redacted event (recorded without the read:content scope)"
@@ -362,15 +380,15 @@ def _playable(path, lineno, data):
     if not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool) or not math.isfinite(timestamp):
         timestamp = None
     try:
-        event = validate_event(data)
+        event: BaseEvent = validate_event(data)
     except InvalidEventError as exc:
         raise ToolError(f"{path}:{lineno}: cannot be played back: {exc}") from None
-    wire = event.to_dict()
+    wire: dict[str, Any] = event.to_dict()
     fields = {key: value for key, value in wire.items() if key not in _ENVELOPE}
     return timestamp, event.type, event.session_id, fields
 
 
-def _check_recording(path):
+def _check_recording(path: _Path) -> int:
     """Validate every line before serving anything; returns the event count."""
     count = 0
     for lineno, data in read_recording(path):
@@ -381,10 +399,10 @@ def _check_recording(path):
     return count
 
 
-def _play_once(path, server, speed, stop):
+def _play_once(path: _Path, server: "CodaWebSocketServer", speed: float, stop: threading.Event) -> int:
     """Emit the recording once with its timing; returns how many were emitted."""
     start = time.monotonic()
-    first = None
+    first: float | None = None
     emitted = 0
     for lineno, data in read_recording(path):
         timestamp, type_name, session_id, fields = _playable(path, lineno, data)
@@ -404,8 +422,10 @@ def _play_once(path, server, speed, stop):
     return emitted
 
 
-def play(path, speed=1.0, host="localhost", port=8765, *, loop=False, stop_event=None, server=None,
-         on_ready=None, hold=False, err=None):
+def play(path: _Path, speed: float = 1.0, host: str = "localhost", port: int = 8765, *, loop: bool = False,
+         stop_event: threading.Event | None = None, server: "CodaWebSocketServer | None" = None,
+         on_ready: "Callable[[CodaWebSocketServer], object] | None" = None, hold: bool = False,
+         err: TextIO | None = None) -> int:
     """Serve the recording ``path`` again, with its original timing.
 
     Every line is checked before anything is served. Events are re-emitted
@@ -442,7 +462,7 @@ def play(path, speed=1.0, host="localhost", port=8765, *, loop=False, stop_event
     total = _check_recording(path)
     stop = stop_event if stop_event is not None else threading.Event()
     own = server is None
-    if own:
+    if server is None:  # own
         from .server import CodaWebSocketServer
 
         try:
@@ -474,13 +494,13 @@ def play(path, speed=1.0, host="localhost", port=8765, *, loop=False, stop_event
 # -- the coda-ws subcommands ------------------------------------------------------------------
 
 
-def _types_argument(values):
+def _types_argument(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [t.strip() for value in values for t in value.split(",") if t.strip()] or None
 
 
-def _run(command, action):
+def _run(command: str, action: Callable[[], object]) -> int:
     """Run a tool for the command line: exit code 0, or 1/2 with a message on stderr."""
     try:
         with interruptible():  # SIGINT and SIGTERM raise KeyboardInterrupt, even in the background
@@ -500,7 +520,7 @@ def _run(command, action):
     return 0
 
 
-def _tail_command(args):
+def _tail_command(args: argparse.Namespace) -> int:
     return _run("tail", lambda: tail(
         args.url, types=_types_argument(args.types), session_id=args.session, since=args.since,
         json_output=args.json, count=args.count, token=args.token, connect_timeout=args.connect_timeout,
@@ -508,8 +528,8 @@ def _tail_command(args):
     ))
 
 
-def _record_command(args):
-    def action():
+def _record_command(args: argparse.Namespace) -> int:
+    def action() -> None:
         try:
             written = record(
                 args.url, args.file, types=_types_argument(args.types), session_id=args.session, count=args.count,
@@ -523,13 +543,13 @@ def _record_command(args):
     return _run("record", action)
 
 
-def _play_command(args):
+def _play_command(args: argparse.Namespace) -> int:
     return _run("play", lambda: play(
         args.file, speed=args.speed, host=args.host, port=args.port, loop=args.loop, hold=not args.exit,
     ))
 
 
-def add_tool_commands(subparsers):
+def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``tail``, ``record`` and ``play`` on an argparse subparsers object.
 
     Each subcommand sets ``func`` (``set_defaults``) to a handler that takes

@@ -31,14 +31,22 @@ the fork), never at import: importing this module starts nothing.
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import config
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .server import CodaWebSocketServer
 
 __all__ = ["create_server", "server_options", "node", "shutdown", "NodeApp", "check_exposure"]
 
 log = logging.getLogger("coda_ws.wsgi")
 
-def server_options(env=None):
+
+def server_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``CodaWebSocketServer`` keyword arguments the environment asks for
     (every ``CODA_WS_*`` variable of :mod:`coda_ws.config`, and
     ``CODA_WS_BIND`` for the address the node reports).
@@ -56,7 +64,7 @@ def server_options(env=None):
     return options
 
 
-def create_server(env=None):
+def create_server(env: Mapping[str, str] | None = None) -> "CodaWebSocketServer":
     """A server node configured from the environment, not bound to a port.
 
     Its bus (and backplane reader, waiting up to two seconds for the first
@@ -80,11 +88,11 @@ class NodeApp:
     response may be written. Raising ``StopIteration`` is gunicorn's way to
     drop such a connection without a response (Werkzeug needs nothing)."""
 
-    def __init__(self, server):
+    def __init__(self, server: "CodaWebSocketServer") -> None:
         self.server = server
-        self._app = server.app
+        self._app: "WSGIApplication" = server.app
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
         result = self._app(environ, start_response)
         if environ.get("coda_ws.socket_taken") and "gunicorn.socket" in environ:
             close = getattr(result, "close", None)
@@ -95,11 +103,11 @@ class NodeApp:
 
 
 _lock = threading.Lock()  # guards _node and _closed; held through shutdown()
-_node = None
+_node: "CodaWebSocketServer | None" = None
 _closed = False
 
 
-def node():
+def node() -> "CodaWebSocketServer":
     """This process's server node (made on first call; thread-safe)."""
     global _node
     with _lock:
@@ -108,7 +116,7 @@ def node():
         return _node
 
 
-def shutdown(timeout=5.0):
+def shutdown(timeout: float = 5.0) -> None:
     """Close every client with 1001, then flush and stop the node
     (``CodaWebSocketServer.close_stream``: the shutdown ``stop()`` does).
 
@@ -125,7 +133,7 @@ def shutdown(timeout=5.0):
         log.info("coda_ws node stopped")
 
 
-def check_exposure(addresses, env=None):
+def check_exposure(addresses: Iterable[object], env: Mapping[str, str] | None = None) -> None:
     """Refuse non-loopback bind addresses without tokens (principle 9), as
     ``CodaWebSocketServer.start()`` does; ``CODA_WS_INSECURE=1`` accepts the
     risk. ``addresses``: gunicorn's ``cfg.address`` list.
@@ -144,7 +152,7 @@ def check_exposure(addresses, env=None):
             refuse_exposure(str(address[0]), address[1], authenticated=authenticated, insecure=insecure)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> NodeApp:
     # ``coda_ws.wsgi:app``: made when gunicorn's worker looks it up, after the fork.
     if name in ("app", "application"):
         return NodeApp(node())
