@@ -327,14 +327,19 @@ def from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def resolve(keywords: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
-            file: Mapping[str, Any] | None = None, keyword_source: str = "keyword") -> dict[str, Setting]:
-    """Every option's effective value: keyword (or flag) > environment > file > default.
+            file: Mapping[str, Any] | None = None, flask: Mapping[str, Any] | None = None,
+            keyword_source: str = "keyword") -> dict[str, Setting]:
+    """Every option's effective value: keyword (or flag) > environment > Flask config > file > default.
 
     Args:
-        keywords: values given as keyword arguments or flags (None values
-            count as not given).
+        keywords: the values given as keyword arguments or flags; every key
+            present counts as given (None included: it means "off" or "the
+            built-in default" for the options that accept it). Leave out
+            what was not given.
         environ: the environment (default ``os.environ``).
         file: values read from a TOML file (:func:`from_toml`).
+        flask: values read from a Flask app's config (:func:`from_mapping`
+            with ``prefixed=True``).
         keyword_source: what to call the keywords' source (``"flag"`` for the CLI).
 
     Raises:
@@ -342,17 +347,19 @@ def resolve(keywords: Mapping[str, Any] | None = None, *, environ: Mapping[str, 
     """
     env_values = from_env(environ)
     settings: dict[str, Setting] = {}
-    given = {k: v for k, v in (keywords or {}).items() if v is not None}
+    given = dict(keywords or {})
     for option in OPTIONS:
-        if option.name in given:
-            value = option.check(option.name, given[option.name])
-            settings[option.name] = Setting(option, value, keyword_source)
-        elif option.name in env_values:
-            settings[option.name] = Setting(option, env_values[option.name], "environment")
-        elif file and option.name in file:
-            settings[option.name] = Setting(option, file[option.name], "file")
+        name = option.name
+        if name in given:
+            settings[name] = Setting(option, option.check(name, given[name]), keyword_source)
+        elif name in env_values:
+            settings[name] = Setting(option, env_values[name], "environment")
+        elif flask and name in flask:
+            settings[name] = Setting(option, flask[name], "flask config")
+        elif file and name in file:
+            settings[name] = Setting(option, file[name], "file")
         else:
-            settings[option.name] = Setting(option, option.default, "default")
+            settings[name] = Setting(option, option.default, "default")
     return settings
 
 

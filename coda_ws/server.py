@@ -25,10 +25,11 @@ their owners, and the lock order are in ``docs/architecture.md``.
 
 import contextlib
 import logging
+import os
 import pathlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from flask import Blueprint, Flask
 
@@ -49,13 +50,27 @@ from .serving import HttpService
 if TYPE_CHECKING:
     from .journal import Journal
 
-__all__ = ["CodaWebSocketServer", "ServerStats", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
+__all__ = ["CodaWebSocketServer", "ServerStats", "Configured", "CONFIGURED", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
 
 log = logging.getLogger("coda_ws.server")
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
 _UNSET: Any = object()
-_OPTION_DEFAULTS = {option.name: option.default for option in config.OPTIONS}
+
+
+class Configured:
+    """The default of a constructor argument left out: the option is looked up
+    in the environment (``CODA_WS_*``), the Flask config, the ``config_file``,
+    then the built-in default (see :mod:`coda_ws.config`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<configured>"
+
+
+#: The one :class:`Configured` value.
+CONFIGURED: Final = Configured()
 
 
 class _Backplane(Protocol):
@@ -128,13 +143,21 @@ class CodaWebSocketServer:
         ping_interval: seconds between keepalive pings (None or 0: off).
         ping_timeout: seconds a client may take to answer a ping; also how
             long a write may wait for a client that reads nothing.
-        app: a Flask app to mount on (default: the server makes its own).
+        app: a Flask app to mount on (default: the server makes its own);
+            its ``app.config["CODA_WS_*"]`` keys are read.
         bus: an existing :class:`EventBus` to serve (default: a new one).
+        config_file: a TOML file of options (keys named after them).
         **options: every other option of :data:`coda_ws.config.OPTIONS`
             (limits, history, auth, hosts and origins, journal, backplane):
             listed with their defaults in the configuration reference
             (``docs/configuration.md``; ``coda-ws config`` prints the
             effective ones).
+
+    An option left out (the positional ones included: their default is
+    :data:`CONFIGURED`) is looked up in this order: its ``CODA_WS_*``
+    environment variable, the Flask config, ``config_file``, the built-in
+    default; :attr:`settings` holds every effective value and
+    :attr:`setting_sources` where each came from.
 
     Raises:
         ValueError / TypeError: an option with a bad value, naming it.
@@ -145,19 +168,32 @@ class CodaWebSocketServer:
     running and never block on clients.
     """
 
-    def __init__(self, host: str = "localhost", port: int = 8765, max_replay_events: int = 50,
-                 ping_interval: float | None = 20, ping_timeout: float | None = 10, *,
-                 app: Flask | None = None, bus: EventBus | None = None, **options: Any) -> None:
+    def __init__(self, host: str | Configured = CONFIGURED, port: int | Configured = CONFIGURED,
+                 max_replay_events: int | Configured = CONFIGURED,
+                 ping_interval: float | None | Configured = CONFIGURED,
+                 ping_timeout: float | None | Configured = CONFIGURED, *,
+                 app: Flask | None = None, bus: EventBus | None = None,
+                 config_file: str | os.PathLike[str] | None = None, **options: Any) -> None:
         unknown = sorted(set(options) - config.OPTION_NAMES)
         if unknown:
             raise TypeError(f"CodaWebSocketServer() got an unknown option {unknown[0]!r}"
                             f"{config.suggestion(unknown[0])}")
         if app is not None and not isinstance(app, Flask):
             raise TypeError(f"app must be a Flask application, got {type(app).__name__}")
-        given = {"host": host, "port": port, "max_replay_events": max_replay_events,
-                 "ping_interval": ping_interval, "ping_timeout": ping_timeout, **options}
-        settings = {name: config.check(name, given.get(name, default)) for name, default in _OPTION_DEFAULTS.items()}
+        positional = {"host": host, "port": port, "max_replay_events": max_replay_events,
+                      "ping_interval": ping_interval, "ping_timeout": ping_timeout}
+        given = {name: value for name, value in positional.items() if value is not CONFIGURED}
+        given.update(options)
+        resolved = config.resolve(
+            given,
+            file=config.from_toml(config_file) if config_file is not None else None,
+            flask=config.from_mapping(app.config, "app.config", prefixed=True) if app is not None else None,
+        )
+        settings = {name: setting.value for name, setting in resolved.items()}
+        #: Every option's effective value (keyword > environment > Flask config > file > default).
         self.settings: dict[str, Any] = settings
+        #: Where each came from: "keyword", "environment", "flask config", "file" or "default".
+        self.setting_sources: dict[str, str] = {name: setting.source for name, setting in resolved.items()}
         self.host: str = settings["host"]
         self.port: int = settings["port"]
         self.ping_interval: float | None = settings["ping_interval"] or None
@@ -215,11 +251,21 @@ class CodaWebSocketServer:
 
         For an application that runs its own server; the constructor calls
         it for the app it is given. State lives in ``app.extensions["coda_ws"]``.
+        The server's options were settled when it was made: ``CODA_WS_*``
+        keys of this app's config that disagree with them are logged as
+        ignored (make the server with ``app=`` to have them read).
         """
         if app.extensions.get("coda_ws") not in (None, self):
             raise RuntimeError("this Flask app already has a coda_ws server; one per app")
         if app.extensions.get("coda_ws") is self:
             return
+        if app is not self._app:
+            ignored = sorted(name for name, value in config.from_mapping(app.config, "app.config", prefixed=True).items()
+                             if self.settings.get(name) != value)
+            if ignored:
+                log.warning("init_app: the server was made before this app; app.config keys ignored: %s "
+                            "(pass app= to CodaWebSocketServer to read them)",
+                            ", ".join("CODA_WS_" + name.upper() for name in ignored))
         bp = Blueprint(
             "coda_ws", __name__, url_prefix=self.url_prefix or None,
             static_folder=str(_STATIC_DIR), static_url_path="/static",
