@@ -227,7 +227,6 @@ _SCALARS: dict[Any, _Check] = {str: _check_str, float: _check_float, int: _check
 
 
 def _checker_for(annotation: Any) -> _Check:
-
     """The coercion function for a field annotation."""
     if annotation in _SCALARS:
         return _SCALARS[annotation]
@@ -726,7 +725,6 @@ def create_event(event_type: EventType | str, seq: int = 0, *, session_id: str |
 
 
 def validate_event(data: object) -> BaseEvent:
-
     """Validate an event given as a dict (wire form, or just type and fields).
 
     Envelope keys are optional; when present they must be of the right kind,

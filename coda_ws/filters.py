@@ -110,5 +110,4 @@ class EventFilter:
         return {"types": list(self.types) if self.types is not None else None, "session_id": self.session_id}
 
     def __repr__(self) -> str:
-
         return f"EventFilter(types={self.types!r}, session_id={self.session_id!r})"

@@ -139,7 +139,6 @@ def _cached_schema() -> dict[str, Any]:
 
 
 def event_schema() -> dict[str, Any]:
-
     """The JSON Schema of every event (a deep copy: callers may change it).
 
     Generated once per process. Thread-safe.

@@ -294,5 +294,4 @@ class Hole:
         self.seq = seq
 
     def __repr__(self) -> str:
-
         return f"<hole seq={self.seq}>"
