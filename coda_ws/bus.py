@@ -67,18 +67,21 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Protocol, TypeAlias, TypedDict, cast
 
 from ._fastjson import encode_json
 from .checks import integer, is_integer
 from .deadline import Deadline
-from .events import DEFAULT_MAX_EVENT_SIZE, assemble_event
-from .filters import EventFilter
+from .events import DEFAULT_MAX_EVENT_SIZE, BaseEvent, EventType, assemble_event
+from .filters import EventFilter, TypePatterns
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 from .wire import (
     WIRE_HEAD,
     Entry,
     EventDict,
     Hole,
+    StampedEvent,
     entry_from_wire,
     new_entry,
     prepare_event,
@@ -86,7 +89,7 @@ from .wire import (
 )
 
 __all__ = ["EventBus", "Subscription", "ResumeResult", "CONFLATE_BACKLOG", "STALE_EPOCH_CHANGED",
-           "DEFAULT_CLIENT_QUEUE_SIZE"]
+           "DEFAULT_CLIENT_QUEUE_SIZE", "BusStats", "ResumeFrame", "BatchListener", "Sequencer", "Archive"]
 
 log = logging.getLogger("coda_ws.bus")
 
@@ -109,8 +112,72 @@ DEFAULT_CLIENT_QUEUE_SIZE = 1024
 #: What a replay frame takes besides its events (with room for "omitted").
 _REPLAY_FRAME_OVERHEAD = b'{"type":"replay","events":[],"omitted":18446744073709551615}'
 
+#: A slot of the history ring: an event, a position no reader receives, or
+#: (in slots not yet used) the empty placeholder.
+_Slot: TypeAlias = "Entry | Hole | _Empty"
+#: A queued emitted event: ``(seq, timestamp, cls, session_id, session_json,
+#: body, record, target)`` (see :meth:`EventBus._make_entry`).
+_Work: TypeAlias = tuple[int, float, type[BaseEvent], str | None, bytes, bytes, EventDict | None, str | None]
+#: A dispatched position and its replay record (None unless high priority).
+_Made: TypeAlias = tuple[Entry | Hole, EventDict | None]
 
-def _replay_seq(event):
+
+class BatchListener(Protocol):
+    """What :meth:`EventBus.add_listener` takes: a callable the dispatcher
+    calls with each batch's entries (never holes), oldest first."""
+
+    def __call__(self, entries: list[Entry], /) -> object: ...
+
+
+class Sequencer(Protocol):
+    """What :meth:`EventBus.set_sequencer` takes: stamps seqs for the bus (a
+    backplane). ``publish`` must not block; the stamped events come back
+    through :meth:`EventBus.ingest`."""
+
+    def publish(self, timestamp: float, type_name: str, session_id: str | None, session_json: bytes,
+                high_priority: bool, body: bytes, target: str | None) -> object: ...
+
+
+class Archive(Protocol):
+    """What :attr:`EventBus.archive` holds: events older than the ring (a
+    journal, a backplane's stream), for :meth:`EventBus.stored_history`."""
+
+    @property
+    def covered_seq(self) -> int:
+        """Every event up to this seq can be read."""
+
+    def read(self, since: int, event_filter: EventFilter | None, limit: int | None,
+             until: int | None) -> list[Entry]:
+        """Events with ``since < seq <= until``, oldest first, filtered, at most ``limit``."""
+
+
+class BusStats(TypedDict):
+    """:meth:`EventBus.stats`."""
+
+    events_emitted: int
+    events_dispatched: int
+    dispatch_queue: int
+    history_events: int
+    replay_buffer_size: int
+    subscribers: int
+    overflows: int
+    epoch_changes: int
+    dispatch_errors: int
+    events_conflated: int
+    listener_errors: int
+    fence: int | None
+    held_by_fence: int
+
+
+#: :meth:`ResumeResult.frame_dict`: ``from``, ``to`` and ``count`` when
+#: recovered; ``reason``, ``earliest`` and, for ``"lost"``, ``lost`` when not.
+ResumeFrame = TypedDict("ResumeFrame", {
+    "type": str, "recovered": bool, "from": int | None, "to": int | None, "count": int,
+    "reason": str | None, "earliest": int | None, "lost": list[int],
+}, total=False)
+
+
+def _replay_seq(event: object) -> int:
     """The seq of a replay buffer item (0 for dicts added by hand without one)."""
     seq = event.get("seq", 0) if isinstance(event, dict) else 0
     return seq if isinstance(seq, int) else 0
@@ -129,17 +196,25 @@ class ResumeResult:
     """
 
     __slots__ = ("recovered", "first", "last", "count", "reason", "earliest", "lost")
+    recovered: bool
+    first: int | None
+    last: int | None
+    count: int
+    reason: str | None
+    earliest: int | None
+    lost: tuple[int, int] | None
 
-    def __init__(self, recovered, first=None, last=None, count=0, reason=None, earliest=None, lost=None):
+    def __init__(self, recovered: bool, first: int | None = None, last: int | None = None, count: int = 0,
+                 reason: str | None = None, earliest: int | None = None, lost: tuple[int, int] | None = None) -> None:
         self.recovered = recovered
         self.first, self.last, self.count = first, last, count
         self.reason, self.earliest, self.lost = reason, earliest, lost
 
-    def frame_dict(self):
+    def frame_dict(self) -> ResumeFrame:
         """The ``resume`` control frame for this outcome."""
         if self.recovered:
             return {"type": "resume", "recovered": True, "from": self.first, "to": self.last, "count": self.count}
-        frame = {"type": "resume", "recovered": False, "reason": self.reason, "earliest": self.earliest}
+        frame: ResumeFrame = {"type": "resume", "recovered": False, "reason": self.reason, "earliest": self.earliest}
         if self.lost is not None:
             frame["lost"] = [self.lost[0], self.lost[1]]
         return frame
@@ -170,7 +245,8 @@ class Subscription:
             committed (the batch its writer is writing).
     """
 
-    def __init__(self, bus, reader_id, event_filter, cursor, wake, limit):
+    def __init__(self, bus: "EventBus", reader_id: str, event_filter: EventFilter, cursor: int,
+                 wake: threading.Event, limit: int) -> None:
         self.id = reader_id
         self.wake = wake
         #: None, or a callable telling whether the reader's transport refuses
@@ -178,23 +254,23 @@ class Subscription:
         #: it, falling ``limit`` lossless events behind counts as too slow only
         #: while the client itself is not reading: a writer thread that merely
         #: was not scheduled during a burst is not the client's fault.
-        self.blocked = None
+        self.blocked: Callable[[], bool] | None = None
         #: None, or a callable the dispatcher calls instead of ``wake.set()``
         #: after publishing: the server's ``Connection.push``, which writes the
         #: new entries from the dispatcher's thread when the reader's writer
         #: is idle (and wakes it otherwise). It must never block.
-        self.notify = None
-        self.overflowed = None
+        self.notify: Callable[[], object] | None = None
+        self.overflowed: str | None = None
         #: With ``overflowed``: None when the reader fell behind, or
         #: :data:`STALE_EPOCH_CHANGED` when its positions belong to an epoch
         #: the stream left (a backplane whose Redis lost the stream).
-        self.stale = None
+        self.stale: str | None = None
         self.conflated = 0
-        self.dropped = {}
+        self.dropped: dict[tuple[str, str], int] = {}
         self.in_flight = 0
         self.delivered = 0
-        self.resume = None
-        self.replay = []
+        self.resume: ResumeResult | None = None
+        self.replay: list[dict[str, Any]] = []
         self.start_seq = cursor
         self.epoch = bus.epoch  # made under the bus lock: the epoch start_seq belongs to
         self._bus = bus
@@ -206,35 +282,35 @@ class Subscription:
         # Lag tracking, done by the dispatcher for readers more than `limit` behind:
         # seqs of pending lossless entries that pass the filter, and how far it scanned.
         self._lag_lock = threading.Lock()
-        self._lossless = collections.deque()
-        self._scanned_to = None
+        self._lossless: collections.deque[int] = collections.deque()
+        self._scanned_to: int | None = None
 
     @property
-    def filter(self):
+    def filter(self) -> EventFilter:
         return self._filter
 
     @property
-    def cursor(self):
+    def cursor(self) -> int:
         """The last seq written to this reader (or skipped by its filter)."""
         return self._cursor
 
     @property
-    def lag(self):
+    def lag(self) -> int:
         """How many events the stream head is ahead of the cursor."""
         return max(0, self._bus._head - self._cursor)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
-    def set_filter(self, event_filter):
+    def set_filter(self, event_filter: EventFilter) -> None:
         """Replace the filter; applies from the next :meth:`read` on."""
         with self._lag_lock:
             self._filter = event_filter
             self._lossless.clear()
             self._scanned_to = None
 
-    def read(self, max_bytes=256 * 1024):
+    def read(self, max_bytes: int = 256 * 1024) -> tuple[list[Entry], int]:
         """Take the entries after the cursor that this reader should get.
 
         Returns ``(entries, position)``: pass ``position`` to :meth:`commit`
@@ -247,7 +323,8 @@ class Subscription:
         cursor = self._cursor
         if cursor >= head or self._closed or self.overflowed:
             return [], cursor
-        ring = bus._ring
+        # Holes and empty slots too, but their seq or target matches no reader: only entries reach `out`.
+        ring: list[Entry] = bus._ring  # type: ignore[assignment]
         capacity = len(ring)
         seq = cursor + 1
         oldest = head - capacity + 1
@@ -263,7 +340,7 @@ class Subscription:
         match = self._filter.match
         my_id = self.id
         resume_to = self._resume_to
-        out = []
+        out: list[Entry] = []
         size = 0
         limit = self._limit
         while seq <= head:
@@ -293,18 +370,18 @@ class Subscription:
         self.in_flight = len(out)
         return out, seq - 1
 
-    def commit(self, position):
+    def commit(self, position: int) -> None:
         """Record that everything up to ``position`` was written."""
         self.in_flight = 0
         if position > self._cursor:
             self._cursor = position
 
-    def _drop(self, type_name, reason, count=1):
+    def _drop(self, type_name: str, reason: str, count: int = 1) -> None:
         # Only the writer calls this; readers of `dropped` copy it (dict.copy is atomic).
         key = (type_name, reason)
         self.dropped[key] = self.dropped.get(key, 0) + count
 
-    def close(self):
+    def close(self) -> None:
         """Stop following the stream (idempotent)."""
         if not self._closed:
             self._closed = True
@@ -313,7 +390,7 @@ class Subscription:
 
     # -- called by the dispatcher thread --------------------------------------
 
-    def _check_lag(self, head):
+    def _check_lag(self, head: int) -> None:
         """Mark the reader overflowed when more than ``limit`` lossless events
         that it wants are waiting. Scans each entry at most once per episode
         of lag, and only for readers more than ``limit`` events behind."""
@@ -327,7 +404,7 @@ class Subscription:
         bus = self._bus
         ring = bus._ring
         capacity = len(ring)
-        why = None
+        why: str | None = None
         with self._lag_lock:  # decide under the lock; _overflow (which logs and counts) runs after it
             start = max(cursor, self._resume_to) if self._scanned_to is None else self._scanned_to
             pending = self._lossless
@@ -358,7 +435,7 @@ class Subscription:
         if why is not None:
             self._overflow(why)
 
-    def _gap_was_state_only(self, first, end):
+    def _gap_was_state_only(self, first: int, end: int) -> bool:
         """True when entries ``first``..``end-1`` (gone from the ring) were
         scanned while present and none of them was a lossless event for us."""
         with self._lag_lock:
@@ -370,7 +447,7 @@ class Subscription:
                 return False
             return not self._lossless or self._lossless[0] >= end
 
-    def _overflow(self, why, stale=None):
+    def _overflow(self, why: str, stale: str | None = None) -> None:
         if self.overflowed is None:
             self.overflowed = why
             self.stale = stale
@@ -396,8 +473,8 @@ class EventBus:
         ValueError: a size is out of range.
     """
 
-    def __init__(self, max_replay_events=50, history_size=10_000, client_queue_size=None, epoch=None, *,
-                 max_event_size=DEFAULT_MAX_EVENT_SIZE):
+    def __init__(self, max_replay_events: int = 50, history_size: int = 10_000, client_queue_size: int | None = None,
+                 epoch: str | None = None, *, max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> None:
         if client_queue_size is None and isinstance(history_size, int):
             client_queue_size = min(DEFAULT_CLIENT_QUEUE_SIZE, history_size)
         for name, value in (
@@ -424,33 +501,34 @@ class EventBus:
         # place in the queue are taken together, so queue order is seq order.
         self._emit_lock = threading.Lock()
         self._last_seq = 0
-        self._queue = collections.deque()
+        self._queue: collections.deque[_Work] = collections.deque()
         self._pending = threading.Event()
 
         # _lock guards the ring head, the replay buffer and the subscriber set,
         # so a new subscriber sees a head and a replay buffer that agree.
         self._lock = threading.Lock()
-        self._ring = [_EMPTY] * history_size
+        self._ring: list[_Slot] = [_EMPTY] * history_size
         # Most entries published between two lag checks: small enough that a
         # check sees every entry before the ring overwrites it, and that a
         # reader is overflowed (and resumes) a chunk before it would lose a
         # lossless event; at most a quarter of the history.
         self._chunk = max(1, min(_MAX_CHUNK, (history_size - client_queue_size) // 2, history_size // 4))
         self._head = 0
-        self._replay = []
-        self._subscribers = ()
-        self._latest_state = {}
+        self._replay: list[dict[str, Any]] = []
+        self._subscribers: tuple[Subscription, ...] = ()
+        self._latest_state: dict[tuple[str, str | None], int] = {}
 
         # _dispatch_lock makes "take a batch and publish it" atomic, so even
         # an old dispatcher finishing while a new one starts keeps seq order.
         self._dispatch_lock = threading.Lock()
         self._dispatched = threading.Condition(threading.Lock())
         self._state_lock = threading.Lock()  # guards _thread and _stop
-        self._thread = None
-        self._stop = None
-        self._listeners = []
-        self._counters = collections.Counter()
-        self._drops_retired = {}  # (type, reason) -> count of closed readers; guarded by _lock
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        self._listeners: list[BatchListener] = []
+        self._counters: collections.Counter[str] = collections.Counter()
+        # (type, reason) -> count of closed readers; guarded by _lock
+        self._drops_retired: dict[tuple[str, str], int] = {}
         #: Caller-side cost of emit()/send_to() in seconds (successful calls).
         #: emit() appends raw nanoseconds to its ``pending`` deque (no lock);
         #: the dispatcher folds them into the buckets after each batch.
@@ -462,24 +540,25 @@ class EventBus:
         # _compatible maps earlier epochs this stream continues to the last
         # seq they share with it; both change only under _lock.
         self._floor = 1
-        self._compatible = {}
-        self._sequencer = None
+        self._compatible: dict[str, int] = {}
+        self._sequencer: Sequencer | None = None
         # Windows of positions the stream lost, ((first, last), ...) in seq
         # order (see restore and add_lost); replaced, never mutated, under _lock.
-        self._lost = ()
+        self._lost: tuple[tuple[int, int], ...] = ()
         # The fence (see set_fence): the dispatcher publishes no seq above it.
         # Plain attributes: set_fence assigns them, then wakes the dispatcher,
         # which reads them when it takes a batch (under _dispatch_lock).
-        self._fence = None
-        self._on_fence_held = None
+        self._fence: int | None = None
+        self._on_fence_held: Callable[[int], object] | None = None
         #: An object with ``read(since, event_filter, limit, until)`` and
         #: ``covered_seq`` holding events older than the ring (a journal or a
         #: backplane stream), or None; see :meth:`stored_history`.
-        self.archive = None
+        self.archive: Archive | None = None
 
     # -- producing ----------------------------------------------------------
 
-    def emit(self, event_type, *, session_id=None, high_priority=None, **fields):
+    def emit(self, event_type: EventType | str, *, session_id: str | None = None, high_priority: bool | None = None,
+             **fields: Any) -> BaseEvent:
         """Emit an event. Thread-safe; never blocks on I/O or on readers.
 
         Args:
@@ -501,7 +580,8 @@ class EventBus:
         """
         return self._publish(event_type, session_id, high_priority, fields, None)
 
-    def send_to(self, target, event_type, *, session_id=None, **fields):
+    def send_to(self, target: str, event_type: EventType | str, *, session_id: str | None = None,
+                **fields: Any) -> BaseEvent:
         """Emit an event for one reader only (``Subscription.id == target``).
 
         It takes a seq like any event, is never put in the replay buffer and
@@ -509,7 +589,8 @@ class EventBus:
         """
         return self._publish(event_type, session_id, False, fields, target)
 
-    def _publish(self, event_type, session_id, high_priority, fields, target):
+    def _publish(self, event_type: EventType | str, session_id: str | None, high_priority: bool | None,
+                 fields: dict[str, Any], target: str | None) -> BaseEvent:
         start = _now_ns()
         cls, values, body, session_id, session_json, high_priority = prepare_event(
             event_type, session_id, high_priority, fields, self.max_event_size
@@ -521,7 +602,7 @@ class EventBus:
             event = assemble_event(cls, 0, timestamp, session_id, values)
             self._emit_ns.append(_now_ns() - start)
             return event
-        record = None
+        record: EventDict | None = None
         if high_priority and target is None:
             # The replay buffer holds it as soon as emit() returns (its wire
             # bytes follow from the dispatcher); seq and timestamp are set below.
@@ -551,7 +632,9 @@ class EventBus:
 
     # -- reading ------------------------------------------------------------
 
-    def subscribe(self, *, types=None, session_id=None, since=None, epoch=None, reader_id=None, wake=None):
+    def subscribe(self, *, types: EventFilter | TypePatterns | None = None, session_id: str | None = None,
+                  since: int | None = None, epoch: str | None = None, reader_id: str | None = None,
+                  wake: threading.Event | None = None) -> Subscription:
         """Start following the stream.
 
         Everything emitted before this call is dispatched first, so
@@ -593,7 +676,7 @@ class EventBus:
             self._subscribers = self._subscribers + (sub,)
         return sub
 
-    def _plan_resume(self, since, epoch, head, sub):
+    def _plan_resume(self, since: int, epoch: str | None, head: int, sub: Subscription) -> ResumeResult:
         oldest = self._oldest_locked(head)
         if epoch is not None and epoch != self.epoch:
             shared = self._compatible.get(epoch)  # an earlier epoch this stream continues (see restore)
@@ -616,17 +699,17 @@ class EventBus:
                 count += 1
         return ResumeResult(True, first=since + 1, last=head, count=count)
 
-    def _oldest_locked(self, head):
+    def _oldest_locked(self, head: int) -> int:
         return max(self._floor, head - len(self._ring) + 1) if head else 1
 
-    def _lost_window_locked(self, seq):
+    def _lost_window_locked(self, seq: int) -> tuple[int, int] | None:
         """The lost window holding position ``seq``, as ``(first, last)``, or None."""
         for first, last in self._lost:
             if first <= seq <= last:
                 return first, last
         return None
 
-    def _unsubscribe(self, sub):
+    def _unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not sub)
             self._counters["conflated_retired"] += sub.conflated
@@ -634,15 +717,17 @@ class EventBus:
             for key, count in sub.dropped.copy().items():
                 self._drops_retired[key] = self._drops_retired.get(key, 0) + count
 
-    def history(self, since=0, event_filter=None, limit=None):
+    def history(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None) -> list[Entry]:
         """Entries with ``seq > since`` still held, oldest first, filtered
         (events sent to a single client excluded)."""
         with self._lock:
             head = self._head
             first = max(since + 1, self._oldest_locked(head))
-        ring = self._ring
+        # Holes and empty slots too, but their target (a hole's) or seq (an
+        # empty slot's) sends them to `continue`: only entries reach `out`.
+        ring: list[Entry] = self._ring  # type: ignore[assignment]
         capacity = len(ring)
-        out = []
+        out: list[Entry] = []
         for seq in range(first, head + 1):
             entry = ring[seq % capacity]
             if entry.seq != seq or entry.target is not None:
@@ -656,7 +741,7 @@ class EventBus:
     # -- replay buffer --------------------------------------------------------
 
     @property
-    def replay(self):
+    def replay(self) -> list[dict[str, Any]]:
         """The replay buffer: a list of event dicts, oldest first.
 
         It is the live list (as in the original, code may append to it or
@@ -666,20 +751,20 @@ class EventBus:
         return self._replay
 
     @replay.setter
-    def replay(self, events):
+    def replay(self, events: list[dict[str, Any]]) -> None:
         if not isinstance(events, list):
             raise TypeError(f"replay buffer must be a list of event dicts, got {type(events).__name__}")
         with self._lock, self._emit_lock:
             self._replay = events
 
     @property
-    def max_replay_events(self):
+    def max_replay_events(self) -> int:
         """How many high-priority events the replay buffer keeps (assignable;
         a smaller value trims the buffer at once)."""
         return self._max_replay_events
 
     @max_replay_events.setter
-    def max_replay_events(self, value):
+    def max_replay_events(self, value: int) -> None:
         integer("max_replay_events", value, 0)
         with self._lock, self._emit_lock:
             self._max_replay_events = value
@@ -688,7 +773,7 @@ class EventBus:
                 del replay[0 : len(replay) - value]
 
     @staticmethod
-    def replay_frame_json(events, max_bytes=None):
+    def replay_frame_json(events: Iterable[Mapping[str, Any]], max_bytes: int | None = None) -> tuple[bytes, int]:
         """The ``replay`` control frame for these event dicts, as UTF-8 JSON.
 
         Dicts emitted through the bus reuse their wire bytes; dicts added by
@@ -701,7 +786,7 @@ class EventBus:
         Returns:
             ``(json_bytes, included)``: the frame and how many events it holds.
         """
-        parts = []
+        parts: list[bytes] = []
         for event in events:
             wire = getattr(event, "wire", None)
             if wire is None:
@@ -726,17 +811,17 @@ class EventBus:
     # -- positions and state --------------------------------------------------
 
     @property
-    def last_seq(self):
+    def last_seq(self) -> int:
         """The last seq stamped (0 before any event)."""
         return self._last_seq
 
     @property
-    def head(self):
+    def head(self) -> int:
         """The last seq dispatched into the history."""
         return self._head
 
     @property
-    def deliverable_seq(self):
+    def deliverable_seq(self) -> int:
         """The last seq stamped that the dispatcher may publish: ``last_seq``,
         or the journal's fence when it holds events back. What a reader that
         keeps up will have once the dispatcher has caught up."""
@@ -745,17 +830,17 @@ class EventBus:
         return last if fence is None else min(last, fence)
 
     @property
-    def oldest_seq(self):
+    def oldest_seq(self) -> int:
         """The oldest seq still held in the history (1 when empty)."""
         return self._oldest_locked(self._head)
 
     @property
-    def running(self):
+    def running(self) -> bool:
         """True while the dispatcher thread runs."""
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def add_listener(self, callback):
+    def add_listener(self, callback: BatchListener) -> None:
         """Call ``callback(entries)`` from the dispatcher after each batch.
 
         For journals, backplanes and metrics. It must be quick and must not
@@ -765,7 +850,9 @@ class EventBus:
 
     # -- persistence and scale-out (coda_ws.journal, coda_ws.backplane) -------
 
-    def restore(self, epoch, last_seq, events=(), replay=None, *, first_seq=None, compatible=None, lost=()):
+    def restore(self, epoch: str, last_seq: int, events: Iterable[StampedEvent] = (),
+                replay: Iterable[bytes] | None = None, *, first_seq: int | None = None,
+                compatible: Mapping[str, int] | None = None, lost: Iterable[tuple[int, int]] = ()) -> None:
         """Replace the stream's state with one kept elsewhere (a journal, a backplane).
 
         A journal calls it once, before anything is emitted, so the stream
@@ -814,9 +901,9 @@ class EventBus:
         compatible = dict(compatible or {})
         lost = self._check_windows(lost, last_seq)
         capacity = len(self._ring)
-        ring = [_EMPTY] * capacity
-        latest = {}
-        records = collections.deque(maxlen=self.max_replay_events)
+        ring: list[_Slot] = [_EMPTY] * capacity
+        latest: dict[tuple[str, str | None], int] = {}
+        records: collections.deque[EventDict] = collections.deque(maxlen=self.max_replay_events)
         low = last_seq - capacity  # positions at or below it do not fit in the ring
         floor = first_seq
         previous = 0
@@ -831,7 +918,9 @@ class EventBus:
                 floor = seq
             if seq <= low or seq < floor:
                 if replay is None and event.high_priority and event.target is None:
-                    records.append(entry_from_wire(event)[1])
+                    old_record = entry_from_wire(event)[1]
+                    if old_record is not None:  # None for an unknown type (a hole): nothing to replay
+                        records.append(old_record)
                 continue
             entry, record = entry_from_wire(event)
             ring[seq % capacity] = entry
@@ -878,7 +967,7 @@ class EventBus:
             self._dispatched.notify_all()
 
     @staticmethod
-    def _check_windows(windows, last_seq):
+    def _check_windows(windows: Iterable[tuple[int, int]] | None, last_seq: int) -> tuple[tuple[int, int], ...]:
         out = []
         for window in windows or ():
             first, last = window
@@ -889,7 +978,7 @@ class EventBus:
         out.sort()
         return tuple(out)
 
-    def add_lost(self, first, last):
+    def add_lost(self, first: int, last: int) -> None:
         """Record that positions ``first``..``last`` (already dispatched) were
         lost: a resume from inside the window is answered ``recovered: false,
         reason: "lost"`` with it. For a journal that could not write events
@@ -898,7 +987,7 @@ class EventBus:
         with self._lock:
             self._lost = tuple(sorted(self._lost + (window,)))
 
-    def lost_windows(self, since=0, until=None):
+    def lost_windows(self, since: int = 0, until: int | None = None) -> list[tuple[int, int]]:
         """The lost windows (``(first, last)`` tuples, oldest first) that hold
         a position after ``since`` and, when given, at most ``until``."""
         windows = self._lost
@@ -906,7 +995,7 @@ class EventBus:
 
     # -- the fence (a journal's seq reservation) --------------------------------
 
-    def set_fence(self, seq, on_held=None):
+    def set_fence(self, seq: int | None, on_held: Callable[[int], object] | None = None) -> None:
         """Publish no event with a seq above ``seq`` (None: no fence).
 
         A journal sets it to the seqs it has durably reserved, so no seq can
@@ -924,7 +1013,7 @@ class EventBus:
         with self._dispatched:
             self._dispatched.notify_all()  # flush() waits for what the fence lets through
 
-    def fence_at_head(self):
+    def fence_at_head(self) -> int:
         """Set the fence to the last seq dispatched, atomically with the
         dispatcher, and return it: nothing later is published until the fence
         moves. A journal closing cleanly calls it before it records that
@@ -936,11 +1025,11 @@ class EventBus:
         return head
 
     @property
-    def fence(self):
+    def fence(self) -> int | None:
         """The seq no published event may exceed, or None (see :meth:`set_fence`)."""
         return self._fence
 
-    def _take_unfenced_locked(self):
+    def _take_unfenced_locked(self) -> Collection[_Work]:
         """The queued work items up to the fence, taken out of the queue (the
         caller holds ``_emit_lock``); the rest stays queued, in order."""
         queue = self._queue
@@ -948,12 +1037,12 @@ class EventBus:
         if fence is None or queue[-1][0] <= fence:
             self._queue = collections.deque()
             return queue
-        batch = []
+        batch: list[_Work] = []
         while queue and queue[0][0] <= fence:
             batch.append(queue.popleft())
         return batch
 
-    def _report_fence_held(self):
+    def _report_fence_held(self) -> None:
         """Tell the fence's owner that events wait above it (dispatcher thread)."""
         fence, on_held = self._fence, self._on_fence_held
         if fence is None or on_held is None or self._last_seq <= fence:
@@ -964,7 +1053,7 @@ class EventBus:
             self._count("listener_errors")
             log.exception("fence callback %r failed", on_held)
 
-    def retained(self, first, last):
+    def retained(self, first: int, last: int) -> tuple[list[Entry], int]:
         """The entries for positions ``first``..``last`` still in the history.
 
         Returns ``(entries, held_from)``: every position from ``held_from``
@@ -977,7 +1066,7 @@ class EventBus:
         ring = self._ring
         capacity = len(ring)
         last = min(last, self._head)
-        out = []
+        out: list[Entry] = []
         seq = last
         # Newest first: the ring overwrites oldest first, so once one
         # position is gone, every older one is gone too.
@@ -991,7 +1080,7 @@ class EventBus:
         out.reverse()
         return out, seq + 1
 
-    def set_sequencer(self, sequencer):
+    def set_sequencer(self, sequencer: Sequencer | None) -> None:
         """Let an external sequencer (a backplane) stamp seqs instead of this bus.
 
         ``emit()`` and ``send_to()`` still validate and encode in the caller,
@@ -1009,7 +1098,7 @@ class EventBus:
                 raise RuntimeError("set_sequencer() must come before the first emit()")
             self._sequencer = sequencer
 
-    def ingest(self, events):
+    def ingest(self, events: Iterable[StampedEvent]) -> None:
         """Dispatch events stamped by the external sequencer.
 
         ``events`` are :class:`StampedEvent` objects; the first must follow
@@ -1039,7 +1128,8 @@ class EventBus:
         with self._dispatched:
             self._dispatched.notify_all()
 
-    def stored_history(self, since=0, event_filter=None, limit=None):
+    def stored_history(self, since: int = 0, event_filter: EventFilter | None = None,
+                       limit: int | None = None) -> list[Entry]:
         """Like :meth:`history`, but reaching back into :attr:`archive` (a
         journal, a backplane's stream) for positions older than the ring.
 
@@ -1059,7 +1149,7 @@ class EventBus:
             return older[:limit]
         return older + self.history(covered, event_filter, None if limit is None else limit - len(older))
 
-    def stats(self):
+    def stats(self) -> BusStats:
         """Counters: emitted, dispatched, overflows, conflated, queue, history, replay."""
         subs = self._subscribers
         counters = self._counters
@@ -1079,11 +1169,11 @@ class EventBus:
             "held_by_fence": self._held_by_fence(),
         }
 
-    def _held_by_fence(self):
+    def _held_by_fence(self) -> int:
         fence = self._fence
         return 0 if fence is None else max(0, self._last_seq - max(fence, self._head))
 
-    def drop_counts(self):
+    def drop_counts(self) -> dict[tuple[str, str], int]:
         """Entries skipped for readers, as ``{(type, reason): count}`` over
         every reader past and present (see :attr:`Subscription.dropped`).
 
@@ -1100,13 +1190,13 @@ class EventBus:
                 totals[key] = totals.get(key, 0) + count
         return totals
 
-    def _count(self, name, amount=1):
+    def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counters[name] += amount
 
     # -- dispatcher -----------------------------------------------------------
 
-    def _start_dispatcher(self):
+    def _start_dispatcher(self) -> None:
         with self._state_lock:
             if self._thread is not None:
                 return
@@ -1118,11 +1208,11 @@ class EventBus:
             )
             self._thread.start()
 
-    def start(self):
+    def start(self) -> None:
         """Start the dispatcher thread (emit and subscribe also start it)."""
         self._start_dispatcher()
 
-    def _run(self, stop):
+    def _run(self, stop: threading.Event) -> None:
         pending = self._pending
         while True:
             pending.wait()
@@ -1135,13 +1225,14 @@ class EventBus:
                 self._dispatch_pending()
                 return
 
-    def _dispatch_pending(self):
+    def _dispatch_pending(self) -> None:
         with self._dispatch_lock:
             with self._emit_lock:
                 if not self._queue:
                     return
                 batch = self._take_unfenced_locked()
             if batch:
+                made: list[_Made]
                 try:
                     made, holes = [self._make_entry(*item) for item in batch], False
                 except Exception:  # never expected (everything that can fail, failed in emit())
@@ -1154,7 +1245,7 @@ class EventBus:
         with self._dispatched:
             self._dispatched.notify_all()
 
-    def _deliver(self, made, holes=False):
+    def _deliver(self, made: list[_Made], holes: bool = False) -> None:
         """Publish ``(entry, record)`` pairs to the ring, the replay buffer,
         the readers and the listeners (which never see holes). The caller
         holds ``_dispatch_lock``."""
@@ -1167,15 +1258,16 @@ class EventBus:
             self._publish_chunk(entries[start : start + chunk], records)
         if holes:
             entries = [entry for entry in entries if type(entry) is Entry]
+        delivered = cast("list[Entry]", entries)  # holes filtered out just above (or there were none)
         for listener in self._listeners if entries else ():
             try:
-                listener(entries)
+                listener(delivered)
             except Exception:
                 self._count("listener_errors")
                 log.exception("bus listener %r failed", listener)
         self.emit_durations.drain()
 
-    def _publish_chunk(self, entries, records):
+    def _publish_chunk(self, entries: list[Entry | Hole], records: dict[int, EventDict]) -> None:
         ring = self._ring
         capacity = len(ring)
         latest = self._latest_state
@@ -1206,7 +1298,8 @@ class EventBus:
                 sub.wake.set()
 
     @staticmethod
-    def _make_entry(seq, timestamp, cls, session_id, session_json, body, record, target):
+    def _make_entry(seq: int, timestamp: float, cls: type[BaseEvent], session_id: str | None, session_json: bytes,
+                    body: bytes, record: EventDict | None, target: str | None) -> _Made:
         """The history entry of an emitted event. Its replay record, if any,
         is in the replay buffer already (emit() put it there): it only gets
         its wire bytes here."""
@@ -1216,12 +1309,12 @@ class EventBus:
             record.wire = payload
         return entry, None
 
-    def _make_entries_one_by_one(self, batch):
+    def _make_entries_one_by_one(self, batch: Iterable[_Work]) -> list[_Made]:
         """The slow path of a batch in which building an entry failed: every
         other event is delivered, and the failed one becomes a hole (a
         position no reader receives), so the stream stays consecutive and no
         reader falls into a gap. Counted in ``stats()["dispatch_errors"]``."""
-        made = []
+        made: list[_Made] = []
         for item in batch:
             try:
                 made.append(self._make_entry(*item))
@@ -1231,7 +1324,7 @@ class EventBus:
                 made.append((Hole(item[0]), None))
         return made
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted before this call is dispatched.
 
         Returns True when it is, False when ``timeout`` seconds passed first.
@@ -1257,11 +1350,11 @@ class EventBus:
                 self._dispatched.wait(remaining)
         return self._head >= target
 
-    def _dispatchable(self, target):
+    def _dispatchable(self, target: int) -> int:
         fence = self._fence
         return target if fence is None else min(target, max(fence, self._head))
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float | None = 5.0) -> bool:
         """Dispatch everything emitted so far and stop the dispatcher thread.
 
         Idempotent. The bus stays usable: a later ``emit()`` starts a new
@@ -1270,7 +1363,7 @@ class EventBus:
         with self._state_lock:
             thread, stop = self._thread, self._stop
             self._thread = None
-        if thread is None:
+        if thread is None or stop is None:  # set together: both or neither
             return True
         stop.set()
         self._pending.set()
@@ -1282,11 +1375,11 @@ class EventBus:
 class _Empty:
     """Placeholder in unused ring slots (seq 0 never matches a real position)."""
 
-    seq = 0
-    target = None
-    conflate_key = None
-    type = ""
-    session_id = None
+    seq: int = 0
+    target: None = None
+    conflate_key: None = None
+    type: str = ""
+    session_id: None = None
 
 
 _EMPTY = _Empty()

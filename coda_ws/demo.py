@@ -22,10 +22,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Tuple
 
 from .checks import number
+from .events import BaseEvent
+from .integration import CodaWebSocketIntegration
 from .perf import WebSocketPerfIntegration
 
 __all__ = [
@@ -46,7 +49,7 @@ log = logging.getLogger("coda_ws.demo")
 DEMO_VERSION = "2.0.0-alpha"
 
 #: The configuration the demo's ``system_startup`` announces.
-DEMO_CONFIG = {
+DEMO_CONFIG: dict[str, Any] = {
     "voice": {"stt": "whisper", "tts": "elevenlabs"},
     "llm": {"model": "llama3", "temperature": 0.7},
     "memory": {"enabled": True},
@@ -81,7 +84,7 @@ class DemoExchange:
     language: str = "en"
 
     @property
-    def response(self):
+    def response(self) -> str:
         """The assistant's answer: the tokens joined."""
         return "".join(self.tokens)
 
@@ -149,12 +152,12 @@ class _Stopped(Exception):
 class _Pacer:
     """Waits ``seconds * pace`` on the stop event; raises _Stopped once it is set."""
 
-    def __init__(self, pace, stop_event):
+    def __init__(self, pace: float, stop_event: threading.Event | None) -> None:
         number("pace", pace, minimum=0)
         self.pace = float(pace)
         self.stop_event = stop_event if stop_event is not None else threading.Event()
 
-    def __call__(self, seconds):
+    def __call__(self, seconds: float) -> None:
         if self.pace and seconds > 0:
             if self.stop_event.wait(seconds * self.pace):
                 raise _Stopped
@@ -162,7 +165,8 @@ class _Pacer:
             raise _Stopped
 
 
-def _conversation(integration, perf, wait, exchange, conversation_id):
+def _conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None, wait: _Pacer,
+                  exchange: DemoExchange, conversation_id: str) -> None:
     started = time.monotonic()
     integration.conversation_start(conversation_id)
     wait(0.5)
@@ -222,7 +226,9 @@ def _conversation(integration, perf, wait, exchange, conversation_id):
     integration.conversation_end(conversation_id, 1, time.monotonic() - started)
 
 
-def run_demo_conversation(integration, perf=None, pace=1.0, stop_event=None, exchange=0, conversation_id=None):
+def run_demo_conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None,
+                          pace: float = 1.0, stop_event: threading.Event | None = None,
+                          exchange: int | DemoExchange = 0, conversation_id: str | None = None) -> bool:
     """One scripted conversation of one turn, in the original demo's order.
 
     Events (all with the integration's session id): ``conversation_start``,
@@ -258,7 +264,7 @@ def run_demo_conversation(integration, perf=None, pace=1.0, stop_event=None, exc
     return True
 
 
-_ERRORS = (
+_ERRORS: tuple[tuple[str, Callable[[CodaWebSocketIntegration], BaseEvent]], ...] = (
     ("stt_error", lambda i: i.stt_error("Microphone disconnected", {"device": "default"})),
     ("llm_error", lambda i: i.llm_error("Generation timed out", {"model": "llama3", "timeout_s": 30})),
     ("tts_error", lambda i: i.tts_error("Voice not found", {"voice_id": "narrator-2"})),
@@ -267,7 +273,8 @@ _ERRORS = (
 )
 
 
-def run_demo_errors(integration, pace=1.0, stop_event=None):
+def run_demo_errors(integration: CodaWebSocketIntegration, pace: float = 1.0,
+                    stop_event: threading.Event | None = None) -> bool:
     """One error of each kind, half a second apart (times ``pace``):
     ``stt_error``, ``llm_error``, ``tts_error``, ``tool_error``, ``system_error``.
 
@@ -283,7 +290,8 @@ def run_demo_errors(integration, pace=1.0, stop_event=None):
     return True
 
 
-def run_demo_performance(perf, pace=1.0, stop_event=None):
+def run_demo_performance(perf: WebSocketPerfIntegration, pace: float = 1.0,
+                         stop_event: threading.Event | None = None) -> bool:
     """The original demo's performance section.
 
     ``perf.start()`` (a ``system_metrics`` at once), three ``latency_trace``
@@ -312,7 +320,8 @@ def run_demo_performance(perf, pace=1.0, stop_event=None):
     return True
 
 
-def run_demo(integration, perf=None, pace=1.0, stop_event=None, connect_wait=5.0):
+def run_demo(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None, pace: float = 1.0,
+             stop_event: threading.Event | None = None, connect_wait: float = 5.0) -> bool:
     """The original demo, start to finish.
 
     ``system_startup`` (version :data:`DEMO_VERSION`), a pause of
@@ -348,7 +357,9 @@ def run_demo(integration, perf=None, pace=1.0, stop_event=None, connect_wait=5.0
     return True
 
 
-def run_demo_loop(integration, perf=None, pace=1.0, stop_event=None, iterations=None, pause=2.0):
+def run_demo_loop(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None,
+                  pace: float = 1.0, stop_event: threading.Event | None = None, iterations: int | None = None,
+                  pause: float = 2.0) -> int:
     """Conversations one after another, for a live dashboard.
 
     Cycles through :data:`DEMO_EXCHANGES`, waiting ``pause`` seconds (times

@@ -26,9 +26,10 @@ import json
 import math
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, TypeVar
 
 from dataclasses_json import DataClassJsonMixin
 
@@ -85,7 +86,7 @@ PROTOCOL_VERSION = 1
 #: The ``version`` key every event carries.
 EVENT_VERSION = "1.0"
 
-_ENVELOPE = ("version", "seq", "timestamp", "type", "session_id")
+_ENVELOPE: tuple[str, ...] = ("version", "seq", "timestamp", "type", "session_id")
 
 #: Default bound of one event's encoded size, in bytes (``max_event_size``):
 #: a long response or a tool result fits, a runaway blob does not.
@@ -128,7 +129,7 @@ class EventType(str, Enum):
     SYSTEM_STATUS = "system_status"
     INTEGRATION_METRICS = "integration_metrics"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -137,26 +138,30 @@ class EventType(str, Enum):
 # from its annotation, that returns the wire value or raises.
 # --------------------------------------------------------------------------
 
+#: A field's coercion function: ``check(value, where)`` returns the wire value
+#: or raises InvalidEventError naming ``where`` ("type.field").
+_Check = Callable[[Any, str], Any]
 
-def _kind(value):
+
+def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _check_float(value, where):
-    kind = type(value)
-    if kind is float:
+def _check_float(value: Any, where: str) -> float:
+    if type(value) is float:  # `type(value) is` (not a saved type): mypy narrows value to float
         if value != value or value in (math.inf, -math.inf):
             raise InvalidEventError(f"{where} must be a finite number, got {value!r}")
         return value
-    if kind is int or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        value = float(value)
-        if not math.isfinite(value):
-            raise InvalidEventError(f"{where} must be a finite number, got {value!r}")
-        return value
+    if type(value) is int or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidEventError(f"{where} must be a finite number, got {number!r}")
+        return number
+
     raise InvalidEventError(f"{where} must be a number, got {_kind(value)} {value!r}")
 
 
-def _check_int(value, where):
+def _check_int(value: Any, where: str) -> int:
     if type(value) is int:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -164,7 +169,7 @@ def _check_int(value, where):
     raise InvalidEventError(f"{where} must be an integer, got {_kind(value)} {value!r}")
 
 
-def _check_str(value, where):
+def _check_str(value: Any, where: str) -> str:
     if type(value) is str:
         return value
     if isinstance(value, str):  # str enums and other subclasses: send the plain value
@@ -172,24 +177,24 @@ def _check_str(value, where):
     raise InvalidEventError(f"{where} must be a string, got {_kind(value)} {value!r}")
 
 
-def _check_bool(value, where):
+def _check_bool(value: Any, where: str) -> bool:
     if value is True or value is False:
         return value
     raise InvalidEventError(f"{where} must be a boolean, got {_kind(value)} {value!r}")
 
 
-def _check_dict(value, where):
+def _check_dict(value: Any, where: str) -> dict[Any, Any]:
     if isinstance(value, dict):
         return value
     raise InvalidEventError(f"{where} must be an object (dict), got {_kind(value)} {value!r}")
 
 
-def _check_any(value, where):
+def _check_any(value: Any, where: str) -> Any:
     return value  # JSON-encodability is checked when the event is encoded
 
 
-def _list_of(check_item):
-    def check(value, where):
+def _list_of(check_item: _Check) -> _Check:
+    def check(value: Any, where: str) -> list[Any]:
         if not isinstance(value, (list, tuple)):
             raise InvalidEventError(f"{where} must be a list, got {_kind(value)} {value!r}")
         return [check_item(item, f"{where}[{i}]") for i, item in enumerate(value)]
@@ -197,11 +202,11 @@ def _list_of(check_item):
     return check
 
 
-def _dict_of(check_value):
-    def check(value, where):
+def _dict_of(check_value: _Check) -> _Check:
+    def check(value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise InvalidEventError(f"{where} must be an object (dict), got {_kind(value)} {value!r}")
-        result = {}
+        result: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEventError(f"{where} keys must be strings, got {_kind(key)} {key!r}")
@@ -211,17 +216,17 @@ def _dict_of(check_value):
     return check
 
 
-def _optional(check):
-    def check_optional(value, where):
+def _optional(check: _Check) -> _Check:
+    def check_optional(value: Any, where: str) -> Any:
         return None if value is None else check(value, where)
 
     return check_optional
 
 
-_SCALARS = {str: _check_str, float: _check_float, int: _check_int, bool: _check_bool}
+_SCALARS: dict[Any, _Check] = {str: _check_str, float: _check_float, int: _check_int, bool: _check_bool}
 
 
-def _checker_for(annotation):
+def _checker_for(annotation: Any) -> _Check:
     """The coercion function for a field annotation."""
     if annotation in _SCALARS:
         return _SCALARS[annotation]
@@ -244,6 +249,10 @@ def _checker_for(annotation):
 # --------------------------------------------------------------------------
 # The dataclasses.
 # --------------------------------------------------------------------------
+
+#: One of a type's own fields, as :func:`build_fields` walks them: (name,
+#: check, is_factory, default or default factory or MISSING, where).
+_FieldSpec = tuple[str, _Check, bool, Any, str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,13 +280,13 @@ class BaseEvent(DataClassJsonMixin):
     conflatable: ClassVar[bool] = False
     #: Fields carrying what the user or the assistant said (redacted for
     #: readers without the ``read:content`` scope).
-    content_fields: ClassVar[tuple] = ()
+    content_fields: ClassVar[tuple[str, ...]] = ()
     #: (name, check, is_factory, default, where) for each of the type's own
     #: fields, in order (``where``: "type.field", as errors name it).
-    _spec: ClassVar[tuple] = ()
-    _wire_keys: ClassVar[tuple] = ()
+    _spec: ClassVar[tuple[_FieldSpec, ...]] = ()
+    _wire_keys: ClassVar[tuple[str, ...]] = ()
 
-    def to_dict(self, encode_json=False):
+    def to_dict(self, encode_json: bool = False) -> dict[str, Any]:
         """The wire form: a plain dict in wire key order.
 
         ``encode_json`` is dataclasses-json's parameter, accepted so that this
@@ -285,19 +294,34 @@ class BaseEvent(DataClassJsonMixin):
         event are JSON-ready either way, so it changes nothing."""
         return {name: getattr(self, name) for name in self._wire_keys}
 
-    def to_json(self, **kwargs):
+    def to_json(self, **kwargs: Any) -> str:
         """The wire form as compact JSON text (keyword arguments go to ``json.dumps``)."""
-        options = {"separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
+        options: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
         options.update(kwargs)
         return json.dumps(self.to_dict(), **options)
 
 
-def _event(event_type, *, high_priority=False, conflatable=False, content=()):
+_E = TypeVar("_E", bound=BaseEvent)
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_options):
+        """Python 3.10 has no typing.dataclass_transform; only type checkers read it."""
+        return lambda function: function
+
+
+# dataclass_transform: type checkers see each decorated class as the frozen,
+# keyword-only dataclass (a BaseEvent subclass with its fields) it becomes.
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
+def _event(event_type: EventType, *, high_priority: bool = False, conflatable: bool = False,
+           content: tuple[str, ...] = ()) -> Callable[[type[_E]], type[_E]]:
     """Class decorator: make an event dataclass and register it."""
 
-    def decorate(cls):
+    def decorate(cls: type[_E]) -> type[_E]:
         cls.__annotations__ = {"type": str, **cls.__annotations__}
-        cls.type = field(default=event_type.value)
+        # Through setattr: the class attribute is a dataclasses.Field until dataclass() below reads it.
+        setattr(cls, "type", field(default=event_type.value))
         cls = dataclass(frozen=True, kw_only=True)(cls)
         cls.event_type = event_type
         cls.type_name = event_type.value
@@ -305,10 +329,11 @@ def _event(event_type, *, high_priority=False, conflatable=False, content=()):
         cls.conflatable = conflatable
         cls.content_fields = tuple(content)
         hints = typing.get_type_hints(cls)
-        spec = []
+        spec: list[_FieldSpec] = []
         for f in dataclasses.fields(cls):
             if f.name in _ENVELOPE:
                 continue
+            default: Any
             if f.default is not dataclasses.MISSING:
                 default = f.default
             elif f.default_factory is not dataclasses.MISSING:
@@ -330,8 +355,8 @@ def _event(event_type, *, high_priority=False, conflatable=False, content=()):
     return decorate
 
 
-EVENT_CLASSES: Dict[EventType, type] = {}
-_BY_NAME: Dict[str, type] = {}
+EVENT_CLASSES: dict[EventType, type[BaseEvent]] = {}
+_BY_NAME: dict[str, type[BaseEvent]] = {}
 
 
 @_event(EventType.SYSTEM_INFO, high_priority=True)
@@ -553,7 +578,7 @@ class IntegrationMetricsEvent(BaseEvent):
 # --------------------------------------------------------------------------
 
 
-def event_class(event_type):
+def event_class(event_type: EventType | str) -> type[BaseEvent]:
     """The event class for ``event_type`` (an :class:`EventType` or its string value).
 
     Raises:
@@ -569,7 +594,7 @@ def event_class(event_type):
     )
 
 
-def encode_session_id(session_id, type_name):
+def encode_session_id(session_id: str | None, type_name: str) -> tuple[str | None, bytes]:
     """Check an event's session id and encode it as its wire JSON.
 
     Returns ``(session_id, json_bytes)``: a plain ``str`` (str subclasses are
@@ -597,7 +622,7 @@ def encode_session_id(session_id, type_name):
         ) from None
 
 
-def assemble_event(cls, seq, timestamp, session_id, values):
+def assemble_event(cls: type[_E], seq: int, timestamp: float, session_id: str | None, values: dict[str, Any]) -> _E:
     """The event ``cls(seq=..., timestamp=..., session_id=..., **values)``
     builds, for ``values`` from :func:`build_fields`, made without running
     the frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
@@ -609,15 +634,15 @@ def assemble_event(cls, seq, timestamp, session_id, values):
     return event
 
 
-def build_fields(cls, fields):
+def build_fields(cls: type[BaseEvent], fields: dict[str, Any]) -> dict[str, Any]:
     """Validate and coerce the keyword fields of an event of class ``cls``.
 
     Returns the type's own fields as a dict in wire order. ``fields`` is
     consumed (keys are popped). This is the caller-side half of ``emit()``.
     """
     type_name = cls.type_name
-    values = {}
-    missing = None
+    values: dict[str, Any] = {}
+    missing: str | None = None
     for name, check, is_factory, default, where in cls._spec:
         if name in fields:
             value = fields.pop(name)
@@ -648,7 +673,7 @@ def build_fields(cls, fields):
     return values
 
 
-def encode_fields(cls, values):
+def encode_fields(cls: type[BaseEvent], values: dict[str, Any]) -> bytes:
     """Encode the fields from :func:`build_fields` as UTF-8 JSON object bytes.
 
     Raises InvalidEventError naming the field that cannot be encoded (a value
@@ -670,7 +695,8 @@ def encode_fields(cls, values):
         raise InvalidEventError(f"{type_name} cannot be encoded as JSON: {exc}", event_type=type_name) from None
 
 
-def create_event(event_type, seq=0, *, session_id=None, timestamp=None, **fields):
+def create_event(event_type: EventType | str, seq: int = 0, *, session_id: str | None = None,
+                 timestamp: float | None = None, **fields: Any) -> BaseEvent:
     """Build a validated event.
 
     Args:
@@ -698,7 +724,7 @@ def create_event(event_type, seq=0, *, session_id=None, timestamp=None, **fields
     return cls(seq=_check_int(seq, f"{cls.event_type.value}.seq"), timestamp=timestamp, session_id=session_id, **values)
 
 
-def validate_event(data):
+def validate_event(data: object) -> BaseEvent:
     """Validate an event given as a dict (wire form, or just type and fields).
 
     Envelope keys are optional; when present they must be of the right kind,

@@ -6,10 +6,12 @@ a client sees the same subset whichever way an event reaches it.
 
 import fnmatch
 import re
+from collections.abc import Mapping
+from typing import Any, TypeAlias, TypedDict
 
 from .events import EventType
 
-__all__ = ["EventFilter", "MAX_PATTERNS", "MAX_PATTERN_LENGTH"]
+__all__ = ["EventFilter", "FilterDescription", "TypePatterns", "MAX_PATTERNS", "MAX_PATTERN_LENGTH"]
 
 #: Most patterns one filter may hold (a bound on per-client work and memory).
 MAX_PATTERNS = 64
@@ -17,6 +19,17 @@ MAX_PATTERNS = 64
 MAX_PATTERN_LENGTH = 64
 
 _PATTERN_CHARS = re.compile(r"^[A-Za-z0-9_*?\[\]!.-]+$")
+
+#: What :class:`EventFilter` takes as ``types`` (besides None): a
+#: comma-separated string, or a list, tuple or set of type names and globs.
+TypePatterns: TypeAlias = str | list[str] | tuple[str, ...] | set[str] | frozenset[str]
+
+
+class FilterDescription(TypedDict):
+    """:meth:`EventFilter.describe`: the filter as JSON-ready data."""
+
+    types: list[str] | None
+    session_id: str | None
 
 
 class EventFilter:
@@ -39,8 +52,12 @@ class EventFilter:
     """
 
     __slots__ = ("types", "session_id", "_cache", "_regex")
+    types: tuple[str, ...] | None
+    session_id: str | None
+    _cache: dict[str, bool]
+    _regex: re.Pattern[str] | None
 
-    def __init__(self, types=None, session_id=None):
+    def __init__(self, types: TypePatterns | None = None, session_id: str | None = None) -> None:
         if session_id is not None and not isinstance(session_id, str):
             raise TypeError(f"session_id must be a string or None, got {type(session_id).__name__}")
         if isinstance(types, str):
@@ -63,7 +80,7 @@ class EventFilter:
         self.session_id = session_id
         self._cache = {}
 
-    def match_type(self, type_name):
+    def match_type(self, type_name: str) -> bool:
         """True when events of ``type_name`` pass the type part of the filter."""
         if self.types is None:
             return True
@@ -74,23 +91,23 @@ class EventFilter:
                 self._cache[type_name] = result
         return result
 
-    def match(self, type_name, session_id):
+    def match(self, type_name: str, session_id: str | None) -> bool:
         """True when an event of this type and session passes the filter."""
         wanted = self.session_id
         if wanted is not None and session_id is not None and session_id != wanted:
             return False
         return self.match_type(type_name)
 
-    def match_dict(self, event):
+    def match_dict(self, event: Mapping[str, Any]) -> bool:
         """:meth:`match` for an event in dict form (unknown shapes never match a filter)."""
         if self.types is None and self.session_id is None:
             return True
         type_name = event.get("type")
         return isinstance(type_name, str) and self.match(type_name, event.get("session_id"))
 
-    def describe(self):
+    def describe(self) -> FilterDescription:
         """The filter as a JSON-ready dict (``types`` is ``None`` for all)."""
         return {"types": list(self.types) if self.types is not None else None, "session_id": self.session_id}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"EventFilter(types={self.types!r}, session_id={self.session_id!r})"

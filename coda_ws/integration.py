@@ -18,9 +18,11 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol, TypeVar
 
-__all__ = ["CodaWebSocketIntegration", "PROMPT_PREVIEW_CHARS", "MEMORY_PREVIEW_CHARS"]
+from .events import BaseEvent, EventType
+
+__all__ = ["CodaWebSocketIntegration", "Emitter", "PROMPT_PREVIEW_CHARS", "MEMORY_PREVIEW_CHARS"]
 
 log = logging.getLogger("coda_ws.integration")
 
@@ -30,7 +32,19 @@ PROMPT_PREVIEW_CHARS = 200
 MEMORY_PREVIEW_CHARS = 100
 
 
-def _preview(text, limit):
+_T = TypeVar("_T")
+
+
+class Emitter(Protocol):
+    """What the integration (and :class:`~coda_ws.perf.WebSocketPerfIntegration`)
+    emits through: a server, an ``EventBus``, a ``RedisEmitter`` or anything
+    with this ``emit()``."""
+
+    def emit(self, event_type: EventType | str, *, session_id: str | None = ..., high_priority: bool | None = ...,
+             **fields: Any) -> BaseEvent: ...
+
+
+def _preview(text: _T, limit: int) -> _T | str:
     """``text`` itself when it has at most ``limit`` characters, else its
     first ``limit`` characters followed by ``"..."``."""
     if isinstance(text, str) and len(text) > limit:
@@ -62,7 +76,7 @@ class CodaWebSocketIntegration:
     ``TypeError`` and a ``ValueError``) naming the field, and emit nothing.
     """
 
-    def __init__(self, server):
+    def __init__(self, server: Emitter) -> None:
         if not callable(getattr(server, "emit", None)):
             raise TypeError(f"server must have an emit() method, got {type(server).__name__}")
         self.server = server
@@ -93,13 +107,13 @@ class CodaWebSocketIntegration:
 
     # -- system -------------------------------------------------------------------
 
-    def system_startup(self, version: str, config: Dict[str, Any]):
+    def system_startup(self, version: str, config: Dict[str, Any]) -> BaseEvent:
         """``system_info`` with ``data={"event": "startup", "version", "config",
         "session_id"}``; high priority; envelope ``session_id`` null."""
         data = {"event": "startup", "version": version, "config": config, "session_id": self.session_id}
         return self._emit("system_info", high_priority=True, data=data)
 
-    def system_shutdown(self):
+    def system_shutdown(self) -> BaseEvent:
         """``system_info`` with ``data={"event": "shutdown", "uptime_seconds",
         "session_id"}`` (seconds since the integration was made, a float);
         high priority; envelope ``session_id`` null."""
@@ -107,33 +121,34 @@ class CodaWebSocketIntegration:
         data = {"event": "shutdown", "uptime_seconds": uptime, "session_id": self.session_id}
         return self._emit("system_info", high_priority=True, data=data)
 
-    def system_error(self, level: str, message: str, details: Optional[Dict[str, Any]] = None):
+    def system_error(self, level: str, message: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``system_error`` (level, message, details); high priority; ``session_id`` null."""
         return self._emit("system_error", high_priority=True, level=level, message=message, details=details)
 
     # -- speech to text -----------------------------------------------------------------
 
-    def stt_start(self, mode: str = "push_to_talk"):
+    def stt_start(self, mode: str = "push_to_talk") -> BaseEvent:
         """``stt_start`` (mode)."""
         return self._session_event("stt_start", False, mode=mode)
 
-    def stt_interim_result(self, text: str, confidence: float = 0.0):
+    def stt_interim_result(self, text: str, confidence: float = 0.0) -> BaseEvent:
         """``stt_interim`` (text, confidence): a partial transcription."""
         return self._session_event("stt_interim", False, text=text, confidence=confidence)
 
-    def stt_final_result(self, text: str, confidence: float, duration_ms: float, language: Optional[str] = None):
+    def stt_final_result(self, text: str, confidence: float, duration_ms: float,
+                         language: Optional[str] = None) -> BaseEvent:
         """``stt_result`` (text, confidence, duration_ms, language); high priority."""
         return self._session_event(
             "stt_result", True, text=text, confidence=confidence, duration_ms=duration_ms, language=language
         )
 
-    def stt_error(self, error: str, details: Optional[Dict[str, Any]] = None):
+    def stt_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``stt_error`` (error, details); high priority."""
         return self._session_event("stt_error", True, error=error, details=details)
 
     # -- language model --------------------------------------------------------------------
 
-    def llm_start(self, prompt: str, model: str, temperature: float = 0.7):
+    def llm_start(self, prompt: str, model: str, temperature: float = 0.7) -> BaseEvent:
         """``llm_start`` (prompt, model, temperature).
 
         A prompt longer than 200 characters is sent as its first 200
@@ -143,50 +158,50 @@ class CodaWebSocketIntegration:
             "llm_start", False, prompt=_preview(prompt, PROMPT_PREVIEW_CHARS), model=model, temperature=temperature
         )
 
-    def llm_token(self, token: str, cumulative_text: str):
+    def llm_token(self, token: str, cumulative_text: str) -> BaseEvent:
         """``llm_token`` (token, cumulative_text): one streamed token."""
         return self._session_event("llm_token", False, token=token, cumulative_text=cumulative_text)
 
-    def llm_result(self, text: str, duration_ms: float, token_count: int, tokens_per_second: float):
+    def llm_result(self, text: str, duration_ms: float, token_count: int, tokens_per_second: float) -> BaseEvent:
         """``llm_result`` (text, duration_ms, token_count, tokens_per_second); high priority."""
         return self._session_event(
             "llm_result", True,
             text=text, duration_ms=duration_ms, token_count=token_count, tokens_per_second=tokens_per_second,
         )
 
-    def llm_error(self, error: str, details: Optional[Dict[str, Any]] = None):
+    def llm_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``llm_error`` (error, details); high priority."""
         return self._session_event("llm_error", True, error=error, details=details)
 
     # -- text to speech ------------------------------------------------------------------------
 
-    def tts_start(self, text: str, voice_id: str, engine: str):
+    def tts_start(self, text: str, voice_id: str, engine: str) -> BaseEvent:
         """``tts_start`` (text, voice_id, engine)."""
         return self._session_event("tts_start", False, text=text, voice_id=voice_id, engine=engine)
 
-    def tts_progress(self, progress_percent: float, estimated_duration_ms: Optional[float] = None):
+    def tts_progress(self, progress_percent: float, estimated_duration_ms: Optional[float] = None) -> BaseEvent:
         """``tts_progress`` (progress_percent, estimated_duration_ms)."""
         return self._session_event(
             "tts_progress", False, progress_percent=progress_percent, estimated_duration_ms=estimated_duration_ms
         )
 
-    def tts_result(self, duration_ms: float, audio_duration_ms: float, success: bool = True):
+    def tts_result(self, duration_ms: float, audio_duration_ms: float, success: bool = True) -> BaseEvent:
         """``tts_result`` (duration_ms, audio_duration_ms, success); high priority."""
         return self._session_event(
             "tts_result", True, duration_ms=duration_ms, audio_duration_ms=audio_duration_ms, success=success
         )
 
-    def tts_error(self, error: str, details: Optional[Dict[str, Any]] = None):
+    def tts_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``tts_error`` (error, details); high priority."""
         return self._session_event("tts_error", True, error=error, details=details)
 
-    def tts_status(self, status: str):
+    def tts_status(self, status: str) -> BaseEvent:
         """``tts_status`` (status)."""
         return self._session_event("tts_status", False, status=status)
 
     # -- memory --------------------------------------------------------------------------------
 
-    def memory_store(self, content: str, memory_type: str, importance: float, memory_id: str):
+    def memory_store(self, content: str, memory_type: str, importance: float, memory_id: str) -> BaseEvent:
         """``memory_store`` (content_preview, memory_type, importance, memory_id); high priority.
 
         ``content_preview`` is ``content``, or when it is longer than 100
@@ -198,7 +213,7 @@ class CodaWebSocketIntegration:
             importance=importance, memory_id=memory_id,
         )
 
-    def memory_retrieve(self, query: str, results_count: int, relevance_scores: List[float]):
+    def memory_retrieve(self, query: str, results_count: int, relevance_scores: List[float]) -> BaseEvent:
         """``memory_retrieve`` (query, results_count, relevance_scores)."""
         return self._session_event(
             "memory_retrieve", False, query=query, results_count=results_count, relevance_scores=relevance_scores
@@ -206,11 +221,11 @@ class CodaWebSocketIntegration:
 
     # -- tools ---------------------------------------------------------------------------------
 
-    def tool_call(self, tool_name: str, parameters: Dict[str, Any], call_id: str):
+    def tool_call(self, tool_name: str, parameters: Dict[str, Any], call_id: str) -> BaseEvent:
         """``tool_call`` (tool_name, parameters, call_id)."""
         return self._session_event("tool_call", False, tool_name=tool_name, parameters=parameters, call_id=call_id)
 
-    def tool_result(self, tool_name: str, call_id: str, result: Any, duration_ms: float):
+    def tool_result(self, tool_name: str, call_id: str, result: Any, duration_ms: float) -> BaseEvent:
         """``tool_result`` (tool_name, call_id, result, duration_ms); high priority.
 
         ``result`` may be any JSON value.
@@ -219,7 +234,8 @@ class CodaWebSocketIntegration:
             "tool_result", True, tool_name=tool_name, call_id=call_id, result=result, duration_ms=duration_ms
         )
 
-    def tool_error(self, tool_name: str, call_id: str, error: str, details: Optional[Dict[str, Any]] = None):
+    def tool_error(self, tool_name: str, call_id: str, error: str,
+                   details: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``tool_error`` (tool_name, call_id, error, details); high priority."""
         return self._session_event(
             "tool_error", True, tool_name=tool_name, call_id=call_id, error=error, details=details
@@ -227,11 +243,12 @@ class CodaWebSocketIntegration:
 
     # -- conversation --------------------------------------------------------------------------
 
-    def conversation_start(self, conversation_id: str):
+    def conversation_start(self, conversation_id: str) -> BaseEvent:
         """``conversation_start`` (conversation_id); high priority."""
         return self._session_event("conversation_start", True, conversation_id=conversation_id)
 
-    def conversation_turn(self, conversation_id: str, turn_number: int, user_input: str, assistant_response: str):
+    def conversation_turn(self, conversation_id: str, turn_number: int, user_input: str,
+                          assistant_response: str) -> BaseEvent:
         """``conversation_turn`` (conversation_id, turn_number, user_input,
         assistant_response); high priority. Increments
         ``conversation_turn_count`` once the event is emitted."""
@@ -244,7 +261,7 @@ class CodaWebSocketIntegration:
             self.conversation_turn_count += 1
         return event
 
-    def conversation_end(self, conversation_id: str, total_turns: int, duration_seconds: float):
+    def conversation_end(self, conversation_id: str, total_turns: int, duration_seconds: float) -> BaseEvent:
         """``conversation_end`` (conversation_id, total_turns, duration_seconds); high priority."""
         return self._session_event(
             "conversation_end", True,
@@ -254,21 +271,21 @@ class CodaWebSocketIntegration:
     # -- performance ---------------------------------------------------------------------------
 
     def latency_trace(self, component: str, operation: str, duration_ms: float,
-                      metadata: Optional[Dict[str, Any]] = None):
+                      metadata: Optional[Dict[str, Any]] = None) -> BaseEvent:
         """``latency_trace`` (component, operation, duration_ms, metadata)."""
         return self._session_event(
             "latency_trace", False, component=component, operation=operation, duration_ms=duration_ms,
             metadata=metadata,
         )
 
-    def component_timing(self, component: str, timings: Dict[str, float]):
+    def component_timing(self, component: str, timings: Dict[str, float]) -> BaseEvent:
         """``component_timing`` (component, timings: operation name -> milliseconds)."""
         return self._session_event("component_timing", False, component=component, timings=timings)
 
     # -------------------------------------------------------------------------------------------
 
-    def _session_event(self, event_type, high_priority, **fields):
+    def _session_event(self, event_type: str, high_priority: bool, **fields: Any) -> BaseEvent:
         return self._emit(event_type, session_id=self.session_id, high_priority=high_priority, **fields)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<CodaWebSocketIntegration session={self.session_id}>"

@@ -93,8 +93,11 @@ calls the listener, which takes ``_cond``; so the writer never calls into the
 bus while holding ``_cond``.
 """
 
+from __future__ import annotations
+
 import atexit
 import collections
+import enum
 import json
 import logging
 import os
@@ -103,15 +106,20 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypedDict, TypeVar, cast
 
 from .checks import integer, number
 from .deadline import Deadline
 from .errors import JournalError
 from .events import EventType
 from .filters import EventFilter
-from .wire import StampedEvent, entry_from_wire
+from .wire import Entry, StampedEvent, entry_from_wire
 
-__all__ = ["Journal", "JournalState", "read_journal", "DEFAULT_FLUSH_INTERVAL"]
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = ["Journal", "JournalState", "JournalStats", "read_journal", "DEFAULT_FLUSH_INTERVAL"]
 
 log = logging.getLogger("coda_ws.journal")
 
@@ -156,20 +164,70 @@ CREATE TABLE IF NOT EXISTS lost (
 
 _COLUMNS = "seq, timestamp, type, session_id, high_priority, data"
 
+#: A row of ``_COLUMNS`` as SQLite returns it: (seq, timestamp, type,
+#: session_id, high_priority, data); a damaged file may hold any kind in any
+#: column (see _row_problem).
+_Row = tuple[Any, ...]
 
-JournalState = collections.namedtuple(
-    "JournalState", "epoch last_seq first_seq events replay compatible clean reserved_seq lost bad_rows",
-    defaults=(None, (), 0),
-)
-JournalState.__doc__ = """What :meth:`Journal.load` found: the epoch, the last committed seq, the
-oldest position held, the newest events (:class:`~coda_ws.bus.StampedEvent`),
-the replay buffer's wire JSON, the compatible earlier epochs, whether the
-journal was closed cleanly, the durable seq reservation (None in files of
-earlier versions), the recorded lost windows (``(first, last)`` tuples) and
-how many unreadable rows were skipped."""
+#: A path the journal accepts.
+_Path = str | os.PathLike[str]
+
+_T = TypeVar("_T")
 
 
-def _connect(path, readonly=False, synchronous="NORMAL", busy_timeout=5.0):
+class JournalState(NamedTuple):
+    """What :meth:`Journal.load` found: the epoch, the last committed seq, the
+    oldest position held, the newest events (:class:`~coda_ws.bus.StampedEvent`),
+    the replay buffer's wire JSON, the compatible earlier epochs, whether the
+    journal was closed cleanly, the durable seq reservation (None in files of
+    earlier versions), the recorded lost windows (``(first, last)`` tuples) and
+    how many unreadable rows were skipped."""
+
+    epoch: str
+    last_seq: int
+    first_seq: int
+    events: list[StampedEvent]
+    replay: list[bytes]
+    compatible: dict[str, int]
+    clean: bool
+    reserved_seq: int | None = None
+    lost: Sequence[tuple[int, int]] = ()
+    bad_rows: int = 0
+
+
+class JournalStats(TypedDict):
+    """:meth:`Journal.stats`."""
+
+    path: str
+    events_written: int
+    batches: int
+    write_errors: int
+    trimmed: int
+    queued: int
+    committed_seq: int
+    queued_seq: int
+    reserved_seq: int
+    last_error: str | None
+    last_error_at: float | None
+    failing_for: float
+    oldest_unwritten_age: float
+    writer_running: bool
+    writer_restarts: int
+    delivery_paused: bool
+    fence_pauses: int
+    recovered_from_history: int
+    lost_events: int
+    bad_rows: int
+    lost_windows: list[list[int]]
+
+
+#: What one transaction did: (events written, lost windows recorded, events
+#: trimmed by retention, the seq it covers, events taken back from the history).
+_Result = tuple[int, list[tuple[int, int]], int, int, int]
+
+
+def _connect(path: _Path, readonly: bool = False, synchronous: str = "NORMAL",
+             busy_timeout: float = 5.0) -> sqlite3.Connection:
     if readonly:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no journal at {path}")
@@ -188,16 +246,17 @@ def _connect(path, readonly=False, synchronous="NORMAL", busy_timeout=5.0):
     return conn
 
 
-def _error_name(exc):
+def _error_name(exc: BaseException) -> str:
     return getattr(exc, "sqlite_errorname", None) or type(exc).__name__
 
 
-def _filter_sql(event_filter):
+def _filter_sql(event_filter: EventFilter | None) -> tuple[str | None, list[Any] | None]:
     """A WHERE fragment and its parameters for ``event_filter`` (None: no condition).
 
     Type patterns become the list of known types they match, so the filter
     runs in SQLite; returns ``(None, None)`` when no known type matches."""
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     if event_filter is None:
         return "", params
     if event_filter.types is not None:
@@ -212,12 +271,13 @@ def _filter_sql(event_filter):
     return "".join(" AND " + clause for clause in clauses), params
 
 
-def _read_rows(conn, since, event_filter, limit, until, page=1000):
+def _read_rows(conn: sqlite3.Connection, since: int, event_filter: EventFilter | None, limit: int | None,
+               until: int | None, page: int = 1000) -> Iterator[_Row]:
     """Readable rows with ``since < seq <= until`` passing the filter, oldest
     first, in pages; unreadable rows are skipped and their seqs added to
     ``skipped`` (a list) when given."""
     where, params = _filter_sql(event_filter)
-    if where is None:
+    if where is None or params is None:  # both or neither: no known type matches
         return
     floor = conn.execute("SELECT value FROM meta WHERE key = 'first_seq'").fetchone()
     cursor = max(since, int(floor[0]) - 1 if floor else 0)
@@ -237,7 +297,7 @@ def _read_rows(conn, since, event_filter, limit, until, page=1000):
             remaining -= len(rows)
 
 
-def _row_problem(row):
+def _row_problem(row: _Row) -> str | None:
     """Why a stored row cannot be served (a sentence), or None when it can."""
     seq, timestamp, type_name, _session_id, _high_priority, data = row
     if type_name not in _KNOWN_TYPES:
@@ -257,7 +317,7 @@ def _row_problem(row):
     return None
 
 
-def _good_rows(rows, bad):
+def _good_rows(rows: Iterable[_Row], bad: dict[int, str]) -> Iterator[_Row]:
     """The rows that can be served; ``bad`` (a dict) gets ``{seq: problem}`` for the others."""
     for row in rows:
         problem = _row_problem(row)
@@ -267,20 +327,21 @@ def _good_rows(rows, bad):
             bad[row[0]] = problem
 
 
-def _stamped(row):
+def _stamped(row: _Row) -> StampedEvent:
     seq, timestamp, type_name, session_id, high_priority, data = row
     if not isinstance(data, bytes):
         data = str(data).encode("utf-8")
     return StampedEvent(seq, float(timestamp), type_name, session_id, bool(high_priority), data)
 
 
-def _describe_bad(bad, limit=5):
+def _describe_bad(bad: Mapping[int, str], limit: int = 5) -> str:
     items = sorted(bad.items())
     text = "; ".join(f"seq {seq}: {problem}" for seq, problem in items[:limit])
     return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def read_journal(path, since=0, event_filter=None, limit=None):
+def read_journal(path: _Path, since: int = 0, event_filter: EventFilter | None = None,
+                 limit: int | None = None) -> Iterator[bytes]:
     """Yield the wire JSON (bytes) of the events journaled in ``path``.
 
     Opens the file read-only, so it is safe while a server writes it; events
@@ -293,7 +354,7 @@ def read_journal(path, since=0, event_filter=None, limit=None):
         sqlite3.DatabaseError: the file is not a journal.
     """
     conn = _connect(path, readonly=True)
-    bad = {}
+    bad: dict[int, str] = {}
     try:
         for row in _good_rows(_read_rows(conn, since, event_filter, limit, None), bad):
             yield row[5] if isinstance(row[5], bytes) else str(row[5]).encode("utf-8")
@@ -308,18 +369,25 @@ class _Job:
 
     __slots__ = ("open_meta", "window", "batches", "ranges", "range_count", "reserve_to", "close", "last")
 
-    def __init__(self):
-        self.open_meta = None  # meta to write first (marks the file as running), or None
-        self.window = None  # a lost window to record with it (after a crash), or None
-        self.batches = []  # entry lists, in seq order
-        self.ranges = []  # (first, last) seq ranges to take back from the bus's history, merged
+    def __init__(self) -> None:
+        self.open_meta: dict[str, Any] | None = None  # meta to write first (marks the file as running), or None
+        self.window: tuple[int, int] | None = None  # a lost window to record with it (after a crash), or None
+        self.batches: list[list[Entry]] = []  # entry lists, in seq order
+        # (first, last) seq ranges to take back from the bus's history, merged
+        self.ranges: list[tuple[int, int]] = []
         self.range_count = 0  # how many entries of Journal._unqueued they are
-        self.reserve_to = None  # a new durable seq reservation, or None
+        self.reserve_to: int | None = None  # a new durable seq reservation, or None
         self.close = False  # mark the file closed cleanly
         self.last = 0  # the last seq this transaction accounts for
 
 
-_HOLD = object()  # the writer's cue to fence the bus at its head before a clean close
+class _Cue(enum.Enum):
+    """A writer's instruction that is not a transaction (an enum: a typed sentinel)."""
+
+    HOLD = "hold"
+
+
+_HOLD: Final = _Cue.HOLD  # the writer's cue to fence the bus at its head before a clean close
 
 
 class Journal:
@@ -356,8 +424,9 @@ class Journal:
     connections (WAL lets them run beside the writer).
     """
 
-    def __init__(self, path, *, max_events=None, max_age=None, flush_interval=DEFAULT_FLUSH_INTERVAL,
-                 max_batch=10_000, queue_size=50_000, synchronous="NORMAL", reserve_block=None):
+    def __init__(self, path: _Path, *, max_events: int | None = None, max_age: float | None = None,
+                 flush_interval: float = DEFAULT_FLUSH_INTERVAL, max_batch: int = 10_000, queue_size: int = 50_000,
+                 synchronous: str = "NORMAL", reserve_block: int | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ValueError(f"journal path must be a file path, got {path!r}")
         integer("journal max_events", max_events, 1, none_ok=True)
@@ -378,8 +447,8 @@ class Journal:
         self.queue_size = queue_size
         self.synchronous = synchronous
         self.reserve_block = reserve_block
-        self.epoch = None
-        self._bus = None
+        self.epoch: str | None = None
+        self._bus: EventBus | None = None
         self._block = reserve_block or _MIN_RESERVE_BLOCK  # set from the bus by attach()
         #: An unwritten event older than this many seconds makes ready() false.
         self.stale_after = max(5 * self.flush_interval, 2.0)
@@ -390,6 +459,12 @@ class Journal:
         # committed (_inflight), entry lists waiting (_pending), and seq ranges
         # that did not fit (_unqueued, [first, last] lists; the last one grows
         # while _overflowing). Each part has the monotonic time its oldest event arrived.
+        self._inflight: list[list[Entry]]
+        self._pending: list[list[Entry]]
+        self._unqueued: list[list[int]]
+        self._inflight_since: float | None
+        self._pending_since: float | None
+        self._unqueued_since: float | None
         self._inflight, self._inflight_count, self._inflight_since = [], 0, None
         self._pending, self._pending_count, self._pending_since = [], 0, None
         self._unqueued, self._unqueued_since, self._overflowing = [], None, False
@@ -402,10 +477,10 @@ class Journal:
         self._reserved = 0
         self._extend_at = 0  # a batch past this seq asks for a new reservation at once
         self._reserve_wanted = False
-        self._open_meta = {"clean": "0"}
-        self._open_window = None
-        self._held_at = None  # the fence set by fence_at_head() for a clean close
-        self._fence_blocked_since = None  # monotonic time the dispatcher first waited at the fence
+        self._open_meta: dict[str, Any] = {"clean": "0"}
+        self._open_window: tuple[int, int] | None = None
+        self._held_at: int | None = None  # the fence set by fence_at_head() for a clean close
+        self._fence_blocked_since: float | None = None  # monotonic time the dispatcher first waited at the fence
         self._pause_logged = False
         # Writer lifecycle.
         self._flush_waiters = 0
@@ -413,22 +488,22 @@ class Journal:
         self._abandon = False
         self._closing = False  # close() is running
         self._restart_after_exit = False  # work arrived while a writer close() gave up on was finishing
-        self._thread = None
-        self._dead = None  # why the last writer died of a bug, until a new one starts
+        self._thread: threading.Thread | None = None
+        self._dead: str | None = None  # why the last writer died of a bug, until a new one starts
         # Fault episode: when writes started failing, attempts, last error.
-        self._failing_since = None
+        self._failing_since: float | None = None
         self._fail_attempts = 0
-        self._last_error = None
-        self._last_error_at = None
-        self._episode = collections.Counter()
-        self._bad = {}  # seq -> why its row cannot be served
-        self._counters = collections.Counter()
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._episode: collections.Counter[str] = collections.Counter()
+        self._bad: dict[int, str] = {}  # seq -> why its row cannot be served
+        self._counters: collections.Counter[str] = collections.Counter()
         self._dropping_logged = False
-        self._exit_hook = None
+        self._exit_hook: Callable[[], None] | None = None
 
     # -- start ------------------------------------------------------------------
 
-    def load(self, history_size=10_000, max_replay=50):
+    def load(self, history_size: int = 10_000, max_replay: int = 50) -> JournalState | None:
         """Read the stream back: a :class:`JournalState`, or None for a new journal.
 
         Creates the file and its tables when missing; does not change an
@@ -451,7 +526,7 @@ class Journal:
         finally:
             conn.close()
 
-    def _load(self, conn, history_size, max_replay):
+    def _load(self, conn: sqlite3.Connection, history_size: int, max_replay: int) -> JournalState | None:
         conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if "epoch" not in meta:
@@ -469,7 +544,7 @@ class Journal:
         # After a crash the stream continues above the reservation: the ring
         # holds the newest history_size positions below that.
         head = reserved if not clean and reserved is not None and reserved > last_seq else last_seq
-        bad = {}
+        bad: dict[int, str] = {}
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND seq >= ? AND seq <= ? ORDER BY seq",
             (head - history_size, first_seq, last_seq),
@@ -492,7 +567,7 @@ class Journal:
             compatible=compatible, clean=clean, reserved_seq=reserved, lost=lost, bad_rows=len(bad),
         )
 
-    def _meta_int(self, meta, key, default):
+    def _meta_int(self, meta: Mapping[str, str], key: str, default: _T) -> int | _T:
         value = meta.get(key)
         if value is None:
             return default
@@ -505,13 +580,13 @@ class Journal:
                                self.path)
         return number
 
-    def _unreadable_message(self, what):
+    def _unreadable_message(self, what: str) -> str:
         path = self.path
         return (f"journal {path} cannot be used: {what}. To start a new stream, move the file aside "
                 f"(for example `mv {path} {path}.broken`, with its -wal and -shm files if present); to keep "
                 f"the history, restore the file from a backup (`sqlite3 {path} .recover` may salvage rows).")
 
-    def _load_error(self, exc):
+    def _load_error(self, exc: sqlite3.Error) -> JournalError:
         name = _error_name(exc)
         if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
             return JournalError(
@@ -523,7 +598,7 @@ class Journal:
                 "that this user may write there, and that the disk has space.", self.path)
         return JournalError(self._unreadable_message(f"it is not a readable coda_ws journal ({exc})"), self.path)
 
-    def attach(self, bus):
+    def attach(self, bus: EventBus) -> None:
         """Continue ``bus``'s stream from this journal and journal it from now on.
 
         A new journal takes the bus's epoch and starts after its last seq. An
@@ -550,7 +625,8 @@ class Journal:
             raise RuntimeError("this journal is already attached to a bus")
         self._block = self.reserve_block or max(_MIN_RESERVE_BLOCK, bus.history_size // 4)
         state = self.load(bus.history_size, bus.max_replay_events)
-        window = None
+        window: tuple[int, int] | None = None
+        open_meta: dict[str, Any]
         if state is None:
             bus.flush()
             epoch, head = bus.epoch, bus.head
@@ -604,7 +680,7 @@ class Journal:
         log.info("journal %s: epoch %s, continuing after seq %d (seqs reserved through %d)",
                  self.path, epoch, head, self._reserved)
 
-    def _open_now(self):
+    def _open_now(self) -> bool:
         """Mark the file running and reserve seqs, in the caller's thread
         (attach); False when the file cannot be written right now."""
         with self._cond:
@@ -623,7 +699,7 @@ class Journal:
 
     # -- the listener and the fence hook (dispatcher thread) -------------------------
 
-    def _on_batch(self, entries):
+    def _on_batch(self, entries: list[Entry]) -> None:
         """Queue a dispatched batch for the writer; O(1), never blocks on I/O."""
         last = entries[-1].seq
         report = False
@@ -657,7 +733,7 @@ class Journal:
             log.warning("journal %s cannot keep up: more than %d events waiting; keeping only their range, to "
                         "take them back from the history ring once it catches up", self.path, self.queue_size)
 
-    def _on_fence_held(self, seq):
+    def _on_fence_held(self, seq: int) -> None:
         """The bus holds events back at the fence: reserve more now."""
         log_pause = False
         with self._cond:
@@ -678,7 +754,7 @@ class Journal:
 
     # -- the writer thread --------------------------------------------------------
 
-    def _ensure_writer_locked(self):
+    def _ensure_writer_locked(self) -> None:
         if self._thread is None:
             self._start_writer_locked()
         elif self._abandon and not self._closing:
@@ -686,7 +762,7 @@ class Journal:
             # (a busy wait); a new one takes over once it has ended.
             self._restart_after_exit = True
 
-    def _start_writer_locked(self):
+    def _start_writer_locked(self) -> threading.Thread:
         # A new writer starts only once the previous one has finished its
         # last transaction (it clears _thread last), so file states stay ordered.
         died_of = self._dead
@@ -701,9 +777,9 @@ class Journal:
         thread.start()
         return thread
 
-    def _run(self, died_of=None):
+    def _run(self, died_of: str | None = None) -> None:
         me = threading.current_thread()
-        conn = None
+        conn: sqlite3.Connection | None = None
         delay = 0.0
         if died_of is not None:
             log.info("journal %s: a new writer takes over (the last one died: %s)", self.path, died_of)
@@ -714,7 +790,9 @@ class Journal:
                 if job is None:
                     return
                 if job is _HOLD:
-                    held = self._bus.fence_at_head()  # never under _cond (see the module notes)
+                    bus = self._bus
+                    assert bus is not None  # attached: attach() set it before anything starts a writer
+                    held = bus.fence_at_head()  # never under _cond (see the module notes)
                     with self._cond:
                         self._held_at = held
                     continue
@@ -725,7 +803,8 @@ class Journal:
                 except sqlite3.Error as exc:
                     delay = self._write_failed(exc, delay)
                     if conn is not None and _error_name(exc) not in ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"):
-                        conn = self._close_quietly(conn)  # reopen: the connection may be unusable
+                        self._close_quietly(conn)  # reopen: the connection may be unusable
+                        conn = None
                     continue
                 delay = 0.0
                 self._write_succeeded(job, result)
@@ -746,17 +825,17 @@ class Journal:
                         self._start_writer_locked()
                 self._cond.notify_all()
 
-    def _close_quietly(self, conn):
+    def _close_quietly(self, conn: sqlite3.Connection) -> None:
         try:
             conn.close()
         except sqlite3.Error as exc:  # closing checkpoints; a failing disk fails it too
             log.debug("journal %s: closing the connection failed: %s", self.path, exc)
         return None
 
-    def _has_work_locked(self):
+    def _has_work_locked(self) -> bool:
         return bool(self._inflight or self._pending or self._unqueued)
 
-    def _next_job(self, delay):
+    def _next_job(self, delay: float) -> _Job | Literal[_Cue.HOLD] | None:
         """Wait (holding _cond) for the next transaction and return it; None
         when the writer should end, _HOLD before the clean close."""
         cond = self._cond
@@ -779,7 +858,9 @@ class Journal:
                         # A reservation alone, now: a small transaction, and
                         # the pending events keep their flush schedule.
                         return self._take_job_locked(events=False)
-                    remaining = self._pending_since + self.flush_interval - time.monotonic()
+                    pending_since = self._pending_since
+                    assert pending_since is not None  # not due: the work is pending events only
+                    remaining = pending_since + self.flush_interval - time.monotonic()
                     if remaining > 0:
                         cond.wait(remaining)
                         continue
@@ -796,7 +877,7 @@ class Journal:
                 return self._take_job_locked()
             cond.wait()
 
-    def _take_job_locked(self, events=True):
+    def _take_job_locked(self, events: bool = True) -> _Job:
         job = _Job()
         if events and self._pending:
             if not self._inflight:
@@ -816,26 +897,30 @@ class Journal:
             job.open_meta = dict(self._open_meta)
             job.window = self._open_window
         if not self._stopping:
+            bus = self._bus
+            assert bus is not None  # attached: attach() and the writer are the only callers
             # Keep the durable reservation a block ahead of what was dispatched
             # (written even when unchanged when the fence must be raised to it).
-            want = max(self._reserved, self._bus.head + self._block)
+            want = max(self._reserved, bus.head + self._block)
             if (want > self._reserved or job.open_meta is not None or self._reserve_wanted
                     or self._held_at is not None):
                 job.reserve_to = want
         job.last = max(job.batches[-1][-1].seq if job.batches else 0, job.ranges[-1][1] if job.ranges else 0)
         return job
 
-    def _execute(self, conn, job):
+    def _execute(self, conn: sqlite3.Connection, job: _Job) -> _Result:
         """Write one transaction; returns ``(events, gaps, trimmed, covered,
         recovered)``. Raises sqlite3.Error (nothing written)."""
         rows = [(e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
                 for entries in job.batches for e in entries if e.target is None]
-        gaps = []
+        gaps: list[tuple[int, int]] = []
         recovered = 0
+        bus = self._bus
+        assert bus is not None  # attached: attach() and the writer are the only callers
         for first, last in job.ranges:
             # Events that did not fit in memory: take them back from the ring;
             # what already left it is a lost window.
-            entries, held_from = self._bus.retained(first, last)
+            entries, held_from = bus.retained(first, last)
             rows.extend((e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
                         for e in entries)
             recovered += len(entries)
@@ -865,7 +950,7 @@ class Journal:
                 conn.execute(upsert, ("clean", "1"))
         return len(rows), gaps, trimmed, covered, recovered
 
-    def _write_failed(self, exc, delay):
+    def _write_failed(self, exc: sqlite3.Error, delay: float) -> float:
         """Count a failed transaction (the job's events stay queued); log the
         start of a fault episode once. Returns the next retry delay."""
         with self._cond:
@@ -887,10 +972,12 @@ class Journal:
                       self.path, error, fence, unwritten)
         return min(_BACKOFF_MAX, max(_BACKOFF_FIRST, delay * 2))
 
-    def _write_succeeded(self, job, result, set_fence=True):
+    def _write_succeeded(self, job: _Job, result: _Result, set_fence: bool = True) -> None:
         written, gaps, trimmed, covered, recovered = result
-        ended = None
-        fence = None
+        ended: tuple[int, float, str | None, int, int] | None = None
+        fence: int | None = None
+        bus = self._bus
+        assert bus is not None  # attached: attach() and the writer are the only callers
         with self._cond:
             if job.batches:
                 del self._inflight[: len(job.batches)]
@@ -911,7 +998,7 @@ class Journal:
                 self._extend_at = job.reserve_to - self._block // 2
                 self._reserve_wanted = False
                 fence = job.reserve_to
-                if self._fence_blocked_since is not None and self._bus.last_seq <= fence:
+                if self._fence_blocked_since is not None and bus.last_seq <= fence:
                     self._fence_blocked_since = None
             if job.close:
                 self._file_open = False
@@ -935,9 +1022,9 @@ class Journal:
                 ended = (0, 0.0, None, written, lost)
             self._cond.notify_all()
         for first, last in gaps:
-            self._bus.add_lost(first, last)
+            bus.add_lost(first, last)
         if set_fence and fence is not None:
-            self._bus.set_fence(fence, self._on_fence_held)
+            bus.set_fence(fence, self._on_fence_held)
         if ended is not None:
             attempts, duration, error, late, lost = ended
             where = ", ".join(f"{first}-{last}" for first, last in gaps) or "none"
@@ -946,7 +1033,7 @@ class Journal:
                         "(seqs %s; recorded, and announced to resuming clients)",
                         self.path, attempts, duration, error, late, lost, where)
 
-    def _trim(self, conn, last):
+    def _trim(self, conn: sqlite3.Connection, last: int) -> int:
         """Retention, in the commit's transaction; returns how many events it deleted.
         The only place rows are ever deleted."""
         trimmed = 0
@@ -967,7 +1054,7 @@ class Journal:
         return trimmed
 
     @staticmethod
-    def _raise_floor(conn, first_seq):
+    def _raise_floor(conn: sqlite3.Connection, first_seq: int) -> None:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('first_seq', "
                      "MAX(CAST(COALESCE((SELECT value FROM meta WHERE key = 'first_seq'), '1') AS INTEGER), ?))",
                      (first_seq,))
@@ -975,7 +1062,7 @@ class Journal:
 
     # -- control ------------------------------------------------------------------
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event handed to the journal so far is committed.
 
         Returns True when it is, False after ``timeout`` seconds (None: wait
@@ -1005,15 +1092,17 @@ class Journal:
             finally:
                 self._flush_waiters -= 1
 
-    def _flushed_locked(self, target):
+    def _flushed_locked(self, target: int) -> bool:
         if self._committed_seq >= target:
             return True
         # Positions the listener will never get (holes) are not waited for.
         queued = self._queued_seq
+        bus = self._bus
+        assert bus is not None  # attached: before attach() target is 0 and returned above
         return (self._committed_seq >= queued and queued < target
-                and not self._bus.retained(queued + 1, target)[0])
+                and not bus.retained(queued + 1, target)[0])
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> bool:
         """Commit everything queued, mark the file closed cleanly, join the writer.
 
         The clean mark records that nothing after the last committed seq was
@@ -1038,7 +1127,7 @@ class Journal:
             with self._cond:
                 self._closing = False
 
-    def _close(self, timeout):
+    def _close(self, timeout: float) -> bool:
         deadline = Deadline(timeout)
         grace = min(1.0, timeout / 4)  # left for the writer to notice that we give up
         while True:
@@ -1082,7 +1171,7 @@ class Journal:
                   failing_for, attempts, error, "; the writer is still busy" if still_running else "")
         return False
 
-    def _register_exit_hook(self):
+    def _register_exit_hook(self) -> None:
         # A script that never calls stop() still gets its last events
         # committed, and the epoch kept, when the interpreter exits normally.
         if self._exit_hook is None:
@@ -1092,21 +1181,22 @@ class Journal:
     # -- reading ------------------------------------------------------------------
 
     @property
-    def covered_seq(self):
+    def covered_seq(self) -> int:
         """The last seq committed or recorded as lost: every journaled event up to it can be read."""
         return self._committed_seq
 
     @property
-    def last_seq(self):
+    def last_seq(self) -> int:
         """The last seq handed to the journal (committed or waiting)."""
         return self._queued_seq
 
     @property
-    def reserved_seq(self):
+    def reserved_seq(self) -> int:
         """The durable seq reservation: no seq above it has reached a reader."""
         return self._reserved
 
-    def read(self, since=0, event_filter=None, limit=None, until=None):
+    def read(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None,
+             until: int | None = None) -> list[Entry]:
         """Journaled events with ``since < seq <= until``, oldest first.
 
         Returns :class:`~coda_ws.bus.Entry` objects (like
@@ -1118,10 +1208,11 @@ class Journal:
         if event_filter is not None and not isinstance(event_filter, EventFilter):
             raise TypeError(f"event_filter must be an EventFilter or None, got {type(event_filter).__name__}")
         conn = _connect(self.path, readonly=True)
-        bad = {}
+        bad: dict[int, str] = {}
         try:
-            return [entry_from_wire(_stamped(row))[0]
-                    for row in _good_rows(_read_rows(conn, since, event_filter, limit, until), bad)]
+            entries = [entry_from_wire(_stamped(row))[0]
+                       for row in _good_rows(_read_rows(conn, since, event_filter, limit, until), bad)]
+            return cast("list[Entry]", entries)  # never holes: _good_rows served only rows of known types
         finally:
             conn.close()
             if bad:
@@ -1132,25 +1223,26 @@ class Journal:
                     log.warning("journal %s: skipped %d unreadable rows (%s)", self.path, len(new),
                                 _describe_bad(new))
 
-    def count(self):
+    def count(self) -> int:
         """How many events the file holds (a query; for tests and tools)."""
         conn = _connect(self.path, readonly=True)
         try:
-            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            count: int = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            return count
         finally:
             conn.close()
 
     # -- health -------------------------------------------------------------------
 
-    def _unwritten_locked(self):
+    def _unwritten_locked(self) -> int:
         return (self._inflight_count + self._pending_count
                 + sum(last - first + 1 for first, last in self._unqueued))
 
-    def _oldest_unwritten_age_locked(self, now):
+    def _oldest_unwritten_age_locked(self, now: float) -> float:
         times = [t for t in (self._inflight_since, self._pending_since, self._unqueued_since) if t is not None]
         return max(0.0, now - min(times)) if times else 0.0
 
-    def ready(self):
+    def ready(self) -> tuple[bool, str]:
         """``(True, "ok")``, or ``(False, reason)`` (for ``/readyz``): while
         writes fail, while the writer is dead with work waiting, while
         delivery to clients is paused at the reservation, or while the
@@ -1171,7 +1263,7 @@ class Journal:
                 return False, f"the oldest unwritten event has waited {age:.1f} s ({unwritten} events waiting)"
         return True, "ok"
 
-    def stats(self):
+    def stats(self) -> JournalStats:
         """Counters and state (for ``get_stats()``, ``/stats`` and ``/metrics``).
 
         ``events_written``, ``batches``, ``write_errors``, ``trimmed``
@@ -1191,7 +1283,7 @@ class Journal:
             now = time.monotonic()
             counters = self._counters
             thread = self._thread
-            stats = {
+            stats: JournalStats = {
                 "path": self.path,
                 "events_written": counters["events_written"],
                 "batches": counters["batches"],
@@ -1212,17 +1304,18 @@ class Journal:
                 "recovered_from_history": counters["recovered_from_history"],
                 "lost_events": counters["lost_events"],
                 "bad_rows": len(self._bad),
+                "lost_windows": [],  # below, outside the lock
             }
         bus = self._bus
         stats["lost_windows"] = [list(window) for window in bus.lost_windows()] if bus is not None else []
         return stats
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Journal {self.path!r} epoch={self.epoch} committed={self._committed_seq}>"
 
 
-def _exit_hook(ref):
-    def close_at_exit():
+def _exit_hook(ref: weakref.ref[Journal]) -> Callable[[], None]:
+    def close_at_exit() -> None:
         journal = ref()
         if journal is None or journal._bus is None:
             return

@@ -28,10 +28,14 @@ holds the process collectors (``process_*``, ``python_info``,
 ``python_gc_*``).
 """
 
+from __future__ import annotations
+
 import collections
 import operator
 import time
 import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,12 +50,18 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
+    Metric,
 )
 from prometheus_client.utils import floatToGoString
 
 from . import acceptor
 from ._version import __version__
-from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram
+from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram, HistogramSnapshot
+from .wire import Entry
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .server import CodaWebSocketServer
 
 __all__ = ["ServerMetrics", "CONTENT_TYPE", "ABNORMAL_CLOSE"]
 
@@ -82,11 +92,12 @@ class ServerMetrics:
             seconds from ``emit()`` to fan-out.
     """
 
-    def __init__(self, server):
+    def __init__(self, server: CodaWebSocketServer) -> None:
         # A weak reference: a bus shared with other servers keeps this
         # listener, but must not keep a stopped server alive.
         self._server = weakref.ref(server)
-        self._emitted = collections.Counter()  # type -> events; written by the dispatcher only
+        # type -> events; written by the dispatcher only
+        self._emitted: collections.Counter[str] = collections.Counter()
         self.dispatch_lag = FixedHistogram(DISPATCH_LAG_BUCKETS)
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -95,23 +106,27 @@ class ServerMetrics:
         GCCollector(registry=self.registry)
         server.bus.add_listener(self._on_batch)
 
-    def _on_batch(self, entries):
+    def _on_batch(self, entries: list[Entry]) -> None:
         """Bus listener (dispatcher thread): per-type counts and dispatch lag."""
         now = time.time()
         self._emitted.update(map(_type_of, entries))  # counted in C
         self.dispatch_lag.observe_many([max(0.0, now - entry.timestamp) for entry in entries])
 
-    def emitted_by_type(self):
+    def emitted_by_type(self) -> dict[str, int]:
         """``{type: events}`` dispatched since this object was made (a copy)."""
         return dict(self._emitted)  # dict(Counter) is one C call: atomic under the GIL
 
-    def exposition(self):
+    def exposition(self) -> bytes:
         """Every metric in the Prometheus text format (bytes); see :data:`CONTENT_TYPE`."""
         return generate_latest(self.registry)
 
 
-def _histogram(name, documentation, snapshot):
-    buckets = [(floatToGoString(bound), count) for bound, count in zip(snapshot.bounds, snapshot.cumulative)]
+def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
+    # prometheus_client leaves floatToGoString unannotated (it returns a str).
+    buckets: list[tuple[str, float]] = [
+        (floatToGoString(bound), count)  # type: ignore[no-untyped-call]
+        for bound, count in zip(snapshot.bounds, snapshot.cumulative)
+    ]
     buckets.append(("+Inf", snapshot.count))
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
 
@@ -119,10 +134,10 @@ def _histogram(name, documentation, snapshot):
 class _Collector:
     """Builds coda_ws's metric families from the live state at each scrape."""
 
-    def __init__(self, metrics):
+    def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         metrics = self._metrics
         server = metrics._server()
         if server is None:
@@ -241,7 +256,7 @@ class _Collector:
             yield from _journal_metrics(journal)
 
 
-def _journal_metrics(journal):
+def _journal_metrics(journal: Journal) -> Iterator[Metric]:
     """The journal's state and counters (see :meth:`coda_ws.journal.Journal.stats`)."""
     stats = journal.stats()
     ok, _reason = journal.ready()

@@ -31,13 +31,18 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Dict, Optional
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypedDict, TypeVar
 
 import psutil
 
 from .checks import integer, is_integer, number
+from .events import BaseEvent
+from .integration import Emitter
 
-__all__ = ["WebSocketPerfIntegration", "OperationTimer", "DEFAULT_WINDOW"]
+__all__ = ["WebSocketPerfIntegration", "OperationTimer", "DEFAULT_WINDOW", "SystemMetrics", "OperationSummary",
+           "PerformanceSummary"]
 
 log = logging.getLogger("coda_ws.perf")
 
@@ -48,6 +53,43 @@ _MB = 1024.0 * 1024.0
 #: CPU percent is measured over at least this many seconds (shorter spans are noise).
 _MIN_CPU_WINDOW = 0.1
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class SystemMetrics(TypedDict):
+    """The fields of a ``system_metrics`` event (:meth:`WebSocketPerfIntegration.collect_metrics`)."""
+
+    memory_mb: float
+    cpu_percent: float
+    gpu_vram_mb: float | None
+    uptime_seconds: float
+
+
+class OperationSummary(TypedDict):
+    """The timings of one operation, in milliseconds (see
+    :meth:`WebSocketPerfIntegration.get_performance_summary`)."""
+
+    count: int
+    total_ms: float
+    last_ms: float
+    mean_ms: float
+    min_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    window: int
+
+
+class PerformanceSummary(TypedDict):
+    """:meth:`WebSocketPerfIntegration.get_performance_summary`."""
+
+    system_metrics: SystemMetrics
+    operation_timings: dict[str, OperationSummary]
+    counters: dict[str, int]
+    server_stats: Mapping[str, Any]
+
 
 class _ProcessSampler:
     """Reads this process's RSS, CPU and uptime, and the GPU's memory.
@@ -55,7 +97,7 @@ class _ProcessSampler:
     Not thread-safe on its own: its owner serializes :meth:`sample`.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._process = psutil.Process()
         self._created = self._process.create_time()  # Unix time the process started
         # CPU baselines as (cpu seconds, monotonic time). The first is the
@@ -64,10 +106,11 @@ class _ProcessSampler:
         # baseline is kept for samples that come too soon after the last one.
         started = time.monotonic() - max(0.0, time.time() - self._created)
         self._baseline = (0.0, started)
-        self._previous_baseline = None
-        self._nvml = None  # the pynvml module once initialized, False when unavailable
+        self._previous_baseline: tuple[float, float] | None = None
+        # the pynvml module (untyped) once initialized, False when unavailable
+        self._nvml: Any = None
 
-    def sample(self):
+    def sample(self) -> SystemMetrics:
         """A dict with the ``system_metrics`` fields."""
         with self._process.oneshot():
             rss = self._process.memory_info().rss
@@ -90,7 +133,7 @@ class _ProcessSampler:
             "uptime_seconds": max(0.0, time.time() - self._created),
         }
 
-    def _gpu_memory_mb(self):
+    def _gpu_memory_mb(self) -> float | None:
         """Memory in use on the visible NVIDIA GPUs in MB, or None.
 
         Uses ``pynvml`` (the ``nvidia-ml-py`` package, extra ``gpu``) when it
@@ -101,7 +144,8 @@ class _ProcessSampler:
             return None
         if self._nvml is None:
             try:
-                import pynvml
+                # Optional (extra "gpu"), and untyped when installed: either error may apply.
+                import pynvml  # type: ignore[import-not-found, import-untyped, unused-ignore]
             except ImportError:
                 self._nvml = False
                 return None
@@ -117,7 +161,7 @@ class _ProcessSampler:
             count = nvml.nvmlDeviceGetCount()
             if count < 1:
                 return None
-            used = 0
+            used: float = 0
             for index in range(count):
                 used += nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).used
         except Exception as exc:  # an NVML error on one reading: report "unknown", keep going
@@ -125,7 +169,7 @@ class _ProcessSampler:
             return None
         return used / _MB
 
-    def close(self):
+    def close(self) -> None:
         """Release NVML if it was initialized (idempotent)."""
         nvml, self._nvml = self._nvml, None
         if nvml:
@@ -140,19 +184,19 @@ class _OperationStats:
 
     __slots__ = ("count", "total_ms", "last_ms", "window")
 
-    def __init__(self, window):
+    def __init__(self, window: int) -> None:
         self.count = 0
         self.total_ms = 0.0
         self.last_ms = 0.0
-        self.window = collections.deque(maxlen=window)
+        self.window: collections.deque[float] = collections.deque(maxlen=window)
 
-    def add(self, duration_ms):
+    def add(self, duration_ms: float) -> None:
         self.count += 1
         self.total_ms += duration_ms
         self.last_ms = duration_ms
         self.window.append(duration_ms)
 
-    def summary(self):
+    def summary(self) -> OperationSummary:
         ordered = sorted(self.window)
         return {
             "count": self.count,
@@ -168,7 +212,7 @@ class _OperationStats:
         }
 
 
-def _percentile(ordered, q):
+def _percentile(ordered: Sequence[float], q: float) -> float:
     """The ``q``-th percentile of a non-empty sorted list, interpolating
     linearly between the closest ranks (numpy's default method)."""
     position = (len(ordered) - 1) * q / 100.0
@@ -194,36 +238,40 @@ class OperationTimer:
 
     __slots__ = ("_perf", "component", "operation", "metadata", "_start", "duration_ms")
 
-    def __init__(self, perf, component, operation, metadata=None):
+    def __init__(self, perf: "WebSocketPerfIntegration", component: str, operation: str,
+                 metadata: dict[str, Any] | None = None) -> None:
         self._perf = perf
         self.component = component
         self.operation = operation
         self.metadata = metadata
-        self._start = None
+        self._start: float | None = None
         #: The last measured duration in milliseconds (None before the first).
-        self.duration_ms = None
+        self.duration_ms: float | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> "OperationTimer":
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, exc_type, exc, tb):
-        self.duration_ms = (time.perf_counter() - self._start) * 1000.0
-        self._report(self.duration_ms, exc_type)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        start = self._start
+        assert start is not None  # set by __enter__
+        self.duration_ms = duration_ms = (time.perf_counter() - start) * 1000.0
+        self._report(duration_ms, exc_type)
         return False  # never swallow the block's exception
 
-    def __call__(self, func):
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]:
         component, operation, metadata = self.component, self.operation, self.metadata
         perf = self._perf
 
         @functools.wraps(func)
-        def timed(*args, **kwargs):
+        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             with OperationTimer(perf, component, operation, metadata):
                 return func(*args, **kwargs)
 
         return timed
 
-    def _report(self, duration_ms, exc_type):
+    def _report(self, duration_ms: float, exc_type: type[BaseException] | None) -> None:
         metadata = self.metadata
         if exc_type is not None:
             metadata = {**(metadata or {}), "error": exc_type.__name__}
@@ -251,7 +299,7 @@ class WebSocketPerfIntegration:
     the caller's thread and never block on clients.
     """
 
-    def __init__(self, server, metrics_interval: float = 5.0, *, window: int = DEFAULT_WINDOW):
+    def __init__(self, server: Emitter, metrics_interval: float = 5.0, *, window: int = DEFAULT_WINDOW) -> None:
         if not callable(getattr(server, "emit", None)):
             raise TypeError(f"server must have an emit() method, got {type(server).__name__}")
         number("metrics_interval", metrics_interval, positive=True, unit="seconds")
@@ -261,16 +309,16 @@ class WebSocketPerfIntegration:
         self.window = window
         # _lock guards _timings, _counters and _last_metrics; never held while emitting.
         self._lock = threading.Lock()
-        self._timings = {}
-        self._counters = collections.Counter()
-        self._last_metrics = None
+        self._timings: dict[str, _OperationStats] = {}
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._last_metrics: SystemMetrics | None = None
         # _sampler_lock serializes sampling (CPU baseline, NVML handle).
         self._sampler_lock = threading.Lock()
         self._sampler = _ProcessSampler()
         # _state_lock guards _thread and _stop_event (start/stop from any thread).
         self._state_lock = threading.Lock()
-        self._thread = None
-        self._stop_event = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: threading.Event | None = None
 
     # -- metrics thread --------------------------------------------------------
 
@@ -307,7 +355,7 @@ class WebSocketPerfIntegration:
         with self._state_lock:
             thread, stop_event = self._thread, self._stop_event
             self._thread = self._stop_event = None
-        if thread is None:
+        if thread is None or stop_event is None:  # set together: both or neither
             return True
         remove_stop_callback = getattr(self.server, "remove_stop_callback", None)
         if callable(remove_stop_callback):
@@ -323,7 +371,7 @@ class WebSocketPerfIntegration:
             log.warning("metrics thread did not stop within %s s", timeout)
         return not alive
 
-    def _run(self, stop_event):
+    def _run(self, stop_event: threading.Event) -> None:
         interval = self.metrics_interval
         next_report = time.monotonic()
         while not stop_event.is_set():
@@ -340,7 +388,7 @@ class WebSocketPerfIntegration:
             if stop_event.wait(next_report - now):
                 return
 
-    def collect_metrics(self) -> Dict[str, Any]:
+    def collect_metrics(self) -> SystemMetrics:
         """Read the process metrics now (see the module docstring for CPU).
 
         Returns a dict with ``memory_mb``, ``cpu_percent``, ``gpu_vram_mb``
@@ -350,9 +398,9 @@ class WebSocketPerfIntegration:
             metrics = self._sampler.sample()
         with self._lock:
             self._last_metrics = metrics
-        return dict(metrics)
+        return metrics.copy()
 
-    def emit_metrics(self):
+    def emit_metrics(self) -> BaseEvent:
         """Collect the metrics and emit one ``system_metrics`` event now.
 
         Returns the event.
@@ -363,7 +411,7 @@ class WebSocketPerfIntegration:
     # -- timings ---------------------------------------------------------------------
 
     def time_operation(self, component: str, operation: str,
-                       metadata: Optional[Dict[str, Any]] = None) -> OperationTimer:
+                       metadata: dict[str, Any] | None = None) -> OperationTimer:
         """Time a block (``with perf.time_operation("stt", "transcribe"):``)
         or every call of a function (``@perf.time_operation("llm", "generate")``).
 
@@ -375,7 +423,7 @@ class WebSocketPerfIntegration:
         return OperationTimer(self, component, operation, metadata)
 
     def track_operation(self, component: str, operation: str, duration_ms: float,
-                        metadata: Optional[Dict[str, Any]] = None):
+                        metadata: dict[str, Any] | None = None) -> BaseEvent:
         """Emit ``latency_trace`` and record ``duration_ms`` (milliseconds)
         under ``"component.operation"``. Returns the event.
 
@@ -388,14 +436,14 @@ class WebSocketPerfIntegration:
         self._record(((f"{component}.{operation}", float(duration_ms)),))
         return event
 
-    def track_component_timings(self, component: str, timings: Dict[str, float]):
+    def track_component_timings(self, component: str, timings: dict[str, float]) -> BaseEvent:
         """Emit ``component_timing`` and record each ``operation -> ms`` of
         ``timings`` under ``"component.operation"``. Returns the event."""
         event = self.server.emit("component_timing", component=component, timings=timings)
         self._record([(f"{component}.{name}", float(ms)) for name, ms in timings.items()])
         return event
 
-    def _record(self, items):
+    def _record(self, items: Iterable[tuple[str, float]]) -> None:
         with self._lock:
             timings = self._timings
             for key, duration_ms in items:
@@ -423,7 +471,7 @@ class WebSocketPerfIntegration:
             self._counters = collections.Counter()
         log.debug("performance metrics reset")
 
-    def get_performance_summary(self) -> Dict[str, Any]:
+    def get_performance_summary(self) -> PerformanceSummary:
         """A JSON-ready snapshot.
 
         Returns:
@@ -445,20 +493,21 @@ class WebSocketPerfIntegration:
         if metrics is None:
             metrics = self.collect_metrics()
         return {
-            "system_metrics": dict(metrics),
+            "system_metrics": metrics.copy(),
             "operation_timings": operations,
             "counters": counters,
             "server_stats": self._server_stats(),
         }
 
-    def _server_stats(self):
+    def _server_stats(self) -> Mapping[str, Any]:
         for name in ("get_stats", "stats"):
             method = getattr(self.server, name, None)
             if callable(method):
-                return method()
+                stats: Mapping[str, Any] = method()
+                return stats
         return {}
 
-    def broadcast_performance_summary(self):
+    def broadcast_performance_summary(self) -> BaseEvent:
         """Emit ``system_info`` with ``data={"event": "performance_summary",
         "data": summary}`` (high priority). Returns the event."""
         summary = self.get_performance_summary()
@@ -466,5 +515,5 @@ class WebSocketPerfIntegration:
             "system_info", high_priority=True, data={"event": "performance_summary", "data": summary}
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<WebSocketPerfIntegration interval={self.metrics_interval}s running={self.running}>"

@@ -32,16 +32,16 @@ import functools
 import typing
 from typing import Any, Dict, List
 
-from .events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION
+from .events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION, BaseEvent
 
 __all__ = ["event_schema", "type_schema", "SCHEMA_DIALECT"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-_SCALARS = {str: "string", float: "number", int: "integer", bool: "boolean"}
+_SCALARS: dict[Any, str] = {str: "string", float: "number", int: "integer", bool: "boolean"}
 
 
-def _annotation_schema(annotation):
+def _annotation_schema(annotation: Any) -> dict[str, Any]:
     """The JSON Schema of one field annotation (the annotations events.py supports)."""
     if annotation in _SCALARS:
         return {"type": _SCALARS[annotation]}
@@ -67,7 +67,7 @@ def _annotation_schema(annotation):
     raise TypeError(f"coda_ws.schema: no JSON Schema for the annotation {annotation!r}")
 
 
-def _default_of(cls, name):
+def _default_of(cls: type[BaseEvent], name: str) -> tuple[bool, Any]:
     for f in dataclasses.fields(cls):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
@@ -77,19 +77,19 @@ def _default_of(cls, name):
     return False, None
 
 
-def type_schema(cls):
+def type_schema(cls: type[BaseEvent]) -> dict[str, Any]:
     """The schema of one event class (a new dict each call)."""
     type_name = cls.event_type.value
     hints = typing.get_type_hints(cls)
     content = set(cls.content_fields)
-    properties = {
+    properties: dict[str, dict[str, Any]] = {
         "version": {"const": EVENT_VERSION},
         "seq": {"type": "integer", "minimum": 1, "description": "position in the stream"},
         "timestamp": {"type": "number", "description": "Unix epoch seconds at emit time"},
         "type": {"const": type_name},
         "session_id": {"type": ["string", "null"]},
     }
-    content_schemas = {}
+    content_schemas: dict[str, dict[str, Any]] = {}
     for name, *_ in cls._spec:
         schema = _annotation_schema(hints[name])
         has_default, default = _default_of(cls, name)
@@ -105,7 +105,7 @@ def type_schema(cls):
         "const": True,
         "description": "present when content fields were removed for a reader without read:content",
     }
-    definition = {
+    definition: dict[str, Any] = {
         "title": cls.__name__,
         "type": "object",
         "properties": properties,
@@ -123,8 +123,8 @@ def type_schema(cls):
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_schema():
-    defs = {}
+def _cached_schema() -> dict[str, Any]:
+    defs: dict[str, dict[str, Any]] = {}
     for event_type, cls in EVENT_CLASSES.items():
         defs[event_type.value] = type_schema(cls)
     return {
@@ -138,7 +138,7 @@ def _cached_schema():
     }
 
 
-def event_schema():
+def event_schema() -> dict[str, Any]:
     """The JSON Schema of every event (a deep copy: callers may change it).
 
     Generated once per process. Thread-safe.

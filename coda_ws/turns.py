@@ -66,16 +66,22 @@ metrics-only reader may not see.
 """
 
 import math
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Literal, TypedDict, cast
 
 from .checks import integer, is_number
 
-__all__ = ["turn_breakdown", "percentile", "ROLLING_WINDOW", "COMPONENTS", "MARKS"]
+__all__ = ["turn_breakdown", "percentile", "ROLLING_WINDOW", "COMPONENTS", "MARKS", "TurnSummary",
+           "ComponentStats", "TurnBreakdown"]
 
 #: Turns (with a voice-to-voice value) in each turn's rolling p50/p95 window.
 ROLLING_WINDOW = 20
 
+_Component = Literal["stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms"]
+
 #: The duration fields of a turn, in the order the dashboard's table shows them.
-COMPONENTS = ("stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms")
+COMPONENTS: tuple[_Component, ...] = (
+    "stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms")
 
 #: The milestones of a turn, in pipeline order.
 MARKS = ("stt_result", "llm_start", "llm_first_token", "llm_result", "tts_start", "tts_first_audio", "tts_result")
@@ -83,7 +89,7 @@ MARKS = ("stt_result", "llm_start", "llm_first_token", "llm_result", "tts_start"
 _ERROR_TYPES = frozenset({"stt_error", "llm_error", "tts_error", "tool_error"})
 
 #: Event types whose first occurrence in a turn is a mark.
-_FIRST_MARK = {
+_FIRST_MARK: dict[str, str] = {
     "llm_start": "llm_start",
     "llm_token": "llm_first_token",
     "tts_start": "tts_start",
@@ -91,7 +97,51 @@ _FIRST_MARK = {
 }
 
 
-def percentile(values, p):
+class TurnSummary(TypedDict):
+    """One turn of :func:`turn_breakdown` (milliseconds; see the module docstring)."""
+
+    session_id: str | None
+    start_seq: int | None
+    end_seq: int | None
+    started_at: float
+    ended_at: float | None
+    status: Literal["complete", "in_progress", "abandoned"]
+    stt_ms: float | None
+    llm_ttft_ms: float | None
+    llm_total_ms: float | None
+    tts_ttfa_ms: float | None
+    tts_total_ms: float | None
+    voice_to_voice_ms: float | None
+    tool_calls: int
+    tool_ms: float | None
+    errors: int
+    marks: dict[str, float | None]
+    rolling_p50_ms: float | None
+    rolling_p95_ms: float | None
+
+
+class ComponentStats(TypedDict):
+    """The percentiles of one duration over the turns of :func:`turn_breakdown`."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class TurnBreakdown(TypedDict):
+    """:func:`turn_breakdown`."""
+
+    turns: list[TurnSummary]
+    count: int
+    window: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    components: dict[str, ComponentStats]
+
+
+def percentile(values: Collection[float], p: float) -> float | None:
     """The ``p``-th percentile (0-100) of ``values``, linearly interpolated.
 
     Returns None for an empty sequence. ``values`` need not be sorted.
@@ -105,14 +155,14 @@ def percentile(values, p):
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
-def _number(value):
+def _number(value: object) -> float | None:
     """``value`` when it is a real number (not a bool), else None."""
     if is_number(value):
-        return value
+        return cast(float, value)  # is_number: an int or a float
     return None
 
 
-def _diff_ms(times, later, earlier):
+def _diff_ms(times: Mapping[str, float], later: str, earlier: str) -> float | None:
     a = times.get(later)
     b = times.get(earlier)
     if a is None or b is None:
@@ -124,20 +174,21 @@ class _Turn:
     __slots__ = ("session_id", "start_seq", "end_seq", "started_at", "ended_at", "status", "stt_ms",
                  "times", "tool_calls", "tool_ms", "errors")
 
-    def __init__(self, event, timestamp):
-        self.session_id = event.get("session_id")
-        self.start_seq = event.get("seq")
-        self.end_seq = None
+    def __init__(self, event: Mapping[str, Any], timestamp: float) -> None:
+        self.session_id: str | None = event.get("session_id")
+        self.start_seq: int | None = event.get("seq")
+        self.end_seq: int | None = None
         self.started_at = timestamp
-        self.ended_at = None
-        self.status = "in_progress"
-        self.stt_ms = None
-        self.times = {}
+        self.ended_at: float | None = None
+        self.status: Literal["complete", "in_progress", "abandoned"] = "in_progress"
+        self.stt_ms: float | None = None
+        self.times: dict[str, float] = {}
         self.tool_calls = 0
-        self.tool_ms = None
+        self.tool_ms: float | None = None
         self.errors = 0
 
-    def summary(self):
+    def summary(self) -> TurnSummary:
+        """The turn as :func:`turn_breakdown` returns it (which sets the rolling values)."""
         times = self.times
         first_audio = "tts_first_audio" if "tts_first_audio" in times else "tts_result"
         audio_at = times.get(first_audio)
@@ -160,10 +211,12 @@ class _Turn:
             "marks": {
                 name: (times[name] - self.started_at) * 1000 if name in times else None for name in MARKS
             },
+            "rolling_p50_ms": None,
+            "rolling_p95_ms": None,
         }
 
 
-def _feed(open_turns, turns, event):
+def _feed(open_turns: dict[str | None, _Turn], turns: list[_Turn], event: Mapping[str, Any]) -> None:
     """Apply one event to the per-session open turns (see the module docstring)."""
     kind = event.get("type")
     timestamp = _number(event.get("timestamp"))
@@ -209,7 +262,7 @@ def _feed(open_turns, turns, event):
         del open_turns[key]
 
 
-def _stats(values):
+def _stats(values: Collection[float]) -> ComponentStats:
     return {
         "count": len(values),
         "p50": percentile(values, 50),
@@ -218,7 +271,7 @@ def _stats(values):
     }
 
 
-def turn_breakdown(events, limit=20):
+def turn_breakdown(events: Iterable[object], limit: int = 20) -> TurnBreakdown:
     """The per-turn latency breakdown of ``events``.
 
     Args:
@@ -271,14 +324,14 @@ def turn_breakdown(events, limit=20):
         ValueError: ``limit`` is not a positive integer.
     """
     integer("limit", limit, 1)
-    open_turns = {}
-    turns = []
+    open_turns: dict[str | None, _Turn] = {}
+    turns: list[_Turn] = []
     for event in events:
         if isinstance(event, dict):
             _feed(open_turns, turns, event)
 
-    summaries = []
-    window = []
+    summaries: list[TurnSummary] = []
+    window: list[float] = []
     for turn in turns:
         summary = turn.summary()
         value = summary["voice_to_voice_ms"]
@@ -291,10 +344,12 @@ def turn_breakdown(events, limit=20):
         summaries.append(summary)
 
     selected = summaries[-limit:][::-1]
-    result = {"turns": selected, "count": len(selected), "window": ROLLING_WINDOW}
     v2v = [t["voice_to_voice_ms"] for t in selected if t["voice_to_voice_ms"] is not None]
-    result.update(p50=percentile(v2v, 50), p95=percentile(v2v, 95), p99=percentile(v2v, 99))
-    result["components"] = {
-        name: _stats([t[name] for t in selected if t[name] is not None]) for name in COMPONENTS
+    result: TurnBreakdown = {
+        "turns": selected, "count": len(selected), "window": ROLLING_WINDOW,
+        "p50": percentile(v2v, 50), "p95": percentile(v2v, 95), "p99": percentile(v2v, 99),
+        "components": {
+            name: _stats([value for t in selected if (value := t[name]) is not None]) for name in COMPONENTS
+        },
     }
     return result

@@ -23,15 +23,18 @@ API share:
   buffer), and their redacted copies.
 """
 
-import collections
 import json
 import logging
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from . import framing
 from ._fastjson import encode_json
 from .errors import EventTooLargeError, InvalidEventError
 from .events import (
     DEFAULT_MAX_EVENT_SIZE,
+    BaseEvent,
+    EventType,
     build_fields,
     encode_fields,
     encode_session_id,
@@ -54,8 +57,13 @@ _ENVELOPE_BYTES = len(b'{"version":"1.0","seq":,"timestamp":,"type":"","session_
 #: An event's wire JSON is ``WIRE_HEAD + seq digits + wire_tail(...)``.
 WIRE_HEAD = b'{"version":"1.0","seq":'
 
+#: What :func:`prepare_event` returns: ``(cls, values, body, session_id,
+#: session_json, high_priority)``.
+_Prepared = tuple[type[BaseEvent], dict[str, Any], bytes, str | None, bytes, bool]
 
-def prepare_event(event_type, session_id, high_priority, fields, max_event_size=DEFAULT_MAX_EVENT_SIZE):
+
+def prepare_event(event_type: EventType | str, session_id: str | None, high_priority: bool | None,
+                  fields: dict[str, Any], max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> _Prepared:
     """Everything ``emit()`` does in the caller's thread, in one place.
 
     Validates and coerces the fields, encodes them and the session id, and
@@ -103,7 +111,7 @@ def prepare_event(event_type, session_id, high_priority, fields, max_event_size=
     return cls, values, body, session_id, session_json, high_priority
 
 
-def wire_tail(timestamp, type_name, session_json, body):
+def wire_tail(timestamp: float, type_name: str, session_json: bytes, body: bytes) -> bytes:
     """An event's wire JSON after its seq: timestamp, type, session and the
     fields, in wire order. ``session_json`` and ``body`` come from
     :func:`prepare_event`; nothing here can fail for them."""
@@ -115,11 +123,12 @@ def wire_tail(timestamp, type_name, session_json, body):
     )
 
 
-class EventDict(dict):
+class EventDict(dict[str, Any]):
     """An event in dict form (the replay buffer holds these) that remembers its
     wire JSON, so replay frames reuse the bytes encoded at emit time."""
 
     __slots__ = ("wire",)
+    wire: bytes
 
 
 class Entry:
@@ -139,8 +148,19 @@ class Entry:
         "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
         "frame", "offset", "cls", "_redacted",
     )
+    cls: type[BaseEvent]  # declared before `type`, which names an attribute in this class body
+    seq: int
+    timestamp: float
+    type: str
+    session_id: str | None
+    high_priority: bool
+    conflate_key: tuple[str, str | None] | None
+    target: str | None
+    frame: bytes
+    offset: int
+    _redacted: bytes | None
 
-    def redacted_frame(self):
+    def redacted_frame(self) -> bytes:
         """The frame for readers without ``read:content``: content fields set
         to null and ``"redacted": true``. Built once per event, on first use
         (two writers racing build identical bytes); events without content
@@ -155,30 +175,31 @@ class Entry:
         return frame
 
     @property
-    def data(self):
+    def data(self) -> bytes:
         """The event's wire JSON (UTF-8 bytes)."""
         return self.frame[self.offset :]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The event as a wire-ordered dict."""
-        return json.loads(self.frame[self.offset :])
+        event: dict[str, Any] = json.loads(self.frame[self.offset :])
+        return event
 
-    def event(self):
+    def event(self) -> BaseEvent:
         """The event as its dataclass."""
         fields = self.to_dict()
         for key in ("version", "type"):
             del fields[key]
         return self.cls(**fields)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Entry seq={self.seq} type={self.type}>"
 
 
-def redact_event(event):
+def redact_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
     """A copy of an event dict with its content fields set to None and
     ``"redacted": True``; None for a dict whose type is unknown (its content
     cannot be told apart, so a read-only reader must not get it)."""
-    type_name = event.get("type")
+    type_name: Any = event.get("type")  # not always a str: event_class() refuses the others
     try:
         content = event_class(type_name).content_fields
     except InvalidEventError:
@@ -191,9 +212,7 @@ def redact_event(event):
     return redacted
 
 
-class StampedEvent(collections.namedtuple(
-    "StampedEvent", "seq timestamp type session_id high_priority payload target", defaults=(None,)
-)):
+class StampedEvent(NamedTuple):
     """An event whose seq was stamped elsewhere (a journal, a backplane), as
     :meth:`EventBus.restore` and :meth:`EventBus.ingest` take it.
 
@@ -205,10 +224,17 @@ class StampedEvent(collections.namedtuple(
         target: a reader id for an event sent to a single reader, else None.
     """
 
-    __slots__ = ()
+    seq: int
+    timestamp: float
+    type: str
+    session_id: str | None
+    high_priority: bool
+    payload: bytes
+    target: str | None = None
 
 
-def new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
+def new_entry(seq: int, timestamp: float, cls: type[BaseEvent], session_id: str | None, high_priority: bool,
+              target: str | None, payload: bytes) -> Entry:
     """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
     place entries are built, so emitted and stamped-elsewhere events are alike."""
     entry = Entry()
@@ -226,7 +252,7 @@ def new_entry(seq, timestamp, cls, session_id, high_priority, target, payload):
     return entry
 
 
-def entry_from_wire(event):
+def entry_from_wire(event: StampedEvent) -> tuple["Entry | Hole", EventDict | None]:
     """Build the history entry for a :class:`StampedEvent`, framing it once.
 
     Returns ``(entry, record)``: ``record`` is the replay buffer's
@@ -257,14 +283,15 @@ class Hole:
     event, and the seqs around it stay consecutive."""
 
     __slots__ = ("seq",)
-    target = ""
-    conflate_key = None
-    high_priority = False
-    type = ""
-    session_id = None
+    seq: int
+    target: str = ""
+    conflate_key: None = None
+    high_priority: bool = False
+    type: str = ""
+    session_id: None = None
 
-    def __init__(self, seq):
+    def __init__(self, seq: int) -> None:
         self.seq = seq
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<hole seq={self.seq}>"

@@ -510,6 +510,15 @@ def test_bus_with_backplane_needs_no_server(prefix):
         bus.close()
 
 
+def test_flush_before_attach_has_nothing_to_wait_for(prefix):
+    """flush() on a backplane not attached to a bus returns True (it used to fail on the missing bus)."""
+    backplane = RedisBackplane(REDIS_URL, prefix)
+    try:
+        assert backplane.flush(TIMEOUT) is True
+    finally:
+        assert backplane.close()
+
+
 def test_serve_command_with_backplane(prefix):
     """``coda-ws serve --backplane URL --backplane-prefix P`` serves the shared
     stream and stops cleanly on Ctrl-C."""

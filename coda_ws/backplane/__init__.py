@@ -12,14 +12,42 @@ works without it.
 * :class:`RedisEmitter`: emit-only, for worker processes that do not serve.
 """
 
-from .redis import RedisBackplane, RedisEmitter
+from __future__ import annotations
 
-__all__ = ["RedisBackplane", "RedisEmitter", "open_backplane"]
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .redis import BackplaneStats, EmitterStats, PublisherStats, RedisBackplane, RedisEmitter, StreamKeys
+
+if TYPE_CHECKING:
+    from ..bus import EventBus
+
+__all__ = [
+    "RedisBackplane", "RedisEmitter", "open_backplane", "Backplane",
+    "BackplaneStats", "EmitterStats", "PublisherStats", "StreamKeys",
+]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def open_backplane(backplane, prefix="coda_ws"):
+class Backplane(Protocol):
+    """What a server drives of its backplane (:class:`RedisBackplane`, or an
+    object given as ``backplane=`` with these methods)."""
+
+    def attach(self, bus: EventBus, /) -> object: ...
+
+    def start(self, ready_timeout: float = ...) -> bool: ...
+
+    def close(self, timeout: float = ..., /) -> object: ...
+
+    def flush(self, timeout: float | None = ..., /) -> object: ...
+
+    def ready(self) -> tuple[bool, str | None]: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+def open_backplane(backplane: str | Backplane, prefix: str = "coda_ws") -> Backplane:
     """The backplane a server was configured with.
 
     Args:

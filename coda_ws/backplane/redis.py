@@ -56,28 +56,43 @@ Redis is back, unless it was dropped (counted) or the process ended first.
 A process crash loses what its buffer held.
 """
 
+from __future__ import annotations
+
 import collections
 import contextlib
+import enum
 import hashlib
 import logging
 import re
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, cast
 
 from ..checks import integer, number
 from ..deadline import Deadline
 from ..events import (
     DEFAULT_MAX_EVENT_SIZE,
+    BaseEvent,
+    EventType,
     SystemErrorEvent,
     build_fields,
     encode_fields,
 )
-from ..wire import WIRE_HEAD, StampedEvent, entry_from_wire, prepare_event, wire_tail
+from ..filters import EventFilter
+from ..wire import WIRE_HEAD, Entry, StampedEvent, entry_from_wire, prepare_event, wire_tail
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from ..bus import EventBus
 
 __all__ = [
     "RedisBackplane", "RedisEmitter", "stream_keys",
     "DEFAULT_PREFIX", "DEFAULT_MAXLEN", "DEFAULT_BUFFER_SIZE", "DEFAULT_REPLAY_KEEP",
+    "StreamKeys", "PublisherStats", "EmitterStats", "BackplaneStats",
 ]
 
 log = logging.getLogger("coda_ws.backplane")
@@ -160,7 +175,56 @@ return {epoch, first}
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH_SCRIPT.encode()).hexdigest()
 
 
-def _import_redis():
+class StreamKeys(TypedDict):
+    """:func:`stream_keys`: the Redis keys of one prefix (``emitter`` is the
+    prefix of the per-emitter keys)."""
+
+    meta: str
+    stream: str
+    replay: str
+    emitter: str
+
+
+class PublisherStats(TypedDict):
+    """The publisher's counters, in :meth:`RedisEmitter.stats` and :meth:`RedisBackplane.stats`."""
+
+    published: int
+    dropped: int
+    buffered: int
+    batches: int
+    publish_errors: int
+    buffer_size: int
+
+
+class EmitterStats(PublisherStats):
+    """:meth:`RedisEmitter.stats`."""
+
+    epoch: str | None
+    last_seq: int
+
+
+class BackplaneStats(PublisherStats):
+    """:meth:`RedisBackplane.stats`."""
+
+    epoch: str | None
+    synced: bool
+    ingested: int
+    loads: int
+    resyncs: int
+    epoch_changes: int
+    reader_errors: int
+
+
+#: An event as the publisher buffers it: ``(timestamp, type_name, session_id,
+#: session_json, high_priority, body, target)``.
+_Item = tuple[float, str, str | None, bytes, bool, bytes, str | None]
+#: One script call: ``(batch_number, argv, number of events)``.
+_Batch = tuple[int, list[int | str | bytes], int]
+#: Stream entries as this module's clients return them (``decode_responses=False``).
+_StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _import_redis() -> ModuleType:
     try:
         import redis
     except ImportError:
@@ -170,12 +234,12 @@ def _import_redis():
     return redis
 
 
-def _connection_errors():
+def _connection_errors() -> tuple[type[BaseException], ...]:
     redis = _import_redis()
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def stream_keys(prefix=DEFAULT_PREFIX):
+def stream_keys(prefix: str = DEFAULT_PREFIX) -> StreamKeys:
     """The Redis keys a backplane with this prefix uses (for tools and cleanup).
 
     Raises:
@@ -193,32 +257,33 @@ def stream_keys(prefix=DEFAULT_PREFIX):
     }
 
 
-def _client(url, socket_timeout, name):
+def _client(url: str, socket_timeout: float, name: str) -> Redis:
     """A Redis client that never retries by itself (our threads do, with backoff)."""
     redis = _import_redis()
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    client: Redis = redis.Redis.from_url(
         url, protocol=2, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name=name,
     )
+    return client
 
 
 _TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 
 
-def _transient(exc):
+def _transient(exc: Exception) -> bool:
     """True for error replies that mean "not now" rather than "never"."""
     return str(exc).startswith(_TRANSIENT_REPLIES)
 
 
-def _close_client(client):
+def _close_client(client: Redis) -> None:
     with contextlib.suppress(*_connection_errors()):
         client.close()
 
 
-def _stamped(entry_id, fields):
+def _stamped(entry_id: bytes, fields: Mapping[bytes, bytes]) -> StampedEvent:
     """A stream entry as a StampedEvent."""
     session = fields.get(b"s")
     target = fields.get(b"c")
@@ -233,10 +298,16 @@ def _stamped(entry_id, fields):
     )
 
 
+class _Reserved(enum.Enum):
+    """Buffer items that are not events (an enum: a typed sentinel)."""
+
+    DROP_NOTICE = "drop_notice"
+
+
 # The reserved buffer slot for the "events dropped" system_error: at most one
 # is buffered or in flight. The thread takes it only at the head of a take
 # (see _Publisher._take_locked) and builds it once, with the count then.
-_DROP_NOTICE = object()
+_DROP_NOTICE: Final = _Reserved.DROP_NOTICE
 
 
 class _Publisher:
@@ -248,7 +319,8 @@ class _Publisher:
     retries with backoff (up to one second), and resumes by itself.
     """
 
-    def __init__(self, url, keys, *, buffer_size, maxlen, replay_keep, max_batch=500, max_pipeline=8):
+    def __init__(self, url: str, keys: StreamKeys, *, buffer_size: int, maxlen: int, replay_keep: int,
+                 max_batch: int = 500, max_pipeline: int = 8) -> None:
         for name, value in (("buffer_size", buffer_size), ("maxlen", maxlen), ("replay_keep", replay_keep)):
             integer(name, value, 1)
         self._url = url
@@ -264,7 +336,7 @@ class _Publisher:
 
         # _cond's lock guards everything below (short holds: never across I/O).
         self._cond = threading.Condition(threading.Lock())
-        self._buffer = collections.deque()
+        self._buffer: collections.deque[_Item | Literal[_Reserved.DROP_NOTICE]] = collections.deque()
         self._inflight = 0  # events taken by the thread, not yet acknowledged
         self._inflight_notices = 0  # of those, drop notices (0 or 1; not events anyone emitted)
         self._accepted = 0  # events (and notices) accepted since creation
@@ -272,16 +344,16 @@ class _Publisher:
         self._notice_queued = False
         self._dropped_since_notice = 0
         self._stopping = False
-        self._close_deadline = None
-        self._thread = None
-        self._down = None  # None while Redis answers; else why not
-        self._counters = collections.Counter()
-        self.epoch = None  # the stream's epoch, as of the last acknowledged batch
+        self._close_deadline: Deadline | None = None
+        self._thread: threading.Thread | None = None
+        self._down: str | None = None  # None while Redis answers; else why not
+        self._counters: collections.Counter[str] = collections.Counter()
+        self.epoch: str | None = None  # the stream's epoch, as of the last acknowledged batch
         self.last_seq = 0  # the highest seq given to this publisher's events
 
     # -- producers (any thread) ---------------------------------------------------
 
-    def submit(self, item):
+    def submit(self, item: _Item) -> bool:
         """Buffer ``(timestamp, type, session_id, session_json, high_priority, body, target)``.
 
         Returns False when the buffer is full and the event was dropped."""
@@ -310,7 +382,7 @@ class _Publisher:
 
     # -- the publisher thread -----------------------------------------------------
 
-    def _start_locked(self):
+    def _start_locked(self) -> threading.Thread:
         # One publisher at a time: a new one starts only once close() has
         # joined the previous one, so batches stay in order.
         self._stopping = False
@@ -319,10 +391,10 @@ class _Publisher:
         thread.start()
         return thread
 
-    def _run(self):
-        client = None
+    def _run(self) -> None:
+        client: Redis | None = None
         backoff = _MIN_BACKOFF
-        items = None  # taken from the buffer, not yet acknowledged
+        items: list[_Item | Literal[_Reserved.DROP_NOTICE]] | None = None  # taken from the buffer, not yet acknowledged
         try:
             while True:
                 if items is None:
@@ -340,7 +412,8 @@ class _Publisher:
                     # acknowledged is the one published.
                     first_batch = self._next_batch
                     self._next_batch += -(-len(items) // self.max_batch)
-                    batches = self._build(items, first_batch)
+                    # Events only: a drop notice is taken only at the head, and was built just above.
+                    batches = self._build(cast("list[_Item]", items), first_batch)
                 try:
                     if client is None:
                         client = _client(self._url, 2.0, f"coda-ws-publisher-{self.emitter_id[:8]}")
@@ -384,7 +457,7 @@ class _Publisher:
                     self._give_up_locked()
                 self._cond.notify_all()
 
-    def _drop_notice(self, count):
+    def _drop_notice(self, count: int) -> _Item:
         """The system_error event that tells every client how many events were dropped."""
         cls = SystemErrorEvent
         values = build_fields(cls, {
@@ -395,7 +468,7 @@ class _Publisher:
         })
         return time.time(), cls.event_type.value, None, b"null", True, encode_fields(cls, values), None
 
-    def _take_locked(self):
+    def _take_locked(self) -> tuple[list[_Item | Literal[_Reserved.DROP_NOTICE]], int | None]:
         """Take the next items to publish (with ``_cond`` held): ``(items,
         drops the notice reports)``, the count None when no notice is taken.
 
@@ -412,7 +485,7 @@ class _Publisher:
         """
         buffer = self._buffer
         limit = self.max_batch * self.max_pipeline
-        items = []
+        items: list[_Item | Literal[_Reserved.DROP_NOTICE]] = []
         reported = None
         if buffer[0] is _DROP_NOTICE:
             items.append(buffer.popleft())
@@ -423,12 +496,13 @@ class _Publisher:
         self._inflight_notices = 0 if reported is None else 1
         return items, reported
 
-    def _build(self, items, first_batch):
+    def _build(self, items: list[_Item], first_batch: int) -> list[_Batch]:
         """Split items into script calls: ``[(batch_number, argv, count)]``."""
-        batches = []
+        batches: list[_Batch] = []
         for batch_number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
             chunk = items[start : start + self.max_batch]
-            argv = [self.maxlen, self.replay_keep, batch_number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
+            argv: list[int | str | bytes] = [
+                self.maxlen, self.replay_keep, batch_number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
             for timestamp, type_name, session_id, session_json, high_priority, body, target in chunk:
                 argv += (
                     repr(timestamp), type_name, "" if session_id is None else session_id,
@@ -438,14 +512,15 @@ class _Publisher:
             batches.append((batch_number, argv, len(chunk)))
         return batches
 
-    def _send(self, client, batches):
+    def _send(self, client: Redis, batches: list[_Batch]) -> list[Any]:
         """Run the publish script for every batch, in one pipeline (one round trip)."""
         redis = _import_redis()
         keys = (self._keys["meta"], self._keys["stream"], self._keys["replay"], self._batch_key)
         for _ in range(2):
             pipe = client.pipeline(transaction=False)
             for _, argv, _ in batches:
-                pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *argv)
+                # redis-py leaves Pipeline.execute_command unannotated.
+                pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *argv)  # type: ignore[no-untyped-call]
             results = pipe.execute(raise_on_error=False)
             if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
                 # A restarted Redis forgot the script. Retrying the whole
@@ -458,10 +533,10 @@ class _Publisher:
             return results
         raise redis.exceptions.ResponseError("the publish script could not be loaded")
 
-    def _acknowledge(self, batches, results, reported):
+    def _acknowledge(self, batches: list[_Batch], results: list[Any], reported: int) -> None:
         count = sum(n for _, _, n in batches)
         last_seq = 0
-        epoch = None
+        epoch: str | None = None
         for (_, _, n), (epoch_bytes, first) in zip(batches, results):
             epoch = epoch_bytes.decode()
             if int(first) > 0:
@@ -488,7 +563,7 @@ class _Publisher:
             self._counters["batches"] += len(batches)
             self._cond.notify_all()
 
-    def _outage(self, exc, backoff):
+    def _outage(self, exc: BaseException, backoff: float) -> bool:
         """Note a failed attempt and wait before the next; False: give up (closing)."""
         with self._cond:
             self._counters["errors"] += 1
@@ -496,7 +571,9 @@ class _Publisher:
                 log.warning("backplane: Redis unreachable (%s); buffering up to %d events", exc, self.buffer_size)
             self._down = f"redis unreachable: {exc}"
             if self._stopping:
-                remaining = self._close_deadline.left()
+                close_deadline = self._close_deadline
+                assert close_deadline is not None  # close() sets it with _stopping
+                remaining = close_deadline.left()
                 if remaining <= 0:
                     lost = self._give_up_locked(buffered_too=True)
                     log.error("backplane: closing with Redis unreachable; %d events not published", lost)
@@ -506,7 +583,7 @@ class _Publisher:
                 self._cond.wait_for(lambda: self._stopping, timeout=backoff)
             return True
 
-    def _give_up_locked(self, buffered_too=False):
+    def _give_up_locked(self, buffered_too: bool = False) -> int:
         """Count the events in flight (and, with ``buffered_too``, those still
         buffered) as dropped; returns how many."""
         lost = self._inflight - self._inflight_notices
@@ -524,7 +601,7 @@ class _Publisher:
 
     # -- control ------------------------------------------------------------------
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted so far is published (or given up).
 
         Returns False after ``timeout`` seconds (None: no limit)."""
@@ -540,7 +617,7 @@ class _Publisher:
                 self._cond.wait(remaining)
             return True
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> bool:
         """Publish what is buffered (giving up after ``timeout`` seconds if
         Redis is unreachable), then join the thread. Idempotent; a later
         submit starts a new thread. Returns True when the thread ended."""
@@ -567,11 +644,11 @@ class _Publisher:
                     self._stopping = False
 
     @property
-    def down(self):
+    def down(self) -> str | None:
         """None while Redis accepts events, else the reason it does not."""
         return self._down
 
-    def stats(self):
+    def stats(self) -> PublisherStats:
         with self._cond:
             counters = self._counters
             return {
@@ -613,8 +690,9 @@ class RedisEmitter:
         ImportError: the ``redis`` package is missing.
     """
 
-    def __init__(self, url, prefix=DEFAULT_PREFIX, *, buffer_size=DEFAULT_BUFFER_SIZE, maxlen=DEFAULT_MAXLEN,
-                 replay_keep=DEFAULT_REPLAY_KEEP, max_event_size=DEFAULT_MAX_EVENT_SIZE):
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, buffer_size: int = DEFAULT_BUFFER_SIZE,
+                 maxlen: int = DEFAULT_MAXLEN, replay_keep: int = DEFAULT_REPLAY_KEEP,
+                 max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> None:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
@@ -625,7 +703,8 @@ class RedisEmitter:
         self._publisher = _Publisher(url, stream_keys(prefix), buffer_size=buffer_size, maxlen=maxlen,
                                      replay_keep=replay_keep)
 
-    def emit(self, event_type, *, session_id=None, high_priority=None, **fields):
+    def emit(self, event_type: EventType | str, *, session_id: str | None = None, high_priority: bool | None = None,
+             **fields: Any) -> BaseEvent:
         """Validate, encode and buffer an event for Redis; never blocks.
 
         Returns the event with ``seq`` 0 (Redis stamps the seq when it
@@ -643,41 +722,41 @@ class RedisEmitter:
         self._publisher.submit((timestamp, cls.type_name, session_id, session_json, high_priority, body, None))
         return cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted so far is in Redis; False on timeout."""
         return self._publisher.flush(timeout)
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> bool:
         """Publish what is buffered (for at most ``timeout`` seconds) and stop
         the publisher thread. Idempotent; emitting again restarts it."""
         return self._publisher.close(timeout)
 
-    def ready(self):
+    def ready(self) -> tuple[bool, str]:
         """``(True, "ok")`` or ``(False, reason)`` while Redis does not accept events."""
         down = self._publisher.down
         return (False, down) if down else (True, "ok")
 
-    def stats(self):
+    def stats(self) -> EmitterStats:
         """Counters: published, dropped, buffered, batches, publish errors."""
         return {"epoch": self._publisher.epoch, "last_seq": self._publisher.last_seq, **self._publisher.stats()}
 
     @property
-    def epoch(self):
+    def epoch(self) -> str | None:
         """The stream's epoch as of the last published batch (None before)."""
         return self._publisher.epoch
 
     @property
-    def last_seq(self):
+    def last_seq(self) -> int:
         """The highest seq Redis gave this emitter's events so far."""
         return self._publisher.last_seq
 
-    def __enter__(self):
+    def __enter__(self) -> RedisEmitter:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<RedisEmitter prefix={self.prefix!r} epoch={self.epoch}>"
 
 
@@ -706,8 +785,9 @@ class RedisBackplane:
     joins both.
     """
 
-    def __init__(self, url, prefix=DEFAULT_PREFIX, *, buffer_size=DEFAULT_BUFFER_SIZE, maxlen=DEFAULT_MAXLEN,
-                 replay_keep=DEFAULT_REPLAY_KEEP, block=1.0, read_count=1000):
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, buffer_size: int = DEFAULT_BUFFER_SIZE,
+                 maxlen: int = DEFAULT_MAXLEN, replay_keep: int = DEFAULT_REPLAY_KEEP, block: float = 1.0,
+                 read_count: int = 1000) -> None:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
@@ -719,24 +799,24 @@ class RedisBackplane:
                                      replay_keep=replay_keep)
         self.block = float(block)
         self.read_count = read_count
-        self._bus = None
+        self._bus: EventBus | None = None
 
         # _lock guards the reader's lifecycle and state below; _ingested (on
         # the same lock) is notified whenever the bus's head moves.
         self._lock = threading.Lock()
         self._ingested = threading.Condition(self._lock)
-        self._thread = None
-        self._stop = None
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
         self._synced = threading.Event()
-        self._epoch = None  # the epoch of the stream the bus follows
-        self._reader_error = "backplane not started"
-        self._client_id = None
-        self._query_client = None
-        self._counters = collections.Counter()
+        self._epoch: str | None = None  # the epoch of the stream the bus follows
+        self._reader_error: str | None = "backplane not started"
+        self._client_id: int | None = None
+        self._query_client: Redis | None = None
+        self._counters: collections.Counter[str] = collections.Counter()
 
     # -- wiring -------------------------------------------------------------------
 
-    def attach(self, bus):
+    def attach(self, bus: EventBus) -> None:
         """Make this backplane ``bus``'s sequencer and archive (once, before
         anything is emitted on the bus)."""
         if self._bus is not None:
@@ -745,13 +825,14 @@ class RedisBackplane:
         bus.archive = self
         self._bus = bus
 
-    def publish(self, timestamp, type_name, session_id, session_json, high_priority, body, target):
+    def publish(self, timestamp: float, type_name: str, session_id: str | None, session_json: bytes,
+                high_priority: bool, body: bytes, target: str | None) -> None:
         """The bus's sequencer hook: buffer the event for Redis; never blocks."""
         self._publisher.submit((timestamp, type_name, session_id, session_json, high_priority, body, target))
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def start(self, ready_timeout=2.0):
+    def start(self, ready_timeout: float | None = 2.0) -> bool:
         """Start following the stream; wait up to ``ready_timeout`` seconds
         for the first load. Idempotent. Returns True once synced (False:
         Redis unreachable so far; the reader keeps trying)."""
@@ -768,7 +849,7 @@ class RedisBackplane:
                 self._thread.start()
         return self._synced.wait(ready_timeout)
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> bool:
         """Publish what is buffered, stop the reader, join both threads.
 
         Idempotent; returns within about ``timeout`` seconds even when Redis
@@ -778,7 +859,7 @@ class RedisBackplane:
         with self._lock:
             thread, stop = self._thread, self._stop
             self._thread = None
-        if thread is None:
+        if thread is None or stop is None:  # set together: both or neither
             return published
         stop.set()
         # Wake an XREAD blocked on the server; repeated in case the reader
@@ -796,15 +877,18 @@ class RedisBackplane:
             _close_client(query)
         return published and not thread.is_alive()
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted on this node is published and back
         in its bus (so its clients have it). False after ``timeout`` seconds."""
         deadline = Deadline(timeout)
         if not self._publisher.flush(timeout):
             return False
+        bus = self._bus
+        if bus is None:  # not attached: no bus to wait for
+            return True
         target, epoch = self._publisher.last_seq, self._publisher.epoch
         with self._ingested:
-            while self._bus.head < target and self._epoch == epoch:
+            while bus.head < target and self._epoch == epoch:
                 remaining = deadline.remaining()
                 if deadline.expired:
                     return False
@@ -813,10 +897,10 @@ class RedisBackplane:
 
     # -- the reader thread --------------------------------------------------------
 
-    def _read_loop(self, stop):
-        client = None
+    def _read_loop(self, stop: threading.Event) -> None:
+        client: Redis | None = None
         backoff = _MIN_BACKOFF
-        resync = None
+        resync: str | None = None
         logged = False  # the current outage was logged
         errors = _connection_errors()
         try:
@@ -855,10 +939,11 @@ class RedisBackplane:
             self._synced.clear()
             self._reader_error = "backplane stopped"
 
-    def _sync(self, client, force):
+    def _sync(self, client: Redis, force: bool) -> None:
         """Make sure the stream has an epoch; (re)load it into the bus when it
         is not the one the bus follows, or when ``force``."""
         bus = self._bus
+        assert bus is not None  # attached: start(), which runs the reader, requires it
         keys = self._keys
         epoch, _ = client.eval(_ENSURE_SCRIPT, 3, keys["meta"], keys["stream"], keys["replay"], uuid.uuid4().hex)
         epoch = epoch.decode()
@@ -891,19 +976,22 @@ class RedisBackplane:
         log.info("backplane node following %s (epoch %s) from seq %d", keys["stream"], epoch, last_seq)
         self._mark_synced()
 
-    def _mark_synced(self):
+    def _mark_synced(self) -> None:
         self._reader_error = None
         self._synced.set()
 
-    def _read_once(self, client):
+    def _read_once(self, client: Redis) -> None:
         bus = self._bus
+        assert bus is not None  # attached: start(), which runs the reader, requires it
         keys = self._keys
         head = bus.head
         pipe = client.pipeline(transaction=False)
         pipe.hget(keys["meta"], "epoch")
         pipe.xread({keys["stream"]: b"%d-0" % head}, count=self.read_count, block=int(self.block * 1000))
         epoch, result = pipe.execute()
-        expected = self._epoch.encode()
+        following = self._epoch
+        assert following is not None  # _sync() set it before the reader's first read
+        expected = following.encode()
         if epoch != expected:
             raise _Resync("the stream's epoch changed (Redis lost it)")
         if not result:
@@ -923,7 +1011,7 @@ class RedisBackplane:
 
     # -- archive (EventBus.stored_history) ------------------------------------------
 
-    def _query(self):
+    def _query(self) -> Redis:
         """A pooled client for archive reads and CLIENT UNBLOCK (thread-safe; connects lazily)."""
         with self._lock:
             if self._query_client is None:
@@ -931,11 +1019,12 @@ class RedisBackplane:
             return self._query_client
 
     @property
-    def covered_seq(self):
+    def covered_seq(self) -> int:
         """Everything up to the bus's head is in the stream (unless trimmed)."""
         return self._bus.head if self._bus is not None else 0
 
-    def read(self, since=0, event_filter=None, limit=None, until=None, page=1000):
+    def read(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None,
+             until: int | None = None, page: int = 1000) -> list[Entry]:
         """Events of the stream with ``since < seq <= until``, oldest first.
 
         :class:`~coda_ws.bus.Entry` objects, filtered, events for a single
@@ -944,11 +1033,11 @@ class RedisBackplane:
         """
         stream = self._keys["stream"]
         expected = (self._epoch or "").encode()
-        out = []
+        out: list[Entry] = []
         start = since + 1
         while until is None or start <= until:
-            entries = self._query().xrange(stream, min=b"%d-0" % start,
-                                           max=b"+" if until is None else b"%d-0" % until, count=page)
+            entries = cast(_StreamEntries, self._query().xrange(  # bytes: the client does not decode
+                stream, min=b"%d-0" % start, max=b"+" if until is None else b"%d-0" % until, count=page))
             for entry_id, fields in entries:
                 if fields.get(b"e") != expected:
                     continue
@@ -969,7 +1058,7 @@ class RedisBackplane:
 
     # -- health -------------------------------------------------------------------
 
-    def ready(self):
+    def ready(self) -> tuple[bool, str]:
         """``(True, "ok")``, or ``(False, reason)`` while the node is not
         following the stream or cannot publish (for ``/readyz``)."""
         if not self._synced.is_set():
@@ -979,7 +1068,7 @@ class RedisBackplane:
             return False, down
         return True, "ok"
 
-    def stats(self):
+    def stats(self) -> BackplaneStats:
         """Counters: the publisher's (published, dropped, buffered, batches,
         publish errors) and the reader's (ingested, loads, resyncs, epoch
         changes, reader errors), plus the epoch and whether it is synced."""
@@ -995,5 +1084,5 @@ class RedisBackplane:
             **self._publisher.stats(),
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<RedisBackplane prefix={self.prefix!r} epoch={self._epoch}>"

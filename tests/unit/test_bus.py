@@ -362,3 +362,24 @@ def test_reader_is_overflowed_before_it_would_lose_history():
         assert bus.stats()["overflows"] == 1
     finally:
         bus.close()
+
+
+def test_restore_keeps_no_replay_record_for_an_event_of_unknown_type():
+    """restore() without a replay list leaves a high-priority event of an unknown type out of the replay
+    buffer also when it is older than the ring (it used to put None there, sent as a null event)."""
+    from coda_ws.wire import StampedEvent
+
+    def stamped(seq, type_name, high_priority, fields=b""):
+        payload = b'{"version":"1.0","seq":%d,"timestamp":1.0,"type":"%s","session_id":null%s}' % (
+            seq, type_name.encode(), fields)
+        return StampedEvent(seq, 1.0, type_name, None, high_priority, payload)
+
+    bus = EventBus(history_size=2, client_queue_size=1)
+    try:
+        bus.restore("e1", 3, [stamped(1, "no_such_type", True), stamped(2, "tts_status", False, b',"status":"a"'),
+                              stamped(3, "tts_status", False, b',"status":"b"')])
+        assert bus.replay == []
+        assert EventBus.replay_frame_json(bus.replay) == (b'{"type":"replay","events":[]}', 0)
+        assert bus.subscribe(types=["stt_*"]).replay == []
+    finally:
+        bus.close()
