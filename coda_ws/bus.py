@@ -642,8 +642,9 @@ class EventBus:
         the subscription receives everything after it.
 
         Args:
-            types, session_id: the filter (see :class:`EventFilter`); an
-                ``EventFilter`` may be given as ``types``.
+            types: the event types or globs to follow (see :class:`EventFilter`;
+                an ``EventFilter`` may be given here, and ``session_id`` is then ignored).
+            session_id: only events of this session (and those of no session).
             since: resume after this position instead of starting at the head.
             epoch: the epoch ``since`` belongs to (None: this stream's).
             reader_id: the id ``send_to`` uses for this reader (default: random).

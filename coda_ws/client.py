@@ -59,7 +59,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal, TypedDict, TypeVar, cast, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -70,7 +70,7 @@ from ._version import __version__
 from .deadline import Deadline
 from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from .events import BaseEvent, EventType, encode_json, validate_event
-from .filters import EventFilter
+from .filters import EventFilter, TypePatterns
 from .protocol import V1_SUBPROTOCOL
 
 __all__ = ["CodaEventClient", "ClientConnectionError", "ClientStats", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
@@ -99,7 +99,7 @@ _Delivered = BaseEvent | dict[str, Any]
 #: A callback given to :meth:`CodaEventClient.on_event` (returned as it is).
 _Callback = TypeVar("_Callback", bound=Callable[[BaseEvent | dict[str, Any]], object])
 #: Types to filter on: names and globs, as a list (or set, or tuple) or a comma-separated string.
-_Types = str | Collection[str] | None
+_Types = TypePatterns | None
 
 
 class ClientStats(TypedDict):

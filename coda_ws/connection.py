@@ -443,7 +443,7 @@ class Connection:
         self._outbox.append(frame)
         self.wake.set()
 
-    def post_json(self, value: dict[str, Any]) -> None:
+    def post_json(self, value: Mapping[str, Any]) -> None:
         """Queue a control frame holding ``value`` as JSON (thread-safe)."""
         self.post(framing.text_frame(encode_json(value)))
 

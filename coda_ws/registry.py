@@ -326,7 +326,7 @@ class ClientRegistry:
             self._totals["total_connections"] += 1
             resume = subscription.resume
             if resume is not None:
-                result = "recovered" if resume.recovered else resume.reason
+                result = "recovered" if resume.recovered else resume.reason or "unknown"
                 self._resumes[result] = self._resumes.get(result, 0) + 1
             self._changed.notify_all()
         try:

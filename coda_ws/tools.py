@@ -34,13 +34,14 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import argtypes
 from .client import CodaEventClient
 from .errors import ClientConnectionError, InvalidEventError, ToolError
 from .events import BaseEvent, encode_json, validate_event
+from .filters import TypePatterns
 from .interrupts import interruptible
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def _wire(event: _Event) -> dict[str, Any]:
     return event
 
 
-def _open_client(url: str, types: str | Collection[str] | None, session_id: str | None, since: int | None,
+def _open_client(url: str, types: TypePatterns | None, session_id: str | None, since: int | None,
                  token: str | None, connect_timeout: float, replay: bool,
                  on_gap: Callable[[dict[str, Any]], object]) -> CodaEventClient:
     """A connected client, or ToolError saying why there is none."""
@@ -204,7 +205,7 @@ def format_event(event: _Event, color: bool = False, width: int | None = None) -
     return f"{head}{plain_type}{text}"
 
 
-def tail(url: str, types: str | Collection[str] | None = None, session_id: str | None = None,
+def tail(url: str, types: TypePatterns | None = None, session_id: str | None = None,
          since: int | None = None, *, json_output: bool = False, out: TextIO | None = None,
          err: TextIO | None = None, stop_event: threading.Event | None = None, count: int | None = None,
          color: bool | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
@@ -269,7 +270,7 @@ def _isatty(stream: TextIO) -> bool:
 # -- record -----------------------------------------------------------------------------
 
 
-def record(url: str, path: _Path, types: str | Collection[str] | None = None, session_id: str | None = None, *,
+def record(url: str, path: _Path, types: TypePatterns | None = None, session_id: str | None = None, *,
            count: int | None = None, duration: float | None = None, stop_event: threading.Event | None = None,
            err: TextIO | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
     """Write the stream of ``url`` to the JSON Lines file ``path``.

@@ -17,7 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .redis import BackplaneStats, EmitterStats, PublisherStats, RedisBackplane, RedisEmitter, StreamKeys
+from .redis import (
+    BackplaneStats,
+    EmitterStats,
+    PublisherStats,
+    RedisBackplane,
+    RedisEmitter,
+    StreamKeys,
+)
 
 if TYPE_CHECKING:
     from ..bus import EventBus

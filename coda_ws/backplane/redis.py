@@ -82,7 +82,14 @@ from ..events import (
     encode_fields,
 )
 from ..filters import EventFilter
-from ..wire import WIRE_HEAD, Entry, StampedEvent, entry_from_wire, prepare_event, wire_tail
+from ..wire import (
+    WIRE_HEAD,
+    Entry,
+    StampedEvent,
+    entry_from_wire,
+    prepare_event,
+    wire_tail,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -774,7 +781,11 @@ class RedisBackplane:
     all of this.
 
     Args:
-        url, prefix, buffer_size, maxlen, replay_keep: as :class:`RedisEmitter`.
+        url: ``redis://host:port/db`` (also ``rediss://``, ``unix://``).
+        prefix: the key prefix shared with the emitters and the other nodes.
+        buffer_size: events this node may buffer while Redis is slow or unreachable.
+        maxlen: approximate bound of the stream, in events.
+        replay_keep: high-priority events Redis keeps for replay buffers.
         block: seconds one ``XREAD`` waits for new entries; also how soon a
             node notices that Redis lost the stream while nothing is emitted.
         read_count: most entries taken per ``XREAD``.

@@ -24,7 +24,7 @@ SCRIPT = ROOT / "tests" / "typing" / "user_script.py"
 #: package check covers the typed modules below. Once every module is typed,
 #: set this to True and delete ``untyped_calls_exclude`` from pyproject.toml:
 #: the checks then follow every import and cover the whole package.
-PACKAGE_FULLY_TYPED = False
+PACKAGE_FULLY_TYPED = True
 
 #: The modules typed so far, checked while ``PACKAGE_FULLY_TYPED`` is False.
 TYPED_MODULES = [
@@ -53,7 +53,7 @@ WRONG_PROGRAM = textwrap.dedent("""\
     print(event.seq + "1")
 """)
 WRONG_PROGRAM_ERRORS = {
-    3: 'Argument "port" to "CodaWebSocketServer" has incompatible type "str"; expected "int"',
+    3: 'Argument "port" to "CodaWebSocketServer" has incompatible type "str"; expected "int | Configured"',
     5: 'TypedDict "ServerStats" has no key "current_conections"',
     8: 'Item "dict[str, Any]" of "BaseEvent | dict[str, Any]" has no attribute "seq"',
     10: 'Unsupported operand types for + ("int" and "str")',
