@@ -15,6 +15,7 @@ pinned in ``setup.cfg`` (``simple-websocket>=1.0,<2``).
 
 import functools
 import json
+import re
 import socket
 import ssl
 import threading
@@ -361,5 +362,7 @@ def _rejection(event: RejectConnection, body: bytearray) -> HandshakeRejected:
         code = data.get("error") if isinstance(data.get("error"), str) else None
         message = data.get("message") if isinstance(data.get("message"), str) else None
     elif text:
+        if text.startswith("<"):  # an HTML error page (a proxy's, or another server's): its words only
+            text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
         message = text[:200]
     return HandshakeRejected(event.status_code, code, message)

@@ -315,9 +315,9 @@ def check_exposure(host: str, port: int | str, *, authenticated: bool, insecure:
 
         raise CodaWSError(
             f"refusing to serve {host}:{port} without authentication: anyone who can reach it could read what "
-            "the user says. Configure tokens (auth={'TOKEN': ['read']}, the CODA_WS_TOKENS environment variable, "
-            "or `coda-ws serve --token-file FILE`; `coda-ws token new` makes one), bind to localhost, or accept "
-            "the risk with insecure=True (--insecure, CODA_WS_INSECURE=1)."
+            "the user says. Configure tokens (--token-file FILE, the CODA_WS_TOKENS environment variable, or "
+            "auth={'TOKEN': ['read']} in Python; `coda-ws token new` makes one), bind to localhost, or accept "
+            "the risk with --insecure (insecure=True in Python, CODA_WS_INSECURE=1)."
         )
     log.warning("serving %s:%s without authentication (insecure): every client can read every event", host, port)
 

@@ -20,11 +20,11 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
-from . import argtypes
+from . import argtypes, config
 from ._version import __version__
 from .interrupts import ignoring_interrupts, interruptible
 from .logging_json import LOG_FORMATS, configure_logging
@@ -48,23 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    server_options = argparse.ArgumentParser(add_help=False)
-    server_options.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
-    server_options.add_argument("--port", type=argtypes.port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    server_options.add_argument("--token-file", metavar="FILE",
-                                help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
-    server_options.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                                help="allow browser pages from ORIGIN (scheme://host[:port]; '*' for any); repeatable")
-    server_options.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                                help="answer requests addressed to HOST too (a name or IP; '.example.com' for its "
-                                     "subdomains; '*' for any: turns off the DNS-rebinding check); repeatable "
-                                     "(also CODA_WS_ALLOWED_HOSTS)")
-    server_options.add_argument("--insecure", action="store_true",
-                                help="allow a non-loopback --host without tokens (everyone can read everything)")
-    server_options.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
-                                help="logging threshold (default: warning)")
-    server_options.add_argument("--log-format", choices=LOG_FORMATS, default="text",
-                                help="log lines as text or as one JSON object per line (default: text)")
+    server_options = _server_options_parser()
 
     demo = subparsers.add_parser(
         "demo", parents=[server_options],
@@ -85,16 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a bare event stream until Ctrl-C",
         description="Start a server with no event source of its own and run until Ctrl-C.",
     )
-    serve.add_argument("--journal", metavar="FILE", default=None,
-                       help="keep the stream in this SQLite file: same epoch, seq and history after a restart")
-    serve.add_argument("--journal-max-events", type=argtypes.integer(1), default=None, metavar="N",
-                       help="journal retention: the newest N events (default: no limit)")
-    serve.add_argument("--journal-max-age", type=argtypes.number(positive=True), default=None, metavar="SECONDS",
-                       help="journal retention: events younger than this (default: no limit)")
-    serve.add_argument("--backplane", metavar="URL", default=None,
-                       help="share one stream with other processes and hosts through Redis (redis://HOST:PORT/DB)")
-    serve.add_argument("--backplane-prefix", metavar="PREFIX", default="coda_ws",
-                       help="Redis key prefix, so several assistants can share one Redis (default: coda_ws)")
     serve.set_defaults(func=run_serve_command)
 
     export = subparsers.add_parser(
@@ -119,11 +93,87 @@ def build_parser() -> argparse.ArgumentParser:
     token_new.add_argument("--scopes", default="read", type=argtypes.scopes,
                            help="comma-separated: read, read:content, publish, admin (default: read)")
     token_new.set_defaults(func=run_token_new_command)
+    token.set_defaults(func=_usage(token))  # `coda-ws token` alone: its own help, not the top level's
+
+    config_parser = subparsers.add_parser(
+        "config", parents=[server_options],
+        help="print the effective server settings and where each came from",
+        description="Print every server option's effective value and its source (flag, environment, file or "
+                    "default), as 'coda-ws serve' with the same flags, environment and --config file would use "
+                    "them. Tokens are masked.",
+    )
+    config_parser.add_argument("--json", action="store_true", help="one JSON array of {option, value, source}")
+    config_parser.set_defaults(func=run_config_command)
 
     from .tools import add_tool_commands
 
     add_tool_commands(subparsers)
     return parser
+
+
+_METAVARS = {"host": "HOST", "url_prefix": "PREFIX", "allowed_hosts": "HOST", "allowed_origins": "ORIGIN",
+             "journal": "FILE", "backplane": "URL", "backplane_prefix": "PREFIX"}
+
+
+def _server_options_parser() -> argparse.ArgumentParser:
+    """The flags every serving command shares: one per option of
+    :data:`coda_ws.config.OPTIONS` that has a flag (so the CLI cannot lack
+    one), plus ``--config``, ``--token-file`` and logging.
+
+    A flag's default is None, meaning "not given": the option then comes
+    from the environment, the ``--config`` file or its built-in default.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("server options (also CODA_WS_* variables and --config keys)")
+    for option in config.OPTIONS:
+        if option.flag is None:
+            continue
+        default = config.describe({option.name: config.Setting(option, option.default, "default")})[0][1]
+        help_text = f"{option.help} (default: {default}; {option.env})"
+        if option.kind == "bool":
+            group.add_argument(option.flag, dest=option.name, action="store_true", default=None,
+                               help=help_text)
+            continue
+        metavar = _METAVARS.get(option.name) or {"int": "N", "float": "SECONDS" if "econds" in option.help
+                                                  else "NUMBER"}.get(option.kind, "VALUE")
+        if option.kind == "list":
+            help_text = help_text.replace(" (default", "; repeatable or comma-separated (default", 1)
+        group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar,
+                           type=_flag_parser(option), action="append" if option.kind == "list" else "store",
+                           help=help_text)
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a TOML file of options, keys named as in the configuration reference "
+                             "(flags and CODA_WS_* variables take precedence)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
+    parser.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
+                        help="logging threshold (default: warning)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="log lines as text or as one JSON object per line (default: text)")
+    return parser
+
+
+def _flag_parser(option: "config.Option") -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text, option.flag or option.name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).partition(": ")[2] or str(exc)) from None
+
+    return parse
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The server options given as flags (repeated list flags joined)."""
+    values: dict[str, Any] = {}
+    for option in config.OPTIONS:
+        value = getattr(args, option.name, None) if option.flag else None
+        if value is None:
+            continue
+        if option.kind == "list":
+            value = [item for items in value if items for item in items] or None
+        values[option.name] = value
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,8 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(args, "log_level", None)
     if level is not None:
         configure_logging(level, getattr(args, "log_format", "text"))
-    result = func(args)
+    try:
+        result = func(args)
+    except BrokenPipeError:  # `coda-ws ... | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     return 0 if result is None else int(result)
+
+
+def _message(exc: BaseException) -> str:
+    """An error for the terminal: an OSError's own text without its ``[Errno N]``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 # -- subcommands -------------------------------------------------------------------
@@ -218,6 +279,50 @@ def run_demo_command(args: argparse.Namespace) -> int:
 # -- helpers -----------------------------------------------------------------------
 
 
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def run_config_command(args: argparse.Namespace) -> int:
+    """``coda-ws config``: the effective settings, where each came from, tokens masked."""
+    import json
+
+    from .auth import load_token_file, parse_tokens
+
+    try:
+        file = config.from_toml(args.config) if args.config else None
+        settings = config.resolve(_flag_values(args), file=file, keyword_source="flag")
+        tokens: dict[str, frozenset[str]] = {}
+        sources = []
+        if args.token_file:
+            tokens.update(load_token_file(args.token_file))
+            sources.append("flag")
+        if os.environ.get("CODA_WS_TOKENS", "").strip():
+            tokens.update(parse_tokens(os.environ["CODA_WS_TOKENS"]))
+            sources.append("environment")
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"coda-ws config: {_message(exc)}", file=sys.stderr)
+        return 1
+    if sources:
+        settings["auth"] = config.Setting(settings["auth"].option, tokens, " + ".join(sources))
+    rows = config.describe(settings)
+    if args.json:
+        print(json.dumps([{"option": name, "value": value, "source": source} for name, value, source in rows],
+                         indent=2))
+        return 0
+    if args.config:
+        print(f"# config file: {args.config}")
+    width = max(len(name) for name, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value:<{value_width}}  {source}")
+    return 0
+
+
 def run_token_new_command(args: argparse.Namespace) -> int:
     """``coda-ws token new``: print ``TOKEN=scopes`` for a token file."""
     from .auth import new_token
@@ -227,32 +332,26 @@ def run_token_new_command(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> "CodaWebSocketServer | None":
-    from .auth import load_token_file
     from .errors import CodaWSError
     from .server import CodaWebSocketServer
 
     try:
-        auth = load_token_file(args.token_file) if args.token_file else None
-        server = CodaWebSocketServer(host=args.host, port=args.port, auth=auth,
-                                     allowed_origins=args.allow_origin or None, insecure=args.insecure,
-                                     allowed_hosts=args.allow_host or None,
-                                     **_persistence_options(args))
+        server = CodaWebSocketServer(config_file=args.config, **_server_keywords(args))
         server.start()
     except (OSError, ValueError, TypeError, CodaWSError, ImportError, sqlite3.Error) as exc:
-        print(f"coda-ws: {exc}", file=sys.stderr)
+        print(f"coda-ws: {_message(exc)}", file=sys.stderr)
         return None
     return server
 
 
-def _persistence_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The journal and backplane options of ``coda-ws serve`` (none for ``demo``)."""
-    options: dict[str, Any] = {}
-    if getattr(args, "journal", None):
-        options.update(journal=args.journal, journal_max_events=args.journal_max_events,
-                       journal_max_age=args.journal_max_age)
-    if getattr(args, "backplane", None):
-        options.update(backplane=args.backplane, backplane_prefix=args.backplane_prefix)
-    return options
+def _server_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's keyword arguments from the flags given (the token file read)."""
+    from .auth import load_token_file
+
+    keywords = _flag_values(args)
+    if args.token_file:
+        keywords["auth"] = load_token_file(args.token_file)
+    return keywords
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -280,7 +379,7 @@ def run_export_command(args: argparse.Namespace) -> int:
 
 
 def _print_watch_hints(server: "CodaWebSocketServer", args: argparse.Namespace | None = None) -> None:
-    _say(f"  watch it:   wscat -c {server.url.rstrip('/')}")
+    _say(f"  watch it:   coda-ws tail {server.url.rstrip('/')}")
     _say(f"  dashboard:  {_dashboard_url(server, args)}")
 
 

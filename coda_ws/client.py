@@ -86,7 +86,7 @@ RECONNECT_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013, 4008})
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
 #: HTTP refusals of the handshake that end the client (bad request, bad
 #: token, forbidden, no such endpoint); other statuses (503...) are retried.
-FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
+FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426, 501})
 
 _CLOSE_NORMAL = 1000
 _NO_STATUS = frozenset({1005, 1006})
@@ -257,6 +257,15 @@ class _Session:
 
 
 #: How a connection ended, for the connection thread's loop.
+#: Consecutive failed connection attempts before the client warns (then again at 10, 20, 40...).
+_WARN_AFTER_FAILURES = 5
+
+
+def _warn_at(failures: int) -> bool:
+    """True at 5, 10, 20, 40... consecutive failures: a warning a person sees, never a flood."""
+    rounds, rest = divmod(failures, _WARN_AFTER_FAILURES)
+    return rest == 0 and rounds > 0 and rounds & (rounds - 1) == 0
+
 _Kind = Literal["stopped", "paused", "retry", "end", "fatal"]
 
 
@@ -871,6 +880,10 @@ class CodaEventClient:
                     break
                 delay = self._backoff(retries)
                 retries += 1
+                if _warn_at(failures):
+                    log.warning("%s: %d connection attempts in a row failed (last: %s); still retrying, every "
+                                "%.0f s at most. Is the server running at %s?", self.name, failures,
+                                outcome.error, self.backoff_max, self.url)
                 log.info("%s: connection lost or refused (%s); reconnecting in %.3f s",
                          self.name, outcome.error, delay)
         except Exception as exc:  # a bug here must not leave the application waiting forever
@@ -935,7 +948,9 @@ class CodaEventClient:
         except HandshakeRejected as exc:
             self._forget_socket()
             kind: _Kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
-            log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, exc)
+            # A fatal refusal reaches the application (raised by iteration, logged by the callback
+            # thread): logging it here as an error too would say it twice.
+            log.info("%s: %s", self.name, exc)
             return _Outcome("stopped" if self._stop.is_set() else kind, error=exc)
         except (ssl.SSLCertVerificationError, UnicodeError) as exc:  # a bad certificate or host name stays bad
             self._forget_socket()
@@ -1012,7 +1027,7 @@ class CodaEventClient:
         if code == _CLOSE_NORMAL:
             return _Outcome("end", session.started, close_code=code)
         if code in FATAL_CLOSE_CODES:
-            log.error("%s: %s", self.name, error)
+            log.info("%s: %s", self.name, error)
             return _Outcome("fatal", session.started, error, close_code=code)
         return _Outcome("retry", session.started, error, close_code=code)
 

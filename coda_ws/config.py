@@ -369,7 +369,7 @@ def describe(settings: Mapping[str, Setting]) -> list[tuple[str, str, str]]:
     for name, setting in settings.items():
         value = setting.value
         if setting.option.secret and value is not None:
-            shown = "<set>"
+            shown = f"<{len(value)} token{'s' if len(value) != 1 else ''}, masked>" if isinstance(value, Mapping) else "<set, masked>"
         elif isinstance(value, (list, tuple)):
             shown = ",".join(str(item) for item in value)
         else:

@@ -22,6 +22,7 @@ they keep the wire key order and cost a fraction of the generic versions.
 """
 
 import dataclasses
+import difflib
 import json
 import math
 import time
@@ -588,8 +589,10 @@ def event_class(event_type: EventType | str) -> type[BaseEvent]:
         cls = _BY_NAME.get(str.__str__(event_type))
         if cls is not None:
             return cls
+    close = difflib.get_close_matches(event_type, _BY_NAME, n=1) if isinstance(event_type, str) else []
     raise InvalidEventError(
-        f"unknown event type {event_type!r}; known types: {', '.join(sorted(_BY_NAME))}",
+        f"unknown event type {event_type!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+        f"known types: {', '.join(sorted(_BY_NAME))}",
         event_type=event_type if isinstance(event_type, str) else None,
     )
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.datastructures import MultiDict
+from werkzeug.routing import WebsocketMismatch
 
 from .auth import ALL_SCOPES, bearer_token
 from .errors import CodaWSError, EventTooLargeError, HandshakeRefused, InvalidEventError
@@ -178,8 +179,13 @@ def register_http_api(bp: Blueprint, server: "CodaWebSocketServer", static_dir: 
     bp.after_request(_nosniff)  # static files and JSON answers too: never sniffed as HTML
     if whole_app is not None:
         whole_app.before_request(lambda: None if request.blueprint == bp.name else api.check_request())
+        # A standalone server owns its app: a wrong path gets a JSON line naming the right ones
+        # (an application's app keeps its own 404 page when coda_ws is mounted on it).
+        whole_app.register_error_handler(404, api.not_found)
+        whole_app.register_error_handler(WebsocketMismatch, api.not_found)
     bp.add_url_rule("/", "websocket", api.websocket, websocket=True)
     bp.add_url_rule("/ws", "websocket_ws", api.websocket, websocket=True)
+    bp.add_url_rule("/ws", "websocket_page", api.upgrade_required)  # a plain GET (a browser's address bar)
     if bp.url_prefix:
         bp.add_url_rule("", "websocket_bare", api.websocket, websocket=True)
     bp.add_url_rule("/", "index", _page_view(static_dir, "index.html"))
@@ -265,6 +271,27 @@ class _HttpApi:
             log.info("refused WebSocket from %s: %s %s", peer, refused.status, refused.message)
             return _error(refused.status, refused.code, refused.message)
         return Response(status=200 if served else 400)
+
+    def _routes(self) -> str:
+        prefix = self.server.url_prefix
+        ws_url = self.server.url.rstrip("/") if prefix else self.server.url + "ws"
+        return (f"the dashboard is at {prefix or ''}/, the WebSocket endpoint at {prefix or ''}/ws ({ws_url}; "
+                f"try `coda-ws tail {ws_url}`); HTTP: " + ", ".join(
+                    f"{prefix}{path}" for path in ("/events", "/stats", "/metrics", "/schema", "/healthz",
+                                                   "/readyz", "/turns", "/debug")))
+
+    def upgrade_required(self) -> Response:
+        """A plain ``GET /ws``: 426, naming what to connect with instead."""
+        response = _error(426, "upgrade_required", f"{request.path} is a WebSocket endpoint: connect with a "
+                                                   f"WebSocket client; {self._routes()}")
+        response.headers["Upgrade"] = "websocket"
+        return response
+
+    def not_found(self, error: Exception) -> Response:
+        """No route (or an upgrade to a page, or a page through an upgrade):
+        one JSON line naming the routes there are."""
+        kind = "a WebSocket upgrade" if isinstance(error, WebsocketMismatch) else "a request"
+        return _error(404, "not_found", f"nothing answers {kind} to {request.path} here: {self._routes()}")
 
     # -- pages and probes -----------------------------------------------------------
 

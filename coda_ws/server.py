@@ -45,7 +45,7 @@ from .http_api import register_http_api
 from .metrics import ServerMetrics
 from .protocol import BEARER_SUBPROTOCOL_PREFIX, CLOSE_GOING_AWAY, V1_SUBPROTOCOL
 from .registry import ClientRegistry, RegistryLimits
-from .serving import HttpService
+from .serving import HttpService, check_resolvable
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -370,6 +370,7 @@ class CodaWebSocketServer:
         with self._lifecycle_lock:
             if self.running:
                 return
+            check_resolvable(self.host, self.port)
             check_exposure(self.host, self.port, authenticated=self.authenticator.enabled, insecure=self.insecure)
             self.server = HttpService(
                 self.host, self.port, self._app.wsgi_app, handshake_timeout=self.handshake_timeout,

@@ -35,7 +35,7 @@ from werkzeug.serving import (
 from .acceptor import Acceptor, PendingRequest
 from .deadline import Deadline
 
-__all__ = ["HttpService"]
+__all__ = ["HttpService", "bind", "check_resolvable"]
 
 #: What makes a request handler: ``handler(pending, address, server)``.
 _HandlerFactory = Callable[[PendingRequest, Any, BaseWSGIServer], object]
@@ -69,6 +69,23 @@ class _PrereadRequestHandler(_QuietRequestHandler):
         super().setup()  # connection, its timeout, rfile and wfile
         self.rfile.close()  # nothing was read through it
         self.rfile = pending.make_rfile()
+
+
+def check_resolvable(host: str, port: int) -> None:
+    """Make sure ``host`` names an address this machine can bind.
+
+    Checked before anything else about the address, so that a misspelt
+    ``--host`` is reported as what it is, not as an exposure refusal.
+
+    Raises:
+        OSError: naming the host and the resolver's reason.
+    """
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot resolve the host to bind, {host!r}: {exc.strerror or exc} "
+                                 "(use an IP address such as 127.0.0.1 or 0.0.0.0, or a name this machine "
+                                 "resolves)") from exc
 
 
 def bind(host: str, port: int) -> socket.socket:

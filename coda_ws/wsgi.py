@@ -28,6 +28,7 @@ The node is made on first use of :data:`app` (in the gunicorn worker, after
 the fork), never at import: importing this module starts nothing.
 """
 
+import json
 import logging
 import os
 import threading
@@ -93,6 +94,9 @@ class NodeApp:
         self._app: "WSGIApplication" = server.app
 
     def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
+        if ("gunicorn.socket" in environ and not environ.get("wsgi.multithread")
+                and environ.get("HTTP_UPGRADE", "").lower() == "websocket"):
+            return self._refuse_single_threaded(start_response)
         result = self._app(environ, start_response)
         if environ.get("coda_ws.socket_taken") and "gunicorn.socket" in environ:
             close = getattr(result, "close", None)
@@ -100,6 +104,24 @@ class NodeApp:
                 close()
             raise StopIteration("WebSocket session over")
         return result
+
+
+    _warned = False
+
+    def _refuse_single_threaded(self, start_response: "StartResponse") -> Iterable[bytes]:
+        """gunicorn's sync worker serves one request at a time: one WebSocket
+        client would hold it for as long as it stays, and every other request
+        (the dashboard, /metrics, other clients) would wait. Upgrades are
+        refused with 501 naming the fix; plain HTTP requests are still served."""
+        message = ("gunicorn's sync worker serves one request at a time, so a WebSocket client would block it: "
+                   "run the node with -c python:coda_ws.gunicorn_conf (or -k gthread --threads N)")
+        if not NodeApp._warned:
+            NodeApp._warned = True
+            log.error("refusing WebSocket clients: %s", message)
+        body = json.dumps({"error": "single_threaded_worker", "message": message}).encode()
+        start_response("501 Not Implemented", [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body)))])
+        return [body]
 
 
 _lock = threading.Lock()  # guards _node and _closed; held through shutdown()

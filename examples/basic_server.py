@@ -4,7 +4,7 @@ The synchronous form of the README's first example. Run it, then watch the
 stream from another terminal::
 
     python examples/basic_server.py
-    wscat -c ws://localhost:8765
+    coda-ws tail ws://localhost:8765
 
 The ``system_info`` event is high priority, so it sits in the replay buffer:
 every client that connects later still receives it first, in a ``replay`` frame.

@@ -8,7 +8,7 @@ request thread and emits each step as it happens, so a dashboard shows the
 turn while the HTTP request is still running::
 
     python examples/flask_dashboard_app.py
-    wscat -c ws://localhost:8765/coda-ws/ws
+    coda-ws tail ws://localhost:8765/coda-ws/ws
     curl 'http://localhost:8765/ask?q=What+time+is+it'
 """
 
@@ -38,7 +38,7 @@ PAGE = """<!doctype html>
 <h1>Kitchen assistant</h1>
 <form action="/ask"><input name="q" placeholder="Ask something" autofocus> <button>Ask</button></form>
 <p>Turns so far: {turns}. Live events: <a href="{dashboard}">coda_ws dashboard</a>,
-or <code>wscat -c {ws_url}</code>.</p>
+or <code>coda-ws tail {ws_url}</code>.</p>
 </body></html>
 """
 

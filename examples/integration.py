@@ -3,7 +3,7 @@
 The synchronous form of the README's integration example. Each
 ``CodaWebSocketIntegration`` method emits one event carrying the
 integration's session id; nothing is awaited and nothing blocks on clients.
-Run it and watch with ``wscat -c ws://localhost:8765``; ``--wait-for-clients 1``
+Run it and watch with ``coda-ws tail ws://localhost:8765``; ``--wait-for-clients 1``
 holds the events back until a client is connected::
 
     python examples/integration.py --wait-for-clients 1

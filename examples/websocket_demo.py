@@ -8,7 +8,7 @@ speech with progress), one error of each kind, the performance section
 (system metrics, latency traces, a summary) and shutdown. Watch it with::
 
     python examples/websocket_demo.py
-    wscat -c ws://localhost:8765
+    coda-ws tail ws://localhost:8765
 
 ``--loop`` repeats the demo until Ctrl-C; ``--pace 0.5`` runs it twice as fast.
 The script itself lives in :mod:`coda_ws.demo`, shared with ``coda-ws demo``.
@@ -55,7 +55,7 @@ def main(argv=None):
 
     server.start()
     print(f"Demo server running at {server.url}", flush=True)
-    print(f"Connect a client to watch: wscat -c {server.url.rstrip('/')} (dashboard: {server.http_url})", flush=True)
+    print(f"Connect a client to watch: coda-ws tail {server.url.rstrip('/')} (dashboard: {server.http_url})", flush=True)
     try:
         connect_wait = 5.0
         if args.wait_for_clients:

@@ -134,7 +134,7 @@ def test_demo_streams_and_stops_on_sigint():
         banner = child.wait_for_output(r"demo: .* on (ws://\S+)")
         url = banner.group(1)
         port = re.search(r":(\d+)/$", url).group(1)
-        child.wait_for_output(rf"wscat -c ws://127\.0\.0\.1:{port}\s*$")
+        child.wait_for_output(rf"coda-ws tail ws://127\.0\.0\.1:{port}\s*$")
         child.wait_for_output(rf"dashboard:\s+http://127\.0\.0\.1:{port}/\s*$")
         with _connect(url) as ws:
             frames = recv_until(ws, lambda f: f.get("type") == "llm_token", CHILD_TIMEOUT)
