@@ -50,6 +50,7 @@ a client that stops reading with 4008, and it would resume the same way).
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import json
 import logging
@@ -845,7 +846,7 @@ class AsyncCodaEventClient:
         try:
             if outcome is not None and outcome.kind in ("stopped", "paused"):
                 self._counters["pauses" if outcome.kind == "paused" else "disconnect:client_closed"] += 1
-            await ws.close(_CLOSE_NORMAL)  # waits close_timeout at most; a no-op once closed
+            await _close_draining(ws)
         except Exception as exc:  # the connection is already gone: nothing to tell it
             log.debug("%s: close: %s", self.name, exc)
         finally:
@@ -1028,6 +1029,28 @@ class AsyncCodaEventClient:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected" if self._connected else "connecting"
         return f"<AsyncCodaEventClient {self.url} {state} epoch={self._epoch} last_seq={self._last_seq}>"
+
+
+async def _close_draining(ws: Any) -> None:
+    """Close ``ws`` with 1000, reading (and dropping) what the server still sends.
+
+    websockets stops reading the socket while ``max_queue`` messages wait
+    unread, so a connection ended with unread events (a pause, a close)
+    would not see the server's close reply until ``close_timeout`` ran out.
+    Nothing read here was accepted: after a pause it comes back on resume.
+    """
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+
+    drainer = asyncio.ensure_future(drain())
+    try:
+        await ws.close(_CLOSE_NORMAL)  # waits close_timeout at most; a no-op once closed
+    finally:
+        drainer.cancel()
+        await asyncio.wait({drainer})
 
 
 def _subscribe_frame(types: Optional[Sequence[str]], session_id: Optional[str]) -> str:
