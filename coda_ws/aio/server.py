@@ -209,13 +209,21 @@ class CodaWebSocketServer:
 
     @property
     def ping_interval(self) -> Optional[float]:
-        """Seconds between keepalive pings (None: off)."""
+        """Seconds between keepalive pings (None: off); assignable, applies to clients that connect later."""
         return self.sync.ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, value: Optional[float]) -> None:
+        self.sync.ping_interval = value or None
 
     @property
     def ping_timeout(self) -> Optional[float]:
-        """Seconds a client may take to answer a ping (None: no limit)."""
+        """Seconds a client may take to answer a ping (None: no limit); assignable, as ``ping_interval``."""
         return self.sync.ping_timeout
+
+    @ping_timeout.setter
+    def ping_timeout(self, value: Optional[float]) -> None:
+        self.sync.ping_timeout = value or None
 
     @property
     def running(self) -> bool:
