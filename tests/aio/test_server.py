@@ -60,6 +60,22 @@ def test_awaitable_where_the_original_was_and_plain_elsewhere():
                         "ping_timeout": 10}
 
 
+def test_exports():
+    """coda_ws.aio exports what its __all__ names (the client on first use), under the
+    original's names, with the same event classes as coda_ws."""
+    import coda_ws
+    import coda_ws.aio
+    import coda_ws.aio.events
+
+    for name in coda_ws.aio.__all__:
+        assert getattr(coda_ws.aio, name) is not None, name
+    assert "AsyncCodaEventClient" in dir(coda_ws.aio)
+    for name in ("EventType", "STTResultEvent", "create_event", "validate_event"):
+        assert getattr(coda_ws.aio, name) is getattr(coda_ws, name) is getattr(coda_ws.aio.events, name)
+    with pytest.raises(AttributeError):
+        coda_ws.aio.NoSuchName  # noqa: B018
+
+
 def test_importing_coda_ws_imports_no_asyncio_extra():
     """`import coda_ws` imports neither websockets nor coda_ws.aio; the server side of
     coda_ws.aio works without websockets, and the client names the extra it needs."""
@@ -302,6 +318,11 @@ async def test_coroutines_and_threads_emit_into_one_ordered_stream(aio_server):
             AsyncCodaEventClient(aio_server.url, backoff_initial=0.01) as client:
         assert await client.wait_connected(TIMEOUT)
         assert await aio_server.wait_for_clients(2, TIMEOUT)
+
+        async def read_raw():  # as the events come: an unread client would be closed with 4008
+            return [await recv_frame(raw) for _ in range(total + 3)]
+
+        raw_reader = asyncio.create_task(read_raw())
         start = threading.Barrier(emitters + 1, timeout=TIMEOUT)
 
         def thread_emitter(n):
@@ -329,7 +350,7 @@ async def test_coroutines_and_threads_emit_into_one_ordered_stream(aio_server):
         after = await integration.tts_status("after")
         assert before.seq < middle.seq < after.seq == total + 3
 
-        raw_frames = [await recv_frame(raw) for _ in range(total + 3)]
+        raw_frames = await raw_reader
         events = []
         while len(events) < total + 3:
             event = await client.get(TIMEOUT)
