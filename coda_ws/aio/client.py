@@ -104,10 +104,10 @@ def _check_seconds(name: str, value: Any, allow_none: bool = False, allow_zero: 
     return float(value)
 
 
-def _rejected(status: int, body: bytes) -> HandshakeRejected:
+def _rejected(status: int, body: Union[bytes, bytearray]) -> HandshakeRejected:
     """The refusal as the server explained it (its JSON ``error`` and ``message``, else the body's start)."""
     code = message = None
-    text = body[:64 * 1024].decode("utf-8", "replace").strip()
+    text = bytes(body[:64 * 1024]).decode("utf-8", "replace").strip()
     try:
         data = json.loads(text) if text else None
     except ValueError:
