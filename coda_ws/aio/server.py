@@ -49,6 +49,7 @@ from ..server import CodaWebSocketServer as SyncCodaWebSocketServer
 __all__ = ["CodaWebSocketServer", "Handler"]
 
 log = logging.getLogger("coda_ws.aio")
+_server_log = logging.getLogger("coda_ws.server")  # handler failures are logged where the server logs its own
 
 #: A connect/disconnect handler ``fn(client_id)`` or a message handler
 #: ``fn(client_id, data)``: a plain function or a coroutine function.
@@ -75,9 +76,8 @@ async def _invoke(handler: Handler, args: Tuple[Any, ...]) -> None:
 class _OnLoop:
     """Runs one handler on its event loop for a server thread, and waits for it.
 
-    The server's own handler runner calls it, logs what it raises and counts
-    it in ``handler_errors``; its ``repr`` is the handler's, so the log names
-    the user's handler.
+    Raises what the handler raised, or RuntimeError when there is no running
+    loop to run it on (the caller logs and counts both).
     """
 
     __slots__ = ("handler", "loop")
@@ -85,9 +85,6 @@ class _OnLoop:
     def __init__(self, handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -> None:
         self.handler = handler
         self.loop = loop
-
-    def __repr__(self) -> str:
-        return repr(self.handler)
 
     def __call__(self, *args: Any) -> None:
         loop = self.loop
@@ -416,11 +413,14 @@ class CodaWebSocketServer:
         return self._loop
 
     def _run_handlers(self, handlers: List[Handler], *args: Any) -> None:
-        """In a server thread: run ``handlers`` (a snapshot) on their loops, in order."""
-        calls = [_OnLoop(handler, self._loop_for(handler)) for handler in list(handlers)]
-        if calls:
-            # The server's runner logs and counts what each one raises.
-            self.sync._run_handlers(calls, *args)
+        """In a server thread: run ``handlers`` (a snapshot) on their loops, in
+        order; what one raises is logged and counted as the server does for its own."""
+        for handler in list(handlers):
+            try:
+                _OnLoop(handler, self._loop_for(handler))(*args)
+            except Exception:
+                self.sync.registry.count("handler_errors")
+                _server_log.exception("handler %r failed", handler)
 
     def _on_connect(self, client_id: str) -> None:
         self._wake_client_waiters()
