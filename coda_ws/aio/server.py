@@ -188,12 +188,8 @@ class CodaWebSocketServer:
 
     @property
     def host(self) -> str:
-        """The interface to bind (assignable before :meth:`start`)."""
+        """The interface to bind (set in the constructor: the Host allow-list is built from it)."""
         return self.sync.host
-
-    @host.setter
-    def host(self, value: str) -> None:
-        self.sync.host = value
 
     @property
     def port(self) -> int:
@@ -206,21 +202,13 @@ class CodaWebSocketServer:
 
     @property
     def ping_interval(self) -> Optional[float]:
-        """Seconds between keepalive pings (None: off); assignable, applies to clients that connect later."""
+        """Seconds between keepalive pings (None: off); set in the constructor."""
         return self.sync.ping_interval
-
-    @ping_interval.setter
-    def ping_interval(self, value: Optional[float]) -> None:
-        self.sync.ping_interval = value or None
 
     @property
     def ping_timeout(self) -> Optional[float]:
-        """Seconds a client may take to answer a ping (None: no limit); assignable, as ``ping_interval``."""
+        """Seconds a client may take to answer a ping (None: no limit); set in the constructor."""
         return self.sync.ping_timeout
-
-    @ping_timeout.setter
-    def ping_timeout(self, value: Optional[float]) -> None:
-        self.sync.ping_timeout = value or None
 
     @property
     def running(self) -> bool:
