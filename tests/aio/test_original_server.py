@@ -10,9 +10,9 @@ changes, each keeping the test's meaning:
   port 8765 moved to a server that is never started
   (``test_server_initialization``).
 * ``test_websocket_integration`` waited ``asyncio.sleep(0.1)`` after its client
-  disconnected before counting clients; coda_ws unregisters a client before
-  it closes the TCP connection, so the count is 0 as soon as the client's
-  ``async with`` has exited, and the test asserts it then, without a sleep.
+  disconnected, then counted clients; here it waits until the count is 0,
+  with a deadline, instead of sleeping a fixed time (the server unregisters a
+  client a moment after the client's close returns).
 * The fixture stops its server after the test, so a failing assertion cannot
   leave a server running into the next test.
 """
@@ -25,6 +25,8 @@ from unittest.mock import MagicMock
 
 from coda_ws.aio import CodaWebSocketServer
 from coda_ws.aio.events import EventType
+
+from .conftest import wait_until
 
 
 class TestCodaWebSocketServer:
@@ -179,7 +181,8 @@ async def test_websocket_integration():
             assert "seq" in data
             assert "timestamp" in data
 
-        # Client should be disconnected (the original slept 0.1 s first)
+        # Client should be disconnected (the original slept 0.1 s, then counted)
+        await wait_until(lambda: len(server.clients) == 0, message="the client to be unregistered")
         assert len(server.clients) == 0
 
     finally:
