@@ -72,7 +72,7 @@ from .._version import __version__
 from ..client import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES, CodaEventClient
 from ..errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from ..events import EventType, encode_json, validate_event
-from ..filters import EventFilter
+from ..filters import EventFilter, TypePatterns
 from ..protocol import CLOSE_NORMAL, CLOSE_TOO_BIG, V1_SUBPROTOCOL
 
 __all__ = ["AsyncCodaEventClient", "ClientConnectionError", "HandshakeRejected"]
@@ -296,7 +296,7 @@ class AsyncCodaEventClient:
     Not thread-safe: use it from the event loop it belongs to.
     """
 
-    def __init__(self, url: str, types: Union[None, str, Sequence[str]] = None, session_id: Optional[str] = None,
+    def __init__(self, url: str, types: Optional[TypePatterns] = None, session_id: Optional[str] = None,
                  token: Optional[str] = None, resume: bool = True, reconnect: bool = True,
                  on_gap: Optional[OnGap] = None, *, since: Optional[int] = None, replay: bool = True,
                  max_queue: int = 10_000, connect_timeout: float = 10.0, close_timeout: float = 1.0,
@@ -577,7 +577,7 @@ class AsyncCodaEventClient:
 
     # -- requests to the server -----------------------------------------------------
 
-    async def subscribe(self, types: Union[None, str, Sequence[str]] = None, session_id: Optional[str] = None,
+    async def subscribe(self, types: Optional[TypePatterns] = None, session_id: Optional[str] = None,
                         timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
         """Replace the client's filters (the server answers ``subscribed``).
 

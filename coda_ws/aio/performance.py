@@ -19,10 +19,10 @@ the caller, so it needs no running loop (the original's needed one).
 import asyncio
 import functools
 import inspect
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, TypeVar, cast
 
 from ..events import BaseEvent
-from ..perf import DEFAULT_WINDOW, OperationTimer
+from ..perf import DEFAULT_WINDOW, OperationTimer, PerformanceSummary
 from ..perf import WebSocketPerfIntegration as SyncWebSocketPerfIntegration
 from .integration import _emitter
 
@@ -55,7 +55,7 @@ class AsyncOperationTimer(OperationTimer):
 
     def __call__(self, func: F) -> F:
         if not inspect.iscoroutinefunction(func):
-            return super().__call__(func)  # type: ignore[no-any-return]
+            return cast(F, super().__call__(func))
         perf, component, operation, metadata = self._perf, self.component, self.operation, self.metadata
 
         @functools.wraps(func)
@@ -134,7 +134,7 @@ class WebSocketPerfIntegration:
         """
         return AsyncOperationTimer(self.sync, component, operation, metadata)
 
-    def get_performance_summary(self) -> Dict[str, Any]:
+    def get_performance_summary(self) -> PerformanceSummary:
         """``{"system_metrics", "operation_timings", "counters", "server_stats"}``
         (see :meth:`coda_ws.perf.WebSocketPerfIntegration.get_performance_summary`)."""
         return self.sync.get_performance_summary()

@@ -45,6 +45,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tupl
 
 from ..events import BaseEvent, EventType
 from ..server import CodaWebSocketServer as SyncCodaWebSocketServer
+from ..server import ServerStats
 
 __all__ = ["CodaWebSocketServer", "Handler"]
 
@@ -249,7 +250,7 @@ class CodaWebSocketServer:
         self.sync.max_replay_events = value
 
     @property
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ServerStats:
         """Same as :meth:`get_stats` (a snapshot)."""
         return self.sync.get_stats()
 
@@ -422,7 +423,7 @@ class CodaWebSocketServer:
 
     # -- queries --------------------------------------------------------------------
 
-    def get_stats(self) -> Dict[str, Any]:
+    def get_stats(self) -> ServerStats:
         """Counters: the original's keys (``total_connections``,
         ``current_connections``, ``events_sent``, ``errors``,
         ``replay_buffer_size``, ``running``) and coda_ws's own."""
