@@ -115,9 +115,13 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
-    """One headless Chromium for the whole session."""
+    """One headless Chromium for the browser tests, closed after the last of them:
+    Playwright's synchronous API keeps its event loop set as the running loop of
+    the main thread while it is started, so any later test (or documentation
+    block) calling ``asyncio.run()`` would fail with "cannot be called from a
+    running event loop"."""
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
