@@ -108,10 +108,16 @@ class Proc:
     """A child Python process driven through stdin and read line by line."""
 
     def __init__(self, code, *args):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, *map(str, args)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
 
     def expect(self, word, timeout=60.0):
@@ -128,7 +134,9 @@ class Proc:
         reader.start()
         reader.join(timeout)
         if not result:
-            raise RuntimeError(f"child did not print {word!r} within {timeout} s (exit code {self.proc.poll()})")
+            raise RuntimeError(
+                f"child did not print {word!r} within {timeout} s (exit code {self.proc.poll()})"
+            )
         return result[0]
 
     def send(self, line):
@@ -148,8 +156,12 @@ class Reader(threading.Thread):
         super().__init__(name="bench-client", daemon=True)
         from websockets.sync.client import connect
 
-        self.ws = connect(f"{url}?v=1&replay=0&types=llm_token&session_id={run}", open_timeout=10, max_size=None,
-                          legacy=True)  # closed by close(), after the run
+        self.ws = connect(
+            f"{url}?v=1&replay=0&types=llm_token&session_id={run}",
+            open_timeout=10,
+            max_size=None,
+            legacy=True,
+        )  # closed by close(), after the run
         hello = json.loads(self.ws.recv(timeout=10))
         assert hello["type"] == "hello", hello
         self.count = count
@@ -272,10 +284,15 @@ def _delete_keys(url, prefix):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis to use (default: local)")
-    parser.add_argument("--events", type=int, default=30_000, help="events in the throughput burst (default 30000)")
-    parser.add_argument("--rate", type=float, default=1000.0,
-                        help="events per second in the latency run (default 1000)")
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/0", help="the Redis to use (default: local)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=30_000, help="events in the throughput burst (default 30000)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="events per second in the latency run (default 1000)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of the latency run (default 5)")
     parser.add_argument("--quick", action="store_true", help="3000 events, 2 s latency run")
     args = parser.parse_args(argv)
@@ -290,11 +307,17 @@ def main(argv=None):
     client = redis.Redis.from_url(args.redis)
     redis_version = client.info("server")["redis_version"]
     client.close()
-    print(f"coda_ws backplane benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"Redis {redis_version}, everything on 127.0.0.1")
-    print(f"throughput: a burst of {args.events} events; latency: {args.rate:g} events/s for {args.duration:g} s\n")
-    header = (f"{'set-up':<44} {'events/s':>10} {'emit() us':>10} {'p50 ms':>8} {'p99 ms':>8}  "
-              f"{'(latency run)':<14}")
+    print(
+        f"coda_ws backplane benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"Redis {redis_version}, everything on 127.0.0.1"
+    )
+    print(
+        f"throughput: a burst of {args.events} events; latency: {args.rate:g} events/s for {args.duration:g} s\n"
+    )
+    header = (
+        f"{'set-up':<44} {'events/s':>10} {'emit() us':>10} {'p50 ms':>8} {'p99 ms':>8}  "
+        f"{'(latency run)':<14}"
+    )
     print(header)
     print("-" * len(header))
     rows = [
@@ -303,8 +326,10 @@ def main(argv=None):
     ]
     for name, result in rows:
         burst, paced = result["burst"], result["paced"]
-        print(f"{name:<44} {burst['throughput']:>10,.0f} {burst['emit_us']:>10.1f} {paced['p50']:>8.2f} "
-              f"{paced['p99']:>8.2f}")
+        print(
+            f"{name:<44} {burst['throughput']:>10,.0f} {burst['emit_us']:>10.1f} {paced['p50']:>8.2f} "
+            f"{paced['p99']:>8.2f}"
+        )
     notes = []
     if not all(redis_results[k]["identical"] for k in ("burst", "paced")):
         notes.append("WARNING: the two Redis clients did not receive identical seq sequences")

@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
-from coda_ws import CodaWebSocketServer  # noqa: E402
+from coda_ws import CodaWebSocketServer
 
 
 def one_burst(size, queue_size):
@@ -63,15 +63,19 @@ def main(argv=None):
     parser.add_argument("--queue-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    print(f"client_queue_size={args.queue_size}, {args.repeat} runs per size, machine: {os.cpu_count()} cores")
+    print(
+        f"client_queue_size={args.queue_size}, {args.repeat} runs per size, machine: {os.cpu_count()} cores"
+    )
     print(f"{'burst':>8} {'absorbed':>9} {'delivered (median)':>19} {'4008 closes':>12} {'events/s':>10}")
     for size in (int(s) for s in args.sizes.split(",")):
         runs = [one_burst(size, args.queue_size) for _ in range(args.repeat)]
         absorbed = sum(delivered == size for delivered, _, _ in runs)
         closes = sum(code == 4008 for _, code, _ in runs)
         rate = statistics.median(d / s for d, _, s in runs)
-        print(f"{size:>8} {absorbed:>6}/{args.repeat:<2} {statistics.median(d for d, _, _ in runs):>19} "
-              f"{closes:>12} {rate:>10.0f}")
+        print(
+            f"{size:>8} {absorbed:>6}/{args.repeat:<2} {statistics.median(d for d, _, _ in runs):>19} "
+            f"{closes:>12} {rate:>10.0f}"
+        )
     return 0
 
 

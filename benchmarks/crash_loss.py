@@ -98,14 +98,20 @@ def trial(flush, rate, rng):
     """One kill; returns (lost events, lost span in s, delivered, reused seqs)."""
     with tempfile.TemporaryDirectory(prefix="coda-ws-crash-") as tmp:
         path = os.path.join(tmp, "events.db")
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, path, str(flush), str(rate)], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, path, str(flush), str(rate)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         events = []
         try:
             _, url, epoch = _line(proc, "url ")
             ready = threading.Event()
-            reader = threading.Thread(target=_read_events, args=(url, events, ready), name="crash-loss-client",
-                                      daemon=True)
+            reader = threading.Thread(
+                target=_read_events, args=(url, events, ready), name="crash-loss-client", daemon=True
+            )
             reader.start()
             ready.wait(30)
             _line(proc, "go")
@@ -130,7 +136,9 @@ def trial(flush, rate, rng):
         journal = Journal(path)
         journal.attach(bus)
         try:
-            reused = 0 if bus.epoch == epoch and bus.last_seq >= delivered else max(0, delivered - bus.last_seq)
+            reused = (
+                0 if bus.epoch == epoch and bus.last_seq >= delivered else max(0, delivered - bus.last_seq)
+            )
         finally:
             journal.close()
             bus.close()
@@ -145,13 +153,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--quick", action="store_true", help="3 trials per flush interval")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)  # each restart warns that the file was not closed cleanly: expected
+    logging.basicConfig(
+        level=logging.ERROR
+    )  # each restart warns that the file was not closed cleanly: expected
     trials = 3 if args.quick else args.trials
     rng = random.Random(args.seed)
-    print(f"SIGKILL at a random moment 1-3 s into a steady run of {args.rate:.0f} events/s, {trials} trials per "
-          f"flush interval ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
-    header = (f"{'flush interval':>14} | {'lost events max':>15} | {'p50':>5} | {'lost span max':>13} | "
-              f"{'p50':>7} | {'delivered/trial':>15} | {'seqs reused':>11}")
+    print(
+        f"SIGKILL at a random moment 1-3 s into a steady run of {args.rate:.0f} events/s, {trials} trials per "
+        f"flush interval ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n"
+    )
+    header = (
+        f"{'flush interval':>14} | {'lost events max':>15} | {'p50':>5} | {'lost span max':>13} | "
+        f"{'p50':>7} | {'delivered/trial':>15} | {'seqs reused':>11}"
+    )
     print(header)
     print("-" * len(header))
     failures = 0
@@ -161,11 +175,15 @@ def main(argv=None):
         spans = [r[1] for r in results]
         reused = sum(r[3] for r in results)
         failures += reused
-        print(f"{flush:>12.2f} s | {max(lost):>15} | {statistics.median(lost):>5.0f} | {max(spans):>11.3f} s | "
-              f"{statistics.median(spans):>5.3f} s | {statistics.median(r[2] for r in results):>15.0f} | "
-              f"{reused:>11}")
-    print("\nlost events: delivered to the client, never committed; lost span: emit time of the newest lost event "
-          "minus the oldest's.")
+        print(
+            f"{flush:>12.2f} s | {max(lost):>15} | {statistics.median(lost):>5.0f} | {max(spans):>11.3f} s | "
+            f"{statistics.median(spans):>5.3f} s | {statistics.median(r[2] for r in results):>15.0f} | "
+            f"{reused:>11}"
+        )
+    print(
+        "\nlost events: delivered to the client, never committed; lost span: emit time of the newest lost event "
+        "minus the oldest's."
+    )
     return 1 if failures else 0
 
 

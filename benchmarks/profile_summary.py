@@ -15,8 +15,19 @@ import collections
 import re
 import sys
 
-_IDLE_LEAVES = ("wait (threading.py", "select (", "poll (", "_wait_for_tstate_lock", "sleep (", "accept (",
-                "readline (", "recv (", "recv_into (", "_worker (concurrent", "get (queue.py")
+_IDLE_LEAVES = (
+    "wait (threading.py",
+    "select (",
+    "poll (",
+    "_wait_for_tstate_lock",
+    "sleep (",
+    "accept (",
+    "readline (",
+    "recv (",
+    "recv_into (",
+    "_worker (concurrent",
+    "get (queue.py",
+)
 
 
 def _role(thread):

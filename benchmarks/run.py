@@ -72,14 +72,23 @@ class Peer:
 
 PEERS = {
     "coda_ws": Peer("coda_ws", "coda_ws_server.py", "ws", "/ws?v=1", ("coda_ws",), resume=True),
-    "socketio": Peer("socketio", "socketio_server.py", "socketio", "/", ("flask_socketio", "socketio", "engineio")),
+    "socketio": Peer(
+        "socketio", "socketio_server.py", "socketio", "/", ("flask_socketio", "socketio", "engineio")
+    ),
     "websockets": Peer("websockets", "websockets_server.py", "ws", "/", ("websockets",)),
     # Not a product: the limit. One pre-built frame, one blocking send() per
     # client, nothing else (servers/raw_server.py); ratio rows coda_ws/raw show
     # how close coda_ws is to it.
-    "raw": Peer("raw", "raw_server.py", "ws", "/", (), label="raw (floor)",
-                legend="raw (floor): floor (raw RFC 6455, not a product): one pre-built frame, one blocking "
-                       "send() per client; no validation, history, resume or slow-client policy"),
+    "raw": Peer(
+        "raw",
+        "raw_server.py",
+        "ws",
+        "/",
+        (),
+        label="raw (floor)",
+        legend="raw (floor): floor (raw RFC 6455, not a product): one pre-built frame, one blocking "
+        "send() per client; no validation, history, resume or slow-client policy",
+    ),
     # Not a peer: a trivial server that writes pre-built frames in big batches,
     # used to show the load client is not the bottleneck (--calibrate).
     "blast": Peer("blast", "blast_server.py", "ws", "/", ()),
@@ -107,7 +116,9 @@ class Scenario:
     library: str = ""  # "ws": WebSocket clients read with the ws package (as deflate scenarios do)
     pipeline: tuple = ()  # (passes, pairs, quick pairs): a pipeline thread's work, timed (pipeline5)
     peers: tuple = PRODUCTS  # which peers run it (raw, the floor, where it is a useful reference)
-    max_repeat: int = 0  # at most this many repetitions (0: as many as the suite's; keeps it under 10 minutes)
+    max_repeat: int = (
+        0  # at most this many repetitions (0: as many as the suite's; keeps it under 10 minutes)
+    )
     expect_close: bool = False  # enough events to get a paused coda_ws client closed with 4008
     baseline: str = ""  # the scenario this one is compared with
 
@@ -136,36 +147,106 @@ SCENARIOS = {
         # Issue 15: a voice assistant's stream, a steady trickle to a handful of
         # dashboards inside the pipeline's own process. Two repetitions, not
         # three, and small counts: the suite stays under 10 minutes (README).
-        Scenario("rate5", "5 clients at 500 events/s", 5, 1_000, 500, rate=500, peers=WITH_FLOOR, max_repeat=2),
+        Scenario(
+            "rate5", "5 clients at 500 events/s", 5, 1_000, 500, rate=500, peers=WITH_FLOOR, max_repeat=2
+        ),
         # The pipeline thread's work is 120 passes of common.pipeline_work (about
         # 0.3 s of CPU on the development machine), run 2 x 3 times (2 x 2 with
         # --quick), alternately without and with the stream; 20 000 is only a cap.
-        Scenario("pipeline5", "5 clients at 200 events/s while a pipeline thread computes (its slowdown)", 5,
-                 20_000, 20_000, rate=200, pipeline=(120, 3, 2), peers=WITH_FLOOR, max_repeat=2),
+        Scenario(
+            "pipeline5",
+            "5 clients at 200 events/s while a pipeline thread computes (its slowdown)",
+            5,
+            20_000,
+            20_000,
+            rate=200,
+            pipeline=(120, 3, 2),
+            peers=WITH_FLOOR,
+            max_repeat=2,
+        ),
         Scenario("healthy20", "20 clients at 4000 events/s", 20, 20_000, 20_000, rate=4000),
-        Scenario("paused20", "20 clients at 4000 events/s, one paused reader", 20, 20_000, 20_000, rate=4000,
-                 paused=1, expect_close=True, baseline="healthy20"),
+        Scenario(
+            "paused20",
+            "20 clients at 4000 events/s, one paused reader",
+            20,
+            20_000,
+            20_000,
+            rate=4000,
+            paused=1,
+            expect_close=True,
+            baseline="healthy20",
+        ),
         # deflate100's clients need the ws package (the raw reader cannot inflate),
         # which reads more slowly; ws100 is the same burst and client without the
         # offer: the baseline that isolates what offering compression costs.
-        Scenario("ws100", "100 clients, burst, ws package clients (deflate100's baseline)", 100, 2_000, 300,
-                 library="ws"),
-        Scenario("deflate100", "100 clients, burst, permessage-deflate offered", 100, 2_000, 300, deflate=True,
-                 library="ws", baseline="ws100"),
+        Scenario(
+            "ws100",
+            "100 clients, burst, ws package clients (deflate100's baseline)",
+            100,
+            2_000,
+            300,
+            library="ws",
+        ),
+        Scenario(
+            "deflate100",
+            "100 clients, burst, permessage-deflate offered",
+            100,
+            2_000,
+            300,
+            deflate=True,
+            library="ws",
+            baseline="ws100",
+        ),
         Scenario("idle1000", "1000 clients, 10 events/s", 1000, 20, 20, rate=10),
         # Not in the issue: a pipeline thread busy with Python code in the server
         # process (the GIL's switch interval then decides who runs; see README).
-        Scenario("busy100", "100 clients at 500 events/s, another server thread computing", 100, 2_000, 500,
-                 rate=500, busy=True, baseline="rate100"),
+        Scenario(
+            "busy100",
+            "100 clients at 500 events/s, another server thread computing",
+            100,
+            2_000,
+            500,
+            rate=500,
+            busy=True,
+            baseline="rate100",
+        ),
         # Issue 4: the stalled-reader check at 1 and 100 clients too (coda_ws only).
         Scenario("rate1", "1 client at 4000 events/s", 1, 20_000, 20_000, rate=4000, peers=("coda_ws",)),
-        Scenario("paused1", "1 client at 4000 events/s plus one paused reader", 2, 20_000, 20_000, rate=4000,
-                 paused=1, expect_close=True, peers=("coda_ws",), baseline="rate1"),
-        Scenario("paused100", "100 clients at 500 events/s, one paused reader", 100, 2_000, 500, rate=500,
-                 paused=1, peers=("coda_ws",), baseline="rate100"),
+        Scenario(
+            "paused1",
+            "1 client at 4000 events/s plus one paused reader",
+            2,
+            20_000,
+            20_000,
+            rate=4000,
+            paused=1,
+            expect_close=True,
+            peers=("coda_ws",),
+            baseline="rate1",
+        ),
+        Scenario(
+            "paused100",
+            "100 clients at 500 events/s, one paused reader",
+            100,
+            2_000,
+            500,
+            rate=500,
+            paused=1,
+            peers=("coda_ws",),
+            baseline="rate100",
+        ),
         # Issue 7: emit() cost while Prometheus scrapes /metrics every 100 ms.
-        Scenario("scrape20", "20 clients at 4000 events/s, /metrics scraped every 100 ms", 20, 20_000, 20_000,
-                 rate=4000, scrape=True, peers=("coda_ws",), baseline="healthy20"),
+        Scenario(
+            "scrape20",
+            "20 clients at 4000 events/s, /metrics scraped every 100 ms",
+            20,
+            20_000,
+            20_000,
+            rate=4000,
+            scrape=True,
+            peers=("coda_ws",),
+            baseline="healthy20",
+        ),
     ]
 }
 DEFAULT_SCENARIOS = tuple(SCENARIOS)
@@ -189,8 +270,14 @@ class Child:
         self.log_path = pathlib.Path(log_dir) / f"{Child._started:03d}-{name}.stderr"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            text=True, bufsize=1, cwd=str(HERE), env=env,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+            cwd=str(HERE),
+            env=env,
         )
         self._lines = queue.Queue()
         self._stash = []  # lines read while waiting for another kind
@@ -224,7 +311,9 @@ class Child:
                 continue
             if line is None:
                 self._lines.put(None)  # stay at end of file for later calls
-                raise RuntimeError(f"{self.name} exited ({self.proc.poll()}) before {what}{self.stderr_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.proc.poll()}) before {what}{self.stderr_tail()}"
+                )
             try:
                 message = json.loads(line)
             except ValueError:
@@ -396,21 +485,31 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
             raise Skip("GET /metrics answers 404 (the endpoint has not landed yet); scrape scenario skipped")
         rss_idle = process.memory_info().rss
         config = {
-            "kind": peer.client_kind, "url": f"ws://127.0.0.1:{port}{peer.path}", "event": EVENT_TYPE,
-            "clients": clients - scenario.paused, "paused": 0, "deflate": scenario.deflate, "resume": peer.resume,
+            "kind": peer.client_kind,
+            "url": f"ws://127.0.0.1:{port}{peer.path}",
+            "event": EVENT_TYPE,
+            "clients": clients - scenario.paused,
+            "paused": 0,
+            "deflate": scenario.deflate,
+            "resume": peer.resume,
             "library": scenario.library,
         }
-        client = Child(["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-client", log_dir)
+        client = Child(
+            ["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-client", log_dir
+        )
         connected = client.receive(60 + clients * 0.1, "ready line", "ready")
         if connected["connected"] != config["clients"]:
-            raise RuntimeError(f"only {connected['connected']} of {clients} clients connected: {connected['errors']}")
+            raise RuntimeError(
+                f"only {connected['connected']} of {clients} clients connected: {connected['errors']}"
+            )
         if scenario.paused:
             # The paused reader in a process of its own, as a real client is: its
             # catch-up after the pause must not delay the healthy clients' event
             # loop (and so their measured latency) in the load client.
             config = dict(config, clients=1, paused=1, hold=True)
-            paused_client = Child(["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-paused",
-                                  log_dir)
+            paused_client = Child(
+                ["node", str(CLIENT), json.dumps(config)], f"{peer.name}-{scenario.name}-paused", log_dir
+            )
             if paused_client.receive(60, "ready line", "ready")["connected"] != 1:
                 raise RuntimeError("the paused client did not connect")
         deadline = time.monotonic() + 30
@@ -428,8 +527,18 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
         pipeline = scenario.pipeline_spec(quick)
         for load in (client, paused_client):
             if load is not None:
-                load.request({"cmd": "start", "n": n, "timeout_s": timeout, "pause_max_s": 5 + emit_time,
-                              "open": bool(pipeline)}, 30, "started", "started")
+                load.request(
+                    {
+                        "cmd": "start",
+                        "n": n,
+                        "timeout_s": timeout,
+                        "pause_max_s": 5 + emit_time,
+                        "open": bool(pipeline),
+                    },
+                    30,
+                    "started",
+                    "started",
+                )
         scraper = Scraper(f"http://127.0.0.1:{port}/metrics") if scenario.scrape else None
         with Sampler(process) as sampler:
             cpu0 = _cpu_seconds(server)
@@ -455,10 +564,23 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
                 # With the peers (and a coda_ws client the kernel's buffers held), the
                 # paused client reads again once the healthy clients have everything.
                 paused_client.send({"cmd": "resume"})
-                result = _merge_paused(result, paused_client.receive(timeout + 30, "paused client result", "result"))
+                result = _merge_paused(
+                    result, paused_client.receive(timeout + 30, "paused client result", "result")
+                )
             cpu1 = _cpu_seconds(server)
-        return _measurements(scenario, emitted["emitted"], clients, emitted, result, cpu1 - cpu0, sampler,
-                             rss_idle, rss_connected, threads_connected, scraper)
+        return _measurements(
+            scenario,
+            emitted["emitted"],
+            clients,
+            emitted,
+            result,
+            cpu1 - cpu0,
+            sampler,
+            rss_idle,
+            rss_connected,
+            threads_connected,
+            scraper,
+        )
     finally:
         for child in (client, paused_client, server):
             if child is not None:
@@ -474,8 +596,20 @@ def run_one(peer, scenario, quick, log_dir, python, profile_dir=None):
 def _start_profiler(profile_dir, peer, scenario, pid):
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
     out = pathlib.Path(profile_dir) / f"{peer.name}-{scenario.name}-{time.strftime('%H%M%S')}"
-    argv = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--threads", "--nonblocking",
-            "--format", "raw", "--output", f"{out}.txt"]
+    argv = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "100",
+        "--threads",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        f"{out}.txt",
+    ]
     try:
         with open(f"{out}.log", "w") as log:  # py-spy reports its sample and error counts there
             profiler = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -485,7 +619,9 @@ def _start_profiler(profile_dir, peer, scenario, pid):
     return profiler
 
 
-def _measurements(scenario, n, clients, emitted, result, cpu, sampler, rss_idle, rss_connected, threads, scraper):
+def _measurements(
+    scenario, n, clients, emitted, result, cpu, sampler, rss_idle, rss_connected, threads, scraper
+):
     delivered = result["delivered"]
     expected = result["expected"]
     paused = result.get("paused")
@@ -539,16 +675,22 @@ def _measurements(scenario, n, clients, emitted, result, cpu, sampler, rss_idle,
         m["slowdown_pct"] = pipeline["slowdown_pct"]
         m["own_slowdown_pct"] = pipeline.get("own_slowdown_pct")
         if "runq_baseline_s" in pipeline:  # how much the machine's other load held the work up
-            m["runq_pct"] = 100 * (sum(pipeline["runq_baseline_s"]) + sum(pipeline["runq_streamed_s"])) / (
-                sum(pipeline["baseline_s"]) + sum(pipeline["streamed_s"]))
+            m["runq_pct"] = (
+                100
+                * (sum(pipeline["runq_baseline_s"]) + sum(pipeline["runq_streamed_s"]))
+                / (sum(pipeline["baseline_s"]) + sum(pipeline["streamed_s"]))
+            )
         m["stream_rate"] = pipeline["stream_rate"]
         m["work_ms"] = 1000 * statistics.median(pipeline["baseline_s"])
         m["work_streamed_ms"] = 1000 * statistics.median(pipeline["streamed_s"])
     if scraper is not None:
         durations = sorted(scraper.durations)
-        m["scrapes"] = {"count": len(durations), "errors": scraper.errors,
-                        "p50_ms": 1000 * durations[len(durations) // 2] if durations else None,
-                        "max_ms": 1000 * durations[-1] if durations else None}
+        m["scrapes"] = {
+            "count": len(durations),
+            "errors": scraper.errors,
+            "p50_ms": 1000 * durations[len(durations) // 2] if durations else None,
+            "max_ms": 1000 * durations[-1] if durations else None,
+        }
     return m
 
 
@@ -563,9 +705,28 @@ def _us(ns):
 # -- the suite --------------------------------------------------------------------
 
 
-NUMERIC = ("delivered_pct", "msgs_per_s", "lat_p50_ms", "lat_p99_ms", "emit_p50_us", "emit_p99_us", "emit_max_us",
-           "cpu_per_msg_us", "threads", "peak_rss_mb", "rss_growth_mb", "rss_per_client_kb", "client_cpu_pct",
-           "slowdown_pct", "own_slowdown_pct", "runq_pct", "stream_rate", "work_ms", "work_streamed_ms", "run_s")
+NUMERIC = (
+    "delivered_pct",
+    "msgs_per_s",
+    "lat_p50_ms",
+    "lat_p99_ms",
+    "emit_p50_us",
+    "emit_p99_us",
+    "emit_max_us",
+    "cpu_per_msg_us",
+    "threads",
+    "peak_rss_mb",
+    "rss_growth_mb",
+    "rss_per_client_kb",
+    "client_cpu_pct",
+    "slowdown_pct",
+    "own_slowdown_pct",
+    "runq_pct",
+    "stream_rate",
+    "work_ms",
+    "work_streamed_ms",
+    "run_s",
+)
 
 
 def median_of(runs):
@@ -575,8 +736,15 @@ def median_of(runs):
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
     # Non-numeric facts: keep every run's, they are small.
-    for key in ("paused", "timed_out", "out_of_order", "unexpected_closes", "deflate_negotiated", "scrapes",
-                "pipeline"):
+    for key in (
+        "paused",
+        "timed_out",
+        "out_of_order",
+        "unexpected_closes",
+        "deflate_negotiated",
+        "scrapes",
+        "pipeline",
+    ):
         values = [r[key] for r in runs if key in r]
         if values:
             out[key] = values
@@ -594,15 +762,28 @@ def check_prerequisites(peers):
         peer = PEERS[name]
         missing = peer.missing()
         if missing:
-            print(f"benchmarks: skipping {name}: {', '.join(missing)} not installed; "
-                  f"run: pip install -r benchmarks/requirements.txt", file=sys.stderr)
+            print(
+                f"benchmarks: skipping {name}: {', '.join(missing)} not installed; "
+                f"run: pip install -r benchmarks/requirements.txt",
+                file=sys.stderr,
+            )
         else:
             usable.append(name)
     return usable
 
 
-def run_suite(scenarios, peers, repeat, quick, python, log_dir, progress=print, any_peer=False, profile_dir=None,
-              cap_repeats=True):
+def run_suite(
+    scenarios,
+    peers,
+    repeat,
+    quick,
+    python,
+    log_dir,
+    progress=print,
+    any_peer=False,
+    profile_dir=None,
+    cap_repeats=True,
+):
     """Run every scenario on every peer ``repeat`` times (a scenario's
     ``max_repeat`` at most, with ``cap_repeats``).
 
@@ -622,7 +803,7 @@ def run_suite(scenarios, peers, repeat, quick, python, log_dir, progress=print, 
         for sname in scenarios:
             scenario = SCENARIOS[sname]
             names = list(results[sname])
-            order = names[rep % len(names):] + names[: rep % len(names)] if names else []
+            order = names[rep % len(names) :] + names[: rep % len(names)] if names else []
             rounds = min(repeat, scenario.max_repeat) if cap_repeats and scenario.max_repeat else repeat
             if rep >= rounds:
                 continue
@@ -643,8 +824,10 @@ def run_suite(scenarios, peers, repeat, quick, python, log_dir, progress=print, 
                     continue
                 run["run_s"] = time.monotonic() - started  # the whole run, set-up included (suite timing)
                 slot["runs"].append(run)
-                progress(f"  {sname:<11} {pname:<10} run {rep + 1}/{rounds}: {_summary(run)} "
-                         f"({run['run_s']:.1f} s)")
+                progress(
+                    f"  {sname:<11} {pname:<10} run {rep + 1}/{rounds}: {_summary(run)} "
+                    f"({run['run_s']:.1f} s)"
+                )
     for by_peer in results.values():
         for slot in by_peer.values():
             if slot["runs"]:
@@ -653,16 +836,22 @@ def run_suite(scenarios, peers, repeat, quick, python, log_dir, progress=print, 
 
 
 def _summary(run):
-    text = (f"{run['delivered_pct']:.1f}% {run['msgs_per_s']:,.0f} msg/s, p99 {_fmt_ms(run['lat_p99_ms'])}, "
-            f"emit p50 {_fmt_us(run['emit_p50_us'])}, cpu/msg {_fmt_us(run['cpu_per_msg_us'])}")
+    text = (
+        f"{run['delivered_pct']:.1f}% {run['msgs_per_s']:,.0f} msg/s, p99 {_fmt_ms(run['lat_p99_ms'])}, "
+        f"emit p50 {_fmt_us(run['emit_p50_us'])}, cpu/msg {_fmt_us(run['cpu_per_msg_us'])}"
+    )
     if "paused" in run:
         p = run["paused"]
-        text += f", paused: close {p['close_code']}, got {p['received']}/{p['of']}, recovered {p['recovered']}"
+        text += (
+            f", paused: close {p['close_code']}, got {p['received']}/{p['of']}, recovered {p['recovered']}"
+        )
     if "pipeline" in run:
-        text += (f", compute slowdown {_fmt_pct(run['slowdown_pct'])} "
-                 f"(pairs {', '.join(_fmt_pct(v) for v in run['pipeline']['pair_slowdown_pct'])}; "
-                 f"without run-queue waits {_fmt_pct(run['own_slowdown_pct'])}; "
-                 f"work {run['work_ms']:.0f} ms alone), stream {run['stream_rate']:.0f}/s")
+        text += (
+            f", compute slowdown {_fmt_pct(run['slowdown_pct'])} "
+            f"(pairs {', '.join(_fmt_pct(v) for v in run['pipeline']['pair_slowdown_pct'])}; "
+            f"without run-queue waits {_fmt_pct(run['own_slowdown_pct'])}; "
+            f"work {run['work_ms']:.0f} ms alone), stream {run['stream_rate']:.0f}/s"
+        )
     return text
 
 
@@ -750,9 +939,13 @@ def table_rows(results):
             for pname, slot in by_peer.items():
                 if pname == "coda_ws" or not slot.get("median"):
                     continue
-                rows.append([sname, f"coda_ws/{pname}"]
-                            + [_ratio(coda.get(key), slot["median"].get(key)) if key != "slowdown_pct" else "-"
-                               for _, key, _, _ in columns])
+                rows.append(
+                    [sname, f"coda_ws/{pname}"]
+                    + [
+                        _ratio(coda.get(key), slot["median"].get(key)) if key != "slowdown_pct" else "-"
+                        for _, key, _, _ in columns
+                    ]
+                )
     return rows
 
 
@@ -765,8 +958,12 @@ def legends(results):
 def format_text_table(results):
     headers = ["scenario", "peer"] + [c[0] for c in columns_for(results)]
     rows = table_rows(results)
-    widths = [max(len(h), *(len(r[i]) for r in rows if not r[2].startswith(("skipped", "failed")) or i < 2))
-              if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows if not r[2].startswith(("skipped", "failed")) or i < 2))
+        if rows
+        else len(h)
+        for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     lines.append("  ".join("-" * w for w in widths))
     previous = None
@@ -777,7 +974,9 @@ def format_text_table(results):
         if row[2].startswith(("skipped", "failed")):
             lines.append(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
             continue
-        lines.append("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
     return "\n".join(lines)
 
 
@@ -794,15 +993,19 @@ def format_markdown_table(results):
 def _pipeline_note(r, rate):
     """One run of a pipeline scenario in words."""
     pairs = ", ".join(f"{v:+.1f}" for v in r["pair_slowdown_pct"])
-    text = (f"work {1000 * statistics.median(r['baseline_s']):.0f} ms alone, "
-            f"{1000 * statistics.median(r['streamed_s']):.0f} ms streamed ({r['pairs']} pairs of {r['passes']} "
-            f"passes), slowdown {_fmt_pct(r['slowdown_pct'])} (pairs {pairs})")
+    text = (
+        f"work {1000 * statistics.median(r['baseline_s']):.0f} ms alone, "
+        f"{1000 * statistics.median(r['streamed_s']):.0f} ms streamed ({r['pairs']} pairs of {r['passes']} "
+        f"passes), slowdown {_fmt_pct(r['slowdown_pct'])} (pairs {pairs})"
+    )
     if "own_slowdown_pct" in r:
         waits = sum(r["runq_baseline_s"]) + sum(r["runq_streamed_s"])
         share = 100 * waits / (sum(r["baseline_s"]) + sum(r["streamed_s"]))
-        text += (f", without the OS's run-queue waits {_fmt_pct(r['own_slowdown_pct'])} (pairs "
-                 f"{', '.join(f'{v:+.1f}' for v in r['pair_own_slowdown_pct'])}: the waits were {share:.0f} % of "
-                 "the work's time)")
+        text += (
+            f", without the OS's run-queue waits {_fmt_pct(r['own_slowdown_pct'])} (pairs "
+            f"{', '.join(f'{v:+.1f}' for v in r['pair_own_slowdown_pct'])}: the waits were {share:.0f} % of "
+            "the work's time)"
+        )
     text += f", stream {r['stream_rate']:.0f} events/s of {rate:.0f}"
     if r["cap_reached"]:
         text += f", the cap ran out in {r['cap_reached']} run(s)"
@@ -821,23 +1024,41 @@ def scenario_notes(results):
                 outcomes = []
                 for p in med["paused"]:
                     rec = ",".join(str(r).lower() for r in p["recovered"]) or "-"
-                    outcomes.append(f"close {p['close_code']}, got {p['received']}/{p['of']}, resume recovered={rec}")
-                notes.append(f"{sname} {pname}: paused client: " + "; ".join(outcomes)
-                             + f"; emit max {_fmt_us(med['emit_max_us'])}")
+                    outcomes.append(
+                        f"close {p['close_code']}, got {p['received']}/{p['of']}, resume recovered={rec}"
+                    )
+                notes.append(
+                    f"{sname} {pname}: paused client: "
+                    + "; ".join(outcomes)
+                    + f"; emit max {_fmt_us(med['emit_max_us'])}"
+                )
             if sname == "idle1000":
-                notes.append(f"{sname} {pname}: RSS per connected client {_fmt_num(med['rss_per_client_kb'], ' KB')}")
+                notes.append(
+                    f"{sname} {pname}: RSS per connected client {_fmt_num(med['rss_per_client_kb'], ' KB')}"
+                )
             if "deflate_negotiated" in med and SCENARIOS[sname].deflate:
-                notes.append(f"{sname} {pname}: permessage-deflate negotiated on "
-                             f"{'/'.join(str(d) for d in med['deflate_negotiated'])} of "
-                             f"{SCENARIOS[sname].clients} clients")
+                notes.append(
+                    f"{sname} {pname}: permessage-deflate negotiated on "
+                    f"{'/'.join(str(d) for d in med['deflate_negotiated'])} of "
+                    f"{SCENARIOS[sname].clients} clients"
+                )
             if "pipeline" in med:
-                notes.append(f"{sname} {pname}: " + "; ".join(
-                    f"run {k}: {_pipeline_note(r, SCENARIOS[sname].rate)}" for k, r in enumerate(med["pipeline"], 1)))
+                notes.append(
+                    f"{sname} {pname}: "
+                    + "; ".join(
+                        f"run {k}: {_pipeline_note(r, SCENARIOS[sname].rate)}"
+                        for k, r in enumerate(med["pipeline"], 1)
+                    )
+                )
             if "scrapes" in med:
-                notes.append(f"{sname} {pname}: /metrics answered " + "; ".join(
-                    f"{s['count']} scrapes (p50 {_fmt_ms(s['p50_ms'])}, max {_fmt_ms(s['max_ms'])}, "
-                    f"{s['errors']} errors)"
-                    for s in med["scrapes"]))
+                notes.append(
+                    f"{sname} {pname}: /metrics answered "
+                    + "; ".join(
+                        f"{s['count']} scrapes (p50 {_fmt_ms(s['p50_ms'])}, max {_fmt_ms(s['max_ms'])}, "
+                        f"{s['errors']} errors)"
+                        for s in med["scrapes"]
+                    )
+                )
             for number, run in enumerate(slot["runs"], 1):
                 problems = []
                 if run["timed_out"]:
@@ -847,20 +1068,33 @@ def scenario_notes(results):
                 if run["unexpected_closes"]:
                     resumed = run.get("healthy_resumes", [])
                     lost = [r for r in resumed if not r]
-                    problems.append(f"{run['unexpected_closes']} healthy client(s) closed by the server "
-                                    f"(codes {', '.join(run['close_codes'])}), {len(resumed)} resume(s), "
-                                    f"{len(lost)} with recovered=false")
+                    problems.append(
+                        f"{run['unexpected_closes']} healthy client(s) closed by the server "
+                        f"(codes {', '.join(run['close_codes'])}), {len(resumed)} resume(s), "
+                        f"{len(lost)} with recovered=false"
+                    )
                 if problems:
-                    notes.append(f"{sname} {pname}, run {number}: " + "; ".join(problems)
-                                 + f"; delivered {run['delivered_pct']:.1f} %")
+                    notes.append(
+                        f"{sname} {pname}, run {number}: "
+                        + "; ".join(problems)
+                        + f"; delivered {run['delivered_pct']:.1f} %"
+                    )
             if slot["errors"]:
-                notes.append(f"{sname} {pname}: {len(slot['errors'])} failed run(s): {slot['errors'][0][:200]}")
+                notes.append(
+                    f"{sname} {pname}: {len(slot['errors'])} failed run(s): {slot['errors'][0][:200]}"
+                )
         floor = by_peer.get("raw", {}).get("median")
         others = [(p, slot["median"]) for p, slot in by_peer.items() if p != "raw" and slot.get("median")]
         if floor and others:
             parts = []
-            for header, key in (("CPU/msg", "cpu_per_msg_us"), ("lat p99", "lat_p99_ms"), ("msgs/s", "msgs_per_s")):
-                parts.append(f"{header} " + ", ".join(f"{p} {_ratio(m.get(key), floor.get(key))}" for p, m in others))
+            for header, key in (
+                ("CPU/msg", "cpu_per_msg_us"),
+                ("lat p99", "lat_p99_ms"),
+                ("msgs/s", "msgs_per_s"),
+            ):
+                parts.append(
+                    f"{header} " + ", ".join(f"{p} {_ratio(m.get(key), floor.get(key))}" for p, m in others)
+                )
             notes.append(f"{sname}: each implementation / the floor (raw): " + "; ".join(parts))
     return notes
 
@@ -887,38 +1121,59 @@ def evaluate_targets(results):
 
     c = get("burst100", "coda_ws", "cpu_per_msg_us")
     w = get("burst100", "websockets", "cpu_per_msg_us")
-    target("CPU per delivered message at 100 clients <= 0.5x websockets",
-           None if None in (c, w) else c <= 0.5 * w,
-           f"{_fmt_us(c)} vs {_fmt_us(w)} ({_ratio(c, w)})")
+    target(
+        "CPU per delivered message at 100 clients <= 0.5x websockets",
+        None if None in (c, w) else c <= 0.5 * w,
+        f"{_fmt_us(c)} vs {_fmt_us(w)} ({_ratio(c, w)})",
+    )
     c = get("burst100", "coda_ws", "msgs_per_s")
     w = get("burst100", "websockets", "msgs_per_s")
     s = get("burst100", "socketio", "msgs_per_s")
-    target("delivered msgs/s at 100 clients, burst >= 2x websockets",
-           None if None in (c, w) else c >= 2 * w, f"{_fmt_num(c)} vs {_fmt_num(w)} ({_ratio(c, w)})")
-    target("delivered msgs/s at 100 clients, burst >= 5x Flask-SocketIO",
-           None if None in (c, s) else c >= 5 * s, f"{_fmt_num(c)} vs {_fmt_num(s)} ({_ratio(c, s)})")
+    target(
+        "delivered msgs/s at 100 clients, burst >= 2x websockets",
+        None if None in (c, w) else c >= 2 * w,
+        f"{_fmt_num(c)} vs {_fmt_num(w)} ({_ratio(c, w)})",
+    )
+    target(
+        "delivered msgs/s at 100 clients, burst >= 5x Flask-SocketIO",
+        None if None in (c, s) else c >= 5 * s,
+        f"{_fmt_num(c)} vs {_fmt_num(s)} ({_ratio(c, s)})",
+    )
     c = get("burst100", "coda_ws", "emit_p50_us")
     w = get("burst100", "websockets", "emit_p50_us")
-    target("emit() p50 at 100 clients <= 0.5x websockets",
-           None if None in (c, w) else c <= 0.5 * w, f"{_fmt_us(c)} vs {_fmt_us(w)} ({_ratio(c, w)})")
+    target(
+        "emit() p50 at 100 clients <= 0.5x websockets",
+        None if None in (c, w) else c <= 0.5 * w,
+        f"{_fmt_us(c)} vs {_fmt_us(w)} ({_ratio(c, w)})",
+    )
     p99s = {s: get(s, "coda_ws", "emit_p99_us") for s in ("burst1", "burst100", "rate100")}
     known = [v for v in p99s.values() if v is not None]
-    target("emit() p99 < 100 µs (burst1, burst100, rate100)",
-           None if not known else all(v < 100 for v in known),
-           ", ".join(f"{k} {_fmt_us(v)}" for k, v in p99s.items()))
+    target(
+        "emit() p99 < 100 µs (burst1, burst100, rate100)",
+        None if not known else all(v < 100 for v in known),
+        ", ".join(f"{k} {_fmt_us(v)}" for k, v in p99s.items()),
+    )
     one = get("burst1", "coda_ws", "emit_p50_us")
     hundred = get("burst100", "coda_ws", "emit_p50_us")
     one99 = get("burst1", "coda_ws", "emit_p99_us")
     hundred99 = get("burst100", "coda_ws", "emit_p99_us")
     same = None
     if None not in (one, hundred, one99, hundred99):
-        same = max(one, hundred) <= 1.3 * min(one, hundred) and max(one99, hundred99) <= 1.3 * min(one99, hundred99)
-    target("emit() cost the same (within 1.3x) at 1 and 100 clients",
-           same, f"p50 {_fmt_us(one)} vs {_fmt_us(hundred)}, p99 {_fmt_us(one99)} vs {_fmt_us(hundred99)}")
+        same = max(one, hundred) <= 1.3 * min(one, hundred) and max(one99, hundred99) <= 1.3 * min(
+            one99, hundred99
+        )
+    target(
+        "emit() cost the same (within 1.3x) at 1 and 100 clients",
+        same,
+        f"p50 {_fmt_us(one)} vs {_fmt_us(hundred)}, p99 {_fmt_us(one99)} vs {_fmt_us(hundred99)}",
+    )
     c = get("rate100", "coda_ws", "lat_p99_ms")
     w = get("rate100", "websockets", "lat_p99_ms")
-    target("100 clients at 500 events/s: latency p99 <= 0.5x websockets",
-           None if None in (c, w) else c <= 0.5 * w, f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})")
+    target(
+        "100 clients at 500 events/s: latency p99 <= 0.5x websockets",
+        None if None in (c, w) else c <= 0.5 * w,
+        f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})",
+    )
     for paused, healthy in (("paused20", "healthy20"), ("paused1", "rate1"), ("paused100", "rate100")):
         slot = results.get(paused, {}).get("coda_ws", {})
         med = slot.get("median")
@@ -928,54 +1183,87 @@ def evaluate_targets(results):
             continue
         base = get(healthy, "coda_ws", "lat_p99_ms")
         ok = med["delivered_pct"] >= 100.0 and base is not None and med["lat_p99_ms"] <= 1.5 * base
-        target(f"{paused}: healthy clients get 100% with p99 <= 1.5x {healthy}",
-               None if base is None else ok,
-               f"{med['delivered_pct']:.1f}%, p99 {_fmt_ms(med['lat_p99_ms'])} vs {_fmt_ms(base)} "
-               f"({_ratio(med['lat_p99_ms'], base)})")
+        target(
+            f"{paused}: healthy clients get 100% with p99 <= 1.5x {healthy}",
+            None if base is None else ok,
+            f"{med['delivered_pct']:.1f}%, p99 {_fmt_ms(med['lat_p99_ms'])} vs {_fmt_ms(base)} "
+            f"({_ratio(med['lat_p99_ms'], base)})",
+        )
         base_emit = get(healthy, "coda_ws", "emit_p99_us")
         base_max = get(healthy, "coda_ws", "emit_max_us")
         # The max is one call: on a loaded machine the OS alone can stall it,
         # so it is judged against the same scenario without the paused client.
-        target(f"{paused}: emit() never blocks (p99 within 1.5x of {healthy}, max < 20 ms or within 2x of "
-               f"{healthy}'s)",
-               None if base_emit is None else med["emit_p99_us"] <= 1.5 * base_emit
-               and med["emit_max_us"] < max(20_000, 2 * base_max),
-               f"p99 {_fmt_us(med['emit_p99_us'])} vs {_fmt_us(base_emit)}, max {_fmt_us(med['emit_max_us'])} "
-               f"vs {_fmt_us(base_max)}")
-        target(f"{paused}: RSS grows less than 10 MB", med["rss_growth_mb"] < 10,
-               f"{med['rss_growth_mb']:.1f} MB")
+        target(
+            f"{paused}: emit() never blocks (p99 within 1.5x of {healthy}, max < 20 ms or within 2x of "
+            f"{healthy}'s)",
+            None
+            if base_emit is None
+            else med["emit_p99_us"] <= 1.5 * base_emit and med["emit_max_us"] < max(20_000, 2 * base_max),
+            f"p99 {_fmt_us(med['emit_p99_us'])} vs {_fmt_us(base_emit)}, max {_fmt_us(med['emit_max_us'])} "
+            f"vs {_fmt_us(base_max)}",
+        )
+        target(
+            f"{paused}: RSS grows less than 10 MB",
+            med["rss_growth_mb"] < 10,
+            f"{med['rss_growth_mb']:.1f} MB",
+        )
         outcomes = med.get("paused", [])
-        evidence = "; ".join(f"close {p['close_code']}, recovered {p['recovered']}, {p['received']}/{p['of']}"
-                             for p in outcomes)
+        evidence = "; ".join(
+            f"close {p['close_code']}, recovered {p['recovered']}, {p['received']}/{p['of']}"
+            for p in outcomes
+        )
         if SCENARIOS[paused].expect_close:
-            ok = bool(outcomes) and all(p["close_code"] == 4008 and p["recovered"] and all(p["recovered"])
-                                        and p["received"] == p["of"] for p in outcomes)
+            ok = bool(outcomes) and all(
+                p["close_code"] == 4008
+                and p["recovered"]
+                and all(p["recovered"])
+                and p["received"] == p["of"]
+                for p in outcomes
+            )
             target(f"{paused}: the paused client is closed with 4008 and resumes without loss", ok, evidence)
         else:
             ok = bool(outcomes) and all(p["received"] == p["of"] for p in outcomes)
-            target(f"{paused}: the paused client gets every event once it reads again (the kernel's buffers "
-                   "held its backlog: too few events for a 4008)", ok, evidence)
+            target(
+                f"{paused}: the paused client gets every event once it reads again (the kernel's buffers "
+                "held its backlog: too few events for a 4008)",
+                ok,
+                evidence,
+            )
     c = get("busy100", "coda_ws", "lat_p99_ms")
     w = get("busy100", "websockets", "lat_p99_ms")
-    target("(not in the issue) a server thread busy with Python code: latency p99 <= websockets",
-           None if None in (c, w) else c <= w, f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})")
+    target(
+        "(not in the issue) a server thread busy with Python code: latency p99 <= websockets",
+        None if None in (c, w) else c <= w,
+        f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})",
+    )
     c = get("deflate100", "coda_ws", "cpu_per_msg_us")
     b = get("ws100", "coda_ws", "cpu_per_msg_us")
-    target("deflate offered: CPU per message <= 1.2x the uncompressed run (ws100: same clients, no offer)",
-           None if None in (c, b) else c <= 1.2 * b, f"{_fmt_us(c)} vs {_fmt_us(b)} ({_ratio(c, b)})")
+    target(
+        "deflate offered: CPU per message <= 1.2x the uncompressed run (ws100: same clients, no offer)",
+        None if None in (c, b) else c <= 1.2 * b,
+        f"{_fmt_us(c)} vs {_fmt_us(b)} ({_ratio(c, b)})",
+    )
     d = get("idle1000", "coda_ws", "delivered_pct")
     p99 = get("idle1000", "coda_ws", "lat_p99_ms")
     kb = get("idle1000", "coda_ws", "rss_per_client_kb")
-    target("1000 clients at 10 events/s: all delivered, p99 < 50 ms",
-           None if None in (d, p99) else d >= 100.0 and p99 < 50, f"{_fmt_num(d, ' %', 1)}, p99 {_fmt_ms(p99)}")
-    target("1000 clients: RSS per connected client < 150 KB (aim)",
-           None if kb is None else kb < 150, f"{_fmt_num(kb, ' KB')}")
+    target(
+        "1000 clients at 10 events/s: all delivered, p99 < 50 ms",
+        None if None in (d, p99) else d >= 100.0 and p99 < 50,
+        f"{_fmt_num(d, ' %', 1)}, p99 {_fmt_ms(p99)}",
+    )
+    target(
+        "1000 clients: RSS per connected client < 150 KB (aim)",
+        None if kb is None else kb < 150,
+        f"{_fmt_num(kb, ' KB')}",
+    )
     c = get("scrape20", "coda_ws", "emit_p99_us")
     b = get("healthy20", "coda_ws", "emit_p99_us")
     skipped = results.get("scrape20", {}).get("coda_ws", {}).get("skipped")
-    target("/metrics scraped every 100 ms: emit() p99 <= 1.2x without",
-           None if None in (c, b) else c <= 1.2 * b,
-           f"skipped: {skipped}" if skipped else f"{_fmt_us(c)} vs {_fmt_us(b)} ({_ratio(c, b)})")
+    target(
+        "/metrics scraped every 100 ms: emit() p99 <= 1.2x without",
+        None if None in (c, b) else c <= 1.2 * b,
+        f"skipped: {skipped}" if skipped else f"{_fmt_us(c)} vs {_fmt_us(b)} ({_ratio(c, b)})",
+    )
     _issue15_targets(results, target, list(out))
     return out
 
@@ -986,9 +1274,15 @@ RUNQ_LIMIT_PCT = 5.0
 
 # The rows of earlier issues that issue 15 says must stay met (by the start of
 # their text): burst100, paused20, deflate, scrape, busy100.
-_STILL_MET = ("CPU per delivered message at 100 clients", "delivered msgs/s at 100 clients", "paused20:",
-              "paused reader (20 clients)", "deflate offered", "/metrics scraped",
-              "(not in the issue) a server thread busy")
+_STILL_MET = (
+    "CPU per delivered message at 100 clients",
+    "delivered msgs/s at 100 clients",
+    "paused20:",
+    "paused reader (20 clients)",
+    "deflate offered",
+    "/metrics scraped",
+    "(not in the issue) a server thread busy",
+)
 
 
 def _issue15_targets(results, target, earlier):
@@ -1002,8 +1296,11 @@ def _issue15_targets(results, target, earlier):
         c, o = get(scenario, "coda_ws", key), get(scenario, peer, key)
         ok = None if None in (c, o) else (c >= factor * o if at_least else c <= factor * o)
         other = "raw (the floor)" if peer == "raw" else peer
-        target(f"{scenario}: {what} {'>=' if at_least else '<='} {factor:g}x {other}", ok,
-               f"{fmt(c)} vs {fmt(o)} ({_ratio(c, o)})")
+        target(
+            f"{scenario}: {what} {'>=' if at_least else '<='} {factor:g}x {other}",
+            ok,
+            f"{fmt(c)} vs {fmt(o)} ({_ratio(c, o)})",
+        )
 
     compare_to("rate100", "cpu_per_msg_us", "raw", 1.2, "CPU per delivered message", _fmt_us)
     compare_to("rate100", "cpu_per_msg_us", "websockets", 0.5, "CPU per delivered message", _fmt_us)
@@ -1030,50 +1327,74 @@ def _issue15_targets(results, target, earlier):
     offered = SCENARIOS["pipeline5"].rate
     evidence = "not run"
     if shown:
-        evidence = (", ".join(f"{p} {_fmt_pct(wall[p])}" for p in shown)
-                    + "; without the OS's run-queue waits " + ", ".join(f"{p} {_fmt_pct(own[p])}" for p in shown)
-                    + ("" if runq is None else f" (the waits: up to {runq:.0f} % of the work's time"
-                       + (f", over {RUNQ_LIMIT_PCT:g} %: the machine was not quiet, not judged)" if loaded else ")"))
-                    + "; stream while computing " + ", ".join(f"{p} {rates[p]:.0f}/s" for p in shown)
-                    + f" of {offered:.0f}")
-    target("pipeline5: compute slowdown <= 1 %, and below both peers' (Flask-SocketIO, websockets)", ok, evidence)
+        evidence = (
+            ", ".join(f"{p} {_fmt_pct(wall[p])}" for p in shown)
+            + "; without the OS's run-queue waits "
+            + ", ".join(f"{p} {_fmt_pct(own[p])}" for p in shown)
+            + (
+                ""
+                if runq is None
+                else f" (the waits: up to {runq:.0f} % of the work's time"
+                + (f", over {RUNQ_LIMIT_PCT:g} %: the machine was not quiet, not judged)" if loaded else ")")
+            )
+            + "; stream while computing "
+            + ", ".join(f"{p} {rates[p]:.0f}/s" for p in shown)
+            + f" of {offered:.0f}"
+        )
+    target(
+        "pipeline5: compute slowdown <= 1 %, and below both peers' (Flask-SocketIO, websockets)", ok, evidence
+    )
     # A stream the producer could not keep to schedule steals less from the
     # work: the slowdown above counts only with the stream at its rate.
     r = rates["coda_ws"]
-    target(f"(harness check, not in the issue) pipeline5: coda_ws kept the stream at >= 95 % of "
-           f"{offered:.0f} events/s while the work ran", None if r is None else r >= 0.95 * offered,
-           "not run" if r is None else f"{r:.0f} events/s")
+    target(
+        f"(harness check, not in the issue) pipeline5: coda_ws kept the stream at >= 95 % of "
+        f"{offered:.0f} events/s while the work ran",
+        None if r is None else r >= 0.95 * offered,
+        "not run" if r is None else f"{r:.0f} events/s",
+    )
 
     c, w = get("idle1000", "coda_ws", "lat_p99_ms"), get("idle1000", "websockets", "lat_p99_ms")
-    target("idle1000: latency p99 <= 1.0x websockets", None if None in (c, w) else c <= w,
-           f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})")
+    target(
+        "idle1000: latency p99 <= 1.0x websockets",
+        None if None in (c, w) else c <= w,
+        f"{_fmt_ms(c)} vs {_fmt_ms(w)} ({_ratio(c, w)})",
+    )
     kb = get("idle1000", "coda_ws", "rss_per_client_kb")
     target("idle1000: RSS per idle client <= 50 KB", None if kb is None else kb <= 50, _fmt_num(kb, " KB"))
 
     p50s = {s: get(s, "coda_ws", "emit_p50_us") for s in results}
     p50s = {s: v for s, v in p50s.items() if v is not None}
     low = min(p50s, key=p50s.get) if p50s else None
-    target("emit() p50 <= 4 µs with full validation (coda_ws's lowest p50 over the scenarios run)",
-           None if low is None else p50s[low] <= 4,
-           "not run" if low is None else f"{low} {_fmt_us(p50s[low])} (the lowest of {len(p50s)} scenarios)")
+    target(
+        "emit() p50 <= 4 µs with full validation (coda_ws's lowest p50 over the scenarios run)",
+        None if low is None else p50s[low] <= 4,
+        "not run" if low is None else f"{low} {_fmt_us(p50s[low])} (the lowest of {len(p50s)} scenarios)",
+    )
     steady = {s: get(s, "coda_ws", "emit_p99_us") for s in results if 0 < SCENARIOS[s].rate <= 500}
     steady = {s: v for s, v in steady.items() if v is not None}
-    target("emit() p99 < 50 µs at rates <= 500 events/s (coda_ws's highest p99 over those scenarios)",
-           None if not steady else max(steady.values()) < 50,
-           ", ".join(f"{s} {_fmt_us(v)}" for s, v in steady.items()) or "not run")
+    target(
+        "emit() p99 < 50 µs at rates <= 500 events/s (coda_ws's highest p99 over those scenarios)",
+        None if not steady else max(steady.values()) < 50,
+        ", ".join(f"{s} {_fmt_us(v)}" for s, v in steady.items()) or "not run",
+    )
 
     kept = [(text, status) for text, status, _ in earlier if text.startswith(_STILL_MET)]
     missed = [text for text, status in kept if status == "NOT met"]
     ran = [text for text, status in kept if status != "n/a"]
-    target("the targets already met stay met (burst100, paused20, deflate, scrape, busy100: rows above)",
-           False if missed else (True if ran and len(ran) == len(kept) else None),
-           ("not met: " + "; ".join(missed)) if missed else f"{len(ran)} of {len(kept)} rows evaluated")
+    target(
+        "the targets already met stay met (burst100, paused20, deflate, scrape, busy100: rows above)",
+        False if missed else (True if ran and len(ran) == len(kept) else None),
+        ("not met: " + "; ".join(missed)) if missed else f"{len(ran)} of {len(kept)} rows evaluated",
+    )
 
 
 def format_targets(targets, markdown=False):
     if markdown:
         lines = ["| target | status | measured |", "|---|---|---|"]
-        lines += [f"| {t} | **{s}** | {e} |" if s == "NOT met" else f"| {t} | {s} | {e} |" for t, s, e in targets]
+        lines += [
+            f"| {t} | **{s}** | {e} |" if s == "NOT met" else f"| {t} | {s} | {e} |" for t, s, e in targets
+        ]
         return "\n".join(lines)
     width = max(len(t) for t, _, _ in targets)
     return "\n".join(f"  {s:<8} {t.ljust(width)}  {e}" for t, s, e in targets)
@@ -1091,8 +1412,11 @@ def compare(results, baseline):
             old = baseline.get("results", {}).get(sname, {}).get(pname, {}).get("median")
             if not med or not old:
                 continue
-            cells = [f"{header} {_ratio(med.get(key), old.get(key))}" for header, key, _, _ in COLUMNS
-                     if key != "client_cpu_pct"]
+            cells = [
+                f"{header} {_ratio(med.get(key), old.get(key))}"
+                for header, key, _, _ in COLUMNS
+                if key != "client_cpu_pct"
+            ]
             lines.append(f"  {sname:<11} {pname:<10} " + ", ".join(cells))
     return "\n".join(lines)
 
@@ -1107,7 +1431,9 @@ def machine_info():
     except OSError:
         pass
     try:
-        node = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         node = "?"
     return {
@@ -1123,11 +1449,13 @@ def machine_info():
 
 
 def peer_versions(python):
-    code = ("import importlib.metadata as m\n"
-            "for d in ('coda-ws','flask','werkzeug','simple-websocket','flask-socketio','python-socketio',"
-            "'python-engineio','websockets'):\n"
-            "    try: print(d, m.version(d))\n"
-            "    except m.PackageNotFoundError: print(d, '-')\n")
+    code = (
+        "import importlib.metadata as m\n"
+        "for d in ('coda-ws','flask','werkzeug','simple-websocket','flask-socketio','python-socketio',"
+        "'python-engineio','websockets'):\n"
+        "    try: print(d, m.version(d))\n"
+        "    except m.PackageNotFoundError: print(d, '-')\n"
+    )
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
@@ -1147,8 +1475,10 @@ def report(document, markdown_path=None, baseline=None):
         if 0 < count < repeat:
             fewer.setdefault(count, []).append(sname)
     fewer_text = "".join(f" ({', '.join(names)}: {count})" for count, names in sorted(fewer.items()))
-    print(f"Results: medians of {repeat} run(s){fewer_text}; ratio rows are coda_ws / peer "
-          "(below 1.00x is better except for delivered and msgs/s)")
+    print(
+        f"Results: medians of {repeat} run(s){fewer_text}; ratio rows are coda_ws / peer "
+        "(below 1.00x is better except for delivered and msgs/s)"
+    )
     print(format_text_table(results))
     for line in legends(results):
         print(line)
@@ -1167,26 +1497,43 @@ def report(document, markdown_path=None, baseline=None):
     best = calibration.get("best") if calibration else None
     if best:
         print()
-        print(f"Load client capacity (trivial server, burst100, best of {len(calibration['runs'])}): "
-              f"{_fmt_num(best['msgs_per_s'])} msgs/s with the client at {_fmt_num(best['client_cpu_pct'], ' %')} "
-              f"CPU and the server at {_fmt_us(best['cpu_per_msg_us'])} CPU per message")
+        print(
+            f"Load client capacity (trivial server, burst100, best of {len(calibration['runs'])}): "
+            f"{_fmt_num(best['msgs_per_s'])} msgs/s with the client at {_fmt_num(best['client_cpu_pct'], ' %')} "
+            f"CPU and the server at {_fmt_us(best['cpu_per_msg_us'])} CPU per message"
+        )
     if baseline is not None:
         print()
         print(compare(results, baseline))
     if markdown_path:
         machine, versions = document["machine"], document["versions"]
-        header = (f"Run of {machine['date']}: {'quick' if document['quick'] else 'full'} suite, {repeat} "
-                  f"repetition(s){fewer_text}, {document['elapsed_s']:.0f} s; {machine['nproc']} x {machine['cpu']}, "
-                  f"{machine['memory_gb']} GB, Linux {machine['kernel']}, Python {machine['python']}, Node "
-                  f"{machine['node']}; load average {machine['load_average']} at the start. Versions: "
-                  + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
-        text = (header + "\n\n" + format_markdown_table(results) + "\n\n"
-                + "".join(f"{line}\n\n" for line in legends(results))
-                + "Scenarios: " + "; ".join(f"`{name}`: {SCENARIOS[name].title}" for name in results) + ".\n\n"
-                + "\n".join(f"- {n}" for n in notes) + "\n\n" + format_targets(targets, markdown=True) + "\n")
+        header = (
+            f"Run of {machine['date']}: {'quick' if document['quick'] else 'full'} suite, {repeat} "
+            f"repetition(s){fewer_text}, {document['elapsed_s']:.0f} s; {machine['nproc']} x {machine['cpu']}, "
+            f"{machine['memory_gb']} GB, Linux {machine['kernel']}, Python {machine['python']}, Node "
+            f"{machine['node']}; load average {machine['load_average']} at the start. Versions: "
+            + ", ".join(f"{k} {v}" for k, v in versions.items())
+            + "."
+        )
+        text = (
+            header
+            + "\n\n"
+            + format_markdown_table(results)
+            + "\n\n"
+            + "".join(f"{line}\n\n" for line in legends(results))
+            + "Scenarios: "
+            + "; ".join(f"`{name}`: {SCENARIOS[name].title}" for name in results)
+            + ".\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+            + "\n\n"
+            + format_targets(targets, markdown=True)
+            + "\n"
+        )
         if best:
-            text += (f"\nLoad client capacity (trivial server, burst100, best of {len(calibration['runs'])}): "
-                     f"{_fmt_num(best['msgs_per_s'])} msgs/s, client CPU {_fmt_num(best['client_cpu_pct'], ' %')}.\n")
+            text += (
+                f"\nLoad client capacity (trivial server, burst100, best of {len(calibration['runs'])}): "
+                f"{_fmt_num(best['msgs_per_s'])} msgs/s, client CPU {_fmt_num(best['client_cpu_pct'], ' %')}.\n"
+            )
         pathlib.Path(markdown_path).write_text(text)
         print(f"markdown written to {markdown_path}")
 
@@ -1203,28 +1550,57 @@ def _names(text, known, what):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition (for development)")
-    parser.add_argument("--scenarios", type=lambda t: _names(t, SCENARIOS, "scenario"),
-                        default=list(DEFAULT_SCENARIOS), help=f"comma-separated, from: {', '.join(SCENARIOS)}")
-    parser.add_argument("--peers", type=lambda t: _names(t, PEERS, "peer"), default=list(DEFAULT_PEERS),
-                        help=f"comma-separated, from: {', '.join(DEFAULT_PEERS)} (raw: the floor, not a product)")
-    parser.add_argument("--repeat", type=int, default=None, help="repetitions per scenario and peer "
-                        "(default 3, rate5 and pipeline5 2; --quick 1; given, it applies to every scenario)")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda t: _names(t, SCENARIOS, "scenario"),
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated, from: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--peers",
+        type=lambda t: _names(t, PEERS, "peer"),
+        default=list(DEFAULT_PEERS),
+        help=f"comma-separated, from: {', '.join(DEFAULT_PEERS)} (raw: the floor, not a product)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="repetitions per scenario and peer "
+        "(default 3, rate5 and pipeline5 2; --quick 1; given, it applies to every scenario)",
+    )
     parser.add_argument("--save-baseline", metavar="FILE", help="write the results as JSON to FILE")
-    parser.add_argument("--compare", metavar="FILE", help="print ratios against a baseline saved with --save-baseline")
+    parser.add_argument(
+        "--compare", metavar="FILE", help="print ratios against a baseline saved with --save-baseline"
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown to FILE")
-    parser.add_argument("--report", metavar="FILE", help="run nothing: print (and with --markdown, write) the "
-                        "tables of a run saved with --save-baseline")
-    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
-                        help="first measure the load client against a trivial server, to show it is not the "
-                        "bottleneck (default: on for the full suite, off with --quick)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter for the servers (default: this one)")
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="run nothing: print (and with --markdown, write) the tables of a run saved with --save-baseline",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="first measure the load client against a trivial server, to show it is not the "
+        "bottleneck (default: on for the full suite, off with --quick)",
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for the servers (default: this one)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' and clients' stderr logs")
-    parser.add_argument("--profile", metavar="DIR", help="sample each server with py-spy into DIR (collapsed "
-                        "stacks; summarise with benchmarks/profile_summary.py; profiling slows the server, so "
-                        "do not read the table's numbers from such a run)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample each server with py-spy into DIR (collapsed "
+        "stacks; summarise with benchmarks/profile_summary.py; profiling slows the server, so "
+        "do not read the table's numbers from such a run)",
+    )
     args = parser.parse_args(argv)
     if args.report:
         document = json.loads(pathlib.Path(args.report).read_text())
@@ -1243,23 +1619,42 @@ def main(argv=None):
     log_dir = tempfile.mkdtemp(prefix="coda-ws-bench-")
     started = time.monotonic()
     machine = machine_info()
-    print(f"coda_ws benchmarks: {'quick' if args.quick else 'full'}, {repeat} repetition(s), "
-          f"peers {', '.join(peers)}; machine: {machine['nproc']} x {machine['cpu']}, Python {machine['python']}, "
-          f"Node {machine['node']}, load average {machine['load_average']}", flush=True)
+    print(
+        f"coda_ws benchmarks: {'quick' if args.quick else 'full'}, {repeat} repetition(s), "
+        f"peers {', '.join(peers)}; machine: {machine['nproc']} x {machine['cpu']}, Python {machine['python']}, "
+        f"Node {machine['node']}, load average {machine['load_average']}",
+        flush=True,
+    )
     try:
         calibration = None
         if args.calibrate:
             # Best of two: the machine's load can only make the client look slower.
-            calibration = run_suite(["burst100"], ["blast"], 2, args.quick, args.python, log_dir,
-                                    progress=lambda line: print(line, flush=True), any_peer=True)
+            calibration = run_suite(
+                ["burst100"],
+                ["blast"],
+                2,
+                args.quick,
+                args.python,
+                log_dir,
+                progress=lambda line: print(line, flush=True),
+                any_peer=True,
+            )
             calibration = calibration["burst100"]["blast"]
             if calibration["runs"]:
                 calibration["best"] = max(calibration["runs"], key=lambda r: r["msgs_per_s"])
         if args.profile:
             pathlib.Path(args.profile).mkdir(parents=True, exist_ok=True)
-        results = run_suite(args.scenarios, peers, repeat, args.quick, args.python, log_dir,
-                            progress=lambda line: print(line, flush=True), profile_dir=args.profile,
-                            cap_repeats=args.repeat is None)
+        results = run_suite(
+            args.scenarios,
+            peers,
+            repeat,
+            args.quick,
+            args.python,
+            log_dir,
+            progress=lambda line: print(line, flush=True),
+            profile_dir=args.profile,
+            cap_repeats=args.repeat is None,
+        )
     finally:
         if args.keep_logs:
             print(f"logs kept in {log_dir}")
@@ -1267,8 +1662,15 @@ def main(argv=None):
             shutil.rmtree(log_dir, ignore_errors=True)
     elapsed = time.monotonic() - started
 
-    document = {"machine": machine, "versions": peer_versions(args.python), "quick": args.quick,
-                "repeat": repeat, "elapsed_s": elapsed, "results": results, "calibration": calibration}
+    document = {
+        "machine": machine,
+        "versions": peer_versions(args.python),
+        "quick": args.quick,
+        "repeat": repeat,
+        "elapsed_s": elapsed,
+        "results": results,
+        "calibration": calibration,
+    }
     report(document, args.markdown, baseline)
     print()
     print(f"suite finished in {elapsed:.0f} s; load average now {[round(x, 2) for x in os.getloadavg()]}")

@@ -77,7 +77,9 @@ def sample(proc, seconds, low=False):
 def one_run(count, handshake_timeout):
     child = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(handshake_timeout)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", ROOT)},
         cwd=tempfile.gettempdir(),  # `-c` puts the working directory first on sys.path
     )
@@ -122,10 +124,15 @@ def one_run(count, handshake_timeout):
         child.stdin.flush()
         stopped = json.loads(child.stdout.readline())
         return {
-            "count": count, "open_s": open_s,
-            "threads": threads - base_threads, "rss_mb": (rss - base_rss) / 1e6,
-            "connect_ms": statistics.median(connects) * 1e3, "connect_max_ms": max(connects) * 1e3,
-            "pending_at_end": pending_at_end, "stop_s": stopped["stop_s"], "left": stopped["left"],
+            "count": count,
+            "open_s": open_s,
+            "threads": threads - base_threads,
+            "rss_mb": (rss - base_rss) / 1e6,
+            "connect_ms": statistics.median(connects) * 1e3,
+            "connect_max_ms": max(connects) * 1e3,
+            "pending_at_end": pending_at_end,
+            "stop_s": stopped["stop_s"],
+            "left": stopped["left"],
         }
     finally:
         stop_trickle.set()
@@ -152,15 +159,21 @@ def main(argv=None):
     for count in counts:
         runs = [one_run(count, args.handshake_timeout) for _ in range(args.repeat)]
         rows.append({key: statistics.median(run[key] for run in runs) for key in runs[0]})
-    print(f"{'slow':>6} | {'extra threads':>13} | {'extra RSS':>9} | {'healthy connect p50':>19} | "
-          f"{'max':>8} | {'still open':>10} | {'stop()':>7} | {'threads left':>12}")
+    print(
+        f"{'slow':>6} | {'extra threads':>13} | {'extra RSS':>9} | {'healthy connect p50':>19} | "
+        f"{'max':>8} | {'still open':>10} | {'stop()':>7} | {'threads left':>12}"
+    )
     print("-" * 107)
     for row in rows:
-        print(f"{row['count']:>6} | {row['threads']:>13.0f} | {row['rss_mb']:>6.1f} MB | "
-              f"{row['connect_ms']:>16.1f} ms | {row['connect_max_ms']:>5.1f} ms | {row['pending_at_end']:>10.0f} | "
-              f"{row['stop_s']:>5.2f} s | {row['left']:>12.0f}")
-    print(f"(medians of {args.repeat} run(s); extra = peak while pending minus the baseline after warm-up; "
-          f"1 in 10 slow connections trickles a byte every 0.2 s)")
+        print(
+            f"{row['count']:>6} | {row['threads']:>13.0f} | {row['rss_mb']:>6.1f} MB | "
+            f"{row['connect_ms']:>16.1f} ms | {row['connect_max_ms']:>5.1f} ms | {row['pending_at_end']:>10.0f} | "
+            f"{row['stop_s']:>5.2f} s | {row['left']:>12.0f}"
+        )
+    print(
+        f"(medians of {args.repeat} run(s); extra = peak while pending minus the baseline after warm-up; "
+        f"1 in 10 slow connections trickles a byte every 0.2 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -74,12 +74,17 @@ def run_clients(url, clients, reconnecting, every, seed):
             error = f"{type(exc).__name__}: {exc}"
         first = seqs[0] if seqs else None
         results[index] = {
-            "reconnecting": reconnects, "sessions": sessions, "received": len(seqs),
-            "first": first, "last": seqs[-1] if seqs else None,
+            "reconnecting": reconnects,
+            "sessions": sessions,
+            "received": len(seqs),
+            "first": first,
+            "last": seqs[-1] if seqs else None,
             "duplicates": len(seqs) - len(set(seqs)),
             "out_of_order": sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a),
             "missing": (seqs[-1] - first + 1 - len(set(seqs))) if seqs else 0,
-            "resumes": len(resumes), "resumes_not_recovered": resumes.count(False), "error": error,
+            "resumes": len(resumes),
+            "resumes_not_recovered": resumes.count(False),
+            "error": error,
         }
 
     threads = [threading.Thread(target=client, args=(i,), name=f"soak-client-{i}") for i in range(clients)]
@@ -97,7 +102,11 @@ def run_clients(url, clients, reconnecting, every, seed):
 
 
 def _sample(process):
-    return {"rss_mb": process.memory_info().rss / 2**20, "threads": process.num_threads(), "fds": process.num_fds()}
+    return {
+        "rss_mb": process.memory_info().rss / 2**20,
+        "threads": process.num_threads(),
+        "fds": process.num_fds(),
+    }
 
 
 def soak(args):
@@ -106,9 +115,19 @@ def soak(args):
     server = CodaWebSocketServer(host="127.0.0.1", port=0)
     server.start()
     child = subprocess.Popen(
-        [sys.executable, __file__, "--client-process", server.url, str(args.clients), str(args.reconnecting),
-         str(args.every), str(args.seed)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--client-process",
+            server.url,
+            str(args.clients),
+            str(args.reconnecting),
+            str(args.every),
+            str(args.seed),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     process = psutil.Process()
     stop = threading.Event()
@@ -143,17 +162,25 @@ def soak(args):
         start = time.monotonic()
         samples = [(0.0, _sample(process))]
         producer.start()
-        print(f"soak: {args.rate:g} events/s for {args.duration:g} s, {args.clients} clients "
-              f"({args.reconnecting} reconnect every ~{args.every:g} s)", flush=True)
-        print(f"{'t (s)':>6} {'events':>8} {'clients':>7} {'RSS MB':>8} {'threads':>7} {'fds':>5} {'resumes':>7}")
+        print(
+            f"soak: {args.rate:g} events/s for {args.duration:g} s, {args.clients} clients "
+            f"({args.reconnecting} reconnect every ~{args.every:g} s)",
+            flush=True,
+        )
+        print(
+            f"{'t (s)':>6} {'events':>8} {'clients':>7} {'RSS MB':>8} {'threads':>7} {'fds':>5} {'resumes':>7}"
+        )
         while time.monotonic() - start < args.duration:
             stop.wait(min(10.0, args.duration - (time.monotonic() - start)))
             elapsed = time.monotonic() - start
             sample = _sample(process)
             samples.append((elapsed, sample))
             stats = server.get_stats()
-            print(f"{elapsed:6.0f} {emitted[0]:8d} {stats['current_connections']:7d} {sample['rss_mb']:8.1f} "
-                  f"{sample['threads']:7d} {sample['fds']:5d} {stats['resumes'].get('recovered', 0):7d}", flush=True)
+            print(
+                f"{elapsed:6.0f} {emitted[0]:8d} {stats['current_connections']:7d} {sample['rss_mb']:8.1f} "
+                f"{sample['threads']:7d} {sample['fds']:5d} {stats['resumes'].get('recovered', 0):7d}",
+                flush=True,
+            )
         stop.set()
         producer.join()
         server.bus.flush(10)
@@ -170,20 +197,34 @@ def soak(args):
 
 def summarize(args, emitted, samples, results, stats):
     first, last = samples[1] if len(samples) > 1 else samples[0], samples[-1]
-    ok = [r for r in results if r and not r["error"] and not r["duplicates"] and not r["missing"]
-          and not r["out_of_order"] and not r["resumes_not_recovered"]]
+    ok = [
+        r
+        for r in results
+        if r
+        and not r["error"]
+        and not r["duplicates"]
+        and not r["missing"]
+        and not r["out_of_order"]
+        and not r["resumes_not_recovered"]
+    ]
     steady = [r for r in results if r and not r["reconnecting"]]
     summary = {
-        "duration_s": args.duration, "rate": args.rate, "clients": args.clients, "reconnecting": args.reconnecting,
+        "duration_s": args.duration,
+        "rate": args.rate,
+        "clients": args.clients,
+        "reconnecting": args.reconnecting,
         "events_emitted": emitted,
         "clients_exact": len(ok),
         "sessions": sum(r["sessions"] for r in results if r),
         "resumes_recovered": stats["resumes"].get("recovered", 0),
         "steady_clients_got_everything": all(r["received"] == emitted for r in steady),
-        "rss_mb_first_sample": round(first[1]["rss_mb"], 1), "rss_mb_end": round(last[1]["rss_mb"], 1),
+        "rss_mb_first_sample": round(first[1]["rss_mb"], 1),
+        "rss_mb_end": round(last[1]["rss_mb"], 1),
         "rss_growth_mb": round(last[1]["rss_mb"] - first[1]["rss_mb"], 1),
-        "threads_first_sample": first[1]["threads"], "threads_end": last[1]["threads"],
-        "fds_first_sample": first[1]["fds"], "fds_end": last[1]["fds"],
+        "threads_first_sample": first[1]["threads"],
+        "threads_end": last[1]["threads"],
+        "fds_first_sample": first[1]["fds"],
+        "fds_end": last[1]["fds"],
         "disconnects": stats["disconnects"],
     }
     print()
@@ -192,11 +233,13 @@ def summarize(args, emitted, samples, results, stats):
     for key, value in summary.items():
         print(f"| {key} | {value} |")
     bad = [r for r in results if r not in ok]
-    for index, r in enumerate(bad):
+    for _index, r in enumerate(bad):
         print(f"client not exact: {r}")
     summary["passed"] = not bad and summary["steady_clients_got_everything"]
-    print(f"\nunion check: {'PASSED' if summary['passed'] else 'FAILED'} "
-          f"({len(ok)}/{len(results)} clients exact over {summary['sessions']} sessions)")
+    print(
+        f"\nunion check: {'PASSED' if summary['passed'] else 'FAILED'} "
+        f"({len(ok)}/{len(results)} clients exact over {summary['sessions']} sessions)"
+    )
     return summary
 
 
@@ -220,8 +263,12 @@ def main(argv=None):
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of streaming (default 300)")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
     parser.add_argument("--clients", type=int, default=30, help="clients (default 30)")
-    parser.add_argument("--reconnecting", type=int, default=10, help="of those, clients that reconnect (default 10)")
-    parser.add_argument("--every", type=float, default=4.0, help="seconds between their reconnects (default ~4)")
+    parser.add_argument(
+        "--reconnecting", type=int, default=10, help="of those, clients that reconnect (default 10)"
+    )
+    parser.add_argument(
+        "--every", type=float, default=4.0, help="seconds between their reconnects (default ~4)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the reconnect times")
     parser.add_argument("--save-baseline", metavar="FILE", help="write the summary as JSON")
     parser.add_argument("--compare", metavar="FILE", help="compare with a saved summary")

@@ -7,11 +7,11 @@ reconnect without missing anything.
 """
 
 from ._version import __version__
-from .backplane import RedisEmitter  # noqa: E402
-from .bus import EventBus, Subscription  # noqa: E402
-from .client import ClientConnectionError, CodaEventClient, HandshakeRejected  # noqa: E402
-from .errors import CodaWSError, InvalidEventError, JournalError  # noqa: E402
-from .events import (  # noqa: E402
+from .backplane import RedisEmitter
+from .bus import EventBus, Subscription
+from .client import ClientConnectionError, CodaEventClient, HandshakeRejected
+from .errors import CodaWSError, InvalidEventError, JournalError
+from .events import (
     BaseEvent,
     ComponentErrorEvent,
     ComponentHealthEvent,
@@ -48,59 +48,59 @@ from .events import (  # noqa: E402
     create_event,
     validate_event,
 )
-from .filters import EventFilter  # noqa: E402
-from .integration import CodaWebSocketIntegration  # noqa: E402
-from .perf import WebSocketPerfIntegration  # noqa: E402
-from .server import CodaWebSocketServer  # noqa: E402
+from .filters import EventFilter
+from .integration import CodaWebSocketIntegration
+from .perf import WebSocketPerfIntegration
+from .server import CodaWebSocketServer
 
 __all__ = [
-    "__version__",
-    "CodaWebSocketServer",
-    "CodaWebSocketIntegration",
-    "WebSocketPerfIntegration",
-    "RedisEmitter",
-    "EventBus",
-    "Subscription",
-    "CodaEventClient",
-    "ClientConnectionError",
-    "HandshakeRejected",
-    "EventFilter",
-    "CodaWSError",
-    "InvalidEventError",
-    "JournalError",
-    "EventType",
-    "create_event",
-    "validate_event",
     "BaseEvent",
-    "SystemInfoEvent",
-    "SystemErrorEvent",
-    "SystemMetricsEvent",
-    "STTStartEvent",
-    "STTInterimEvent",
-    "STTResultEvent",
-    "STTErrorEvent",
-    "LLMStartEvent",
-    "LLMTokenEvent",
-    "LLMResultEvent",
-    "LLMErrorEvent",
-    "TTSStartEvent",
-    "TTSProgressEvent",
-    "TTSResultEvent",
-    "TTSErrorEvent",
-    "TTSStatusEvent",
-    "MemoryStoreEvent",
-    "MemoryRetrieveEvent",
-    "ToolCallEvent",
-    "ToolResultEvent",
-    "ToolErrorEvent",
-    "ConversationStartEvent",
-    "ConversationTurnEvent",
-    "ConversationEndEvent",
-    "LatencyTraceEvent",
-    "ComponentTimingEvent",
-    "ComponentStatusEvent",
+    "ClientConnectionError",
+    "CodaEventClient",
+    "CodaWSError",
+    "CodaWebSocketIntegration",
+    "CodaWebSocketServer",
     "ComponentErrorEvent",
     "ComponentHealthEvent",
-    "SystemStatusEvent",
+    "ComponentStatusEvent",
+    "ComponentTimingEvent",
+    "ConversationEndEvent",
+    "ConversationStartEvent",
+    "ConversationTurnEvent",
+    "EventBus",
+    "EventFilter",
+    "EventType",
+    "HandshakeRejected",
     "IntegrationMetricsEvent",
+    "InvalidEventError",
+    "JournalError",
+    "LLMErrorEvent",
+    "LLMResultEvent",
+    "LLMStartEvent",
+    "LLMTokenEvent",
+    "LatencyTraceEvent",
+    "MemoryRetrieveEvent",
+    "MemoryStoreEvent",
+    "RedisEmitter",
+    "STTErrorEvent",
+    "STTInterimEvent",
+    "STTResultEvent",
+    "STTStartEvent",
+    "Subscription",
+    "SystemErrorEvent",
+    "SystemInfoEvent",
+    "SystemMetricsEvent",
+    "SystemStatusEvent",
+    "TTSErrorEvent",
+    "TTSProgressEvent",
+    "TTSResultEvent",
+    "TTSStartEvent",
+    "TTSStatusEvent",
+    "ToolCallEvent",
+    "ToolErrorEvent",
+    "ToolResultEvent",
+    "WebSocketPerfIntegration",
+    "__version__",
+    "create_event",
+    "validate_event",
 ]

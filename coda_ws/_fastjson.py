@@ -19,14 +19,20 @@ import json.encoder
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["encode_json", "USING_C_ENCODER"]
+__all__ = ["USING_C_ENCODER", "encode_json"]
 
 #: The public encoder with the wire's settings: compact, UTF-8 kept, no NaN.
 _PORTABLE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 #: Values whose encodings the C encoder must reproduce exactly to be used.
-_PROBE: Any = {"s": "é\u2028\"\\\n", "i": -12, "f": [0.1, 1e16, -2.5e-7, 3.0], "n": None, "b": [True, False],
-               "d": {"k": {"": []}}}
+_PROBE: Any = {
+    "s": 'é\u2028"\\\n',
+    "i": -12,
+    "f": [0.1, 1e16, -2.5e-7, 3.0],
+    "n": None,
+    "b": [True, False],
+    "d": {"k": {"": []}},
+}
 
 
 def _c_encoder() -> Callable[[Any], str] | None:
@@ -34,7 +40,9 @@ def _c_encoder() -> Callable[[Any], str] | None:
     if make is None:  # a Python without the C accelerator: nothing to save
         return None
     try:
-        encoder = make(None, _PORTABLE.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+        encoder = make(
+            None, _PORTABLE.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
 
         def encode(value: Any) -> str:
             return "".join(encoder(value, 0))

@@ -62,7 +62,10 @@ def _libc_send() -> Callable[..., Any] | None:
     except OSError:
         return function
     with left, right:
-        if function(left.fileno(), b"probe", _size_t(5), DONTWAIT | _NOSIGNAL) != 5 or right.recv(8) != b"probe":
+        if (
+            function(left.fileno(), b"probe", _size_t(5), DONTWAIT | _NOSIGNAL) != 5
+            or right.recv(8) != b"probe"
+        ):
             return None
     return function
 

@@ -36,7 +36,7 @@ from wsproto.events import (
 
 from .errors import HandshakeRejected
 
-__all__ = ["ServerTransport", "ClientTransport", "ConnectionClosed", "HandshakeError", "REQUIRED_ATTRIBUTES"]
+__all__ = ["REQUIRED_ATTRIBUTES", "ClientTransport", "ConnectionClosed", "HandshakeError", "ServerTransport"]
 
 _MAX_REJECT_BODY = 64 * 1024
 
@@ -46,8 +46,16 @@ ConnectionClosed = simple_websocket.ConnectionClosed
 HandshakeError = simple_websocket.ConnectionError
 
 #: The undocumented attributes of ``simple_websocket.Server`` this module uses.
-REQUIRED_ATTRIBUTES = ("input_buffer", "pong_received", "incoming_message_len", "max_message_size",
-                       "connected", "close_reason", "thread", "subprotocol")
+REQUIRED_ATTRIBUTES = (
+    "input_buffer",
+    "pong_received",
+    "incoming_message_len",
+    "max_message_size",
+    "connected",
+    "close_reason",
+    "thread",
+    "subprotocol",
+)
 
 #: The close code simple-websocket records when the peer sent no close frame.
 _NO_STATUS = 1005
@@ -75,14 +83,24 @@ class ServerTransport:
         ConnectionError (or OSError): the handshake failed.
     """
 
-    def __init__(self, environ: Mapping[str, Any], *, subprotocols: list[str], max_message_size: int,
-                 reader_name: str, wake: threading.Event) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, Any],
+        *,
+        subprotocols: list[str],
+        max_message_size: int,
+        reader_name: str,
+        wake: threading.Event,
+    ) -> None:
         # daemon: Werkzeug's request threads are daemons too; the server joins
         # every reader it starts (Connection.end) before stop() returns.
         thread_class = functools.partial(threading.Thread, name=reader_name, daemon=True)
         self._ws = simple_websocket.Server(
-            dict(environ), subprotocols=subprotocols, max_message_size=max_message_size,
-            thread_class=thread_class, event_class=lambda: wake,
+            dict(environ),
+            subprotocols=subprotocols,
+            max_message_size=max_message_size,
+            thread_class=thread_class,
+            event_class=lambda: wake,
         )
 
     @property
@@ -220,11 +238,24 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
     close_reason: int | None
     close_message: str | None
 
-    def __init__(self, host: str, port: int, target: str, *, secure: bool, subprotocols: Iterable[str],
-                 headers: Iterable[tuple[str, str]], timeout: float, on_socket: Callable[[socket.socket], object],
-                 on_reader_done: Callable[[], object], reader_name: str, wake: threading.Event,
-                 ping_interval: float | None, max_message_size: int | None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        target: str,
+        *,
+        secure: bool,
+        subprotocols: Iterable[str],
+        headers: Iterable[tuple[str, str]],
+        timeout: float,
+        on_socket: Callable[[socket.socket], object],
+        on_reader_done: Callable[[], object],
+        reader_name: str,
+        wake: threading.Event,
+        ping_interval: float | None,
+        max_message_size: int | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.path = target
@@ -251,9 +282,14 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
                 # Base.__init__ (skipping Client.__init__, which would connect
                 # again without a timeout) runs handshake() and starts the reader.
                 simple_websocket.ws.Base.__init__(
-                    self, _ClientSocket(raw, on_reader_done), connection_type=ConnectionType.CLIENT,
-                    receive_bytes=65536, ping_interval=ping_interval, max_message_size=max_message_size,
-                    thread_class=thread_class, event_class=lambda: wake,
+                    self,
+                    _ClientSocket(raw, on_reader_done),
+                    connection_type=ConnectionType.CLIENT,
+                    receive_bytes=65536,
+                    ping_interval=ping_interval,
+                    max_message_size=max_message_size,
+                    thread_class=thread_class,
+                    event_class=lambda: wake,
                 )
             except simple_websocket.ConnectionError:
                 if not self.accepted:
@@ -308,8 +344,9 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
     def handshake(self) -> None:
         # As bytes, as wsproto declares them (h11 would encode str headers as ASCII the same way).
         headers = [(name.encode("ascii"), value.encode("ascii")) for name, value in self._extra_headers]
-        request = Request(host=self._host_header, target=self.path, subprotocols=self.subprotocols,
-                          extra_headers=headers)
+        request = Request(
+            host=self._host_header, target=self.path, subprotocols=self.subprotocols, extra_headers=headers
+        )
         self.sock.send(self.ws.send(request))
         raw = self.raw_socket
         rejection: RejectConnection | None = None

@@ -105,8 +105,15 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["Acceptor", "PendingRequest", "MAX_HEAD_SIZE", "MAX_PENDING", "MAX_BUFFERED", "LINGER_TIME",
-           "COUNTERS"]
+__all__ = [
+    "COUNTERS",
+    "LINGER_TIME",
+    "MAX_BUFFERED",
+    "MAX_HEAD_SIZE",
+    "MAX_PENDING",
+    "Acceptor",
+    "PendingRequest",
+]
 
 log = logging.getLogger("coda_ws.server")
 
@@ -131,8 +138,10 @@ _WAKE = object()
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
     body = json.dumps({"error": code, "message": message}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
     return head + body
 
 
@@ -149,9 +158,11 @@ class PendingRequest:
             (a chunked body): the ``rfile`` reads no further than this.
     """
 
-    __slots__ = ("sock", "address", "data", "deadline", "limit")
+    __slots__ = ("address", "data", "deadline", "limit", "sock")
 
-    def __init__(self, sock: socket.socket, address: Any, data: bytes, deadline: float, limit: int | None) -> None:
+    def __init__(
+        self, sock: socket.socket, address: Any, data: bytes, deadline: float, limit: int | None
+    ) -> None:
         self.sock, self.address, self.data, self.deadline, self.limit = sock, address, data, deadline, limit
 
     def make_rfile(self) -> io.BufferedReader:
@@ -161,11 +172,13 @@ class PendingRequest:
 
 
 if hasattr(select, "poll"):
+
     def _wait_readable(sock: socket.socket, timeout: float) -> bool:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(math.ceil(timeout * 1000)))
 else:  # pragma: no cover - Windows: select() takes any socket there
+
     def _wait_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(select.select([sock], [], [], timeout)[0])
 
@@ -196,7 +209,7 @@ class _PrereadStream(io.RawIOBase):
             size = len(view)
             if self._position < len(self._data):
                 n = min(size, len(self._data) - self._position)
-                view[:n] = self._data[self._position:self._position + n]
+                view[:n] = self._data[self._position : self._position + n]
                 self._position += n
                 return n
             if self._limit is not None:
@@ -214,7 +227,7 @@ class _PrereadStream(io.RawIOBase):
 class _Connection:
     """One accepted connection in the loop (loop thread only)."""
 
-    __slots__ = ("sock", "address", "deadline", "buffer", "scanned", "head_end", "limit")
+    __slots__ = ("address", "buffer", "deadline", "head_end", "limit", "scanned", "sock")
 
     def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
         self.sock = sock
@@ -285,9 +298,18 @@ class Acceptor:
     See the module docstring for the theory of operation.
     """
 
-    def __init__(self, listener: socket.socket, handoff: Callable[[PendingRequest], object], *, timeout: float,
-                 max_body_size: int, max_head_size: int | None = None, max_pending: int | None = None,
-                 max_buffered: int | None = None, counters: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        handoff: Callable[[PendingRequest], object],
+        *,
+        timeout: float,
+        max_body_size: int,
+        max_head_size: int | None = None,
+        max_pending: int | None = None,
+        max_buffered: int | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> None:
         self._listener = listener
         self._handoff = handoff
         self._timeout = float(timeout)
@@ -311,7 +333,9 @@ class Acceptor:
         self._watcher, self._notifier = socket.socketpair()
         self._notify_lock = threading.Lock()  # guards _notifier: close() from several threads at once
         self._too_large = _json_response(
-            431, "Request Header Fields Too Large", "headers_too_large",
+            431,
+            "Request Header Fields Too Large",
+            "headers_too_large",
             f"the request head is larger than {self._max_head_size} bytes",
         )
 
@@ -411,8 +435,11 @@ class Acceptor:
                 victim = oldest[next(iter(oldest))]
                 if oldest is self._pending:
                     self.counters["pending_overflows"] += 1
-                    log.debug("closed %s: %d connections waiting for their request (max)",
-                              _peer(victim), self._max_pending)
+                    log.debug(
+                        "closed %s: %d connections waiting for their request (max)",
+                        _peer(victim),
+                        self._max_pending,
+                    )
                 self._drop(victim)
             conn = _Connection(sock, address, time.monotonic() + self._timeout)
             self._pending[sock.fileno()] = conn
@@ -465,7 +492,9 @@ class Acceptor:
         while self._buffered > self._max_buffered and self._pending:
             victim = self._pending[next(iter(self._pending))]
             self.counters["pending_overflows"] += 1
-            log.debug("closed %s: pending requests hold more than %d bytes", _peer(victim), self._max_buffered)
+            log.debug(
+                "closed %s: pending requests hold more than %d bytes", _peer(victim), self._max_buffered
+            )
             self._drop(victim)
             if victim is current:
                 return

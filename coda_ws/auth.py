@@ -30,23 +30,23 @@ import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
-    "SCOPES",
     "ALL_SCOPES",
+    "SCOPES",
+    "AuthSpec",
     "Authenticator",
-    "parse_tokens",
+    "HostPolicy",
+    "OriginPolicy",
+    "bearer_token",
+    "check_exposure",
+    "is_loopback_host",
     "load_token_file",
     "new_token",
-    "bearer_token",
-    "is_loopback_host",
-    "OriginPolicy",
-    "HostPolicy",
     "parse_host_header",
-    "AuthSpec",
-    "check_exposure",
+    "parse_tokens",
     "weak_token_reason",
 ]
 
@@ -58,7 +58,7 @@ BEARER_PREFIX = "coda-ws.bearer."
 _MAX_TOKEN_LENGTH = 512
 
 #: What ``auth=`` accepts: None, ``{token: scopes}`` or ``token -> scopes or None``.
-AuthSpec = Union[None, Mapping[str, Union[str, Iterable[str]]], Callable[[str], Union[str, Iterable[str], None]]]
+AuthSpec = Mapping[str, str | Iterable[str]] | Callable[[str], str | Iterable[str] | None] | None
 
 
 def _normalize_scopes(scopes: Any, where: str) -> frozenset[str]:
@@ -112,8 +112,10 @@ def load_token_file(path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
     with open(path, encoding="utf-8") as handle:
         tokens = parse_tokens(handle.read(), where=str(path))
     if not tokens:
-        raise ValueError(f"{os.fspath(path)}: no tokens in this file; add lines of TOKEN=scope,scope "
-                         "(`coda-ws token new --scopes read` prints one)")
+        raise ValueError(
+            f"{os.fspath(path)}: no tokens in this file; add lines of TOKEN=scope,scope "
+            "(`coda-ws token new --scopes read` prints one)"
+        )
     return tokens
 
 
@@ -144,7 +146,7 @@ def bearer_token(environ: Mapping[str, Any]) -> str | None:
     for protocol in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(","):
         protocol = protocol.strip()
         if protocol.startswith(BEARER_PREFIX):
-            return protocol[len(BEARER_PREFIX):] or None
+            return protocol[len(BEARER_PREFIX) :] or None
     return None
 
 
@@ -183,10 +185,14 @@ class Authenticator:
             tokens: dict[str, frozenset[str]] = {}
             if auth is not None:
                 if not isinstance(auth, dict):
-                    raise TypeError(f"auth must be a dict of token -> scopes or a callable, got {type(auth).__name__}")
+                    raise TypeError(
+                        f"auth must be a dict of token -> scopes or a callable, got {type(auth).__name__}"
+                    )
                 for number, (token, scopes) in enumerate(auth.items(), 1):
                     if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
-                        raise ValueError(f"auth: token {number} must be a non-empty string of at most 512 characters")
+                        raise ValueError(
+                            f"auth: token {number} must be a non-empty string of at most 512 characters"
+                        )
                     tokens[token] = _normalize_scopes(scopes, f"auth token {number}")
             if from_env:
                 tokens.update(parse_tokens(from_env))
@@ -195,8 +201,12 @@ class Authenticator:
             for number, token in enumerate(tokens, 1):
                 reason = weak_token_reason(token)
                 if reason is not None:  # never log the token itself
-                    log.warning("token %d of %d is weak: %s; `coda-ws token new` makes a strong one",
-                                number, len(tokens), reason)
+                    log.warning(
+                        "token %d of %d is weak: %s; `coda-ws token new` makes a strong one",
+                        number,
+                        len(tokens),
+                        reason,
+                    )
             self._tokens = [(token.encode("utf-8"), scopes) for token, scopes in tokens.items()]
 
     @property
@@ -256,7 +266,9 @@ class OriginPolicy:
         origins = set()
         for origin in allowed:
             if not isinstance(origin, str) or not origin:
-                raise ValueError(f"allowed_origins must be origin strings like 'https://host:port', got {origin!r}")
+                raise ValueError(
+                    f"allowed_origins must be origin strings like 'https://host:port', got {origin!r}"
+                )
             if origin == "null":
                 log.warning(
                     "allowed_origins includes 'null': pages opened from files, sandboxed iframes and some "
@@ -319,7 +331,9 @@ def check_exposure(host: str, port: int | str, *, authenticated: bool, insecure:
             "auth={'TOKEN': ['read']} in Python; `coda-ws token new` makes one), bind to localhost, or accept "
             "the risk with --insecure (insecure=True in Python, CODA_WS_INSECURE=1)."
         )
-    log.warning("serving %s:%s without authentication (insecure): every client can read every event", host, port)
+    log.warning(
+        "serving %s:%s without authentication (insecure): every client can read every event", host, port
+    )
 
 
 def parse_host_header(value: str) -> str | None:

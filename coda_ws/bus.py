@@ -88,8 +88,19 @@ from .wire import (
     wire_tail,
 )
 
-__all__ = ["EventBus", "Subscription", "ResumeResult", "CONFLATE_BACKLOG", "STALE_EPOCH_CHANGED",
-           "DEFAULT_CLIENT_QUEUE_SIZE", "BusStats", "ResumeFrame", "BatchListener", "Sequencer", "Archive"]
+__all__ = [
+    "CONFLATE_BACKLOG",
+    "DEFAULT_CLIENT_QUEUE_SIZE",
+    "STALE_EPOCH_CHANGED",
+    "Archive",
+    "BatchListener",
+    "BusStats",
+    "EventBus",
+    "ResumeFrame",
+    "ResumeResult",
+    "Sequencer",
+    "Subscription",
+]
 
 log = logging.getLogger("coda_ws.bus")
 
@@ -134,8 +145,16 @@ class Sequencer(Protocol):
     backplane). ``publish`` must not block; the stamped events come back
     through :meth:`EventBus.ingest`."""
 
-    def publish(self, timestamp: float, type_name: str, session_id: str | None, session_json: bytes,
-                high_priority: bool, body: bytes, target: str | None) -> object: ...
+    def publish(
+        self,
+        timestamp: float,
+        type_name: str,
+        session_id: str | None,
+        session_json: bytes,
+        high_priority: bool,
+        body: bytes,
+        target: str | None,
+    ) -> object: ...
 
 
 class Archive(Protocol):
@@ -146,8 +165,9 @@ class Archive(Protocol):
     def covered_seq(self) -> int:
         """Every event up to this seq can be read."""
 
-    def read(self, since: int, event_filter: EventFilter | None, limit: int | None,
-             until: int | None) -> list[Entry]:
+    def read(
+        self, since: int, event_filter: EventFilter | None, limit: int | None, until: int | None
+    ) -> list[Entry]:
         """Events with ``since < seq <= until``, oldest first, filtered, at most ``limit``."""
 
 
@@ -171,10 +191,20 @@ class BusStats(TypedDict):
 
 #: :meth:`ResumeResult.frame_dict`: ``from``, ``to`` and ``count`` when
 #: recovered; ``reason``, ``earliest`` and, for ``"lost"``, ``lost`` when not.
-ResumeFrame = TypedDict("ResumeFrame", {
-    "type": str, "recovered": bool, "from": int | None, "to": int | None, "count": int,
-    "reason": str | None, "earliest": int | None, "lost": list[int],
-}, total=False)
+ResumeFrame = TypedDict(
+    "ResumeFrame",
+    {
+        "type": str,
+        "recovered": bool,
+        "from": int | None,
+        "to": int | None,
+        "count": int,
+        "reason": str | None,
+        "earliest": int | None,
+        "lost": list[int],
+    },
+    total=False,
+)
 
 
 def _replay_seq(event: object) -> int:
@@ -195,7 +225,7 @@ class ResumeResult:
     them) that the position falls in.
     """
 
-    __slots__ = ("recovered", "first", "last", "count", "reason", "earliest", "lost")
+    __slots__ = ("count", "earliest", "first", "last", "lost", "reason", "recovered")
     recovered: bool
     first: int | None
     last: int | None
@@ -204,8 +234,16 @@ class ResumeResult:
     earliest: int | None
     lost: tuple[int, int] | None
 
-    def __init__(self, recovered: bool, first: int | None = None, last: int | None = None, count: int = 0,
-                 reason: str | None = None, earliest: int | None = None, lost: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        recovered: bool,
+        first: int | None = None,
+        last: int | None = None,
+        count: int = 0,
+        reason: str | None = None,
+        earliest: int | None = None,
+        lost: tuple[int, int] | None = None,
+    ) -> None:
         self.recovered = recovered
         self.first, self.last, self.count = first, last, count
         self.reason, self.earliest, self.lost = reason, earliest, lost
@@ -213,8 +251,19 @@ class ResumeResult:
     def frame_dict(self) -> ResumeFrame:
         """The ``resume`` control frame for this outcome."""
         if self.recovered:
-            return {"type": "resume", "recovered": True, "from": self.first, "to": self.last, "count": self.count}
-        frame: ResumeFrame = {"type": "resume", "recovered": False, "reason": self.reason, "earliest": self.earliest}
+            return {
+                "type": "resume",
+                "recovered": True,
+                "from": self.first,
+                "to": self.last,
+                "count": self.count,
+            }
+        frame: ResumeFrame = {
+            "type": "resume",
+            "recovered": False,
+            "reason": self.reason,
+            "earliest": self.earliest,
+        }
         if self.lost is not None:
             frame["lost"] = [self.lost[0], self.lost[1]]
         return frame
@@ -245,8 +294,15 @@ class Subscription:
             committed (the batch its writer is writing).
     """
 
-    def __init__(self, bus: "EventBus", reader_id: str, event_filter: EventFilter, cursor: int,
-                 wake: threading.Event, limit: int) -> None:
+    def __init__(
+        self,
+        bus: "EventBus",
+        reader_id: str,
+        event_filter: EventFilter,
+        cursor: int,
+        wake: threading.Event,
+        limit: int,
+    ) -> None:
         self.id = reader_id
         self.wake = wake
         #: None, or a callable telling whether the reader's transport refuses
@@ -473,8 +529,15 @@ class EventBus:
         ValueError: a size is out of range.
     """
 
-    def __init__(self, max_replay_events: int = 50, history_size: int = 10_000, client_queue_size: int | None = None,
-                 epoch: str | None = None, *, max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> None:
+    def __init__(
+        self,
+        max_replay_events: int = 50,
+        history_size: int = 10_000,
+        client_queue_size: int | None = None,
+        epoch: str | None = None,
+        *,
+        max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
         if client_queue_size is None and isinstance(history_size, int):
             client_queue_size = min(DEFAULT_CLIENT_QUEUE_SIZE, history_size)
         for name, value in (
@@ -557,8 +620,14 @@ class EventBus:
 
     # -- producing ----------------------------------------------------------
 
-    def emit(self, event_type: EventType | str, *, session_id: str | None = None, high_priority: bool | None = None,
-             **fields: Any) -> BaseEvent:
+    def emit(
+        self,
+        event_type: EventType | str,
+        *,
+        session_id: str | None = None,
+        high_priority: bool | None = None,
+        **fields: Any,
+    ) -> BaseEvent:
         """Emit an event. Thread-safe; never blocks on I/O or on readers.
 
         Args:
@@ -580,8 +649,9 @@ class EventBus:
         """
         return self._publish(event_type, session_id, high_priority, fields, None)
 
-    def send_to(self, target: str, event_type: EventType | str, *, session_id: str | None = None,
-                **fields: Any) -> BaseEvent:
+    def send_to(
+        self, target: str, event_type: EventType | str, *, session_id: str | None = None, **fields: Any
+    ) -> BaseEvent:
         """Emit an event for one reader only (``Subscription.id == target``).
 
         It takes a seq like any event, is never put in the replay buffer and
@@ -589,8 +659,14 @@ class EventBus:
         """
         return self._publish(event_type, session_id, False, fields, target)
 
-    def _publish(self, event_type: EventType | str, session_id: str | None, high_priority: bool | None,
-                 fields: dict[str, Any], target: str | None) -> BaseEvent:
+    def _publish(
+        self,
+        event_type: EventType | str,
+        session_id: str | None,
+        high_priority: bool | None,
+        fields: dict[str, Any],
+        target: str | None,
+    ) -> BaseEvent:
         start = _now_ns()
         cls, values, body, session_id, session_json, high_priority = prepare_event(
             event_type, session_id, high_priority, fields, self.max_event_size
@@ -606,8 +682,9 @@ class EventBus:
         if high_priority and target is None:
             # The replay buffer holds it as soon as emit() returns (its wire
             # bytes follow from the dispatcher); seq and timestamp are set below.
-            record = EventDict(version="1.0", seq=0, timestamp=0.0, type=cls.type_name, session_id=session_id,
-                               **values)
+            record = EventDict(
+                version="1.0", seq=0, timestamp=0.0, type=cls.type_name, session_id=session_id, **values
+            )
         with self._emit_lock:
             seq = self._last_seq + 1
             self._last_seq = seq
@@ -632,9 +709,16 @@ class EventBus:
 
     # -- reading ------------------------------------------------------------
 
-    def subscribe(self, *, types: EventFilter | TypePatterns | None = None, session_id: str | None = None,
-                  since: int | None = None, epoch: str | None = None, reader_id: str | None = None,
-                  wake: threading.Event | None = None) -> Subscription:
+    def subscribe(
+        self,
+        *,
+        types: EventFilter | TypePatterns | None = None,
+        session_id: str | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        reader_id: str | None = None,
+        wake: threading.Event | None = None,
+    ) -> Subscription:
         """Start following the stream.
 
         Everything emitted before this call is dispatched first, so
@@ -659,14 +743,15 @@ class EventBus:
         wake = wake if wake is not None else threading.Event()
         with self._lock:
             head = self._head
-            sub = Subscription(self, reader_id or uuid.uuid4().hex, event_filter, head, wake, self.client_queue_size)
+            sub = Subscription(
+                self, reader_id or uuid.uuid4().hex, event_filter, head, wake, self.client_queue_size
+            )
             with self._emit_lock:  # emit() appends to the replay buffer under it
                 replay = list(self._replay)
             # Events emitted since flush() are in the replay buffer already but
             # not in the history yet: the subscription gets them live, not twice.
             replay = [
-                event for event in replay
-                if _replay_seq(event) <= head and event_filter.match_dict(event)
+                event for event in replay if _replay_seq(event) <= head and event_filter.match_dict(event)
             ]
             if since is not None:
                 sub.resume = self._plan_resume(since, epoch, head, sub)
@@ -718,7 +803,9 @@ class EventBus:
             for key, count in sub.dropped.copy().items():
                 self._drops_retired[key] = self._drops_retired.get(key, 0) + count
 
-    def history(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None) -> list[Entry]:
+    def history(
+        self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None
+    ) -> list[Entry]:
         """Entries with ``seq > since`` still held, oldest first, filtered
         (events sent to a single client excluded)."""
         with self._lock:
@@ -774,7 +861,9 @@ class EventBus:
                 del replay[0 : len(replay) - value]
 
     @staticmethod
-    def replay_frame_json(events: Iterable[Mapping[str, Any]], max_bytes: int | None = None) -> tuple[bytes, int]:
+    def replay_frame_json(
+        events: Iterable[Mapping[str, Any]], max_bytes: int | None = None
+    ) -> tuple[bytes, int]:
         """The ``replay`` control frame for these event dicts, as UTF-8 JSON.
 
         Dicts emitted through the bus reuse their wire bytes; dicts added by
@@ -851,9 +940,17 @@ class EventBus:
 
     # -- persistence and scale-out (coda_ws.journal, coda_ws.backplane) -------
 
-    def restore(self, epoch: str, last_seq: int, events: Iterable[StampedEvent] = (),
-                replay: Iterable[bytes] | None = None, *, first_seq: int | None = None,
-                compatible: Mapping[str, int] | None = None, lost: Iterable[tuple[int, int]] = ()) -> None:
+    def restore(
+        self,
+        epoch: str,
+        last_seq: int,
+        events: Iterable[StampedEvent] = (),
+        replay: Iterable[bytes] | None = None,
+        *,
+        first_seq: int | None = None,
+        compatible: Mapping[str, int] | None = None,
+        lost: Iterable[tuple[int, int]] = (),
+    ) -> None:
         """Replace the stream's state with one kept elsewhere (a journal, a backplane).
 
         A journal calls it once, before anything is emitted, so the stream
@@ -968,13 +1065,17 @@ class EventBus:
             self._dispatched.notify_all()
 
     @staticmethod
-    def _check_windows(windows: Iterable[tuple[int, int]] | None, last_seq: int) -> tuple[tuple[int, int], ...]:
+    def _check_windows(
+        windows: Iterable[tuple[int, int]] | None, last_seq: int
+    ) -> tuple[tuple[int, int], ...]:
         out = []
         for window in windows or ():
             first, last = window
             if not (is_integer(first) and is_integer(last) and 1 <= first <= last <= last_seq):
-                raise ValueError(f"a lost window must be (first, last) with 1 <= first <= last <= {last_seq}, "
-                                 f"got {window!r}")
+                raise ValueError(
+                    f"a lost window must be (first, last) with 1 <= first <= last <= {last_seq}, "
+                    f"got {window!r}"
+                )
             out.append((first, last))
         out.sort()
         return tuple(out)
@@ -1129,8 +1230,9 @@ class EventBus:
         with self._dispatched:
             self._dispatched.notify_all()
 
-    def stored_history(self, since: int = 0, event_filter: EventFilter | None = None,
-                       limit: int | None = None) -> list[Entry]:
+    def stored_history(
+        self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None
+    ) -> list[Entry]:
         """Like :meth:`history`, but reaching back into :attr:`archive` (a
         journal, a backplane's stream) for positions older than the ring.
 
@@ -1299,8 +1401,16 @@ class EventBus:
                 sub.wake.set()
 
     @staticmethod
-    def _make_entry(seq: int, timestamp: float, cls: type[BaseEvent], session_id: str | None, session_json: bytes,
-                    body: bytes, record: EventDict | None, target: str | None) -> _Made:
+    def _make_entry(
+        seq: int,
+        timestamp: float,
+        cls: type[BaseEvent],
+        session_id: str | None,
+        session_json: bytes,
+        body: bytes,
+        record: EventDict | None,
+        target: str | None,
+    ) -> _Made:
         """The history entry of an emitted event. Its replay record, if any,
         is in the replay buffer already (emit() put it there): it only gets
         its wire bytes here."""

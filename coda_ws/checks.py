@@ -9,7 +9,7 @@ bad value. :mod:`coda_ws.config` builds the server's option checks on them.
 import math
 from typing import Any
 
-__all__ = ["is_integer", "is_number", "integer", "number", "non_empty_text"]
+__all__ = ["integer", "is_integer", "is_number", "non_empty_text", "number"]
 
 
 def is_integer(value: Any) -> bool:
@@ -22,8 +22,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
-            none_ok: bool = False) -> Any:
+def integer(
+    name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *, none_ok: bool = False
+) -> Any:
     """``value`` when it is an integer within ``[minimum, maximum]`` (or None
     with ``none_ok``).
 
@@ -32,7 +33,11 @@ def integer(name: str, value: Any, minimum: int | None = None, maximum: int | No
     """
     if value is None and none_ok:
         return None
-    if not is_integer(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (
+        not is_integer(value)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
         if minimum is not None and maximum is not None:
             what = f"an integer from {minimum} to {maximum}"
         elif minimum == 1:
@@ -47,8 +52,16 @@ def integer(name: str, value: Any, minimum: int | None = None, maximum: int | No
     return value
 
 
-def number(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-           positive: bool = False, none_ok: bool = False, unit: str = "") -> Any:
+def number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    none_ok: bool = False,
+    unit: str = "",
+) -> Any:
     """``value`` when it is a finite number within the bounds (``positive``:
     above 0; or None with ``none_ok``).
 
@@ -57,8 +70,12 @@ def number(name: str, value: Any, *, minimum: float | None = None, maximum: floa
     """
     if value is None and none_ok:
         return None
-    bad = not is_number(value) or (positive and value <= 0) or (minimum is not None and value < minimum) or (
-        maximum is not None and value > maximum)
+    bad = (
+        not is_number(value)
+        or (positive and value <= 0)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    )
     if bad:
         what = " of " + unit if unit else ""
         if minimum is not None and maximum is not None:
@@ -71,7 +88,9 @@ def number(name: str, value: Any, *, minimum: float | None = None, maximum: floa
             bound = f" of at least {minimum:g}"
         else:
             bound = ""
-        raise ValueError(f"{name} must be a finite number{what}{bound}{', or None' if none_ok else ''}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number{what}{bound}{', or None' if none_ok else ''}, got {value!r}"
+        )
     return value
 
 

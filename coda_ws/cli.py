@@ -32,7 +32,7 @@ from .logging_json import LOG_FORMATS, configure_logging
 if TYPE_CHECKING:
     from .server import CodaWebSocketServer
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("coda_ws.cli")
 
@@ -51,58 +51,95 @@ def build_parser() -> argparse.ArgumentParser:
     server_options = _server_options_parser()
 
     demo = subparsers.add_parser(
-        "demo", parents=[server_options],
+        "demo",
+        parents=[server_options],
         help="serve and stream a scripted Coda conversation in a loop",
         description="Start a server and feed it the demo conversation in a loop with realistic timing "
-                    "(token streaming, TTS progress, system metrics) until Ctrl-C.",
+        "(token streaming, TTS progress, system metrics) until Ctrl-C.",
     )
-    demo.add_argument("--pace", type=argtypes.number(positive=False), default=1.0,
-                      help="scale of the pauses: 1 realistic, 0.5 twice as fast (default: 1)")
-    demo.add_argument("--metrics-interval", type=argtypes.number(positive=True), default=3.0,
-                      help="seconds between system_metrics events (default: 3)")
-    demo.add_argument("--iterations", type=argtypes.integer(1), default=None,
-                      help="stop after this many conversations (default: run until Ctrl-C)")
+    demo.add_argument(
+        "--pace",
+        type=argtypes.number(positive=False),
+        default=1.0,
+        help="scale of the pauses: 1 realistic, 0.5 twice as fast (default: 1)",
+    )
+    demo.add_argument(
+        "--metrics-interval",
+        type=argtypes.number(positive=True),
+        default=3.0,
+        help="seconds between system_metrics events (default: 3)",
+    )
+    demo.add_argument(
+        "--iterations",
+        type=argtypes.integer(1),
+        default=None,
+        help="stop after this many conversations (default: run until Ctrl-C)",
+    )
     demo.set_defaults(func=run_demo_command)
 
     serve = subparsers.add_parser(
-        "serve", parents=[server_options],
+        "serve",
+        parents=[server_options],
         help="serve a bare event stream until Ctrl-C",
         description="Start a server with no event source of its own and run until Ctrl-C.",
     )
     serve.set_defaults(func=run_serve_command)
 
     export = subparsers.add_parser(
-        "export", help="print a journal's events as JSON lines",
+        "export",
+        help="print a journal's events as JSON lines",
         description="Print the events stored in a journal (coda-ws serve --journal FILE), one JSON object per "
-                    "line, oldest first. Safe while a server writes the file.",
+        "line, oldest first. Safe while a server writes the file.",
     )
     export.add_argument("file", metavar="FILE", help="the journal file")
-    export.add_argument("--since", type=argtypes.integer(0), default=0, metavar="SEQ",
-                        help="only events after this position (default: from the oldest kept)")
-    export.add_argument("--types", default=None, metavar="TYPES",
-                        help="comma-separated event types or globs, e.g. 'llm_*,stt_result'")
+    export.add_argument(
+        "--since",
+        type=argtypes.integer(0),
+        default=0,
+        metavar="SEQ",
+        help="only events after this position (default: from the oldest kept)",
+    )
+    export.add_argument(
+        "--types",
+        default=None,
+        metavar="TYPES",
+        help="comma-separated event types or globs, e.g. 'llm_*,stt_result'",
+    )
     export.add_argument("--session-id", default=None, help="only this session (and events of no session)")
-    export.add_argument("--limit", type=argtypes.integer(1), default=None, metavar="N", help="at most N events")
+    export.add_argument(
+        "--limit", type=argtypes.integer(1), default=None, metavar="N", help="at most N events"
+    )
     export.set_defaults(func=run_export_command)
 
-    token = subparsers.add_parser("token", help="manage access tokens",
-                                  description="Make tokens for --token-file or CODA_WS_TOKENS.")
+    token = subparsers.add_parser(
+        "token", help="manage access tokens", description="Make tokens for --token-file or CODA_WS_TOKENS."
+    )
     token_commands = token.add_subparsers(title="token commands", metavar="ACTION")
-    token_new = token_commands.add_parser("new", help="print a new random token with its scopes",
-                                          description="Print TOKEN=scopes, ready to append to a token file.")
-    token_new.add_argument("--scopes", default="read", type=argtypes.scopes,
-                           help="comma-separated: read, read:content, publish, admin (default: read)")
+    token_new = token_commands.add_parser(
+        "new",
+        help="print a new random token with its scopes",
+        description="Print TOKEN=scopes, ready to append to a token file.",
+    )
+    token_new.add_argument(
+        "--scopes",
+        default="read",
+        type=argtypes.scopes,
+        help="comma-separated: read, read:content, publish, admin (default: read)",
+    )
     token_new.set_defaults(func=run_token_new_command)
     token.set_defaults(func=_usage(token))  # `coda-ws token` alone: its own help, not the top level's
 
     config_parser = subparsers.add_parser(
-        "config", parents=[server_options],
+        "config",
+        parents=[server_options],
         help="print the effective server settings and where each came from",
         description="Print every server option's effective value and its source (flag, environment, file or "
-                    "default), as 'coda-ws serve' with the same flags, environment and --config file would use "
-                    "them. Tokens are masked.",
+        "default), as 'coda-ws serve' with the same flags, environment and --config file would use "
+        "them. Tokens are masked.",
     )
-    config_parser.add_argument("--json", action="store_true", help="one JSON array of {option, value, source}")
+    config_parser.add_argument(
+        "--json", action="store_true", help="one JSON array of {option, value, source}"
+    )
     config_parser.set_defaults(func=run_config_command)
 
     from .tools import add_tool_commands
@@ -111,8 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_METAVARS = {"host": "HOST", "url_prefix": "PREFIX", "allowed_hosts": "HOST", "allowed_origins": "ORIGIN",
-             "journal": "FILE", "backplane": "URL", "backplane_prefix": "PREFIX"}
+_METAVARS = {
+    "host": "HOST",
+    "url_prefix": "PREFIX",
+    "allowed_hosts": "HOST",
+    "allowed_origins": "ORIGIN",
+    "journal": "FILE",
+    "backplane": "URL",
+    "backplane_prefix": "PREFIX",
+}
 
 
 def _server_options_parser() -> argparse.ArgumentParser:
@@ -131,25 +175,46 @@ def _server_options_parser() -> argparse.ArgumentParser:
         default = config.describe({option.name: config.Setting(option, option.default, "default")})[0][1]
         help_text = f"{option.help} (default: {default}; {option.env})"
         if option.kind == "bool":
-            group.add_argument(option.flag, dest=option.name, action="store_true", default=None,
-                               help=help_text)
+            group.add_argument(
+                option.flag, dest=option.name, action="store_true", default=None, help=help_text
+            )
             continue
-        metavar = _METAVARS.get(option.name) or {"int": "N", "float": "SECONDS" if "econds" in option.help
-                                                  else "NUMBER"}.get(option.kind, "VALUE")
+        metavar = _METAVARS.get(option.name) or {
+            "int": "N",
+            "float": "SECONDS" if "econds" in option.help else "NUMBER",
+        }.get(option.kind, "VALUE")
         if option.kind == "list":
             help_text = help_text.replace(" (default", "; repeatable or comma-separated (default", 1)
-        group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar,
-                           type=_flag_parser(option), action="append" if option.kind == "list" else "store",
-                           help=help_text)
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="a TOML file of options, keys named as in the configuration reference "
-                             "(flags and CODA_WS_* variables take precedence)")
-    parser.add_argument("--token-file", metavar="FILE",
-                        help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)")
-    parser.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
-                        help="logging threshold (default: warning)")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
-                        help="log lines as text or as one JSON object per line (default: text)")
+        group.add_argument(
+            option.flag,
+            dest=option.name,
+            default=None,
+            metavar=metavar,
+            type=_flag_parser(option),
+            action="append" if option.kind == "list" else "store",
+            help=help_text,
+        )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a TOML file of options, keys named as in the configuration reference "
+        "(flags and CODA_WS_* variables take precedence)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require tokens: lines of TOKEN=scope,scope (also CODA_WS_TOKENS)",
+    )
+    parser.add_argument(
+        "--log-level", choices=_LOG_LEVELS, default="warning", help="logging threshold (default: warning)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text or as one JSON object per line (default: text)",
+    )
     return parser
 
 
@@ -245,7 +310,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     def feed() -> None:
         try:
-            run_demo_loop(integration, perf, pace=args.pace, stop_event=stop_event, iterations=args.iterations)
+            run_demo_loop(
+                integration, perf, pace=args.pace, stop_event=stop_event, iterations=args.iterations
+            )
         except Exception as exc:  # report it in the main thread and exit 1
             log.exception("the demo loop failed")
             failure.append(exc)
@@ -311,8 +378,11 @@ def run_config_command(args: argparse.Namespace) -> int:
         settings["auth"] = config.Setting(settings["auth"].option, tokens, " + ".join(sources))
     rows = config.describe(settings)
     if args.json:
-        print(json.dumps([{"option": name, "value": value, "source": source} for name, value, source in rows],
-                         indent=2))
+        print(
+            json.dumps(
+                [{"option": name, "value": value, "source": source} for name, value, source in rows], indent=2
+            )
+        )
         return 0
     if args.config:
         print(f"# config file: {args.config}")
@@ -383,8 +453,9 @@ def _print_watch_hints(server: "CodaWebSocketServer", args: argparse.Namespace |
     _say(f"  dashboard:  {_dashboard_url(server, args)}")
 
 
-def _dashboard_url(server: "CodaWebSocketServer", args: argparse.Namespace | None = None,
-                   stdout: TextIO | None = None) -> str:
+def _dashboard_url(
+    server: "CodaWebSocketServer", args: argparse.Namespace | None = None, stdout: TextIO | None = None
+) -> str:
     """The dashboard's URL to print: with ``#token=`` when tokens are configured
     and one of them may read the stream, so the printed link opens a working page.
 
@@ -403,7 +474,9 @@ def _dashboard_url(server: "CodaWebSocketServer", args: argparse.Namespace | Non
     stdout = sys.stdout if stdout is None else stdout
     isatty = getattr(stdout, "isatty", None)
     if not (callable(isatty) and isatty()):
-        return f"{url}  (add #token=<a token with the read scope>; not printed here: output is not a terminal)"
+        return (
+            f"{url}  (add #token=<a token with the read scope>; not printed here: output is not a terminal)"
+        )
     return f"{url}#token={quote(token, safe='')}"
 
 

@@ -73,7 +73,13 @@ from .events import BaseEvent, EventType, encode_json, validate_event
 from .filters import EventFilter, TypePatterns
 from .protocol import V1_SUBPROTOCOL
 
-__all__ = ["CodaEventClient", "ClientConnectionError", "ClientStats", "HandshakeRejected", "RECONNECT_CLOSE_CODES"]
+__all__ = [
+    "RECONNECT_CLOSE_CODES",
+    "ClientConnectionError",
+    "ClientStats",
+    "CodaEventClient",
+    "HandshakeRejected",
+]
 
 log = logging.getLogger("coda_ws.client")
 
@@ -242,8 +248,16 @@ class _EventQueue:
 class _Session:
     """What the connection thread knows about the current connection."""
 
-    __slots__ = ("since", "epoch_sent", "filter_version", "hello_epoch", "hello_seq", "started", "resume_to",
-                 "resume_left")
+    __slots__ = (
+        "epoch_sent",
+        "filter_version",
+        "hello_epoch",
+        "hello_seq",
+        "resume_left",
+        "resume_to",
+        "since",
+        "started",
+    )
 
     def __init__(self, since: int | None, epoch_sent: str | None, filter_version: int) -> None:
         self.since = since
@@ -266,14 +280,20 @@ def _warn_at(failures: int) -> bool:
     rounds, rest = divmod(failures, _WARN_AFTER_FAILURES)
     return rest == 0 and rounds > 0 and rounds & (rounds - 1) == 0
 
+
 _Kind = Literal["stopped", "paused", "retry", "end", "fatal"]
 
 
 class _Outcome:
-    __slots__ = ("kind", "established", "error", "close_code")
+    __slots__ = ("close_code", "error", "established", "kind")
 
-    def __init__(self, kind: _Kind, established: bool = False, error: Exception | None = None,
-                 close_code: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: _Kind,
+        established: bool = False,
+        error: Exception | None = None,
+        close_code: int | None = None,
+    ) -> None:
         self.kind = kind
         self.established = established
         self.error = error
@@ -281,17 +301,29 @@ class _Outcome:
 
 
 @overload
-def _check_seconds(name: str, value: float, allow_none: Literal[False] = ..., allow_zero: bool = ...) -> float: ...
+def _check_seconds(
+    name: str, value: float, allow_none: Literal[False] = ..., allow_zero: bool = ...
+) -> float: ...
 @overload
-def _check_seconds(name: str, value: float | None, allow_none: bool, allow_zero: bool = ...) -> float | None: ...
-def _check_seconds(name: str, value: object, allow_none: bool = False, allow_zero: bool = False) -> float | None:
+def _check_seconds(
+    name: str, value: float | None, allow_none: bool, allow_zero: bool = ...
+) -> float | None: ...
+def _check_seconds(
+    name: str, value: object, allow_none: bool = False, allow_zero: bool = False
+) -> float | None:
     if value is None and allow_none:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0 or (
-        value == 0 and not allow_zero
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or value != value
+        or value < 0
+        or (value == 0 and not allow_zero)
     ):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
-                         f" got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
+            f" got {value!r}"
+        )
     return float(value)
 
 
@@ -375,17 +407,34 @@ class CodaEventClient:
     recent value.
     """
 
-    def __init__(self, url: str, types: _Types = None, session_id: str | None = None, token: str | None = None,
-                 resume: bool = True, reconnect: bool = True,
-                 on_gap: Callable[[dict[str, Any]], object] | None = None, *, since: int | None = None,
-                 replay: bool = True, max_queue: int = 10_000, connect_timeout: float = 10.0,
-                 close_timeout: float = 1.0, backoff_initial: float = 0.1, backoff_max: float = 10.0,
-                 backoff_factor: float = 2.0, backoff_jitter: float = 0.5, max_retries: int | None = None,
-                 retry_first_connect: bool = True, ping_interval: float | None = 20.0,
-                 max_message_size: int | None = 16 * 1024 * 1024, name: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        types: _Types = None,
+        session_id: str | None = None,
+        token: str | None = None,
+        resume: bool = True,
+        reconnect: bool = True,
+        on_gap: Callable[[dict[str, Any]], object] | None = None,
+        *,
+        since: int | None = None,
+        replay: bool = True,
+        max_queue: int = 10_000,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        backoff_factor: float = 2.0,
+        backoff_jitter: float = 0.5,
+        max_retries: int | None = None,
+        retry_first_connect: bool = True,
+        ping_interval: float | None = 20.0,
+        max_message_size: int | None = 16 * 1024 * 1024,
+        name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
-        self._host, self._port, self._path, self._query, self._secure = self._parse_url(url)
+        self._host, self._port, self._path, self._query, self._secure = parse_ws_url(url)
         event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
         if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n")):
             raise ValueError("token must be a non-empty string without line breaks")
@@ -395,26 +444,36 @@ class CodaEventClient:
             raise ValueError(f"since must be a non-negative integer, got {since!r}")
         if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 2:
             raise ValueError(f"max_queue must be an integer of at least 2, got {max_queue!r}")
-        if max_retries is not None and (not isinstance(max_retries, int) or isinstance(max_retries, bool)
-                                        or max_retries < 0):
+        if max_retries is not None and (
+            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
+        ):
             raise ValueError(f"max_retries must be a non-negative integer or None, got {max_retries!r}")
-        if not isinstance(backoff_factor, (int, float)) or isinstance(backoff_factor, bool) or not (
-            1 <= backoff_factor <= 100
+        if (
+            not isinstance(backoff_factor, (int, float))
+            or isinstance(backoff_factor, bool)
+            or not (1 <= backoff_factor <= 100)
         ):
             raise ValueError(f"backoff_factor must be a number from 1 to 100, got {backoff_factor!r}")
-        if not isinstance(backoff_jitter, (int, float)) or isinstance(backoff_jitter, bool) or not (
-            0 <= backoff_jitter <= 1
+        if (
+            not isinstance(backoff_jitter, (int, float))
+            or isinstance(backoff_jitter, bool)
+            or not (0 <= backoff_jitter <= 1)
         ):
             raise ValueError(f"backoff_jitter must be a number from 0 to 1, got {backoff_jitter!r}")
-        if max_message_size is not None and (not isinstance(max_message_size, int) or max_message_size < 1024):
-            raise ValueError(f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}")
+        if max_message_size is not None and (
+            not isinstance(max_message_size, int) or max_message_size < 1024
+        ):
+            raise ValueError(
+                f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}"
+            )
         self.connect_timeout = _check_seconds("connect_timeout", connect_timeout)
         self.close_timeout = _check_seconds("close_timeout", close_timeout, allow_zero=True)
         self.backoff_initial = _check_seconds("backoff_initial", backoff_initial)
         self.backoff_max = _check_seconds("backoff_max", backoff_max)
         if self.backoff_max < self.backoff_initial:
-            raise ValueError(f"backoff_max ({backoff_max!r}) must not be less than backoff_initial"
-                             f" ({backoff_initial!r})")
+            raise ValueError(
+                f"backoff_max ({backoff_max!r}) must not be less than backoff_initial ({backoff_initial!r})"
+            )
         self.backoff_factor = float(backoff_factor)
         self.backoff_jitter = float(backoff_jitter)
         self.ping_interval = _check_seconds("ping_interval", ping_interval, allow_none=True) or None
@@ -465,31 +524,12 @@ class CodaEventClient:
         self._counters: collections.Counter[str] = collections.Counter()
 
         # daemon: a script that forgets close() can still exit; close() joins it.
-        self._thread = threading.Thread(target=self._run, name=f"coda-ws-eventclient:{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"coda-ws-eventclient:{self.name}", daemon=True
+        )
         self._thread.start()
 
     # -- configuration ----------------------------------------------------------
-
-    @staticmethod
-    def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]], bool]:
-        if not isinstance(url, str) or not url:
-            raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"malformed URL {url!r}: {exc}") from None
-        scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
-        if scheme is None:
-            raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"url has no host: {url!r}")
-        if parts.fragment:
-            raise ValueError(f"url must not have a #fragment: {url!r}")
-        secure = scheme == "wss"
-        own = {"v", "types", "session_id", "since", "epoch", "replay"}
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in own]
-        return parts.hostname, port or (443 if secure else 80), parts.path or "/", query, secure
 
     def _target(self, since: int | None, epoch: str | None) -> tuple[str, int]:
         """The request target (path and query) for the next connection, and
@@ -564,14 +604,21 @@ class CodaEventClient:
         ``callback_errors``, ``disconnects`` (by reason) and ``queued``."""
         with self._lock:
             counters = dict(self._counters)
-        disconnects = {k[len("disconnect:"):]: v for k, v in counters.items() if k.startswith("disconnect:")}
+        disconnects = {k[len("disconnect:") :]: v for k, v in counters.items() if k.startswith("disconnect:")}
         count = counters.get
         return ClientStats(
-            connect_attempts=count("connect_attempts", 0), sessions=count("sessions", 0),
-            events=count("events", 0), duplicates_dropped=count("duplicates_dropped", 0),
-            invalid_events=count("invalid_events", 0), invalid_frames=count("invalid_frames", 0),
-            gaps=count("gaps", 0), pauses=count("pauses", 0), server_errors=count("server_errors", 0),
-            callback_errors=count("callback_errors", 0), disconnects=disconnects, queued=len(self._queue),
+            connect_attempts=count("connect_attempts", 0),
+            sessions=count("sessions", 0),
+            events=count("events", 0),
+            duplicates_dropped=count("duplicates_dropped", 0),
+            invalid_events=count("invalid_events", 0),
+            invalid_frames=count("invalid_frames", 0),
+            gaps=count("gaps", 0),
+            pauses=count("pauses", 0),
+            server_errors=count("server_errors", 0),
+            callback_errors=count("callback_errors", 0),
+            disconnects=disconnects,
+            queued=len(self._queue),
         )
 
     def _count(self, name: str, amount: int = 1) -> None:
@@ -609,7 +656,9 @@ class CodaEventClient:
             RuntimeError: callbacks are registered with :meth:`on_event`.
         """
         if self._callbacks:
-            raise RuntimeError("this client delivers its events to on_event callbacks; do not also call get()")
+            raise RuntimeError(
+                "this client delivers its events to on_event callbacks; do not also call get()"
+            )
         item = self._next(timeout)
         return None if item is _TIMEOUT or item is _END else item
 
@@ -624,7 +673,9 @@ class CodaEventClient:
 
     def _call_on_gap(self, frame: dict[str, Any]) -> None:
         if self.on_gap is None:
-            log.warning("%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason"))
+            log.warning(
+                "%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason")
+            )
             return
         try:
             self.on_gap(frame)
@@ -684,8 +735,9 @@ class CodaEventClient:
 
     # -- requests to the server -----------------------------------------------------
 
-    def subscribe(self, types: _Types = None, session_id: str | None = None,
-                  timeout: float | None = None) -> dict[str, Any] | None:
+    def subscribe(
+        self, types: _Types = None, session_id: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """Replace the client's filters (the server answers ``subscribed``).
 
         The new filters apply to the current connection from the server's next
@@ -721,8 +773,13 @@ class CodaEventClient:
 
     @staticmethod
     def _subscribe_frame(types: Iterable[str] | None, session_id: str | None) -> str:
-        return encode_json({"type": "subscribe", "types": list(types) if types is not None else None,
-                            "session_id": session_id})
+        return encode_json(
+            {
+                "type": "subscribe",
+                "types": list(types) if types is not None else None,
+                "session_id": session_id,
+            }
+        )
 
     @overload
     def ping(self, timeout: None = None) -> int | None: ...
@@ -809,10 +866,15 @@ class CodaEventClient:
                 self._thread.join(deadline.left())
         if callback_thread is not None and callback_thread is not current:
             callback_thread.join(deadline.left())
-        alive = [t for t in (self._thread, callback_thread) if t is not None and t is not current and t.is_alive()]
+        alive = [
+            t for t in (self._thread, callback_thread) if t is not None and t is not current and t.is_alive()
+        ]
         if alive:
-            log.warning("%s: close() timed out with threads still running: %s", self.name,
-                        ", ".join(t.name for t in alive))
+            log.warning(
+                "%s: close() timed out with threads still running: %s",
+                self.name,
+                ", ".join(t.name for t in alive),
+            )
         return not alive
 
     @staticmethod
@@ -881,11 +943,21 @@ class CodaEventClient:
                 delay = self._backoff(retries)
                 retries += 1
                 if _warn_at(failures):
-                    log.warning("%s: %d connection attempts in a row failed (last: %s); still retrying, every "
-                                "%.0f s at most. Is the server running at %s?", self.name, failures,
-                                outcome.error, self.backoff_max, self.url)
-                log.info("%s: connection lost or refused (%s); reconnecting in %.3f s",
-                         self.name, outcome.error, delay)
+                    log.warning(
+                        "%s: %d connection attempts in a row failed (last: %s); still retrying, every "
+                        "%.0f s at most. Is the server running at %s?",
+                        self.name,
+                        failures,
+                        outcome.error,
+                        self.backoff_max,
+                        self.url,
+                    )
+                log.info(
+                    "%s: connection lost or refused (%s); reconnecting in %.3f s",
+                    self.name,
+                    outcome.error,
+                    delay,
+                )
         except Exception as exc:  # a bug here must not leave the application waiting forever
             log.exception("%s: the connection thread failed", self.name)
             self._finish(ClientConnectionError(f"internal error in the client: {exc!r}"))
@@ -939,10 +1011,19 @@ class CodaEventClient:
             headers.append(("Authorization", f"Bearer {self._token}"))
         try:
             ws = ClientTransport(
-                self._host, self._port, target, secure=self._secure, subprotocols=[V1_SUBPROTOCOL],
-                headers=headers, timeout=self.connect_timeout, on_socket=self._on_socket,
-                on_reader_done=wake.set, reader_name=f"coda-ws-eventclient-reader:{self.name}", wake=wake,
-                ping_interval=self.ping_interval, max_message_size=self.max_message_size,
+                self._host,
+                self._port,
+                target,
+                secure=self._secure,
+                subprotocols=[V1_SUBPROTOCOL],
+                headers=headers,
+                timeout=self.connect_timeout,
+                on_socket=self._on_socket,
+                on_reader_done=wake.set,
+                reader_name=f"coda-ws-eventclient-reader:{self.name}",
+                wake=wake,
+                ping_interval=self.ping_interval,
+                max_message_size=self.max_message_size,
                 ssl_context=self._ssl_context,
             )
         except HandshakeRejected as exc:
@@ -952,7 +1033,10 @@ class CodaEventClient:
             # thread): logging it here as an error too would say it twice.
             log.info("%s: %s", self.name, exc)
             return _Outcome("stopped" if self._stop.is_set() else kind, error=exc)
-        except (ssl.SSLCertVerificationError, UnicodeError) as exc:  # a bad certificate or host name stays bad
+        except (
+            ssl.SSLCertVerificationError,
+            UnicodeError,
+        ) as exc:  # a bad certificate or host name stays bad
             self._forget_socket()
             error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
             log.error("%s: %s", self.name, error)
@@ -1016,14 +1100,18 @@ class CodaEventClient:
     def _closed_outcome(self, ws: ClientTransport, session: _Session) -> _Outcome:
         if ws.message_too_big(self.max_message_size):
             error = ClientConnectionError(
-                f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)")
+                f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)"
+            )
             return _Outcome("fatal", session.started, error, close_code=1009)
         code, reason = ws.peer_close()
         self._count(f"disconnect:{'connection_lost' if code in _NO_STATUS else code}")
         if code in _NO_STATUS:
-            return _Outcome("retry", session.started, ConnectionResetError("connection lost"), close_code=code)
-        error = ClientConnectionError(f"the server closed the connection with code {code}"
-                                      + (f" ({reason})" if reason else ""))
+            return _Outcome(
+                "retry", session.started, ConnectionResetError("connection lost"), close_code=code
+            )
+        error = ClientConnectionError(
+            f"the server closed the connection with code {code}" + (f" ({reason})" if reason else "")
+        )
         if code == _CLOSE_NORMAL:
             return _Outcome("end", session.started, close_code=code)
         if code in FATAL_CLOSE_CODES:
@@ -1042,7 +1130,9 @@ class CodaEventClient:
             code = ws.peer_close()[0]
             self._send_close(ws, _CLOSE_NORMAL if code in _NO_STATUS else code)
         self._shutdown(ws.raw_socket)
-        if not ws.join_reader(self.close_timeout + 1.0):  # cannot happen after shutdown unless the OS misbehaves
+        if not ws.join_reader(
+            self.close_timeout + 1.0
+        ):  # cannot happen after shutdown unless the OS misbehaves
             log.warning("%s: the reader thread did not end after shutdown", self.name)
         else:
             ws.raw_socket.close()
@@ -1185,7 +1275,9 @@ class CodaEventClient:
 
     def _on_error(self, session: _Session, frame: dict[str, Any]) -> None:
         self._count("server_errors")
-        log.warning("%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code"))
+        log.warning(
+            "%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code")
+        )
 
     def _accept_event(self, session: _Session, data: dict[str, Any]) -> bool:
         seq = data.get("seq")
@@ -1200,7 +1292,9 @@ class CodaEventClient:
             self._count("duplicates_dropped")
             return True
         if not self._queue.offer(self._decode(data)):
-            log.info("%s: %d events wait for the application: pausing the stream", self.name, len(self._queue))
+            log.info(
+                "%s: %d events wait for the application: pausing the stream", self.name, len(self._queue)
+            )
             return False
         self._delivered_max = seq
         if seq > self._last_seq:
@@ -1225,6 +1319,34 @@ class CodaEventClient:
             return event
         except InvalidEventError as exc:
             self._count("invalid_events")
-            log.warning("%s: invalid %s event (seq %s) delivered as a dict: %s", self.name, type_name,
-                        data.get("seq"), exc)
+            log.warning(
+                "%s: invalid %s event (seq %s) delivered as a dict: %s",
+                self.name,
+                type_name,
+                data.get("seq"),
+                exc,
+            )
             return data
+
+
+def parse_ws_url(url: str) -> tuple[str, int, str, list[tuple[str, str]], bool]:
+    """Split a ``ws://`` or ``wss://`` URL into host, port, path, query pairs and
+    whether it is secure; a ValueError names what is wrong with it."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+    scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
+    if scheme is None:
+        raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"url has no host: {url!r}")
+    if parts.fragment:
+        raise ValueError(f"url must not have a #fragment: {url!r}")
+    secure = scheme == "wss"
+    own = {"v", "types", "session_id", "since", "epoch", "replay"}
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in own]
+    return parts.hostname, port or (443 if secure else 80), parts.path or "/", query, secure

@@ -29,8 +29,19 @@ from typing import Any
 
 from . import checks
 
-__all__ = ["Option", "OPTIONS", "OPTION_NAMES", "check", "from_env", "from_mapping", "from_toml", "resolve",
-           "Setting", "describe", "suggestion"]
+__all__ = [
+    "OPTIONS",
+    "OPTION_NAMES",
+    "Option",
+    "Setting",
+    "check",
+    "describe",
+    "from_env",
+    "from_mapping",
+    "from_toml",
+    "resolve",
+    "suggestion",
+]
 
 _UNSET: Any = object()
 
@@ -44,8 +55,9 @@ def _integer(minimum: int, maximum: int | None = None, none_ok: bool = False) ->
 
 
 def _seconds(positive: bool, none_ok: bool) -> Callable[[str, Any], Any]:
-    return lambda name, value: checks.number(name, value, positive=positive, minimum=0, none_ok=none_ok,
-                                             unit="seconds")
+    return lambda name, value: checks.number(
+        name, value, positive=positive, minimum=0, none_ok=none_ok, unit="seconds"
+    )
 
 
 def _number(name: str, value: Any) -> Any:
@@ -152,72 +164,220 @@ class Option:
             raise ValueError(f"{where}: {exc}") from None
 
 
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
-               "list": "a comma-separated list"}
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "text",
+    "list": "a comma-separated list",
+}
 
 _MiB = 1024 * 1024
 
 #: Every option, in the order the references list them.
 OPTIONS: tuple[Option, ...] = (
     # -- where it listens
-    Option("host", "localhost", _text(False), "Interface to bind; a non-loopback address needs tokens "
-           "(or insecure).", flag="--host"),
+    Option(
+        "host",
+        "localhost",
+        _text(False),
+        "Interface to bind; a non-loopback address needs tokens (or insecure).",
+        flag="--host",
+    ),
     Option("port", 8765, _integer(0, 65535), "TCP port; 0 picks a free one.", kind="int", flag="--port"),
-    Option("url_prefix", None, _prefix, "Path prefix of every route (default: none standalone, '/coda-ws' when "
-           "mounted on an application's app).", flag="--url-prefix"),
+    Option(
+        "url_prefix",
+        None,
+        _prefix,
+        "Path prefix of every route (default: none standalone, '/coda-ws' when "
+        "mounted on an application's app).",
+        flag="--url-prefix",
+    ),
     # -- who may connect
-    Option("auth", None, lambda name, value: value, "Tokens and their scopes: {token: scopes} or a callable "
-           "(from the environment: TOKEN=scope,scope entries, separated by spaces).", secret=True),
-    Option("allowed_hosts", None, _strings, "Host names answered besides localhost, loopback IPs and the bound "
-           "address (DNS rebinding defence); '.example.com' adds its subdomains, '*' turns the check off.",
-           kind="list", flag="--allow-host"),
-    Option("allowed_origins", None, _strings, "Browser origins allowed besides local pages ('*' for any; "
-           "'null' for pages opened from a file, with a warning).", kind="list", flag="--allow-origin"),
-    Option("insecure", False, _flag, "Serve a non-loopback address without tokens (everyone can read "
-           "everything; logged as a warning).", kind="bool", flag="--insecure"),
+    Option(
+        "auth",
+        None,
+        lambda name, value: value,
+        "Tokens and their scopes: {token: scopes} or a callable "
+        "(from the environment: TOKEN=scope,scope entries, separated by spaces).",
+        secret=True,
+    ),
+    Option(
+        "allowed_hosts",
+        None,
+        _strings,
+        "Host names answered besides localhost, loopback IPs and the bound "
+        "address (DNS rebinding defence); '.example.com' adds its subdomains, '*' turns the check off.",
+        kind="list",
+        flag="--allow-host",
+    ),
+    Option(
+        "allowed_origins",
+        None,
+        _strings,
+        "Browser origins allowed besides local pages ('*' for any; "
+        "'null' for pages opened from a file, with a warning).",
+        kind="list",
+        flag="--allow-origin",
+    ),
+    Option(
+        "insecure",
+        False,
+        _flag,
+        "Serve a non-loopback address without tokens (everyone can read everything; logged as a warning).",
+        kind="bool",
+        flag="--insecure",
+    ),
     # -- limits
-    Option("max_clients", 256, _integer(1), "Concurrent WebSocket clients; beyond: HTTP 503.", kind="int",
-           flag="--max-clients"),
-    Option("max_clients_per_address", 64, _integer(1), "Concurrent clients from one peer IP; beyond: HTTP 503.",
-           kind="int", flag="--max-clients-per-address"),
-    Option("max_message_size", 64 * 1024, _integer(1), "Largest client frame, bytes; larger: close 1009.",
-           kind="int", flag="--max-message-size"),
-    Option("max_event_size", _MiB, _integer(1024, none_ok=True), "Largest encoded event, bytes; larger: emit() "
-           "raises EventTooLargeError, POST /events answers 413 (none: no limit).", kind="int",
-           flag="--max-event-size"),
-    Option("max_replay_bytes", 4 * _MiB, _integer(1), "Largest replay frame, bytes: the newest high-priority "
-           "events that fit, and 'omitted': N.", kind="int", flag="--max-replay-bytes"),
-    Option("max_body_size", _MiB, _integer(1), "Largest POST /events body, bytes; larger: HTTP 413.", kind="int",
-           flag="--max-body-size"),
-    Option("rate_limit", 20, _number, "Client frames per second a client may send on average (bursts of twice "
-           "that); beyond: an error frame, then close 1008.", kind="float", flag="--rate-limit"),
-    Option("handshake_timeout", 10.0, _seconds(True, False), "Seconds from accept by which a client must have "
-           "sent its request head and declared body (a total deadline).", kind="float",
-           flag="--handshake-timeout"),
+    Option(
+        "max_clients",
+        256,
+        _integer(1),
+        "Concurrent WebSocket clients; beyond: HTTP 503.",
+        kind="int",
+        flag="--max-clients",
+    ),
+    Option(
+        "max_clients_per_address",
+        64,
+        _integer(1),
+        "Concurrent clients from one peer IP; beyond: HTTP 503.",
+        kind="int",
+        flag="--max-clients-per-address",
+    ),
+    Option(
+        "max_message_size",
+        64 * 1024,
+        _integer(1),
+        "Largest client frame, bytes; larger: close 1009.",
+        kind="int",
+        flag="--max-message-size",
+    ),
+    Option(
+        "max_event_size",
+        _MiB,
+        _integer(1024, none_ok=True),
+        "Largest encoded event, bytes; larger: emit() "
+        "raises EventTooLargeError, POST /events answers 413 (none: no limit).",
+        kind="int",
+        flag="--max-event-size",
+    ),
+    Option(
+        "max_replay_bytes",
+        4 * _MiB,
+        _integer(1),
+        "Largest replay frame, bytes: the newest high-priority events that fit, and 'omitted': N.",
+        kind="int",
+        flag="--max-replay-bytes",
+    ),
+    Option(
+        "max_body_size",
+        _MiB,
+        _integer(1),
+        "Largest POST /events body, bytes; larger: HTTP 413.",
+        kind="int",
+        flag="--max-body-size",
+    ),
+    Option(
+        "rate_limit",
+        20,
+        _number,
+        "Client frames per second a client may send on average (bursts of twice "
+        "that); beyond: an error frame, then close 1008.",
+        kind="float",
+        flag="--rate-limit",
+    ),
+    Option(
+        "handshake_timeout",
+        10.0,
+        _seconds(True, False),
+        "Seconds from accept by which a client must have "
+        "sent its request head and declared body (a total deadline).",
+        kind="float",
+        flag="--handshake-timeout",
+    ),
     # -- the stream
     Option("history_size", 10_000, _integer(1), "Events kept for resume.", kind="int", flag="--history-size"),
-    Option("client_queue_size", None, _integer(1, none_ok=True), "Lossless events a client may fall behind "
-           "before it is closed with 4008 (default: 1024, or history_size when smaller).", kind="int",
-           flag="--client-queue-size"),
-    Option("max_replay_events", 50, _integer(0), "High-priority events kept for the replay frame.", kind="int",
-           flag="--max-replay-events"),
-    Option("ping_interval", 20, _seconds(False, True), "Seconds between keepalive pings (0 or none: off).",
-           kind="float", flag="--ping-interval"),
-    Option("ping_timeout", 10, _seconds(False, True), "Seconds a client may take to answer a ping; also how "
-           "long a write may wait for a client that reads nothing.", kind="float", flag="--ping-timeout"),
+    Option(
+        "client_queue_size",
+        None,
+        _integer(1, none_ok=True),
+        "Lossless events a client may fall behind "
+        "before it is closed with 4008 (default: 1024, or history_size when smaller).",
+        kind="int",
+        flag="--client-queue-size",
+    ),
+    Option(
+        "max_replay_events",
+        50,
+        _integer(0),
+        "High-priority events kept for the replay frame.",
+        kind="int",
+        flag="--max-replay-events",
+    ),
+    Option(
+        "ping_interval",
+        20,
+        _seconds(False, True),
+        "Seconds between keepalive pings (0 or none: off).",
+        kind="float",
+        flag="--ping-interval",
+    ),
+    Option(
+        "ping_timeout",
+        10,
+        _seconds(False, True),
+        "Seconds a client may take to answer a ping; also how "
+        "long a write may wait for a client that reads nothing.",
+        kind="float",
+        flag="--ping-timeout",
+    ),
     # -- persistence and scale-out
-    Option("journal", None, _path_or_object, "SQLite file that keeps the stream across restarts (same epoch, "
-           "seq continues, clients resume).", flag="--journal"),
-    Option("journal_max_events", None, _integer(1, none_ok=True), "Journal retention: the newest N events "
-           "(none: no limit).", kind="int", flag="--journal-max-events"),
-    Option("journal_max_age", None, _seconds(True, True), "Journal retention: events younger than this many "
-           "seconds (none: no limit).", kind="float", flag="--journal-max-age"),
-    Option("journal_flush_interval", 0.2, _seconds(True, False), "Seconds an event may wait before it is "
-           "committed: what a process crash can lose at most.", kind="float", flag="--journal-flush-interval"),
-    Option("backplane", None, _path_or_object, "redis:// URL of a stream shared with other processes and hosts "
-           "(exclusive with journal).", flag="--backplane"),
-    Option("backplane_prefix", "coda_ws", _text(False), "Redis key prefix, so several assistants can share one "
-           "Redis.", flag="--backplane-prefix"),
+    Option(
+        "journal",
+        None,
+        _path_or_object,
+        "SQLite file that keeps the stream across restarts (same epoch, seq continues, clients resume).",
+        flag="--journal",
+    ),
+    Option(
+        "journal_max_events",
+        None,
+        _integer(1, none_ok=True),
+        "Journal retention: the newest N events (none: no limit).",
+        kind="int",
+        flag="--journal-max-events",
+    ),
+    Option(
+        "journal_max_age",
+        None,
+        _seconds(True, True),
+        "Journal retention: events younger than this many seconds (none: no limit).",
+        kind="float",
+        flag="--journal-max-age",
+    ),
+    Option(
+        "journal_flush_interval",
+        0.2,
+        _seconds(True, False),
+        "Seconds an event may wait before it is committed: what a process crash can lose at most.",
+        kind="float",
+        flag="--journal-flush-interval",
+    ),
+    Option(
+        "backplane",
+        None,
+        _path_or_object,
+        "redis:// URL of a stream shared with other processes and hosts (exclusive with journal).",
+        flag="--backplane",
+    ),
+    Option(
+        "backplane_prefix",
+        "coda_ws",
+        _text(False),
+        "Redis key prefix, so several assistants can share one Redis.",
+        flag="--backplane-prefix",
+    ),
 )
 
 #: The names of :data:`OPTIONS`.
@@ -279,7 +439,7 @@ def from_mapping(mapping: Mapping[str, Any], where: str, prefixed: bool = False)
         if prefixed:
             if not isinstance(key, str) or not key.startswith("CODA_WS_"):
                 continue
-            name = key[len("CODA_WS_"):].lower()
+            name = key[len("CODA_WS_") :].lower()
             if name == "tokens":
                 continue  # read by the server, as the environment variable
         else:
@@ -312,8 +472,9 @@ def from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ImportError("reading a TOML file on Python 3.10 needs the tomli package (pip install tomli)"
-                              ) from None
+            raise ImportError(
+                "reading a TOML file on Python 3.10 needs the tomli package (pip install tomli)"
+            ) from None
 
     with open(path, "rb") as handle:
         try:
@@ -326,9 +487,14 @@ def from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return from_mapping(table, os.fspath(path))
 
 
-def resolve(keywords: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
-            file: Mapping[str, Any] | None = None, flask: Mapping[str, Any] | None = None,
-            keyword_source: str = "keyword") -> dict[str, Setting]:
+def resolve(
+    keywords: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    file: Mapping[str, Any] | None = None,
+    flask: Mapping[str, Any] | None = None,
+    keyword_source: str = "keyword",
+) -> dict[str, Setting]:
     """Every option's effective value: keyword (or flag) > environment > Flask config > file > default.
 
     Args:
@@ -369,7 +535,11 @@ def describe(settings: Mapping[str, Setting]) -> list[tuple[str, str, str]]:
     for name, setting in settings.items():
         value = setting.value
         if setting.option.secret and value is not None:
-            shown = f"<{len(value)} token{'s' if len(value) != 1 else ''}, masked>" if isinstance(value, Mapping) else "<set, masked>"
+            shown = (
+                f"<{len(value)} token{'s' if len(value) != 1 else ''}, masked>"
+                if isinstance(value, Mapping)
+                else "<set, masked>"
+            )
         elif isinstance(value, (list, tuple)):
             shown = ",".join(str(item) for item in value)
         else:

@@ -73,8 +73,15 @@ from .protocol import (
 if TYPE_CHECKING:
     from .bus import Subscription
 
-__all__ = ["GuardedSocket", "Connection", "ConnectionInfo", "RateLimiter", "SessionHooks", "SessionSettings",
-           "CLOSE_TIMEOUT"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "Connection",
+    "ConnectionInfo",
+    "GuardedSocket",
+    "RateLimiter",
+    "SessionHooks",
+    "SessionSettings",
+]
 
 log = logging.getLogger("coda_ws.connection")
 
@@ -114,7 +121,9 @@ class GuardedSocket:
         self._held: list[bytes] | None = None  # writes kept by hold() until release(), else None
         self.write_timeout = write_timeout
         self.closed = False
-        self.on_close: Callable[[], object] | None = None  # called once the reader thread is done with the socket
+        self.on_close: Callable[[], object] | None = (
+            None  # called once the reader thread is done with the socket
+        )
         self.write_calls = 0  # system calls that wrote data (batching is visible here)
         #: monotonic time since which a write has waited for the peer to read, else None
         self.blocked_since: float | None = None
@@ -348,7 +357,7 @@ class _SessionOver(Exception):
 class _Keepalive:
     """When to ping, and whether the last ping was answered in time."""
 
-    __slots__ = ("interval", "timeout", "next_ping", "sent")
+    __slots__ = ("interval", "next_ping", "sent", "timeout")
 
     def __init__(self, interval: float | None, timeout: float | None) -> None:
         self.interval = interval
@@ -401,9 +410,21 @@ class Connection:
     and :meth:`end` belong to the connection's request thread.
     """
 
-    def __init__(self, client_id: str, transport: ServerTransport, sock: GuardedSocket, subscription: "Subscription",
-                 *, address: str, peer: str, user_agent: str, v1: bool, scopes: frozenset[str],
-                 settings: SessionSettings, hooks: SessionHooks) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        transport: ServerTransport,
+        sock: GuardedSocket,
+        subscription: "Subscription",
+        *,
+        address: str,
+        peer: str,
+        user_agent: str,
+        v1: bool,
+        scopes: frozenset[str],
+        settings: SessionSettings,
+        hooks: SessionHooks,
+    ) -> None:
         self.id = client_id
         self.transport = transport
         self.sock = sock
@@ -573,7 +594,9 @@ class Connection:
             if sub.stale == _EPOCH_CHANGED:
                 # Not the client's fault: its positions belong to a stream
                 # that is gone. On reconnect, resume says epoch_changed.
-                raise _SessionOver("epoch_changed", CLOSE_SERVICE_RESTART, "the stream's epoch changed: resume with since")
+                raise _SessionOver(
+                    "epoch_changed", CLOSE_SERVICE_RESTART, "the stream's epoch changed: resume with since"
+                )
             raise _SessionOver("too_slow", CLOSE_TOO_SLOW, "client too slow: resume with since")
         transport = self.transport
         if not transport.connected:
@@ -669,8 +692,9 @@ class Connection:
         if not self.rate.allow():
             self._hooks.count("rate_limited")
             if self.rate.refused == 1:  # say it once per episode, not once per frame
-                self._reply_error(f"too many messages: at most {self.settings.rate_limit:g} per second",
-                                  code="rate_limited")
+                self._reply_error(
+                    f"too many messages: at most {self.settings.rate_limit:g} per second", code="rate_limited"
+                )
             if self.rate.refused > self.rate.burst:
                 self.disconnect_reason = "rate_limited"
                 self.request_close(CLOSE_POLICY, "rate limit exceeded")

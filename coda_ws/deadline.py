@@ -53,4 +53,6 @@ class Deadline:
         return Deadline.at(None if self._at is None else self._at - seconds)
 
     def __repr__(self) -> str:
-        return "<Deadline never>" if self._at is None else f"<Deadline in {self._at - time.monotonic():.3f} s>"
+        return (
+            "<Deadline never>" if self._at is None else f"<Deadline in {self._at - time.monotonic():.3f} s>"
+        )

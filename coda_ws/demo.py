@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any
 
 from .checks import number
 from .events import BaseEvent
@@ -32,15 +32,15 @@ from .integration import CodaWebSocketIntegration
 from .perf import WebSocketPerfIntegration
 
 __all__ = [
-    "DEMO_VERSION",
     "DEMO_CONFIG",
-    "DemoExchange",
     "DEMO_EXCHANGES",
+    "DEMO_VERSION",
+    "DemoExchange",
+    "run_demo",
     "run_demo_conversation",
     "run_demo_errors",
-    "run_demo_performance",
-    "run_demo",
     "run_demo_loop",
+    "run_demo_performance",
 ]
 
 log = logging.getLogger("coda_ws.demo")
@@ -66,11 +66,11 @@ class DemoExchange:
     """
 
     user_text: str
-    interim: Tuple[Tuple[str, float], ...]  # (partial transcript, confidence)
+    interim: tuple[tuple[str, float], ...]  # (partial transcript, confidence)
     stt_ms: float
     memory_query: str
-    relevance_scores: Tuple[float, ...]
-    tokens: Tuple[str, ...]
+    relevance_scores: tuple[float, ...]
+    tokens: tuple[str, ...]
     llm_ms: float
     tool_name: str
     tool_parameters: Any
@@ -114,7 +114,20 @@ DEMO_EXCHANGES = (
         stt_ms=1320.0,
         memory_query="calendar tomorrow morning",
         relevance_scores=(0.91, 0.77, 0.4),
-        tokens=("You", " have", " a", " stand-up", " at", " 9", " and", " the", " dentist", " at", " 11", "."),
+        tokens=(
+            "You",
+            " have",
+            " a",
+            " stand-up",
+            " at",
+            " 9",
+            " and",
+            " the",
+            " dentist",
+            " at",
+            " 11",
+            ".",
+        ),
         llm_ms=1540.0,
         tool_name="calendar_lookup",
         tool_parameters={"day": "tomorrow", "part": "morning"},
@@ -165,8 +178,13 @@ class _Pacer:
             raise _Stopped
 
 
-def _conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None, wait: _Pacer,
-                  exchange: DemoExchange, conversation_id: str) -> None:
+def _conversation(
+    integration: CodaWebSocketIntegration,
+    perf: WebSocketPerfIntegration | None,
+    wait: _Pacer,
+    exchange: DemoExchange,
+    conversation_id: str,
+) -> None:
     started = time.monotonic()
     integration.conversation_start(conversation_id)
     wait(0.5)
@@ -177,14 +195,17 @@ def _conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfInte
         wait(0.4)
         integration.stt_interim_result(text, confidence)
     wait(0.4)
-    integration.stt_final_result(exchange.user_text, exchange.stt_confidence, exchange.stt_ms, exchange.language)
+    integration.stt_final_result(
+        exchange.user_text, exchange.stt_confidence, exchange.stt_ms, exchange.language
+    )
     if perf is not None:
         perf.track_operation("stt", "transcribe", exchange.stt_ms, {"model": "whisper"})
 
     # Memory lookup, then the language model streams its answer.
     wait(0.15)
-    integration.memory_retrieve(exchange.memory_query, len(exchange.relevance_scores),
-                                list(exchange.relevance_scores))
+    integration.memory_retrieve(
+        exchange.memory_query, len(exchange.relevance_scores), list(exchange.relevance_scores)
+    )
     wait(0.1)
     integration.llm_start(exchange.user_text, "llama3", 0.7)
     wait(0.35)  # time to first token
@@ -194,8 +215,9 @@ def _conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfInte
         text += token
         integration.llm_token(token, text)
         wait(per_token)
-    integration.llm_result(text, exchange.llm_ms, len(exchange.tokens),
-                           len(exchange.tokens) / (exchange.llm_ms / 1000.0))
+    integration.llm_result(
+        text, exchange.llm_ms, len(exchange.tokens), len(exchange.tokens) / (exchange.llm_ms / 1000.0)
+    )
     if perf is not None:
         perf.track_operation("llm", "generate", exchange.llm_ms, {"tokens": len(exchange.tokens)})
 
@@ -219,16 +241,22 @@ def _conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfInte
 
     # Remember it, record the turn, close the conversation.
     wait(0.1)
-    integration.memory_store(exchange.memory_note, "conversation", exchange.importance,
-                             f"mem-{uuid.uuid4().hex[:8]}")
+    integration.memory_store(
+        exchange.memory_note, "conversation", exchange.importance, f"mem-{uuid.uuid4().hex[:8]}"
+    )
     integration.conversation_turn(conversation_id, 1, exchange.user_text, text)
     wait(0.5)
     integration.conversation_end(conversation_id, 1, time.monotonic() - started)
 
 
-def run_demo_conversation(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None,
-                          pace: float = 1.0, stop_event: threading.Event | None = None,
-                          exchange: int | DemoExchange = 0, conversation_id: str | None = None) -> bool:
+def run_demo_conversation(
+    integration: CodaWebSocketIntegration,
+    perf: WebSocketPerfIntegration | None = None,
+    pace: float = 1.0,
+    stop_event: threading.Event | None = None,
+    exchange: int | DemoExchange = 0,
+    conversation_id: str | None = None,
+) -> bool:
     """One scripted conversation of one turn, in the original demo's order.
 
     Events (all with the integration's session id): ``conversation_start``,
@@ -268,13 +296,17 @@ _ERRORS: tuple[tuple[str, Callable[[CodaWebSocketIntegration], BaseEvent]], ...]
     ("stt_error", lambda i: i.stt_error("Microphone disconnected", {"device": "default"})),
     ("llm_error", lambda i: i.llm_error("Generation timed out", {"model": "llama3", "timeout_s": 30})),
     ("tts_error", lambda i: i.tts_error("Voice not found", {"voice_id": "narrator-2"})),
-    ("tool_error", lambda i: i.tool_error("route_planner", "call-err-1", "Service unavailable", {"status": 503})),
+    (
+        "tool_error",
+        lambda i: i.tool_error("route_planner", "call-err-1", "Service unavailable", {"status": 503}),
+    ),
     ("system_error", lambda i: i.system_error("warning", "Memory usage above 80%", {"memory_mb": 2048})),
 )
 
 
-def run_demo_errors(integration: CodaWebSocketIntegration, pace: float = 1.0,
-                    stop_event: threading.Event | None = None) -> bool:
+def run_demo_errors(
+    integration: CodaWebSocketIntegration, pace: float = 1.0, stop_event: threading.Event | None = None
+) -> bool:
     """One error of each kind, half a second apart (times ``pace``):
     ``stt_error``, ``llm_error``, ``tts_error``, ``tool_error``, ``system_error``.
 
@@ -290,8 +322,9 @@ def run_demo_errors(integration: CodaWebSocketIntegration, pace: float = 1.0,
     return True
 
 
-def run_demo_performance(perf: WebSocketPerfIntegration, pace: float = 1.0,
-                         stop_event: threading.Event | None = None) -> bool:
+def run_demo_performance(
+    perf: WebSocketPerfIntegration, pace: float = 1.0, stop_event: threading.Event | None = None
+) -> bool:
     """The original demo's performance section.
 
     ``perf.start()`` (a ``system_metrics`` at once), three ``latency_trace``
@@ -320,8 +353,13 @@ def run_demo_performance(perf: WebSocketPerfIntegration, pace: float = 1.0,
     return True
 
 
-def run_demo(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None, pace: float = 1.0,
-             stop_event: threading.Event | None = None, connect_wait: float = 5.0) -> bool:
+def run_demo(
+    integration: CodaWebSocketIntegration,
+    perf: WebSocketPerfIntegration | None = None,
+    pace: float = 1.0,
+    stop_event: threading.Event | None = None,
+    connect_wait: float = 5.0,
+) -> bool:
     """The original demo, start to finish.
 
     ``system_startup`` (version :data:`DEMO_VERSION`), a pause of
@@ -357,9 +395,14 @@ def run_demo(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegrati
     return True
 
 
-def run_demo_loop(integration: CodaWebSocketIntegration, perf: WebSocketPerfIntegration | None = None,
-                  pace: float = 1.0, stop_event: threading.Event | None = None, iterations: int | None = None,
-                  pause: float = 2.0) -> int:
+def run_demo_loop(
+    integration: CodaWebSocketIntegration,
+    perf: WebSocketPerfIntegration | None = None,
+    pace: float = 1.0,
+    stop_event: threading.Event | None = None,
+    iterations: int | None = None,
+    pause: float = 2.0,
+) -> int:
     """Conversations one after another, for a live dashboard.
 
     Cycles through :data:`DEMO_EXCHANGES`, waiting ``pause`` seconds (times
@@ -391,8 +434,10 @@ def run_demo_loop(integration: CodaWebSocketIntegration, perf: WebSocketPerfInte
                 break
             done += 1
             if perf is not None:
-                perf.track_component_timings("memory", {"encode": 11.0 + index % 4, "search": 38.0 + index % 7,
-                                                        "store": 17.0 + index % 3})
+                perf.track_component_timings(
+                    "memory",
+                    {"encode": 11.0 + index % 4, "search": 38.0 + index % 7, "store": 17.0 + index % 3},
+                )
                 perf.increment_counter("conversations")
                 if done % 5 == 0:
                     perf.broadcast_performance_summary()

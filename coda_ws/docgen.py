@@ -11,7 +11,13 @@ from collections.abc import Iterator
 
 from . import config
 
-__all__ = ["configuration_reference", "cli_reference", "event_reference", "metrics_reference", "command_parsers"]
+__all__ = [
+    "cli_reference",
+    "command_parsers",
+    "configuration_reference",
+    "event_reference",
+    "metrics_reference",
+]
 
 
 def _cell(text: str) -> str:
@@ -90,8 +96,9 @@ def event_reference() -> str:
         if cls.conflatable:
             traits.append("state: conflated for clients that are behind")
         if cls.content_fields:
-            traits.append("content redacted for `read`-only clients: "
-                          + ", ".join(f"`{c}`" for c in cls.content_fields))
+            traits.append(
+                "content redacted for `read`-only clients: " + ", ".join(f"`{c}`" for c in cls.content_fields)
+            )
         rows = ["| field | type | default |", "|---|---|---|"]
         for field in dataclasses.fields(cls):
             if field.name in ("version", "seq", "timestamp", "type", "session_id"):
@@ -102,9 +109,13 @@ def event_reference() -> str:
                 default = f"`{field.default_factory()!r}`"
             else:
                 default = "required"
-            rows.append(f"| `{field.name}` | {_json_type(definition['properties'][field.name])} | {default} |")
+            rows.append(
+                f"| `{field.name}` | {_json_type(definition['properties'][field.name])} | {default} |"
+            )
         traits_text = ("; ".join(traits) + ".") if traits else "lossless, not kept for replay."
-        parts.append(f"### `{name}`\n\n{traits_text[0].upper()}{traits_text[1:]}\n\n" + "\n".join(rows) + "\n")
+        parts.append(
+            f"### `{name}`\n\n{traits_text[0].upper()}{traits_text[1:]}\n\n" + "\n".join(rows) + "\n"
+        )
     return "\n".join(parts)
 
 
@@ -138,10 +149,10 @@ def metrics_reference() -> str:
     helps: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("# HELP coda_ws"):
-            name, _, help_text = line[len("# HELP "):].partition(" ")
+            name, _, help_text = line[len("# HELP ") :].partition(" ")
             helps[name] = help_text.replace("\\n", " ")
         elif line.startswith("# TYPE coda_ws"):
-            name, _, kind = line[len("# TYPE "):].partition(" ")
+            name, _, kind = line[len("# TYPE ") :].partition(" ")
             kinds[name] = kind
     lines = ["| metric | type | meaning |", "|---|---|---|"]
     for name in sorted(helps):

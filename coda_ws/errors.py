@@ -6,8 +6,15 @@ convention catches it.
 """
 
 __all__ = [
-    "CodaWSError", "InvalidEventError", "EventTooLargeError", "HandshakeRefused", "ClientConnectionError",
-    "HandshakeRejected", "JournalError", "WriteTimeout", "ToolError",
+    "ClientConnectionError",
+    "CodaWSError",
+    "EventTooLargeError",
+    "HandshakeRefused",
+    "HandshakeRejected",
+    "InvalidEventError",
+    "JournalError",
+    "ToolError",
+    "WriteTimeout",
 ]
 
 

@@ -26,11 +26,12 @@ import difflib
 import json
 import math
 import time
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dataclasses_json import DataClassJsonMixin
 
@@ -38,48 +39,48 @@ from ._fastjson import encode_json
 from .errors import InvalidEventError
 
 __all__ = [
-    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_EVENT_SIZE",
+    "EVENT_CLASSES",
     "EVENT_VERSION",
-    "EventType",
+    "PROTOCOL_VERSION",
     "BaseEvent",
-    "SystemInfoEvent",
-    "SystemErrorEvent",
-    "SystemMetricsEvent",
-    "STTStartEvent",
-    "STTInterimEvent",
-    "STTResultEvent",
-    "STTErrorEvent",
-    "LLMStartEvent",
-    "LLMTokenEvent",
-    "LLMResultEvent",
-    "LLMErrorEvent",
-    "TTSStartEvent",
-    "TTSProgressEvent",
-    "TTSResultEvent",
-    "TTSErrorEvent",
-    "TTSStatusEvent",
-    "MemoryStoreEvent",
-    "MemoryRetrieveEvent",
-    "ToolCallEvent",
-    "ToolResultEvent",
-    "ToolErrorEvent",
-    "ConversationStartEvent",
-    "ConversationTurnEvent",
-    "ConversationEndEvent",
-    "LatencyTraceEvent",
-    "ComponentTimingEvent",
-    "ComponentStatusEvent",
     "ComponentErrorEvent",
     "ComponentHealthEvent",
-    "SystemStatusEvent",
+    "ComponentStatusEvent",
+    "ComponentTimingEvent",
+    "ConversationEndEvent",
+    "ConversationStartEvent",
+    "ConversationTurnEvent",
+    "EventType",
     "IntegrationMetricsEvent",
-    "EVENT_CLASSES",
-    "event_class",
+    "LLMErrorEvent",
+    "LLMResultEvent",
+    "LLMStartEvent",
+    "LLMTokenEvent",
+    "LatencyTraceEvent",
+    "MemoryRetrieveEvent",
+    "MemoryStoreEvent",
+    "STTErrorEvent",
+    "STTInterimEvent",
+    "STTResultEvent",
+    "STTStartEvent",
+    "SystemErrorEvent",
+    "SystemInfoEvent",
+    "SystemMetricsEvent",
+    "SystemStatusEvent",
+    "TTSErrorEvent",
+    "TTSProgressEvent",
+    "TTSResultEvent",
+    "TTSStartEvent",
+    "TTSStatusEvent",
+    "ToolCallEvent",
+    "ToolErrorEvent",
+    "ToolResultEvent",
     "create_event",
-    "validate_event",
     "encode_json",
     "encode_session_id",
-    "DEFAULT_MAX_EVENT_SIZE",
+    "event_class",
+    "validate_event",
 ]
 
 #: Version of the client protocol (docs/protocol.md); bumped with breaking changes.
@@ -92,7 +93,6 @@ _ENVELOPE: tuple[str, ...] = ("version", "seq", "timestamp", "type", "session_id
 #: Default bound of one event's encoded size, in bytes (``max_event_size``):
 #: a long response or a tool result fits, a runaway blob does not.
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
-
 
 
 class EventType(str, Enum):
@@ -235,12 +235,12 @@ def _checker_for(annotation: Any) -> _Check:
         return _check_any
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         return _optional(_checker_for(inner))
-    if origin in (list, List):
+    if origin is list:
         return _list_of(_checker_for(args[0]))
-    if origin in (dict, Dict):
+    if origin is dict:
         if args and args[1] is not Any:
             return _dict_of(_checker_for(args[1]))
         return _check_dict
@@ -269,7 +269,7 @@ class BaseEvent(DataClassJsonMixin):
     seq: int = 0
     timestamp: float = 0.0
     type: str = ""
-    session_id: Optional[str] = None
+    session_id: str | None = None
 
     #: The type this class represents (set on each subclass), and its value as
     #: a plain string (hot paths avoid the enum's property lookup).
@@ -307,6 +307,7 @@ _E = TypeVar("_E", bound=BaseEvent)
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
 else:
+
     def dataclass_transform(**_options):
         """Python 3.10 has no typing.dataclass_transform; only type checkers read it."""
         return lambda function: function
@@ -315,14 +316,19 @@ else:
 # dataclass_transform: type checkers see each decorated class as the frozen,
 # keyword-only dataclass (a BaseEvent subclass with its fields) it becomes.
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
-def _event(event_type: EventType, *, high_priority: bool = False, conflatable: bool = False,
-           content: tuple[str, ...] = ()) -> Callable[[type[_E]], type[_E]]:
+def _event(
+    event_type: EventType,
+    *,
+    high_priority: bool = False,
+    conflatable: bool = False,
+    content: tuple[str, ...] = (),
+) -> Callable[[type[_E]], type[_E]]:
     """Class decorator: make an event dataclass and register it."""
 
     def decorate(cls: type[_E]) -> type[_E]:
         cls.__annotations__ = {"type": str, **cls.__annotations__}
         # Through setattr: the class attribute is a dataclasses.Field until dataclass() below reads it.
-        setattr(cls, "type", field(default=event_type.value))
+        cls.type = field(default=event_type.value)
         cls = dataclass(frozen=True, kw_only=True)(cls)
         cls.event_type = event_type
         cls.type_name = event_type.value
@@ -362,21 +368,21 @@ _BY_NAME: dict[str, type[BaseEvent]] = {}
 
 @_event(EventType.SYSTEM_INFO, high_priority=True)
 class SystemInfoEvent(BaseEvent):
-    data: Dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @_event(EventType.SYSTEM_ERROR, high_priority=True)
 class SystemErrorEvent(BaseEvent):
     level: str
     message: str
-    details: Optional[Dict[str, Any]] = None
+    details: dict[str, Any] | None = None
 
 
 @_event(EventType.SYSTEM_METRICS, conflatable=True)
 class SystemMetricsEvent(BaseEvent):
     memory_mb: float
     cpu_percent: float
-    gpu_vram_mb: Optional[float] = None
+    gpu_vram_mb: float | None = None
     uptime_seconds: float
 
 
@@ -396,13 +402,13 @@ class STTResultEvent(BaseEvent):
     text: str
     confidence: float
     duration_ms: float
-    language: Optional[str] = None
+    language: str | None = None
 
 
 @_event(EventType.STT_ERROR, high_priority=True)
 class STTErrorEvent(BaseEvent):
     error: str
-    details: Optional[Dict[str, Any]] = None
+    details: dict[str, Any] | None = None
 
 
 @_event(EventType.LLM_START, content=("prompt",))
@@ -429,7 +435,7 @@ class LLMResultEvent(BaseEvent):
 @_event(EventType.LLM_ERROR, high_priority=True)
 class LLMErrorEvent(BaseEvent):
     error: str
-    details: Optional[Dict[str, Any]] = None
+    details: dict[str, Any] | None = None
 
 
 @_event(EventType.TTS_START, content=("text",))
@@ -442,7 +448,7 @@ class TTSStartEvent(BaseEvent):
 @_event(EventType.TTS_PROGRESS, conflatable=True)
 class TTSProgressEvent(BaseEvent):
     progress_percent: float
-    estimated_duration_ms: Optional[float] = None
+    estimated_duration_ms: float | None = None
 
 
 @_event(EventType.TTS_RESULT, high_priority=True)
@@ -455,7 +461,7 @@ class TTSResultEvent(BaseEvent):
 @_event(EventType.TTS_ERROR, high_priority=True)
 class TTSErrorEvent(BaseEvent):
     error: str
-    details: Optional[Dict[str, Any]] = None
+    details: dict[str, Any] | None = None
 
 
 @_event(EventType.TTS_STATUS)
@@ -475,13 +481,13 @@ class MemoryStoreEvent(BaseEvent):
 class MemoryRetrieveEvent(BaseEvent):
     query: str
     results_count: int
-    relevance_scores: List[float]
+    relevance_scores: list[float]
 
 
 @_event(EventType.TOOL_CALL, content=("parameters",))
 class ToolCallEvent(BaseEvent):
     tool_name: str
-    parameters: Dict[str, Any]
+    parameters: dict[str, Any]
     call_id: str
 
 
@@ -498,7 +504,7 @@ class ToolErrorEvent(BaseEvent):
     tool_name: str
     call_id: str
     error: str
-    details: Optional[Dict[str, Any]] = None
+    details: dict[str, Any] | None = None
 
 
 @_event(EventType.CONVERSATION_START, high_priority=True)
@@ -526,21 +532,21 @@ class LatencyTraceEvent(BaseEvent):
     component: str
     operation: str
     duration_ms: float
-    metadata: Optional[Dict[str, Any]] = None
+    metadata: dict[str, Any] | None = None
 
 
 @_event(EventType.COMPONENT_TIMING)
 class ComponentTimingEvent(BaseEvent):
     component: str
-    timings: Dict[str, float]
+    timings: dict[str, float]
 
 
 @_event(EventType.COMPONENT_STATUS, high_priority=True)
 class ComponentStatusEvent(BaseEvent):
     component_type: str
     state: str
-    initialization_order: Optional[int] = None
-    dependencies: List[str] = field(default_factory=list)
+    initialization_order: int | None = None
+    dependencies: list[str] = field(default_factory=list)
 
 
 @_event(EventType.COMPONENT_ERROR, high_priority=True)
@@ -554,7 +560,7 @@ class ComponentErrorEvent(BaseEvent):
 @_event(EventType.COMPONENT_HEALTH)
 class ComponentHealthEvent(BaseEvent):
     component_type: str
-    health_status: Dict[str, Any]
+    health_status: dict[str, Any]
 
 
 @_event(EventType.SYSTEM_STATUS, high_priority=True)
@@ -563,7 +569,7 @@ class SystemStatusEvent(BaseEvent):
     ready_components: int
     failed_components: int
     integration_health: str
-    components: Dict[str, Any]
+    components: dict[str, Any]
 
 
 @_event(EventType.INTEGRATION_METRICS)
@@ -621,18 +627,24 @@ def encode_session_id(session_id: str | None, type_name: str) -> tuple[str | Non
         return session_id, encode_json(session_id).encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate: a valid str, not UTF-8
         raise InvalidEventError(
-            f"{type_name}.session_id cannot be encoded as UTF-8: {exc}", event_type=type_name, field="session_id"
+            f"{type_name}.session_id cannot be encoded as UTF-8: {exc}",
+            event_type=type_name,
+            field="session_id",
         ) from None
 
 
-def assemble_event(cls: type[_E], seq: int, timestamp: float, session_id: str | None, values: dict[str, Any]) -> _E:
+def assemble_event(
+    cls: type[_E], seq: int, timestamp: float, session_id: str | None, values: dict[str, Any]
+) -> _E:
     """The event ``cls(seq=..., timestamp=..., session_id=..., **values)``
     builds, for ``values`` from :func:`build_fields`, made without running
     the frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
     field: about 1 µs of the 6 µs ``emit()`` took). Nothing is validated here."""
     event = object.__new__(cls)
     state = event.__dict__
-    state.update(version=EVENT_VERSION, seq=seq, timestamp=timestamp, type=cls.type_name, session_id=session_id)
+    state.update(
+        version=EVENT_VERSION, seq=seq, timestamp=timestamp, type=cls.type_name, session_id=session_id
+    )
     state.update(values)
     return event
 
@@ -672,7 +684,9 @@ def build_fields(cls: type[BaseEvent], fields: dict[str, Any]) -> dict[str, Any]
                 field=extra[0],
             )
     if missing is not None:
-        raise InvalidEventError(f"{type_name} is missing required field {missing!r}", event_type=type_name, field=missing)
+        raise InvalidEventError(
+            f"{type_name} is missing required field {missing!r}", event_type=type_name, field=missing
+        )
     return values
 
 
@@ -695,11 +709,19 @@ def encode_fields(cls: type[BaseEvent], values: dict[str, Any]) -> bytes:
                     event_type=type_name,
                     field=name,
                 ) from None
-        raise InvalidEventError(f"{type_name} cannot be encoded as JSON: {exc}", event_type=type_name) from None
+        raise InvalidEventError(
+            f"{type_name} cannot be encoded as JSON: {exc}", event_type=type_name
+        ) from None
 
 
-def create_event(event_type: EventType | str, seq: int = 0, *, session_id: str | None = None,
-                 timestamp: float | None = None, **fields: Any) -> BaseEvent:
+def create_event(
+    event_type: EventType | str,
+    seq: int = 0,
+    *,
+    session_id: str | None = None,
+    timestamp: float | None = None,
+    **fields: Any,
+) -> BaseEvent:
     """Build a validated event.
 
     Args:
@@ -724,7 +746,12 @@ def create_event(event_type: EventType | str, seq: int = 0, *, session_id: str |
         timestamp = time.time()
     else:
         timestamp = _check_float(timestamp, f"{cls.event_type.value}.timestamp")
-    return cls(seq=_check_int(seq, f"{cls.event_type.value}.seq"), timestamp=timestamp, session_id=session_id, **values)
+    return cls(
+        seq=_check_int(seq, f"{cls.event_type.value}.seq"),
+        timestamp=timestamp,
+        session_id=session_id,
+        **values,
+    )
 
 
 def validate_event(data: object) -> BaseEvent:
@@ -750,7 +777,9 @@ def validate_event(data: object) -> BaseEvent:
     version = fields.pop("version", EVENT_VERSION)
     if version != EVENT_VERSION:
         raise InvalidEventError(
-            f"{type_name}.version must be {EVENT_VERSION!r}, got {version!r}", event_type=type_name, field="version"
+            f"{type_name}.version must be {EVENT_VERSION!r}, got {version!r}",
+            event_type=type_name,
+            field="version",
         )
     seq = fields.pop("seq", 0)
     timestamp = fields.pop("timestamp", None)

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias, TypedDict
 
 from .events import EventType
 
-__all__ = ["EventFilter", "FilterDescription", "TypePatterns", "MAX_PATTERNS", "MAX_PATTERN_LENGTH"]
+__all__ = ["MAX_PATTERNS", "MAX_PATTERN_LENGTH", "EventFilter", "FilterDescription", "TypePatterns"]
 
 #: Most patterns one filter may hold (a bound on per-client work and memory).
 MAX_PATTERNS = 64
@@ -51,7 +51,7 @@ class EventFilter:
     number of patterns.
     """
 
-    __slots__ = ("types", "session_id", "_cache", "_regex")
+    __slots__ = ("_cache", "_regex", "session_id", "types")
     types: tuple[str, ...] | None
     session_id: str | None
     _cache: dict[str, bool]
@@ -69,7 +69,9 @@ class EventFilter:
                 raise ValueError(f"too many type patterns: {len(types)} (at most {MAX_PATTERNS})")
             for pattern in types:
                 if not isinstance(pattern, str):
-                    raise TypeError(f"type patterns must be strings, got {type(pattern).__name__} {pattern!r}")
+                    raise TypeError(
+                        f"type patterns must be strings, got {type(pattern).__name__} {pattern!r}"
+                    )
                 if not pattern or len(pattern) > MAX_PATTERN_LENGTH or not _PATTERN_CHARS.match(pattern):
                     raise ValueError(f"invalid type pattern {pattern!r}")
             types = tuple(dict.fromkeys(str.__str__(t) if isinstance(t, EventType) else t for t in types))

@@ -7,7 +7,7 @@ dispatcher, and every writer sends those very bytes.
 
 import struct
 
-__all__ = ["OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "frame", "text_frame", "close_frame"]
+__all__ = ["OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "OP_TEXT", "close_frame", "frame", "text_frame"]
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2

@@ -61,12 +61,15 @@ class UpgradeRequest:
     scopes: frozenset[str]
 
 
-def hosts_from_env(allowed_hosts: str | Iterable[str] | None,
-                   environ: Mapping[str, str] | None = None) -> str | list[str] | None:
+def hosts_from_env(
+    allowed_hosts: str | Iterable[str] | None, environ: Mapping[str, str] | None = None
+) -> str | list[str] | None:
     """``allowed_hosts`` plus the hosts in ``CODA_WS_ALLOWED_HOSTS`` (comma-separated)."""
     text = (os.environ if environ is None else environ).get("CODA_WS_ALLOWED_HOSTS", "").strip()
     if not text:
-        return allowed_hosts if allowed_hosts is None or isinstance(allowed_hosts, str) else list(allowed_hosts)
+        return (
+            allowed_hosts if allowed_hosts is None or isinstance(allowed_hosts, str) else list(allowed_hosts)
+        )
     extra = [host.strip() for host in text.split(",") if host.strip()]
     if allowed_hosts is None:
         return extra
@@ -87,8 +90,13 @@ class Gate:
     many request threads at once.
     """
 
-    def __init__(self, bind: str, allowed_hosts: str | Iterable[str] | None = None,
-                 allowed_origins: str | Iterable[str] | None = None, auth: AuthSpec = None) -> None:
+    def __init__(
+        self,
+        bind: str,
+        allowed_hosts: str | Iterable[str] | None = None,
+        allowed_origins: str | Iterable[str] | None = None,
+        auth: AuthSpec = None,
+    ) -> None:
         self.hosts = HostPolicy(hosts_from_env(allowed_hosts), bind)
         self.origins = OriginPolicy(allowed_origins)
         self.authenticator = Authenticator(auth)
@@ -107,14 +115,19 @@ class Gate:
         host = environ.get("HTTP_HOST")
         if not self.hosts.allows(host):
             raise HandshakeRefused(
-                421, "forbidden_host",
+                421,
+                "forbidden_host",
                 f"host {host!r} is not served here (DNS rebinding defence): add it with allowed_hosts=[...], "
                 "--allow-host or CODA_WS_ALLOWED_HOSTS",
                 reason="host",
             )
         origin = environ.get("HTTP_ORIGIN")
-        if origin is not None and not self.origins.allows(origin, host or "", self.hosts.allows_explicitly(host)):
-            raise HandshakeRefused(403, "forbidden_origin", f"origin {origin!r} is not allowed", reason="origin")
+        if origin is not None and not self.origins.allows(
+            origin, host or "", self.hosts.allows_explicitly(host)
+        ):
+            raise HandshakeRefused(
+                403, "forbidden_origin", f"origin {origin!r} is not allowed", reason="origin"
+            )
 
     def scopes(self, environ: Mapping[str, Any]) -> frozenset[str]:
         """The scopes of the request's token (every scope when auth is off).
@@ -144,7 +157,9 @@ class Gate:
         """
         if not self.authenticator.enabled:
             if scope == "publish" and not is_loopback_host(environ.get("REMOTE_ADDR") or ""):
-                raise HandshakeRefused(403, "forbidden", "publishing is only allowed from loopback when auth is off")
+                raise HandshakeRefused(
+                    403, "forbidden", "publishing is only allowed from loopback when auth is off"
+                )
             return
         if scope not in self.scopes(environ):
             raise HandshakeRefused(403, "forbidden", f"this token does not have the {scope!r} scope")
@@ -164,7 +179,8 @@ class Gate:
             raise HandshakeRefused(400, "bad_request", "not a WebSocket version 13 handshake")
         if "token" in args or "access_token" in args:
             raise HandshakeRefused(
-                400, "bad_request",
+                400,
+                "bad_request",
                 "tokens are not accepted in the query string; send 'Authorization: Bearer TOKEN' "
                 "or the subprotocol coda-ws.bearer.TOKEN",
             )
@@ -176,7 +192,9 @@ class Gate:
         version = args.get("v")
         if version is not None:
             if version not in ("0", "1"):
-                raise HandshakeRefused(400, "bad_request", f"unsupported protocol version v={version!r} (use v=1)")
+                raise HandshakeRefused(
+                    400, "bad_request", f"unsupported protocol version v={version!r} (use v=1)"
+                )
             v1 = v1 or version == "1"
         try:
             event_filter = EventFilter(args.get("types"), args.get("session_id") or None)
@@ -186,8 +204,9 @@ class Gate:
         since = None
         if since_text is not None:
             if not (since_text.isascii() and since_text.isdigit()) or len(since_text) > _MAX_POSITION_DIGITS:
-                raise HandshakeRefused(400, "bad_request",
-                                       f"since must be a non-negative integer, got {since_text!r}")
+                raise HandshakeRefused(
+                    400, "bad_request", f"since must be a non-negative integer, got {since_text!r}"
+                )
             since = int(since_text)
             v1 = True
         epoch = args.get("epoch") or None

@@ -24,17 +24,48 @@ import threading
 from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["FixedHistogram", "HistogramSnapshot", "EMIT_DURATION_BUCKETS", "DISPATCH_LAG_BUCKETS"]
+__all__ = ["DISPATCH_LAG_BUCKETS", "EMIT_DURATION_BUCKETS", "FixedHistogram", "HistogramSnapshot"]
 
 #: Upper bounds, in seconds, for the caller-side cost of ``emit()``.
 EMIT_DURATION_BUCKETS = (
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
 )
 
 #: Upper bounds, in seconds, for the time from ``emit()`` to fan-out.
 DISPATCH_LAG_BUCKETS = (
-    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
+
 
 class HistogramSnapshot(NamedTuple):
     """A consistent copy of a histogram.

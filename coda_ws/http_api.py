@@ -52,7 +52,12 @@ if TYPE_CHECKING:
     from .server import CodaWebSocketServer
 
 __all__ = [
-    "register_http_api", "DEFAULT_EVENTS_LIMIT", "MAX_EVENTS_LIMIT", "DEFAULT_MAX_BODY_SIZE", "LOST_HEADER", "PAGE_HEADERS",
+    "DEFAULT_EVENTS_LIMIT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "LOST_HEADER",
+    "MAX_EVENTS_LIMIT",
+    "PAGE_HEADERS",
+    "register_http_api",
 ]
 
 log = logging.getLogger("coda_ws.http_api")
@@ -102,7 +107,9 @@ LOST_HEADER = "Coda-WS-Lost"
 
 def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     text = json.dumps(body, ensure_ascii=False, default=str)
-    return Response(text, status=status, mimetype="application/json", headers={**_NO_STORE, **(headers or {})})
+    return Response(
+        text, status=status, mimetype="application/json", headers={**_NO_STORE, **(headers or {})}
+    )
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> Response:
@@ -131,7 +138,7 @@ def _json_kind(value: object) -> str:
 def _frame_payload(frame: bytes) -> bytes:
     """The payload of a server frame built by :mod:`coda_ws.framing` (unmasked)."""
     size = frame[1] & 0x7F
-    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
+    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0) :]
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,8 +168,9 @@ def _integer(args: "MultiDict[str, str]", name: str, default: int, minimum: int,
     return int(text)
 
 
-def register_http_api(bp: Blueprint, server: "CodaWebSocketServer", static_dir: pathlib.Path,
-                      whole_app: Flask | None = None) -> None:
+def register_http_api(
+    bp: Blueprint, server: "CodaWebSocketServer", static_dir: pathlib.Path, whole_app: Flask | None = None
+) -> None:
     """Add every route of coda_ws to ``bp`` (a Flask blueprint) for ``server``:
     the Host and Origin checks before each request, the WebSocket upgrade at
     ``/`` and ``/ws``, the pages and the HTTP API.
@@ -234,7 +242,13 @@ class _HttpApi:
         except HandshakeRefused as refused:
             upgrade = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
             self.server.registry.count_refusal(refused, upgrade)
-            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, refused.message)
+            log.info(
+                "refused %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.remote_addr,
+                refused.message,
+            )
             return _error(refused.status, refused.code, refused.message)
         return None
 
@@ -258,7 +272,8 @@ class _HttpApi:
         try:
             if raw_sock is None or isinstance(raw_sock, ssl.SSLSocket):
                 raise HandshakeRefused(
-                    501, "not_implemented",
+                    501,
+                    "not_implemented",
                     "coda_ws serves WebSocket over plain HTTP only (Werkzeug or gunicorn, no TLS in the process): "
                     "terminate TLS in a reverse proxy",
                 )
@@ -275,15 +290,31 @@ class _HttpApi:
     def _routes(self) -> str:
         prefix = self.server.url_prefix
         ws_url = self.server.url.rstrip("/") if prefix else self.server.url + "ws"
-        return (f"the dashboard is at {prefix or ''}/, the WebSocket endpoint at {prefix or ''}/ws ({ws_url}; "
-                f"try `coda-ws tail {ws_url}`); HTTP: " + ", ".join(
-                    f"{prefix}{path}" for path in ("/events", "/stats", "/metrics", "/schema", "/healthz",
-                                                   "/readyz", "/turns", "/debug")))
+        return (
+            f"the dashboard is at {prefix or ''}/, the WebSocket endpoint at {prefix or ''}/ws ({ws_url}; "
+            f"try `coda-ws tail {ws_url}`); HTTP: "
+            + ", ".join(
+                f"{prefix}{path}"
+                for path in (
+                    "/events",
+                    "/stats",
+                    "/metrics",
+                    "/schema",
+                    "/healthz",
+                    "/readyz",
+                    "/turns",
+                    "/debug",
+                )
+            )
+        )
 
     def upgrade_required(self) -> Response:
         """A plain ``GET /ws``: 426, naming what to connect with instead."""
-        response = _error(426, "upgrade_required", f"{request.path} is a WebSocket endpoint: connect with a "
-                                                   f"WebSocket client; {self._routes()}")
+        response = _error(
+            426,
+            "upgrade_required",
+            f"{request.path} is a WebSocket endpoint: connect with a WebSocket client; {self._routes()}",
+        )
         response.headers["Upgrade"] = "websocket"
         return response
 
@@ -344,8 +375,15 @@ class _HttpApi:
             checks[name] = "ok" if ok else str(reason or "not ready")
         failing = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
         if failing:
-            return _json({"status": "unavailable", "error": "not_ready", "message": "; ".join(failing),
-                          "checks": checks}, 503)
+            return _json(
+                {
+                    "status": "unavailable",
+                    "error": "not_ready",
+                    "message": "; ".join(failing),
+                    "checks": checks,
+                },
+                503,
+            )
         return _json({"status": "ready", "checks": checks})
 
     def _server_state(self) -> str:
@@ -364,7 +402,9 @@ class _HttpApi:
         denied = self.http_auth("admin")
         if denied is not None:
             return denied
-        return Response(self.server.metrics.exposition(), content_type=METRICS_CONTENT_TYPE, headers=_NO_STORE)
+        return Response(
+            self.server.metrics.exposition(), content_type=METRICS_CONTENT_TYPE, headers=_NO_STORE
+        )
 
     def stats(self) -> Response:
         """``GET /stats`` (``admin`` when auth is on): ``get_stats()`` plus ``"clients"``.
@@ -428,11 +468,16 @@ class _HttpApi:
         args = request.args
         unknown = sorted(set(args) - set(_EVENTS_PARAMETERS))
         if unknown:
-            return _error(400, "bad_request", f"unknown query parameter {unknown[0]!r} "
-                                              f"(known: {', '.join(_EVENTS_PARAMETERS)})")
+            return _error(
+                400,
+                "bad_request",
+                f"unknown query parameter {unknown[0]!r} (known: {', '.join(_EVENTS_PARAMETERS)})",
+            )
         try:
             since = _integer(args, "since", 0, 0, "10^18")
-            limit = _integer(args, "limit", DEFAULT_EVENTS_LIMIT, 1, f"10^18 (above {MAX_EVENTS_LIMIT}: capped)")
+            limit = _integer(
+                args, "limit", DEFAULT_EVENTS_LIMIT, 1, f"10^18 (above {MAX_EVENTS_LIMIT}: capped)"
+            )
             types = _single(args, "types")
             session_id = _single(args, "session_id") or None
         except _BadParameter as exc:
@@ -443,7 +488,9 @@ class _HttpApi:
             return _error(400, "bad_request", f"invalid types or session_id: {exc}")
         limit = min(limit, MAX_EVENTS_LIMIT)
         bus = self.server.bus
-        read = getattr(bus, "stored_history", bus.history)  # reaches into a journal or backplane when there is one
+        read = getattr(
+            bus, "stored_history", bus.history
+        )  # reaches into a journal or backplane when there is one
         try:
             entries = read(since, event_filter, limit)
         except Exception:  # the archive is I/O (SQLite, Redis): report it, do not crash the request
@@ -496,8 +543,11 @@ class _HttpApi:
             return denied
         if request.mimetype != "application/json":
             got = request.headers.get("Content-Type") or "none"
-            return _error(415, "unsupported_media_type",
-                          f"send the event as JSON with 'Content-Type: application/json' (got {got!r})")
+            return _error(
+                415,
+                "unsupported_media_type",
+                f"send the event as JSON with 'Content-Type: application/json' (got {got!r})",
+            )
         limit = server.max_body_size
         too_large = _error(413, "payload_too_large", f"the body is larger than {limit} bytes (max_body_size)")
         length = request.content_length

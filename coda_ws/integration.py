@@ -18,11 +18,11 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .events import BaseEvent, EventType
 
-__all__ = ["CodaWebSocketIntegration", "Emitter", "PROMPT_PREVIEW_CHARS", "MEMORY_PREVIEW_CHARS"]
+__all__ = ["MEMORY_PREVIEW_CHARS", "PROMPT_PREVIEW_CHARS", "CodaWebSocketIntegration", "Emitter"]
 
 log = logging.getLogger("coda_ws.integration")
 
@@ -40,8 +40,14 @@ class Emitter(Protocol):
     emits through: a server, an ``EventBus``, a ``RedisEmitter`` or anything
     with this ``emit()``."""
 
-    def emit(self, event_type: EventType | str, *, session_id: str | None = ..., high_priority: bool | None = ...,
-             **fields: Any) -> BaseEvent: ...
+    def emit(
+        self,
+        event_type: EventType | str,
+        *,
+        session_id: str | None = ...,
+        high_priority: bool | None = ...,
+        **fields: Any,
+    ) -> BaseEvent: ...
 
 
 def _preview(text: _T, limit: int) -> _T | str:
@@ -107,7 +113,7 @@ class CodaWebSocketIntegration:
 
     # -- system -------------------------------------------------------------------
 
-    def system_startup(self, version: str, config: Dict[str, Any]) -> BaseEvent:
+    def system_startup(self, version: str, config: dict[str, Any]) -> BaseEvent:
         """``system_info`` with ``data={"event": "startup", "version", "config",
         "session_id"}``; high priority; envelope ``session_id`` null."""
         data = {"event": "startup", "version": version, "config": config, "session_id": self.session_id}
@@ -121,7 +127,7 @@ class CodaWebSocketIntegration:
         data = {"event": "shutdown", "uptime_seconds": uptime, "session_id": self.session_id}
         return self._emit("system_info", high_priority=True, data=data)
 
-    def system_error(self, level: str, message: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def system_error(self, level: str, message: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``system_error`` (level, message, details); high priority; ``session_id`` null."""
         return self._emit("system_error", high_priority=True, level=level, message=message, details=details)
 
@@ -135,14 +141,15 @@ class CodaWebSocketIntegration:
         """``stt_interim`` (text, confidence): a partial transcription."""
         return self._session_event("stt_interim", False, text=text, confidence=confidence)
 
-    def stt_final_result(self, text: str, confidence: float, duration_ms: float,
-                         language: Optional[str] = None) -> BaseEvent:
+    def stt_final_result(
+        self, text: str, confidence: float, duration_ms: float, language: str | None = None
+    ) -> BaseEvent:
         """``stt_result`` (text, confidence, duration_ms, language); high priority."""
         return self._session_event(
             "stt_result", True, text=text, confidence=confidence, duration_ms=duration_ms, language=language
         )
 
-    def stt_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def stt_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``stt_error`` (error, details); high priority."""
         return self._session_event("stt_error", True, error=error, details=details)
 
@@ -155,21 +162,31 @@ class CodaWebSocketIntegration:
         characters followed by ``"..."``.
         """
         return self._session_event(
-            "llm_start", False, prompt=_preview(prompt, PROMPT_PREVIEW_CHARS), model=model, temperature=temperature
+            "llm_start",
+            False,
+            prompt=_preview(prompt, PROMPT_PREVIEW_CHARS),
+            model=model,
+            temperature=temperature,
         )
 
     def llm_token(self, token: str, cumulative_text: str) -> BaseEvent:
         """``llm_token`` (token, cumulative_text): one streamed token."""
         return self._session_event("llm_token", False, token=token, cumulative_text=cumulative_text)
 
-    def llm_result(self, text: str, duration_ms: float, token_count: int, tokens_per_second: float) -> BaseEvent:
+    def llm_result(
+        self, text: str, duration_ms: float, token_count: int, tokens_per_second: float
+    ) -> BaseEvent:
         """``llm_result`` (text, duration_ms, token_count, tokens_per_second); high priority."""
         return self._session_event(
-            "llm_result", True,
-            text=text, duration_ms=duration_ms, token_count=token_count, tokens_per_second=tokens_per_second,
+            "llm_result",
+            True,
+            text=text,
+            duration_ms=duration_ms,
+            token_count=token_count,
+            tokens_per_second=tokens_per_second,
         )
 
-    def llm_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def llm_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``llm_error`` (error, details); high priority."""
         return self._session_event("llm_error", True, error=error, details=details)
 
@@ -179,10 +196,13 @@ class CodaWebSocketIntegration:
         """``tts_start`` (text, voice_id, engine)."""
         return self._session_event("tts_start", False, text=text, voice_id=voice_id, engine=engine)
 
-    def tts_progress(self, progress_percent: float, estimated_duration_ms: Optional[float] = None) -> BaseEvent:
+    def tts_progress(self, progress_percent: float, estimated_duration_ms: float | None = None) -> BaseEvent:
         """``tts_progress`` (progress_percent, estimated_duration_ms)."""
         return self._session_event(
-            "tts_progress", False, progress_percent=progress_percent, estimated_duration_ms=estimated_duration_ms
+            "tts_progress",
+            False,
+            progress_percent=progress_percent,
+            estimated_duration_ms=estimated_duration_ms,
         )
 
     def tts_result(self, duration_ms: float, audio_duration_ms: float, success: bool = True) -> BaseEvent:
@@ -191,7 +211,7 @@ class CodaWebSocketIntegration:
             "tts_result", True, duration_ms=duration_ms, audio_duration_ms=audio_duration_ms, success=success
         )
 
-    def tts_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def tts_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``tts_error`` (error, details); high priority."""
         return self._session_event("tts_error", True, error=error, details=details)
 
@@ -208,22 +228,31 @@ class CodaWebSocketIntegration:
         characters its first 100 characters followed by ``"..."``.
         """
         return self._session_event(
-            "memory_store", True,
-            content_preview=_preview(content, MEMORY_PREVIEW_CHARS), memory_type=memory_type,
-            importance=importance, memory_id=memory_id,
+            "memory_store",
+            True,
+            content_preview=_preview(content, MEMORY_PREVIEW_CHARS),
+            memory_type=memory_type,
+            importance=importance,
+            memory_id=memory_id,
         )
 
-    def memory_retrieve(self, query: str, results_count: int, relevance_scores: List[float]) -> BaseEvent:
+    def memory_retrieve(self, query: str, results_count: int, relevance_scores: list[float]) -> BaseEvent:
         """``memory_retrieve`` (query, results_count, relevance_scores)."""
         return self._session_event(
-            "memory_retrieve", False, query=query, results_count=results_count, relevance_scores=relevance_scores
+            "memory_retrieve",
+            False,
+            query=query,
+            results_count=results_count,
+            relevance_scores=relevance_scores,
         )
 
     # -- tools ---------------------------------------------------------------------------------
 
-    def tool_call(self, tool_name: str, parameters: Dict[str, Any], call_id: str) -> BaseEvent:
+    def tool_call(self, tool_name: str, parameters: dict[str, Any], call_id: str) -> BaseEvent:
         """``tool_call`` (tool_name, parameters, call_id)."""
-        return self._session_event("tool_call", False, tool_name=tool_name, parameters=parameters, call_id=call_id)
+        return self._session_event(
+            "tool_call", False, tool_name=tool_name, parameters=parameters, call_id=call_id
+        )
 
     def tool_result(self, tool_name: str, call_id: str, result: Any, duration_ms: float) -> BaseEvent:
         """``tool_result`` (tool_name, call_id, result, duration_ms); high priority.
@@ -234,8 +263,9 @@ class CodaWebSocketIntegration:
             "tool_result", True, tool_name=tool_name, call_id=call_id, result=result, duration_ms=duration_ms
         )
 
-    def tool_error(self, tool_name: str, call_id: str, error: str,
-                   details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def tool_error(
+        self, tool_name: str, call_id: str, error: str, details: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``tool_error`` (tool_name, call_id, error, details); high priority."""
         return self._session_event(
             "tool_error", True, tool_name=tool_name, call_id=call_id, error=error, details=details
@@ -247,15 +277,19 @@ class CodaWebSocketIntegration:
         """``conversation_start`` (conversation_id); high priority."""
         return self._session_event("conversation_start", True, conversation_id=conversation_id)
 
-    def conversation_turn(self, conversation_id: str, turn_number: int, user_input: str,
-                          assistant_response: str) -> BaseEvent:
+    def conversation_turn(
+        self, conversation_id: str, turn_number: int, user_input: str, assistant_response: str
+    ) -> BaseEvent:
         """``conversation_turn`` (conversation_id, turn_number, user_input,
         assistant_response); high priority. Increments
         ``conversation_turn_count`` once the event is emitted."""
         event = self._session_event(
-            "conversation_turn", True,
-            conversation_id=conversation_id, turn_number=turn_number,
-            user_input=user_input, assistant_response=assistant_response,
+            "conversation_turn",
+            True,
+            conversation_id=conversation_id,
+            turn_number=turn_number,
+            user_input=user_input,
+            assistant_response=assistant_response,
         )
         with self._lock:
             self.conversation_turn_count += 1
@@ -264,21 +298,29 @@ class CodaWebSocketIntegration:
     def conversation_end(self, conversation_id: str, total_turns: int, duration_seconds: float) -> BaseEvent:
         """``conversation_end`` (conversation_id, total_turns, duration_seconds); high priority."""
         return self._session_event(
-            "conversation_end", True,
-            conversation_id=conversation_id, total_turns=total_turns, duration_seconds=duration_seconds,
+            "conversation_end",
+            True,
+            conversation_id=conversation_id,
+            total_turns=total_turns,
+            duration_seconds=duration_seconds,
         )
 
     # -- performance ---------------------------------------------------------------------------
 
-    def latency_trace(self, component: str, operation: str, duration_ms: float,
-                      metadata: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    def latency_trace(
+        self, component: str, operation: str, duration_ms: float, metadata: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``latency_trace`` (component, operation, duration_ms, metadata)."""
         return self._session_event(
-            "latency_trace", False, component=component, operation=operation, duration_ms=duration_ms,
+            "latency_trace",
+            False,
+            component=component,
+            operation=operation,
+            duration_ms=duration_ms,
             metadata=metadata,
         )
 
-    def component_timing(self, component: str, timings: Dict[str, float]) -> BaseEvent:
+    def component_timing(self, component: str, timings: dict[str, float]) -> BaseEvent:
         """``component_timing`` (component, timings: operation name -> milliseconds)."""
         return self._session_event("component_timing", False, component=component, timings=timings)
 

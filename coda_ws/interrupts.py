@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["interruptible", "ignoring_interrupts"]
+__all__ = ["ignoring_interrupts", "interruptible"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

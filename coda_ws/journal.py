@@ -128,7 +128,7 @@ from .wire import Entry, StampedEvent, entry_from_wire
 if TYPE_CHECKING:
     from .bus import EventBus
 
-__all__ = ["Journal", "JournalState", "JournalStats", "read_journal", "DEFAULT_FLUSH_INTERVAL"]
+__all__ = ["DEFAULT_FLUSH_INTERVAL", "Journal", "JournalState", "JournalStats", "read_journal"]
 
 log = logging.getLogger("coda_ws.journal")
 
@@ -235,8 +235,9 @@ class JournalStats(TypedDict):
 _Result = tuple[int, list[tuple[int, int]], int, int, int]
 
 
-def _connect(path: _Path, readonly: bool = False, synchronous: str = "NORMAL",
-             busy_timeout: float = 5.0) -> sqlite3.Connection:
+def _connect(
+    path: _Path, readonly: bool = False, synchronous: str = "NORMAL", busy_timeout: float = 5.0
+) -> sqlite3.Connection:
     if readonly:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no journal at {path}")
@@ -280,8 +281,14 @@ def _filter_sql(event_filter: EventFilter | None) -> tuple[str | None, list[Any]
     return "".join(" AND " + clause for clause in clauses), params
 
 
-def _read_rows(conn: sqlite3.Connection, since: int, event_filter: EventFilter | None, limit: int | None,
-               until: int | None, page: int = 1000) -> Iterator[_Row]:
+def _read_rows(
+    conn: sqlite3.Connection,
+    since: int,
+    event_filter: EventFilter | None,
+    limit: int | None,
+    until: int | None,
+    page: int = 1000,
+) -> Iterator[_Row]:
     """Readable rows with ``since < seq <= until`` passing the filter, oldest
     first, in pages; unreadable rows are skipped and their seqs added to
     ``skipped`` (a list) when given."""
@@ -349,8 +356,9 @@ def _describe_bad(bad: Mapping[int, str], limit: int = 5) -> str:
     return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def read_journal(path: _Path, since: int = 0, event_filter: EventFilter | None = None,
-                 limit: int | None = None) -> Iterator[bytes]:
+def read_journal(
+    path: _Path, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None
+) -> Iterator[bytes]:
     """Yield the wire JSON (bytes) of the events journaled in ``path``.
 
     Opens the file read-only, so it is safe while a server writes it; events
@@ -376,10 +384,12 @@ def read_journal(path: _Path, since: int = 0, event_filter: EventFilter | None =
 class _Job:
     """One transaction for the writer: what it writes and what it covers."""
 
-    __slots__ = ("open_meta", "window", "batches", "ranges", "range_count", "reserve_to", "close", "last")
+    __slots__ = ("batches", "close", "last", "open_meta", "range_count", "ranges", "reserve_to", "window")
 
     def __init__(self) -> None:
-        self.open_meta: dict[str, Any] | None = None  # meta to write first (marks the file as running), or None
+        self.open_meta: dict[str, Any] | None = (
+            None  # meta to write first (marks the file as running), or None
+        )
         self.window: tuple[int, int] | None = None  # a lost window to record with it (after a crash), or None
         self.batches: list[list[Entry]] = []  # entry lists, in seq order
         # (first, last) seq ranges to take back from the bus's history, merged
@@ -433,9 +443,18 @@ class Journal:
     connections (WAL lets them run beside the writer).
     """
 
-    def __init__(self, path: _Path, *, max_events: int | None = None, max_age: float | None = None,
-                 flush_interval: float = DEFAULT_FLUSH_INTERVAL, max_batch: int = 10_000, queue_size: int = 50_000,
-                 synchronous: str = "NORMAL", reserve_block: int | None = None) -> None:
+    def __init__(
+        self,
+        path: _Path,
+        *,
+        max_events: int | None = None,
+        max_age: float | None = None,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_batch: int = 10_000,
+        queue_size: int = 50_000,
+        synchronous: str = "NORMAL",
+        reserve_block: int | None = None,
+    ) -> None:
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ValueError(f"journal path must be a file path, got {path!r}")
         integer("journal max_events", max_events, 1, none_ok=True)
@@ -489,7 +508,9 @@ class Journal:
         self._open_meta: dict[str, Any] = {"clean": "0"}
         self._open_window: tuple[int, int] | None = None
         self._held_at: int | None = None  # the fence set by fence_at_head() for a clean close
-        self._fence_blocked_since: float | None = None  # monotonic time the dispatcher first waited at the fence
+        self._fence_blocked_since: float | None = (
+            None  # monotonic time the dispatcher first waited at the fence
+        )
         self._pause_logged = False
         # Writer lifecycle.
         self._flush_waiters = 0
@@ -547,8 +568,10 @@ class Journal:
         try:
             compatible = {str(k): int(v) for k, v in json.loads(meta.get("compatible", "{}")).items()}
         except (ValueError, TypeError, AttributeError):
-            raise JournalError(self._unreadable_message("its meta value 'compatible' is not a JSON object of "
-                                                        "seqs"), self.path) from None
+            raise JournalError(
+                self._unreadable_message("its meta value 'compatible' is not a JSON object of seqs"),
+                self.path,
+            ) from None
         lost = [(first, last) for first, last in conn.execute("SELECT first, last FROM lost ORDER BY first")]
         # After a crash the stream continues above the reservation: the ring
         # holds the newest history_size positions below that.
@@ -567,13 +590,25 @@ class Journal:
         replay = [_stamped(row).payload for row in _good_rows(replay_rows, bad)][:max_replay]
         replay.reverse()
         if bad:
-            log.warning("journal %s: skipped %d unreadable rows; no reader receives them (%s)",
-                        self.path, len(bad), _describe_bad(bad))
+            log.warning(
+                "journal %s: skipped %d unreadable rows; no reader receives them (%s)",
+                self.path,
+                len(bad),
+                _describe_bad(bad),
+            )
             with self._cond:
                 self._bad.update(bad)
         return JournalState(
-            epoch=meta["epoch"], last_seq=last_seq, first_seq=first_seq, events=events, replay=replay,
-            compatible=compatible, clean=clean, reserved_seq=reserved, lost=lost, bad_rows=len(bad),
+            epoch=meta["epoch"],
+            last_seq=last_seq,
+            first_seq=first_seq,
+            events=events,
+            replay=replay,
+            compatible=compatible,
+            clean=clean,
+            reserved_seq=reserved,
+            lost=lost,
+            bad_rows=len(bad),
         )
 
     def _meta_int(self, meta: Mapping[str, str], key: str, default: _T) -> int | _T:
@@ -585,27 +620,36 @@ class Journal:
         except ValueError:
             number = -1
         if number < 0:
-            raise JournalError(self._unreadable_message(f"its meta value {key!r} is {value!r}, not a seq"),
-                               self.path)
+            raise JournalError(
+                self._unreadable_message(f"its meta value {key!r} is {value!r}, not a seq"), self.path
+            )
         return number
 
     def _unreadable_message(self, what: str) -> str:
         path = self.path
-        return (f"journal {path} cannot be used: {what}. To start a new stream, move the file aside "
-                f"(for example `mv {path} {path}.broken`, with its -wal and -shm files if present); to keep "
-                f"the history, restore the file from a backup (`sqlite3 {path} .recover` may salvage rows).")
+        return (
+            f"journal {path} cannot be used: {what}. To start a new stream, move the file aside "
+            f"(for example `mv {path} {path}.broken`, with its -wal and -shm files if present); to keep "
+            f"the history, restore the file from a backup (`sqlite3 {path} .recover` may salvage rows)."
+        )
 
     def _load_error(self, exc: sqlite3.Error) -> JournalError:
         name = _error_name(exc)
         if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
             return JournalError(
                 f"journal {self.path} is locked by another process ({exc}): stop the other process that uses "
-                "this file, or give this server its own journal file.", self.path)
+                "this file, or give this server its own journal file.",
+                self.path,
+            )
         if name in ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR"):
             return JournalError(
                 f"journal {self.path} cannot be opened for writing ({exc}): check that its directory exists, "
-                "that this user may write there, and that the disk has space.", self.path)
-        return JournalError(self._unreadable_message(f"it is not a readable coda_ws journal ({exc})"), self.path)
+                "that this user may write there, and that the disk has space.",
+                self.path,
+            )
+        return JournalError(
+            self._unreadable_message(f"it is not a readable coda_ws journal ({exc})"), self.path
+        )
 
     def attach(self, bus: EventBus) -> None:
         """Continue ``bus``'s stream from this journal and journal it from now on.
@@ -652,8 +696,12 @@ class Journal:
                 compatible[epoch] = head
                 compatible = dict(list(compatible.items())[-_MAX_COMPATIBLE:])
                 epoch = uuid.uuid4().hex
-                log.warning("journal %s was not closed cleanly: continuing after seq %d under a new epoch %s",
-                            self.path, head, epoch)
+                log.warning(
+                    "journal %s was not closed cleanly: continuing after seq %d under a new epoch %s",
+                    self.path,
+                    head,
+                    epoch,
+                )
             elif not state.clean and reserved > head:
                 window = (head + 1, reserved)
                 windows.append(window)
@@ -661,11 +709,25 @@ class Journal:
                     "journal %s was not closed cleanly (the process crashed or was killed): keeping epoch %s; "
                     "seqs %d-%d were reserved but not committed and are recorded as lost (clients resuming "
                     "inside them are told so); continuing after seq %d",
-                    self.path, epoch, head + 1, reserved, reserved)
+                    self.path,
+                    epoch,
+                    head + 1,
+                    reserved,
+                    reserved,
+                )
                 head = reserved
-            windows = [(first, min(last, head)) for first, last in windows if first <= head]  # a damaged table
-            bus.restore(epoch, head, state.events, state.replay, first_seq=state.first_seq,
-                        compatible=compatible, lost=windows)
+            windows = [
+                (first, min(last, head)) for first, last in windows if first <= head
+            ]  # a damaged table
+            bus.restore(
+                epoch,
+                head,
+                state.events,
+                state.replay,
+                first_seq=state.first_seq,
+                compatible=compatible,
+                lost=windows,
+            )
             open_meta = {"epoch": epoch, "compatible": json.dumps(compatible), "last_seq": head}
         with self._cond:
             self._queued_seq = self._committed_seq = head
@@ -686,8 +748,13 @@ class Journal:
             with self._cond:
                 self._reserve_wanted = True
                 self._ensure_writer_locked()  # it retries until the file can be written
-        log.info("journal %s: epoch %s, continuing after seq %d (seqs reserved through %d)",
-                 self.path, epoch, head, self._reserved)
+        log.info(
+            "journal %s: epoch %s, continuing after seq %d (seqs reserved through %d)",
+            self.path,
+            epoch,
+            head,
+            self._reserved,
+        )
 
     def _open_now(self) -> bool:
         """Mark the file running and reserve seqs, in the caller's thread
@@ -715,7 +782,9 @@ class Journal:
         with self._cond:
             first = self._queued_seq + 1
             self._queued_seq = last
-            if self._overflowing or (self._inflight_count + self._pending_count + len(entries) > self.queue_size):
+            if self._overflowing or (
+                self._inflight_count + self._pending_count + len(entries) > self.queue_size
+            ):
                 # Over the bound: remember the range only; the writer takes the
                 # events back from the bus's history once it can write.
                 if self._overflowing:
@@ -739,8 +808,12 @@ class Journal:
                 self._cond.notify_all()
             self._ensure_writer_locked()
         if report:
-            log.warning("journal %s cannot keep up: more than %d events waiting; keeping only their range, to "
-                        "take them back from the history ring once it catches up", self.path, self.queue_size)
+            log.warning(
+                "journal %s cannot keep up: more than %d events waiting; keeping only their range, to "
+                "take them back from the history ring once it catches up",
+                self.path,
+                self.queue_size,
+            )
 
     def _on_fence_held(self, seq: int) -> None:
         """The bus holds events back at the fence: reserve more now."""
@@ -757,9 +830,13 @@ class Journal:
             self._ensure_writer_locked()
             error = self._last_error
         if log_pause:
-            log.warning("journal %s: delivery to clients paused before seq %d: no more seqs can be reserved "
-                        "while writes fail (%s); events wait in memory, in order, until the fault clears",
-                        self.path, seq, error)
+            log.warning(
+                "journal %s: delivery to clients paused before seq %d: no more seqs can be reserved "
+                "while writes fail (%s); events wait in memory, in order, until the fault clears",
+                self.path,
+                seq,
+                error,
+            )
 
     # -- the writer thread --------------------------------------------------------
 
@@ -781,8 +858,9 @@ class Journal:
         self._stopping = self._abandon = False
         # daemon: a process that never stops the server can still exit; close()
         # joins it, and the exit hook commits what is queued before that.
-        self._thread = thread = threading.Thread(target=self._run, args=(died_of,), name="coda-ws-journal",
-                                                 daemon=True)
+        self._thread = thread = threading.Thread(
+            target=self._run, args=(died_of,), name="coda-ws-journal", daemon=True
+        )
         thread.start()
         return thread
 
@@ -807,11 +885,17 @@ class Journal:
                     continue
                 try:
                     if conn is None:
-                        conn = _connect(self.path, synchronous=self.synchronous, busy_timeout=_WRITER_BUSY_TIMEOUT)
+                        conn = _connect(
+                            self.path, synchronous=self.synchronous, busy_timeout=_WRITER_BUSY_TIMEOUT
+                        )
                     result = self._execute(conn, job)
                 except sqlite3.Error as exc:
                     delay = self._write_failed(exc, delay)
-                    if conn is not None and _error_name(exc) not in ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"):
+                    if conn is not None and _error_name(exc) not in (
+                        "SQLITE_BUSY",
+                        "SQLITE_LOCKED",
+                        "SQLITE_FULL",
+                    ):
                         self._close_quietly(conn)  # reopen: the connection may be unusable
                         conn = None
                     continue
@@ -860,8 +944,14 @@ class Journal:
             if self._abandon:
                 return None
             if self._has_work_locked():
-                due = (self._stopping or self._flush_waiters or self._inflight or self._unqueued
-                       or not self._file_open or self._pending_count >= self.max_batch)
+                due = (
+                    self._stopping
+                    or self._flush_waiters
+                    or self._inflight
+                    or self._unqueued
+                    or not self._file_open
+                    or self._pending_count >= self.max_batch
+                )
                 if not due:
                     if self._reserve_wanted:
                         # A reservation alone, now: a small transaction, and
@@ -911,8 +1001,12 @@ class Journal:
             # Keep the durable reservation a block ahead of what was dispatched
             # (written even when unchanged when the fence must be raised to it).
             want = max(self._reserved, bus.head + self._block)
-            if (want > self._reserved or job.open_meta is not None or self._reserve_wanted
-                    or self._held_at is not None):
+            if (
+                want > self._reserved
+                or job.open_meta is not None
+                or self._reserve_wanted
+                or self._held_at is not None
+            ):
                 job.reserve_to = want
         job.last = max(job.batches[-1][-1].seq if job.batches else 0, job.ranges[-1][1] if job.ranges else 0)
         return job
@@ -920,8 +1014,12 @@ class Journal:
     def _execute(self, conn: sqlite3.Connection, job: _Job) -> _Result:
         """Write one transaction; returns ``(events, gaps, trimmed, covered,
         recovered)``. Raises sqlite3.Error (nothing written)."""
-        rows = [(e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
-                for entries in job.batches for e in entries if e.target is None]
+        rows = [
+            (e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
+            for entries in job.batches
+            for e in entries
+            if e.target is None
+        ]
         gaps: list[tuple[int, int]] = []
         recovered = 0
         bus = self._bus
@@ -930,8 +1028,10 @@ class Journal:
             # Events that did not fit in memory: take them back from the ring;
             # what already left it is a lost window.
             entries, held_from = bus.retained(first, last)
-            rows.extend((e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
-                        for e in entries)
+            rows.extend(
+                (e.seq, e.timestamp, e.type, e.session_id, 1 if e.high_priority else 0, e.data)
+                for e in entries
+            )
             recovered += len(entries)
             if held_from > first:
                 gaps.append((first, min(last, held_from - 1)))
@@ -942,13 +1042,21 @@ class Journal:
             if job.open_meta is not None:
                 conn.executemany(upsert, [(key, str(value)) for key, value in job.open_meta.items()])
                 if job.window is not None:
-                    conn.execute("INSERT OR REPLACE INTO lost (first, last, cause, recorded_at) "
-                                 "VALUES (?, ?, 'crash', ?)", (*job.window, time.time()))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO lost (first, last, cause, recorded_at) "
+                        "VALUES (?, ?, 'crash', ?)",
+                        (*job.window, time.time()),
+                    )
             if rows:
-                conn.executemany(f"INSERT OR REPLACE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
             for first, last in gaps:
-                conn.execute("INSERT OR REPLACE INTO lost (first, last, cause, recorded_at) "
-                             "VALUES (?, ?, 'write_fault', ?)", (first, last, time.time()))
+                conn.execute(
+                    "INSERT OR REPLACE INTO lost (first, last, cause, recorded_at) "
+                    "VALUES (?, ?, 'write_fault', ?)",
+                    (first, last, time.time()),
+                )
             if job.last:
                 conn.execute(upsert, ("last_seq", str(covered)))
             if job.reserve_to is not None:
@@ -976,9 +1084,14 @@ class Journal:
             error = self._last_error
         if starting:
             fence = self._bus.fence if self._bus is not None else None
-            log.error("journal %s: write failed: %s. Retrying with backoff for as long as it lasts; clients keep "
-                      "receiving events through seq %s, %d events wait to be written (one line when it ends)",
-                      self.path, error, fence, unwritten)
+            log.error(
+                "journal %s: write failed: %s. Retrying with backoff for as long as it lasts; clients keep "
+                "receiving events through seq %s, %d events wait to be written (one line when it ends)",
+                self.path,
+                error,
+                fence,
+                unwritten,
+            )
         return min(_BACKOFF_MAX, max(_BACKOFF_FIRST, delay * 2))
 
     def _write_succeeded(self, job: _Job, result: _Result, set_fence: bool = True) -> None:
@@ -1022,8 +1135,13 @@ class Journal:
             self._episode["written"] += written
             self._episode["lost"] += lost
             if self._failing_since is not None:
-                ended = (self._fail_attempts, time.monotonic() - self._failing_since, self._last_error,
-                         self._episode["written"], self._episode["lost"])
+                ended = (
+                    self._fail_attempts,
+                    time.monotonic() - self._failing_since,
+                    self._last_error,
+                    self._episode["written"],
+                    self._episode["lost"],
+                )
                 self._failing_since = None
                 self._pause_logged = False
                 self._episode.clear()
@@ -1037,10 +1155,18 @@ class Journal:
         if ended is not None:
             attempts, duration, error, late, lost = ended
             where = ", ".join(f"{first}-{last}" for first, last in gaps) or "none"
-            log.warning("journal %s: writing again after %d failed attempts over %.1f s (last error: %s); "
-                        "%d events written late, %d positions lost because they left the history ring first "
-                        "(seqs %s; recorded, and announced to resuming clients)",
-                        self.path, attempts, duration, error, late, lost, where)
+            log.warning(
+                "journal %s: writing again after %d failed attempts over %.1f s (last error: %s); "
+                "%d events written late, %d positions lost because they left the history ring first "
+                "(seqs %s; recorded, and announced to resuming clients)",
+                self.path,
+                attempts,
+                duration,
+                error,
+                late,
+                lost,
+                where,
+            )
 
     def _trim(self, conn: sqlite3.Connection, last: int) -> int:
         """Retention, in the commit's transaction; returns how many events it deleted.
@@ -1053,8 +1179,9 @@ class Journal:
             self._raise_floor(conn, last - self.max_events + 1)
         if self.max_age is not None:
             cutoff = time.time() - self.max_age
-            row = conn.execute("SELECT seq FROM events WHERE timestamp >= ? ORDER BY seq LIMIT 1",
-                               (cutoff,)).fetchone()
+            row = conn.execute(
+                "SELECT seq FROM events WHERE timestamp >= ? ORDER BY seq LIMIT 1", (cutoff,)
+            ).fetchone()
             keep_from = row[0] if row is not None else last + 1
             deleted = conn.execute("DELETE FROM events WHERE seq < ?", (keep_from,)).rowcount
             if deleted:
@@ -1064,9 +1191,11 @@ class Journal:
 
     @staticmethod
     def _raise_floor(conn: sqlite3.Connection, first_seq: int) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('first_seq', "
-                     "MAX(CAST(COALESCE((SELECT value FROM meta WHERE key = 'first_seq'), '1') AS INTEGER), ?))",
-                     (first_seq,))
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('first_seq', "
+            "MAX(CAST(COALESCE((SELECT value FROM meta WHERE key = 'first_seq'), '1') AS INTEGER), ?))",
+            (first_seq,),
+        )
         conn.execute("DELETE FROM lost WHERE last < ?", (first_seq,))
 
     # -- control ------------------------------------------------------------------
@@ -1108,8 +1237,7 @@ class Journal:
         queued = self._queued_seq
         bus = self._bus
         assert bus is not None  # attached: before attach() target is 0 and returned above
-        return (self._committed_seq >= queued and queued < target
-                and not bus.retained(queued + 1, target)[0])
+        return self._committed_seq >= queued and queued < target and not bus.retained(queued + 1, target)[0]
 
     def close(self, timeout: float = 5.0) -> bool:
         """Commit everything queued, mark the file closed cleanly, join the writer.
@@ -1172,12 +1300,21 @@ class Journal:
             failing_for = 0.0 if self._failing_since is None else time.monotonic() - self._failing_since
             still_running = thread is not None and thread.is_alive()
         held = self._bus.stats().get("held_by_fence", 0)
-        log.error("journal %s: gave up closing after %.1f s: %d events not committed (seqs %s), %d more held back "
-                  "from clients; writes failing for %.1f s (%d attempts, last error: %s)%s. The file still marks "
-                  "the stream as running: the next start records these seqs as lost; while this process runs "
-                  "they are written once the fault clears",
-                  self.path, timeout, not_committed, f"{first}-{last}" if not_committed else "none", held,
-                  failing_for, attempts, error, "; the writer is still busy" if still_running else "")
+        log.error(
+            "journal %s: gave up closing after %.1f s: %d events not committed (seqs %s), %d more held back "
+            "from clients; writes failing for %.1f s (%d attempts, last error: %s)%s. The file still marks "
+            "the stream as running: the next start records these seqs as lost; while this process runs "
+            "they are written once the fault clears",
+            self.path,
+            timeout,
+            not_committed,
+            f"{first}-{last}" if not_committed else "none",
+            held,
+            failing_for,
+            attempts,
+            error,
+            "; the writer is still busy" if still_running else "",
+        )
         return False
 
     def _register_exit_hook(self) -> None:
@@ -1204,8 +1341,13 @@ class Journal:
         """The durable seq reservation: no seq above it has reached a reader."""
         return self._reserved
 
-    def read(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None,
-             until: int | None = None) -> list[Entry]:
+    def read(
+        self,
+        since: int = 0,
+        event_filter: EventFilter | None = None,
+        limit: int | None = None,
+        until: int | None = None,
+    ) -> list[Entry]:
         """Journaled events with ``since < seq <= until``, oldest first.
 
         Returns :class:`~coda_ws.bus.Entry` objects (like
@@ -1219,8 +1361,10 @@ class Journal:
         conn = _connect(self.path, readonly=True)
         bad: dict[int, str] = {}
         try:
-            entries = [entry_from_wire(_stamped(row))[0]
-                       for row in _good_rows(_read_rows(conn, since, event_filter, limit, until), bad)]
+            entries = [
+                entry_from_wire(_stamped(row))[0]
+                for row in _good_rows(_read_rows(conn, since, event_filter, limit, until), bad)
+            ]
             return cast("list[Entry]", entries)  # never holes: _good_rows served only rows of known types
         finally:
             conn.close()
@@ -1229,8 +1373,9 @@ class Journal:
                     new = {seq: why for seq, why in bad.items() if seq not in self._bad}
                     self._bad.update(bad)
                 if new:
-                    log.warning("journal %s: skipped %d unreadable rows (%s)", self.path, len(new),
-                                _describe_bad(new))
+                    log.warning(
+                        "journal %s: skipped %d unreadable rows (%s)", self.path, len(new), _describe_bad(new)
+                    )
 
     def count(self) -> int:
         """How many events the file holds (a query; for tests and tools)."""
@@ -1244,11 +1389,16 @@ class Journal:
     # -- health -------------------------------------------------------------------
 
     def _unwritten_locked(self) -> int:
-        return (self._inflight_count + self._pending_count
-                + sum(last - first + 1 for first, last in self._unqueued))
+        return (
+            self._inflight_count
+            + self._pending_count
+            + sum(last - first + 1 for first, last in self._unqueued)
+        )
 
     def _oldest_unwritten_age_locked(self, now: float) -> float:
-        times = [t for t in (self._inflight_since, self._pending_since, self._unqueued_since) if t is not None]
+        times = [
+            t for t in (self._inflight_since, self._pending_since, self._unqueued_since) if t is not None
+        ]
         return max(0.0, now - min(times)) if times else 0.0
 
     def ready(self) -> tuple[bool, str]:
@@ -1260,16 +1410,23 @@ class Journal:
             now = time.monotonic()
             unwritten = self._unwritten_locked()
             if self._failing_since is not None:
-                return False, (f"writes failing for {now - self._failing_since:.1f} s ({self._fail_attempts} "
-                               f"attempts): {self._last_error}; {unwritten} events not yet written")
+                return False, (
+                    f"writes failing for {now - self._failing_since:.1f} s ({self._fail_attempts} "
+                    f"attempts): {self._last_error}; {unwritten} events not yet written"
+                )
             if self._dead is not None and self._thread is None and (unwritten or self._reserve_wanted):
                 return False, f"the writer thread died ({self._dead}); {unwritten} events wait for a new one"
             if self._fence_blocked_since is not None:
-                return False, (f"delivery to clients paused at seq {self._bus.fence if self._bus else 0} for "
-                               f"{now - self._fence_blocked_since:.1f} s, waiting for a seq reservation")
+                return False, (
+                    f"delivery to clients paused at seq {self._bus.fence if self._bus else 0} for "
+                    f"{now - self._fence_blocked_since:.1f} s, waiting for a seq reservation"
+                )
             age = self._oldest_unwritten_age_locked(now)
             if age > self.stale_after:
-                return False, f"the oldest unwritten event has waited {age:.1f} s ({unwritten} events waiting)"
+                return (
+                    False,
+                    f"the oldest unwritten event has waited {age:.1f} s ({unwritten} events waiting)",
+                )
         return True, "ok"
 
     def stats(self) -> JournalStats:

@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import TextIO
 
-__all__ = ["JsonFormatter", "configure_logging", "LOG_FORMATS"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging"]
 
 #: The values of ``--log-format``.
 LOG_FORMATS = ("text", "json")
@@ -64,7 +64,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=_fallback)
 
 
-def configure_logging(level: str | int = "warning", log_format: str = "text", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str | int = "warning", log_format: str = "text", stream: TextIO | None = None
+) -> None:
     """Send log records of ``level`` and above to ``stream`` (default: stderr).
 
     For the ``coda-ws`` command and applications; the library never calls it.

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .journal import Journal
     from .server import CodaWebSocketServer
 
-__all__ = ["ServerMetrics", "CONTENT_TYPE", "ABNORMAL_CLOSE"]
+__all__ = ["ABNORMAL_CLOSE", "CONTENT_TYPE", "ServerMetrics"]
 
 #: The Content-Type of :meth:`ServerMetrics.exposition` (Prometheus text format).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -152,39 +152,52 @@ class _Collector:
         yield info
 
         emitted = CounterMetricFamily(
-            "coda_ws_events_emitted", "Events dispatched into the stream, by type", labels=["type"])
+            "coda_ws_events_emitted", "Events dispatched into the stream, by type", labels=["type"]
+        )
         for type_name, count in sorted(metrics.emitted_by_type().items()):
             emitted.add_metric([type_name], count)
         yield emitted
 
         yield CounterMetricFamily(
-            "coda_ws_events_delivered", "Event frames written to WebSocket clients", value=stats["events_sent"])
+            "coda_ws_events_delivered",
+            "Event frames written to WebSocket clients",
+            value=stats["events_sent"],
+        )
 
         dropped = CounterMetricFamily(
             "coda_ws_events_dropped",
             "Events skipped for a client that was behind: 'conflated' (newer state of the same type and "
             "session was waiting) or 'overwritten' (state that left the history first); lossless events are "
-            "never dropped (see coda_ws_disconnects_total{code=\"4008\"})",
-            labels=["type", "reason"])
+            'never dropped (see coda_ws_disconnects_total{code="4008"})',
+            labels=["type", "reason"],
+        )
         for (type_name, reason), count in sorted(bus.drop_counts().items()):
             dropped.add_metric([type_name, reason], count)
         yield dropped
 
-        yield _histogram("coda_ws_emit_duration_seconds",
-                         "Caller-side cost of emit(): validate, encode, stamp, enqueue",
-                         bus.emit_durations.snapshot())
-        yield _histogram("coda_ws_dispatch_lag_seconds",
-                         "Time from emit() to fan-out to the clients' cursors (dispatcher latency)",
-                         metrics.dispatch_lag.snapshot())
+        yield _histogram(
+            "coda_ws_emit_duration_seconds",
+            "Caller-side cost of emit(): validate, encode, stamp, enqueue",
+            bus.emit_durations.snapshot(),
+        )
+        yield _histogram(
+            "coda_ws_dispatch_lag_seconds",
+            "Time from emit() to fan-out to the clients' cursors (dispatcher latency)",
+            metrics.dispatch_lag.snapshot(),
+        )
 
         yield GaugeMetricFamily("coda_ws_clients", "WebSocket clients connected now", value=len(clients))
         depth = GaugeMetricFamily(
             "coda_ws_client_queue_depth",
             "Frames waiting in a client's writer: control frames queued plus the event batch being written "
-            "and not yet accepted by its socket", labels=["client"])
+            "and not yet accepted by its socket",
+            labels=["client"],
+        )
         lag = GaugeMetricFamily(
             "coda_ws_client_lag_events",
-            "Stream head minus the last seq written to the client (events it is behind)", labels=["client"])
+            "Stream head minus the last seq written to the client (events it is behind)",
+            labels=["client"],
+        )
         for client_id, conn in sorted(clients.items()):
             depth.add_metric([client_id], conn.queue_depth)
             lag.add_metric([client_id], conn.subscription.lag)
@@ -192,65 +205,111 @@ class _Collector:
         yield lag
 
         disconnects = CounterMetricFamily(
-            "coda_ws_disconnects", "Client disconnects by close code (1006: no close frame, the connection "
-            "just ended)", labels=["code"])
+            "coda_ws_disconnects",
+            "Client disconnects by close code (1006: no close frame, the connection just ended)",
+            labels=["code"],
+        )
         for code, count in sorted(stats.get("disconnect_codes", {}).items()):
             disconnects.add_metric([code], count)
         yield disconnects
 
         resumes = CounterMetricFamily(
-            "coda_ws_resumes", "Resume requests by result: recovered, epoch_changed, too_old, unknown_position, "
-            "lost",
-            labels=["result"])
+            "coda_ws_resumes",
+            "Resume requests by result: recovered, epoch_changed, too_old, unknown_position, lost",
+            labels=["result"],
+        )
         for result, count in sorted(stats.get("resumes", {}).items()):
             resumes.add_metric([result], count)
         yield resumes
 
-        yield GaugeMetricFamily("coda_ws_replay_buffer_events", "Events in the replay buffer",
-                                value=stats["replay_buffer_size"])
-        yield GaugeMetricFamily("coda_ws_history_events", "Events held in the history ring for resume",
-                                value=stats["history_events"])
+        yield GaugeMetricFamily(
+            "coda_ws_replay_buffer_events", "Events in the replay buffer", value=stats["replay_buffer_size"]
+        )
+        yield GaugeMetricFamily(
+            "coda_ws_history_events",
+            "Events held in the history ring for resume",
+            value=stats["history_events"],
+        )
         yield GaugeMetricFamily("coda_ws_last_seq", "The last seq stamped", value=stats["sequence_number"])
-        yield GaugeMetricFamily("coda_ws_dispatch_queue_events", "Events emitted and not yet dispatched",
-                                value=bus_stats["dispatch_queue"])
-        yield CounterMetricFamily("coda_ws_connections", "WebSocket clients accepted",
-                                  value=stats["total_connections"])
-        yield CounterMetricFamily("coda_ws_overflows", "Clients that fell too far behind (closed with 4008)",
-                                  value=stats["overflows"])
-        yield CounterMetricFamily("coda_ws_rejected_handshakes", "WebSocket handshakes refused before the upgrade",
-                                  value=stats["rejected_handshakes"])
+        yield GaugeMetricFamily(
+            "coda_ws_dispatch_queue_events",
+            "Events emitted and not yet dispatched",
+            value=bus_stats["dispatch_queue"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_connections", "WebSocket clients accepted", value=stats["total_connections"]
+        )
+        yield CounterMetricFamily(
+            "coda_ws_overflows",
+            "Clients that fell too far behind (closed with 4008)",
+            value=stats["overflows"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_rejected_handshakes",
+            "WebSocket handshakes refused before the upgrade",
+            value=stats["rejected_handshakes"],
+        )
         refused = CounterMetricFamily(
-            "coda_ws_rejected_requests", "HTTP requests and upgrades refused before anything else: 'host' (a Host "
+            "coda_ws_rejected_requests",
+            "HTTP requests and upgrades refused before anything else: 'host' (a Host "
             "header not allowed: DNS rebinding) or 'origin' (a browser page from an origin not allowed)",
-            labels=["reason"])
+            labels=["reason"],
+        )
         for reason in ("host", "origin"):
             refused.add_metric([reason], stats["rejected_requests"][reason])
         yield refused
-        yield CounterMetricFamily("coda_ws_dispatch_errors", "Events that could not be framed by the dispatcher "
-                                  "(each became a position no client receives)", value=bus_stats["dispatch_errors"])
-        yield CounterMetricFamily("coda_ws_epoch_changes", "Clients closed (1012) because the stream moved to a "
-                                  "new epoch under them (a backplane whose Redis lost the stream)",
-                                  value=bus_stats["epoch_changes"])
         yield CounterMetricFamily(
-            "coda_ws_handshake_timeouts", "Connections closed because their request head and declared body had "
-            "not arrived within handshake_timeout (a total deadline from accept)", value=stats["handshake_timeouts"])
+            "coda_ws_dispatch_errors",
+            "Events that could not be framed by the dispatcher (each became a position no client receives)",
+            value=bus_stats["dispatch_errors"],
+        )
         yield CounterMetricFamily(
-            "coda_ws_oversize_heads", f"Request heads over {acceptor.MAX_HEAD_SIZE} bytes, answered 431",
-            value=stats["oversize_heads"])
+            "coda_ws_epoch_changes",
+            "Clients closed (1012) because the stream moved to a "
+            "new epoch under them (a backplane whose Redis lost the stream)",
+            value=bus_stats["epoch_changes"],
+        )
         yield CounterMetricFamily(
-            "coda_ws_pending_overflows", "Connections waiting for their request closed to make room, the oldest "
+            "coda_ws_handshake_timeouts",
+            "Connections closed because their request head and declared body had "
+            "not arrived within handshake_timeout (a total deadline from accept)",
+            value=stats["handshake_timeouts"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_oversize_heads",
+            f"Request heads over {acceptor.MAX_HEAD_SIZE} bytes, answered 431",
+            value=stats["oversize_heads"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_pending_overflows",
+            "Connections waiting for their request closed to make room, the oldest "
             f"first (more than {acceptor.MAX_PENDING} waiting, or more than {acceptor.MAX_BUFFERED} bytes "
-            "buffered for them)", value=stats["pending_overflows"])
-        yield GaugeMetricFamily("coda_ws_pending_handshakes", "Connections whose request head (and declared body) "
-                                "has not arrived yet; they hold no thread", value=stats["pending_handshakes"])
-        yield CounterMetricFamily("coda_ws_invalid_messages", "Client frames answered with an error frame",
-                                  value=stats["invalid_messages"])
-        yield CounterMetricFamily("coda_ws_rate_limited", "Client frames refused by the rate limit",
-                                  value=stats["rate_limited"])
-        yield CounterMetricFamily("coda_ws_handler_errors", "Exceptions raised by connect, disconnect and message "
-                                  "handlers", value=stats["handler_errors"])
-        yield CounterMetricFamily("coda_ws_listener_errors", "Exceptions raised by bus listeners",
-                                  value=bus_stats["listener_errors"])
+            "buffered for them)",
+            value=stats["pending_overflows"],
+        )
+        yield GaugeMetricFamily(
+            "coda_ws_pending_handshakes",
+            "Connections whose request head (and declared body) has not arrived yet; they hold no thread",
+            value=stats["pending_handshakes"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_invalid_messages",
+            "Client frames answered with an error frame",
+            value=stats["invalid_messages"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_rate_limited", "Client frames refused by the rate limit", value=stats["rate_limited"]
+        )
+        yield CounterMetricFamily(
+            "coda_ws_handler_errors",
+            "Exceptions raised by connect, disconnect and message handlers",
+            value=stats["handler_errors"],
+        )
+        yield CounterMetricFamily(
+            "coda_ws_listener_errors",
+            "Exceptions raised by bus listeners",
+            value=bus_stats["listener_errors"],
+        )
         journal = getattr(server, "journal", None)
         if journal is not None:
             yield from _journal_metrics(journal)
@@ -260,30 +319,65 @@ def _journal_metrics(journal: Journal) -> Iterator[Metric]:
     """The journal's state and counters (see :meth:`coda_ws.journal.Journal.stats`)."""
     stats = journal.stats()
     ok, _reason = journal.ready()
-    yield GaugeMetricFamily("coda_ws_journal_up", "1 when the journal is ready (writes succeed, delivery not "
-                            "paused, nothing waits too long), else 0; /readyz says why", value=1 if ok else 0)
-    yield GaugeMetricFamily("coda_ws_journal_queued_events", "Events dispatched and not yet written to the journal",
-                            value=stats["queued"])
-    yield GaugeMetricFamily("coda_ws_journal_oldest_unwritten_age_seconds",
-                            "Seconds the oldest event not yet written has waited (0 when none)",
-                            value=stats["oldest_unwritten_age"])
-    yield GaugeMetricFamily("coda_ws_journal_committed_seq", "The last seq committed (or recorded as lost)",
-                            value=stats["committed_seq"])
-    yield GaugeMetricFamily("coda_ws_journal_reserved_seq",
-                            "The durable seq reservation: no seq above it has reached a client",
-                            value=stats["reserved_seq"])
-    yield GaugeMetricFamily("coda_ws_journal_failing_seconds", "Seconds writes have been failing (0 when they "
-                            "succeed)", value=stats["failing_for"])
-    yield GaugeMetricFamily("coda_ws_journal_delivery_paused", "1 while delivery to clients waits for a seq "
-                            "reservation the journal cannot write", value=1 if stats["delivery_paused"] else 0)
-    yield GaugeMetricFamily("coda_ws_journal_writer_running", "1 while the journal's writer thread runs",
-                            value=1 if stats["writer_running"] else 0)
-    yield CounterMetricFamily("coda_ws_journal_events_written", "Events written to the journal",
-                              value=stats["events_written"])
-    yield CounterMetricFamily("coda_ws_journal_write_errors", "Journal transactions that failed (each is retried)",
-                              value=stats["write_errors"])
-    yield CounterMetricFamily("coda_ws_journal_lost_events", "Positions the journal could not write before they "
-                              "left the history ring (recorded as lost windows)", value=stats["lost_events"])
-    yield CounterMetricFamily("coda_ws_journal_writer_restarts", "Journal writer threads restarted after one died",
-                              value=stats["writer_restarts"])
-    yield GaugeMetricFamily("coda_ws_journal_bad_rows", "Unreadable journal rows skipped", value=stats["bad_rows"])
+    yield GaugeMetricFamily(
+        "coda_ws_journal_up",
+        "1 when the journal is ready (writes succeed, delivery not "
+        "paused, nothing waits too long), else 0; /readyz says why",
+        value=1 if ok else 0,
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_queued_events",
+        "Events dispatched and not yet written to the journal",
+        value=stats["queued"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_oldest_unwritten_age_seconds",
+        "Seconds the oldest event not yet written has waited (0 when none)",
+        value=stats["oldest_unwritten_age"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_committed_seq",
+        "The last seq committed (or recorded as lost)",
+        value=stats["committed_seq"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_reserved_seq",
+        "The durable seq reservation: no seq above it has reached a client",
+        value=stats["reserved_seq"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_failing_seconds",
+        "Seconds writes have been failing (0 when they succeed)",
+        value=stats["failing_for"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_delivery_paused",
+        "1 while delivery to clients waits for a seq reservation the journal cannot write",
+        value=1 if stats["delivery_paused"] else 0,
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_writer_running",
+        "1 while the journal's writer thread runs",
+        value=1 if stats["writer_running"] else 0,
+    )
+    yield CounterMetricFamily(
+        "coda_ws_journal_events_written", "Events written to the journal", value=stats["events_written"]
+    )
+    yield CounterMetricFamily(
+        "coda_ws_journal_write_errors",
+        "Journal transactions that failed (each is retried)",
+        value=stats["write_errors"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_journal_lost_events",
+        "Positions the journal could not write before they left the history ring (recorded as lost windows)",
+        value=stats["lost_events"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_journal_writer_restarts",
+        "Journal writer threads restarted after one died",
+        value=stats["writer_restarts"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_journal_bad_rows", "Unreadable journal rows skipped", value=stats["bad_rows"]
+    )

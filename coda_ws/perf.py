@@ -41,8 +41,14 @@ from .checks import integer, is_integer, number
 from .events import BaseEvent
 from .integration import Emitter
 
-__all__ = ["WebSocketPerfIntegration", "OperationTimer", "DEFAULT_WINDOW", "SystemMetrics", "OperationSummary",
-           "PerformanceSummary"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "OperationSummary",
+    "OperationTimer",
+    "PerformanceSummary",
+    "SystemMetrics",
+    "WebSocketPerfIntegration",
+]
 
 log = logging.getLogger("coda_ws.perf")
 
@@ -182,7 +188,7 @@ class _ProcessSampler:
 class _OperationStats:
     """Timings of one operation: an exact count and total, and a bounded window."""
 
-    __slots__ = ("count", "total_ms", "last_ms", "window")
+    __slots__ = ("count", "last_ms", "total_ms", "window")
 
     def __init__(self, window: int) -> None:
         self.count = 0
@@ -236,10 +242,15 @@ class OperationTimer:
     fresh ``time_operation(...)`` per ``with``.
     """
 
-    __slots__ = ("_perf", "component", "operation", "metadata", "_start", "duration_ms")
+    __slots__ = ("_perf", "_start", "component", "duration_ms", "metadata", "operation")
 
-    def __init__(self, perf: "WebSocketPerfIntegration", component: str, operation: str,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        perf: "WebSocketPerfIntegration",
+        component: str,
+        operation: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self._perf = perf
         self.component = component
         self.operation = operation
@@ -252,8 +263,9 @@ class OperationTimer:
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         start = self._start
         assert start is not None  # set by __enter__
         self.duration_ms = duration_ms = (time.perf_counter() - start) * 1000.0
@@ -299,7 +311,9 @@ class WebSocketPerfIntegration:
     the caller's thread and never block on clients.
     """
 
-    def __init__(self, server: Emitter, metrics_interval: float = 5.0, *, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, server: Emitter, metrics_interval: float = 5.0, *, window: int = DEFAULT_WINDOW
+    ) -> None:
         if not callable(getattr(server, "emit", None)):
             raise TypeError(f"server must have an emit() method, got {type(server).__name__}")
         number("metrics_interval", metrics_interval, positive=True, unit="seconds")
@@ -410,8 +424,9 @@ class WebSocketPerfIntegration:
 
     # -- timings ---------------------------------------------------------------------
 
-    def time_operation(self, component: str, operation: str,
-                       metadata: dict[str, Any] | None = None) -> OperationTimer:
+    def time_operation(
+        self, component: str, operation: str, metadata: dict[str, Any] | None = None
+    ) -> OperationTimer:
         """Time a block (``with perf.time_operation("stt", "transcribe"):``)
         or every call of a function (``@perf.time_operation("llm", "generate")``).
 
@@ -422,15 +437,20 @@ class WebSocketPerfIntegration:
         """
         return OperationTimer(self, component, operation, metadata)
 
-    def track_operation(self, component: str, operation: str, duration_ms: float,
-                        metadata: dict[str, Any] | None = None) -> BaseEvent:
+    def track_operation(
+        self, component: str, operation: str, duration_ms: float, metadata: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """Emit ``latency_trace`` and record ``duration_ms`` (milliseconds)
         under ``"component.operation"``. Returns the event.
 
         The event is emitted first, so a bad argument raises and records nothing.
         """
         event = self.server.emit(
-            "latency_trace", component=component, operation=operation, duration_ms=duration_ms, metadata=metadata
+            "latency_trace",
+            component=component,
+            operation=operation,
+            duration_ms=duration_ms,
+            metadata=metadata,
         )
         # emit() validated the value: float() cannot fail, and records what was sent.
         self._record(((f"{component}.{operation}", float(duration_ms)),))

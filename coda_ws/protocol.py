@@ -8,22 +8,22 @@ on its own.
 from ._version import __version__
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "V1_SUBPROTOCOL",
     "BEARER_SUBPROTOCOL_PREFIX",
-    "SERVER_NAME",
-    "CLOSE_NORMAL",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_INVALID_DATA",
-    "CLOSE_POLICY",
-    "CLOSE_TOO_BIG",
-    "CLOSE_INTERNAL",
-    "CLOSE_SERVICE_RESTART",
-    "CLOSE_TRY_AGAIN_LATER",
-    "CLOSE_TOO_SLOW",
-    "CLOSE_NO_STATUS",
     "CLOSE_ABNORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_NORMAL",
+    "CLOSE_NO_STATUS",
+    "CLOSE_POLICY",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_SERVICE_RESTART",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_TRY_AGAIN_LATER",
+    "PROTOCOL_VERSION",
+    "SERVER_NAME",
+    "V1_SUBPROTOCOL",
 ]
 
 #: The v1 protocol's version number (the ``hello`` frame's ``protocol``).

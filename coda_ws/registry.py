@@ -41,8 +41,15 @@ __all__ = ["ClientRegistry", "RegistryLimits", "RegistryStats"]
 log = logging.getLogger("coda_ws.server")
 
 #: The counters ``get_stats()`` reports as plain numbers.
-_TOTALS = ("total_connections", "events_sent", "errors", "invalid_messages", "handler_errors",
-           "rejected_handshakes", "rate_limited")
+_TOTALS = (
+    "total_connections",
+    "events_sent",
+    "errors",
+    "invalid_messages",
+    "handler_errors",
+    "rejected_handshakes",
+    "rate_limited",
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,9 @@ class RegistryStats(TypedDict):
     disconnects: dict[str, int]  # reason -> count
     disconnect_codes: dict[str, int]  # close code as a string ("1006": no close frame) -> count
     resumes: dict[str, int]  # "recovered" or the reason it was not -> count
-    rejected_requests: dict[str, int]  # "host" (421) and "origin" (403) -> requests refused before anything else
+    rejected_requests: dict[
+        str, int
+    ]  # "host" (421) and "origin" (403) -> requests refused before anything else
 
 
 class _Hooks:
@@ -118,8 +127,13 @@ class ClientRegistry:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(self, bus: EventBus, limits: RegistryLimits, settings: SessionSettings,
-                 run_handlers: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        limits: RegistryLimits,
+        settings: SessionSettings,
+        run_handlers: Callable[..., None],
+    ) -> None:
         self.bus = bus
         self.limits = limits
         self._settings = settings
@@ -220,7 +234,9 @@ class ClientRegistry:
 
     # -- one client's life ---------------------------------------------------------------
 
-    def serve(self, environ: "WSGIEnvironment", raw_sock: socket.socket, peer: str, upgrade: UpgradeRequest) -> bool:
+    def serve(
+        self, environ: "WSGIEnvironment", raw_sock: socket.socket, peer: str, upgrade: UpgradeRequest
+    ) -> bool:
         """Admit a client whose handshake the gate accepted, run its session in
         this (request) thread, and unregister it when it ends.
 
@@ -232,7 +248,9 @@ class ClientRegistry:
         """
         self._reserve(peer)
         environ["coda_ws.socket_taken"] = True  # no HTTP response may follow
-        raw_sock.settimeout(None)  # the handshake deadline is over; the reader blocks as long as the client lives
+        raw_sock.settimeout(
+            None
+        )  # the handshake deadline is over; the reader blocks as long as the client lives
         _tune_socket(raw_sock)
         sock = GuardedSocket(raw_sock, write_timeout=self.limits.write_timeout)
         try:
@@ -267,11 +285,14 @@ class ClientRegistry:
         limits = self.limits
         with self._lock:
             if len(self._clients) + self._reserved >= limits.max_clients:
-                raise HandshakeRefused(503, "too_many_clients", f"client limit reached ({limits.max_clients})")
+                raise HandshakeRefused(
+                    503, "too_many_clients", f"client limit reached ({limits.max_clients})"
+                )
             held = self._per_address.get(address, 0)
             if held >= limits.max_clients_per_address:
                 raise HandshakeRefused(
-                    503, "too_many_clients",
+                    503,
+                    "too_many_clients",
                     f"client limit per address reached ({limits.max_clients_per_address} from {address})",
                 )
             self._per_address[address] = held + 1
@@ -284,8 +305,9 @@ class ClientRegistry:
         else:
             self._per_address.pop(address, None)
 
-    def _accept(self, environ: "WSGIEnvironment", peer: str, sock: GuardedSocket,
-                upgrade: UpgradeRequest) -> Connection:
+    def _accept(
+        self, environ: "WSGIEnvironment", peer: str, sock: GuardedSocket, upgrade: UpgradeRequest
+    ) -> Connection:
         """Subscribe, perform the handshake, queue the first frames and
         register the client, then let its handshake response out."""
         client_id = str(uuid.uuid4())
@@ -307,17 +329,28 @@ class ClientRegistry:
         sock.hold()
         try:
             transport = ServerTransport(
-                handshake_environ, subprotocols=[V1_SUBPROTOCOL], max_message_size=self.limits.max_message_size,
-                reader_name=f"coda-ws-reader:{client_id[:8]}", wake=subscription.wake,
+                handshake_environ,
+                subprotocols=[V1_SUBPROTOCOL],
+                max_message_size=self.limits.max_message_size,
+                reader_name=f"coda-ws-reader:{client_id[:8]}",
+                wake=subscription.wake,
             )
         except BaseException:
             subscription.close()
             raise
         address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
         conn = Connection(
-            client_id, transport, sock, subscription, address=address, peer=peer,
-            user_agent=environ.get("HTTP_USER_AGENT", ""), v1=upgrade.v1, scopes=upgrade.scopes,
-            settings=self._settings, hooks=self._hooks,
+            client_id,
+            transport,
+            sock,
+            subscription,
+            address=address,
+            peer=peer,
+            user_agent=environ.get("HTTP_USER_AGENT", ""),
+            v1=upgrade.v1,
+            scopes=upgrade.scopes,
+            settings=self._settings,
+            hooks=self._hooks,
         )
         self._post_initial_frames(conn, upgrade)
         with self._lock:
@@ -333,9 +366,18 @@ class ClientRegistry:
             sock.release()  # the handshake response: the client may now see it is connected
         except OSError:
             pass  # the client is gone already: its reader ends, and so does the session
-        log.info("client %s connected from %s (%s)", client_id, address, "v1" if conn.v1 else "legacy",
-                 extra={"client_id": client_id, "address": address, "protocol": 1 if conn.v1 else 0,
-                        "user_agent": conn.user_agent})
+        log.info(
+            "client %s connected from %s (%s)",
+            client_id,
+            address,
+            "v1" if conn.v1 else "legacy",
+            extra={
+                "client_id": client_id,
+                "address": address,
+                "protocol": 1 if conn.v1 else 0,
+                "user_agent": conn.user_agent,
+            },
+        )
         return conn
 
     def _post_initial_frames(self, conn: Connection, upgrade: UpgradeRequest) -> None:
@@ -351,10 +393,17 @@ class ClientRegistry:
                 payload, included = self.bus.replay_frame_json(replay, self.limits.max_replay_bytes)
                 replay_frame = framing.text_frame(payload)
         if conn.v1:
-            conn.post_json({
-                "type": "hello", "protocol": PROTOCOL_VERSION, "server": SERVER_NAME, "client_id": conn.id,
-                "epoch": sub.epoch, "seq": sub.start_seq, "replay": included,
-            })
+            conn.post_json(
+                {
+                    "type": "hello",
+                    "protocol": PROTOCOL_VERSION,
+                    "server": SERVER_NAME,
+                    "client_id": conn.id,
+                    "epoch": sub.epoch,
+                    "seq": sub.start_seq,
+                    "replay": included,
+                }
+            )
             if sub.resume is not None:
                 conn.post_json(sub.resume.frame_dict())
         if replay_frame is not None:
@@ -372,8 +421,14 @@ class ClientRegistry:
             self._disconnects[reason] = self._disconnects.get(reason, 0) + 1
             self._disconnect_codes[str(code)] = self._disconnect_codes.get(str(code), 0) + 1
             self._changed.notify_all()
-        log.info("client %s disconnected from %s (%s, close code %s)", conn.id, conn.address, reason, code,
-                 extra={"client_id": conn.id, "address": conn.address, "close_code": code, "reason": reason})
+        log.info(
+            "client %s disconnected from %s (%s, close code %s)",
+            conn.id,
+            conn.address,
+            reason,
+            code,
+            extra={"client_id": conn.id, "address": conn.address, "close_code": code, "reason": reason},
+        )
         self._run_handlers("disconnect", conn.id)
 
 

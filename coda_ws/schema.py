@@ -29,12 +29,13 @@ attributes of the same meaning).
 import copy
 import dataclasses
 import functools
+import types
 import typing
-from typing import Any, Dict, List
+from typing import Any
 
 from .events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION, BaseEvent
 
-__all__ = ["event_schema", "type_schema", "SCHEMA_DIALECT"]
+__all__ = ["SCHEMA_DIALECT", "event_schema", "type_schema"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -49,7 +50,7 @@ def _annotation_schema(annotation: Any) -> dict[str, Any]:
         return {}
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         schema = _annotation_schema(inner)
         if not schema:
@@ -57,9 +58,9 @@ def _annotation_schema(annotation: Any) -> dict[str, Any]:
         if isinstance(schema.get("type"), str):
             return {**schema, "type": [schema["type"], "null"]}
         return {"anyOf": [schema, {"type": "null"}]}
-    if origin in (list, List):
+    if origin is list:
         return {"type": "array", "items": _annotation_schema(args[0])}
-    if origin in (dict, Dict):
+    if origin is dict:
         schema = {"type": "object"}
         if args and args[1] is not Any:
             schema["additionalProperties"] = _annotation_schema(args[1])

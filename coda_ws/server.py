@@ -50,7 +50,14 @@ from .serving import HttpService, check_resolvable
 if TYPE_CHECKING:
     from .journal import Journal
 
-__all__ = ["CodaWebSocketServer", "ServerStats", "Configured", "CONFIGURED", "V1_SUBPROTOCOL", "BEARER_SUBPROTOCOL_PREFIX"]
+__all__ = [
+    "BEARER_SUBPROTOCOL_PREFIX",
+    "CONFIGURED",
+    "V1_SUBPROTOCOL",
+    "CodaWebSocketServer",
+    "Configured",
+    "ServerStats",
+]
 
 log = logging.getLogger("coda_ws.server")
 
@@ -168,20 +175,33 @@ class CodaWebSocketServer:
     running and never block on clients.
     """
 
-    def __init__(self, host: str | Configured = CONFIGURED, port: int | Configured = CONFIGURED,
-                 max_replay_events: int | Configured = CONFIGURED,
-                 ping_interval: float | None | Configured = CONFIGURED,
-                 ping_timeout: float | None | Configured = CONFIGURED, *,
-                 app: Flask | None = None, bus: EventBus | None = None,
-                 config_file: str | os.PathLike[str] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        host: str | Configured = CONFIGURED,
+        port: int | Configured = CONFIGURED,
+        max_replay_events: int | Configured = CONFIGURED,
+        ping_interval: float | Configured | None = CONFIGURED,
+        ping_timeout: float | Configured | None = CONFIGURED,
+        *,
+        app: Flask | None = None,
+        bus: EventBus | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> None:
         unknown = sorted(set(options) - config.OPTION_NAMES)
         if unknown:
-            raise TypeError(f"CodaWebSocketServer() got an unknown option {unknown[0]!r}"
-                            f"{config.suggestion(unknown[0])}")
+            raise TypeError(
+                f"CodaWebSocketServer() got an unknown option {unknown[0]!r}{config.suggestion(unknown[0])}"
+            )
         if app is not None and not isinstance(app, Flask):
             raise TypeError(f"app must be a Flask application, got {type(app).__name__}")
-        positional = {"host": host, "port": port, "max_replay_events": max_replay_events,
-                      "ping_interval": ping_interval, "ping_timeout": ping_timeout}
+        positional = {
+            "host": host,
+            "port": port,
+            "max_replay_events": max_replay_events,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+        }
         given = {name: value for name, value in positional.items() if value is not CONFIGURED}
         given.update(options)
         resolved = config.resolve(
@@ -199,7 +219,9 @@ class CodaWebSocketServer:
         self.ping_interval: float | None = settings["ping_interval"] or None
         self.ping_timeout: float | None = settings["ping_timeout"] or None
         prefix = settings["url_prefix"]
-        self.url_prefix: str = ("/coda-ws" if app is not None else "") if prefix is None else prefix.rstrip("/")
+        self.url_prefix: str = (
+            ("/coda-ws" if app is not None else "") if prefix is None else prefix.rstrip("/")
+        )
         self.max_message_size: int = settings["max_message_size"]
         self.max_clients: int = settings["max_clients"]
         self.max_clients_per_address: int = settings["max_clients_per_address"]
@@ -210,15 +232,26 @@ class CodaWebSocketServer:
         self.handshake_timeout = float(settings["handshake_timeout"])
         self.gate = Gate(self.host, settings["allowed_hosts"], settings["allowed_origins"], settings["auth"])
         self.host_policy, self.origin_policy, self.authenticator = (
-            self.gate.hosts, self.gate.origins, self.gate.authenticator)
+            self.gate.hosts,
+            self.gate.origins,
+            self.gate.authenticator,
+        )
         self.allowed_hosts, self.allowed_origins = self.host_policy.names, self.origin_policy.allowed
-        self.bus = bus if bus is not None else EventBus(
-            settings["max_replay_events"], settings["history_size"], settings["client_queue_size"],
-            max_event_size=settings["max_event_size"],
+        self.bus = (
+            bus
+            if bus is not None
+            else EventBus(
+                settings["max_replay_events"],
+                settings["history_size"],
+                settings["client_queue_size"],
+                max_event_size=settings["max_event_size"],
+            )
         )
         self._owns_bus = bus is None
         self.journal: Journal | None = None  # with journal=
-        self.backplane: _Backplane | None = None  # a coda_ws.backplane.RedisBackplane (or alike) with backplane=
+        self.backplane: _Backplane | None = (
+            None  # a coda_ws.backplane.RedisBackplane (or alike) with backplane=
+        )
         self._attach_persistence(settings)
 
         self.on_connect_handlers: list[Callable[[str], Any]] = []
@@ -228,8 +261,13 @@ class CodaWebSocketServer:
         self.server: HttpService | None = None  # the HTTP side while running standalone
         self.registry = ClientRegistry(
             self.bus,
-            RegistryLimits(self.max_clients, self.max_clients_per_address, self.max_message_size,
-                           self.max_replay_bytes, self.ping_timeout),
+            RegistryLimits(
+                self.max_clients,
+                self.max_clients_per_address,
+                self.max_message_size,
+                self.max_replay_bytes,
+                self.ping_timeout,
+            ),
             SessionSettings(self.ping_interval, self.ping_timeout, self.rate_limit),
             self._run_handlers,
         )
@@ -260,19 +298,29 @@ class CodaWebSocketServer:
         if app.extensions.get("coda_ws") is self:
             return
         if app is not self._app:
-            ignored = sorted(name for name, value in config.from_mapping(app.config, "app.config", prefixed=True).items()
-                             if self.settings.get(name) != value)
+            ignored = sorted(
+                name
+                for name, value in config.from_mapping(app.config, "app.config", prefixed=True).items()
+                if self.settings.get(name) != value
+            )
             if ignored:
-                log.warning("init_app: the server was made before this app; app.config keys ignored: %s "
-                            "(pass app= to CodaWebSocketServer to read them)",
-                            ", ".join("CODA_WS_" + name.upper() for name in ignored))
+                log.warning(
+                    "init_app: the server was made before this app; app.config keys ignored: %s "
+                    "(pass app= to CodaWebSocketServer to read them)",
+                    ", ".join("CODA_WS_" + name.upper() for name in ignored),
+                )
         bp = Blueprint(
-            "coda_ws", __name__, url_prefix=self.url_prefix or None,
-            static_folder=str(_STATIC_DIR), static_url_path="/static",
+            "coda_ws",
+            __name__,
+            url_prefix=self.url_prefix or None,
+            static_folder=str(_STATIC_DIR),
+            static_url_path="/static",
         )
         # Every route: the pages, the HTTP API and the WebSocket upgrade, with
         # the Host and Origin checks before each request.
-        register_http_api(bp, self, _STATIC_DIR, whole_app=app if app is self._app and not self._mounted else None)
+        register_http_api(
+            bp, self, _STATIC_DIR, whole_app=app if app is self._app and not self._mounted else None
+        )
         app.register_blueprint(bp)
         app.extensions["coda_ws"] = self
 
@@ -289,7 +337,9 @@ class CodaWebSocketServer:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}{self.url_prefix}/ws" if self.url_prefix else f"ws://{host}:{self.port}/"
+        return (
+            f"ws://{host}:{self.port}{self.url_prefix}/ws" if self.url_prefix else f"ws://{host}:{self.port}/"
+        )
 
     @property
     def http_url(self) -> str:
@@ -371,10 +421,16 @@ class CodaWebSocketServer:
             if self.running:
                 return
             check_resolvable(self.host, self.port)
-            check_exposure(self.host, self.port, authenticated=self.authenticator.enabled, insecure=self.insecure)
+            check_exposure(
+                self.host, self.port, authenticated=self.authenticator.enabled, insecure=self.insecure
+            )
             self.server = HttpService(
-                self.host, self.port, self._app.wsgi_app, handshake_timeout=self.handshake_timeout,
-                max_body_size=self.max_body_size, counters=self._acceptor_counts,
+                self.host,
+                self.port,
+                self._app.wsgi_app,
+                handshake_timeout=self.handshake_timeout,
+                max_body_size=self.max_body_size,
+                counters=self._acceptor_counts,
             )
             self.port = self.server.port
             self._stopping = False
@@ -445,13 +501,18 @@ class CodaWebSocketServer:
 
             if isinstance(journal, Journal):
                 if settings["journal_max_events"] is not None or settings["journal_max_age"] is not None:
-                    raise ValueError("journal_max_events and journal_max_age apply to a journal path; give them "
-                                     "to the Journal object instead")
+                    raise ValueError(
+                        "journal_max_events and journal_max_age apply to a journal path; give them "
+                        "to the Journal object instead"
+                    )
                 self.journal = journal
             else:
-                self.journal = Journal(journal, max_events=settings["journal_max_events"],
-                                       max_age=settings["journal_max_age"],
-                                       flush_interval=settings["journal_flush_interval"])
+                self.journal = Journal(
+                    journal,
+                    max_events=settings["journal_max_events"],
+                    max_age=settings["journal_max_age"],
+                    flush_interval=settings["journal_flush_interval"],
+                )
             self.journal.attach(self.bus)
         elif backplane is not None:
             from .backplane import open_backplane
@@ -467,8 +528,9 @@ class CodaWebSocketServer:
         if self.backplane is not None:
             self.backplane.close(timeout)
 
-    def close_clients(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down",
-                      timeout: float = 5.0) -> int:
+    def close_clients(
+        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0
+    ) -> int:
         """Close every client with ``code`` and wait for their sessions to end.
 
         Each client first gets the events already dispatched, then the close
@@ -505,15 +567,28 @@ class CodaWebSocketServer:
 
     # -- events -------------------------------------------------------------------
 
-    def emit(self, event_type: str, *, session_id: str | None = None, high_priority: bool | None = None,
-             **fields: Any) -> BaseEvent:
+    def emit(
+        self,
+        event_type: str,
+        *,
+        session_id: str | None = None,
+        high_priority: bool | None = None,
+        **fields: Any,
+    ) -> BaseEvent:
         """Emit an event to every client (see :meth:`EventBus.emit`); returns it
         (an instance of the type's class, e.g. :class:`~coda_ws.events.STTResultEvent`)."""
-        event: BaseEvent = self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **fields)
+        event: BaseEvent = self.bus.emit(
+            event_type, session_id=session_id, high_priority=high_priority, **fields
+        )
         return event
 
-    def broadcast_event(self, event_type: str, data: dict[str, Any], high_priority: bool = False,
-                        session_id: str | None = None) -> BaseEvent:
+    def broadcast_event(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        high_priority: bool = False,
+        session_id: str | None = None,
+    ) -> BaseEvent:
         """The original's broadcast: ``data`` holds the fields.
 
         Raises ``ValueError``/``TypeError`` (InvalidEventError) for an unknown
@@ -521,11 +596,14 @@ class CodaWebSocketServer:
         """
         if not isinstance(data, dict):
             raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
-        event: BaseEvent = self.bus.emit(event_type, session_id=session_id, high_priority=high_priority, **data)
+        event: BaseEvent = self.bus.emit(
+            event_type, session_id=session_id, high_priority=high_priority, **data
+        )
         return event
 
-    def send_to_client(self, client_id: str, event_type: str, data: dict[str, Any],
-                       session_id: str | None = None) -> bool:
+    def send_to_client(
+        self, client_id: str, event_type: str, data: dict[str, Any], session_id: str | None = None
+    ) -> bool:
         """Send an event to one client only (never replayed or resumed).
 
         Returns False when no such client is connected.
@@ -541,19 +619,30 @@ class CodaWebSocketServer:
         """``system_info`` with ``data=info``, high priority."""
         return self.broadcast_event("system_info", {"data": info}, high_priority=True)
 
-    def broadcast_system_error(self, level: str, message: str, details: dict[str, Any] | None = None) -> BaseEvent:
+    def broadcast_system_error(
+        self, level: str, message: str, details: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``system_error``, high priority."""
         return self.broadcast_event(
             "system_error", {"level": level, "message": message, "details": details}, high_priority=True
         )
 
-    def broadcast_system_metrics(self, memory_mb: float, cpu_percent: float, gpu_vram_mb: float | None = None,
-                                 uptime_seconds: float = 0) -> BaseEvent:
+    def broadcast_system_metrics(
+        self,
+        memory_mb: float,
+        cpu_percent: float,
+        gpu_vram_mb: float | None = None,
+        uptime_seconds: float = 0,
+    ) -> BaseEvent:
         """``system_metrics``, not high priority."""
         return self.broadcast_event(
             "system_metrics",
-            {"memory_mb": memory_mb, "cpu_percent": cpu_percent, "gpu_vram_mb": gpu_vram_mb,
-             "uptime_seconds": uptime_seconds},
+            {
+                "memory_mb": memory_mb,
+                "cpu_percent": cpu_percent,
+                "gpu_vram_mb": gpu_vram_mb,
+                "uptime_seconds": uptime_seconds,
+            },
         )
 
     # -- handlers -----------------------------------------------------------------
@@ -574,8 +663,10 @@ class CodaWebSocketServer:
 
     def _run_handlers(self, kind: str, *args: Any) -> None:
         table: dict[str, list[Callable[..., Any]]] = {
-            "connect": self.on_connect_handlers, "disconnect": self.on_disconnect_handlers,
-            "message": self.on_message_handlers}
+            "connect": self.on_connect_handlers,
+            "disconnect": self.on_disconnect_handlers,
+            "message": self.on_message_handlers,
+        }
         handlers = table[kind]
         for handler in list(handlers):
             try:

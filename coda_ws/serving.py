@@ -48,7 +48,7 @@ class _QuietRequestHandler(WSGIRequestHandler):
     """Werkzeug's handler, logging to ``coda_ws.http`` at DEBUG instead of
     printing every request to stderr (library code does not configure logging)."""
 
-    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - Werkzeug's signature
+    def log(self, type: str, message: str, *args: Any) -> None:
         level = logging.WARNING if type == "error" else logging.DEBUG
         if http_log.isEnabledFor(level):
             http_log.log(level, "%s %s", self.address_string(), message % args if args else message)
@@ -83,9 +83,12 @@ def check_resolvable(host: str, port: int) -> None:
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot resolve the host to bind, {host!r}: {exc.strerror or exc} "
-                                 "(use an IP address such as 127.0.0.1 or 0.0.0.0, or a name this machine "
-                                 "resolves)") from exc
+        raise OSError(
+            exc.errno,
+            f"cannot resolve the host to bind, {host!r}: {exc.strerror or exc} "
+            "(use an IP address such as 127.0.0.1 or 0.0.0.0, or a name this machine "
+            "resolves)",
+        ) from exc
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -129,13 +132,22 @@ class HttpService:
     Thread safety: :meth:`close` may be called from any thread, once.
     """
 
-    def __init__(self, host: str, port: int, app: Callable[..., Any], *, handshake_timeout: float,
-                 max_body_size: int, counters: dict[str, int]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Callable[..., Any],
+        *,
+        handshake_timeout: float,
+        max_body_size: int,
+        counters: dict[str, int],
+    ) -> None:
         listener = bind(host, port)
         handler = type("CodaRequestHandler", (_PrereadRequestHandler,), {"timeout": handshake_timeout})
         try:
-            self._httpd: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=handler,
-                                                      fd=listener.fileno())
+            self._httpd: BaseWSGIServer = make_server(
+                host, port, app, threaded=True, request_handler=handler, fd=listener.fileno()
+            )
         finally:
             listener.close()  # Werkzeug serves a duplicate of it
         self.port: int = self._httpd.port
@@ -145,8 +157,11 @@ class HttpService:
         self._request_threads: dict[threading.Thread, socket.socket] = {}
         handler_class = self._httpd.RequestHandlerClass  # make_server set its protocol_version
         self._acceptor = Acceptor(
-            self._httpd.socket, functools.partial(self._start_request, handler_class),
-            timeout=handshake_timeout, max_body_size=max_body_size, counters=counters,
+            self._httpd.socket,
+            functools.partial(self._start_request, handler_class),
+            timeout=handshake_timeout,
+            max_body_size=max_body_size,
+            counters=counters,
         )
         # daemon: see the module docstring; close() joins it.
         self._thread = threading.Thread(target=self._serve, name=f"coda-ws-http:{self.port}", daemon=True)
@@ -171,8 +186,12 @@ class HttpService:
     def _start_request(self, handler: _HandlerFactory, pending: PendingRequest) -> None:
         """The acceptor's handoff (accept loop's thread): a request thread for a
         request that has arrived, registered before it starts."""
-        thread = threading.Thread(target=self._handle_request, args=(handler, pending),
-                                  name=f"coda-ws-request:{self.port}", daemon=True)  # daemon: see the module doc
+        thread = threading.Thread(
+            target=self._handle_request,
+            args=(handler, pending),
+            name=f"coda-ws-request:{self.port}",
+            daemon=True,
+        )  # daemon: see the module doc
         with self._threads_lock:
             self._request_threads[thread] = pending.sock
         try:

@@ -48,14 +48,14 @@ if TYPE_CHECKING:
     from .server import CodaWebSocketServer
 
 __all__ = [
-    "ToolError",
-    "tail",
-    "record",
-    "play",
-    "format_event",
-    "read_recording",
-    "add_tool_commands",
     "STOP_CHECK_INTERVAL",
+    "ToolError",
+    "add_tool_commands",
+    "format_event",
+    "play",
+    "read_recording",
+    "record",
+    "tail",
 ]
 
 #: Longest time, in seconds, ``tail`` and ``record`` take to notice a set ``stop_event``.
@@ -82,14 +82,29 @@ def _wire(event: _Event) -> dict[str, Any]:
     return event
 
 
-def _open_client(url: str, types: TypePatterns | None, session_id: str | None, since: int | None,
-                 token: str | None, connect_timeout: float, replay: bool,
-                 on_gap: Callable[[dict[str, Any]], object]) -> CodaEventClient:
+def _open_client(
+    url: str,
+    types: TypePatterns | None,
+    session_id: str | None,
+    since: int | None,
+    token: str | None,
+    connect_timeout: float,
+    replay: bool,
+    on_gap: Callable[[dict[str, Any]], object],
+) -> CodaEventClient:
     """A connected client, or ToolError saying why there is none."""
     try:
         client = CodaEventClient(
-            url, types=types, session_id=session_id, token=token, since=since, replay=replay, on_gap=on_gap,
-            connect_timeout=connect_timeout, retry_first_connect=False, name="coda-ws-tool",
+            url,
+            types=types,
+            session_id=session_id,
+            token=token,
+            since=since,
+            replay=replay,
+            on_gap=on_gap,
+            connect_timeout=connect_timeout,
+            retry_first_connect=False,
+            name="coda-ws-tool",
         )
     except (TypeError, ValueError) as exc:
         raise ToolError(str(exc), exit_code=2) from None
@@ -104,7 +119,9 @@ def _open_client(url: str, types: TypePatterns | None, session_id: str | None, s
     raise ToolError(f"cannot connect to {url}: {error}") from None
 
 
-def _events(client: CodaEventClient, stop_event: threading.Event | None, deadline: float | None) -> Iterator[_Event]:
+def _events(
+    client: CodaEventClient, stop_event: threading.Event | None, deadline: float | None
+) -> Iterator[_Event]:
     """Events from ``client`` until the stream ends, ``stop_event`` is set or
     the monotonic ``deadline`` passes."""
     while True:
@@ -193,7 +210,8 @@ def format_event(event: _Event, color: bool = False, width: int | None = None) -
     session = data.get("session_id")
     tail = f" [{_short(str(session), 16)}]" if session is not None else ""
     fields = " ".join(
-        f"{key}={_render_value(value)}" for key, value in data.items()
+        f"{key}={_render_value(value)}"
+        for key, value in data.items()
         if key not in _ENVELOPE and value is not None
     )
     plain_type = f"{type_name:<20}"
@@ -205,10 +223,21 @@ def format_event(event: _Event, color: bool = False, width: int | None = None) -
     return f"{head}{plain_type}{text}"
 
 
-def tail(url: str, types: TypePatterns | None = None, session_id: str | None = None,
-         since: int | None = None, *, json_output: bool = False, out: TextIO | None = None,
-         err: TextIO | None = None, stop_event: threading.Event | None = None, count: int | None = None,
-         color: bool | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
+def tail(
+    url: str,
+    types: TypePatterns | None = None,
+    session_id: str | None = None,
+    since: int | None = None,
+    *,
+    json_output: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stop_event: threading.Event | None = None,
+    count: int | None = None,
+    color: bool | None = None,
+    token: str | None = None,
+    connect_timeout: float = 10.0,
+) -> int:
     """Print the live stream of ``url`` until it ends or is stopped.
 
     Args:
@@ -240,8 +269,12 @@ def tail(url: str, types: TypePatterns | None = None, session_id: str | None = N
     width = shutil.get_terminal_size().columns if is_tty and not json_output else _PLAIN_WIDTH
 
     def on_gap(frame: dict[str, Any]) -> None:
-        print(f"-- events were missed ({frame.get('reason')}); the stream continues from the server's"
-              f" position, oldest held: {frame.get('earliest')} --", file=err, flush=True)
+        print(
+            f"-- events were missed ({frame.get('reason')}); the stream continues from the server's"
+            f" position, oldest held: {frame.get('earliest')} --",
+            file=err,
+            flush=True,
+        )
 
     client = _open_client(url, types, session_id, since, token, connect_timeout, True, on_gap)
     shown = 0
@@ -270,9 +303,19 @@ def _isatty(stream: TextIO) -> bool:
 # -- record -----------------------------------------------------------------------------
 
 
-def record(url: str, path: _Path, types: TypePatterns | None = None, session_id: str | None = None, *,
-           count: int | None = None, duration: float | None = None, stop_event: threading.Event | None = None,
-           err: TextIO | None = None, token: str | None = None, connect_timeout: float = 10.0) -> int:
+def record(
+    url: str,
+    path: _Path,
+    types: TypePatterns | None = None,
+    session_id: str | None = None,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    stop_event: threading.Event | None = None,
+    err: TextIO | None = None,
+    token: str | None = None,
+    connect_timeout: float = 10.0,
+) -> int:
     """Write the stream of ``url`` to the JSON Lines file ``path``.
 
     One event per line, in its wire form (original ``seq`` and
@@ -300,12 +343,15 @@ def record(url: str, path: _Path, types: TypePatterns | None = None, session_id:
     """
     err = sys.stderr if err is None else err
     _check_count(count)
-    if duration is not None and (not isinstance(duration, (int, float)) or isinstance(duration, bool)
-                                 or not 0 < duration < math.inf):
+    if duration is not None and (
+        not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 < duration < math.inf
+    ):
         raise ToolError(f"duration must be a positive number of seconds, got {duration!r}", exit_code=2)
 
     def on_gap(frame: dict[str, Any]) -> None:
-        print(f"-- events were missed ({frame.get('reason')}); the recording has a gap --", file=err, flush=True)
+        print(
+            f"-- events were missed ({frame.get('reason')}); the recording has a gap --", file=err, flush=True
+        )
 
     # Connect first: a wrong address must not truncate an existing recording.
     client = _open_client(url, types, session_id, None, token, connect_timeout, False, on_gap)
@@ -339,7 +385,7 @@ def read_recording(path: _Path) -> Iterator[tuple[int, dict[str, Any]]]:
     or a JSON value that is not an object with a ``type``.
     """
     try:
-        stream = open(path, "r", encoding="utf-8")
+        stream = open(path, encoding="utf-8")
     except FileNotFoundError:
         raise ToolError(f"{path}: no such file") from None
     except OSError as exc:
@@ -366,17 +412,23 @@ def read_recording(path: _Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 where = f" at column {column}" if column else ""
                 raise ToolError(f"{path}:{lineno}: malformed JSON ({message}{where})") from None
             if not isinstance(data, dict):
-                raise ToolError(f"{path}:{lineno}: expected a JSON object (one event), got {type(data).__name__}")
+                raise ToolError(
+                    f"{path}:{lineno}: expected a JSON object (one event), got {type(data).__name__}"
+                )
             if not isinstance(data.get("type"), str):
-                raise ToolError(f"{path}:{lineno}: the event has no \"type\"")
+                raise ToolError(f'{path}:{lineno}: the event has no "type"')
             yield lineno, data
 
 
-def _playable(path: _Path, lineno: int, data: dict[str, Any]) -> tuple[float | None, str, str | None, dict[str, Any]]:
+def _playable(
+    path: _Path, lineno: int, data: dict[str, Any]
+) -> tuple[float | None, str, str | None, dict[str, Any]]:
     """``(timestamp or None, type, session_id, fields)`` for one recorded event."""
     if data.get("redacted") is True:
-        raise ToolError(f"{path}:{lineno}: a redacted event (recorded without the read:content scope)"
-                        " cannot be played back")
+        raise ToolError(
+            f"{path}:{lineno}: a redacted event (recorded without the read:content scope)"
+            " cannot be played back"
+        )
     timestamp = data.get("timestamp")
     if not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool) or not math.isfinite(timestamp):
         timestamp = None
@@ -423,10 +475,19 @@ def _play_once(path: _Path, server: "CodaWebSocketServer", speed: float, stop: t
     return emitted
 
 
-def play(path: _Path, speed: float = 1.0, host: str = "localhost", port: int = 8765, *, loop: bool = False,
-         stop_event: threading.Event | None = None, server: "CodaWebSocketServer | None" = None,
-         on_ready: "Callable[[CodaWebSocketServer], object] | None" = None, hold: bool = False,
-         err: TextIO | None = None) -> int:
+def play(
+    path: _Path,
+    speed: float = 1.0,
+    host: str = "localhost",
+    port: int = 8765,
+    *,
+    loop: bool = False,
+    stop_event: threading.Event | None = None,
+    server: "CodaWebSocketServer | None" = None,
+    on_ready: "Callable[[CodaWebSocketServer], object] | None" = None,
+    hold: bool = False,
+    err: TextIO | None = None,
+) -> int:
     """Serve the recording ``path`` again, with its original timing.
 
     Every line is checked before anything is served. Events are re-emitted
@@ -477,8 +538,12 @@ def play(path: _Path, speed: float = 1.0, host: str = "localhost", port: int = 8
     try:
         if on_ready is not None:
             on_ready(server)
-        print(f"playing {total} events from {path} on {server.url} (speed {speed:g}"
-              f"{', looping' if loop else ''})", file=err, flush=True)
+        print(
+            f"playing {total} events from {path} on {server.url} (speed {speed:g}"
+            f"{', looping' if loop else ''})",
+            file=err,
+            flush=True,
+        )
         while True:
             emitted += _play_once(path, server, speed, stop)
             if not loop or stop.is_set() or stop.wait(1.0 / speed):
@@ -522,22 +587,41 @@ def _run(command: str, action: Callable[[], object]) -> int:
 
 
 def _tail_command(args: argparse.Namespace) -> int:
-    return _run("tail", lambda: tail(
-        args.url, types=_types_argument(args.types), session_id=args.session, since=args.since,
-        json_output=args.json, count=args.count, token=args.token, connect_timeout=args.connect_timeout,
-        color=False if args.no_color else None,
-    ))
+    return _run(
+        "tail",
+        lambda: tail(
+            args.url,
+            types=_types_argument(args.types),
+            session_id=args.session,
+            since=args.since,
+            json_output=args.json,
+            count=args.count,
+            token=args.token,
+            connect_timeout=args.connect_timeout,
+            color=False if args.no_color else None,
+        ),
+    )
 
 
 def _record_command(args: argparse.Namespace) -> int:
     def action() -> None:
         try:
             written = record(
-                args.url, args.file, types=_types_argument(args.types), session_id=args.session, count=args.count,
-                duration=args.duration, token=args.token, connect_timeout=args.connect_timeout,
+                args.url,
+                args.file,
+                types=_types_argument(args.types),
+                session_id=args.session,
+                count=args.count,
+                duration=args.duration,
+                token=args.token,
+                connect_timeout=args.connect_timeout,
             )
         except KeyboardInterrupt:
-            print(f"recording stopped; {args.file} holds the events received so far", file=sys.stderr, flush=True)
+            print(
+                f"recording stopped; {args.file} holds the events received so far",
+                file=sys.stderr,
+                flush=True,
+            )
             raise
         print(f"recorded {written} events to {args.file}", file=sys.stderr, flush=True)
 
@@ -545,9 +629,17 @@ def _record_command(args: argparse.Namespace) -> int:
 
 
 def _play_command(args: argparse.Namespace) -> int:
-    return _run("play", lambda: play(
-        args.file, speed=args.speed, host=args.host, port=args.port, loop=args.loop, hold=not args.exit,
-    ))
+    return _run(
+        "play",
+        lambda: play(
+            args.file,
+            speed=args.speed,
+            host=args.host,
+            port=args.port,
+            loop=args.loop,
+            hold=not args.exit,
+        ),
+    )
 
 
 def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -558,52 +650,88 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     """
     client_options = argparse.ArgumentParser(add_help=False)
     client_options.add_argument("url", help="the server's WebSocket URL, e.g. ws://localhost:8765")
-    client_options.add_argument("--types", action="append", metavar="TYPES",
-                                help="only these event types or globs, comma-separated (llm_*,stt_result);"
-                                     " may be repeated")
-    client_options.add_argument("--session", metavar="SESSION_ID",
-                                help="only events of this session (and those of no session)")
+    client_options.add_argument(
+        "--types",
+        action="append",
+        metavar="TYPES",
+        help="only these event types or globs, comma-separated (llm_*,stt_result); may be repeated",
+    )
+    client_options.add_argument(
+        "--session", metavar="SESSION_ID", help="only events of this session (and those of no session)"
+    )
     client_options.add_argument("--token", help="bearer token, for servers that require one")
-    client_options.add_argument("--connect-timeout", type=argtypes.number(positive=True), default=10.0, metavar="S",
-                                help="seconds to wait for the first connection (default: 10)")
-    client_options.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
-                                help="logging threshold (default: warning)")
+    client_options.add_argument(
+        "--connect-timeout",
+        type=argtypes.number(positive=True),
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the first connection (default: 10)",
+    )
+    client_options.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="logging threshold (default: warning)",
+    )
 
     tail_parser = subparsers.add_parser(
-        "tail", parents=[client_options], help="print the live stream, one line per event",
+        "tail",
+        parents=[client_options],
+        help="print the live stream, one line per event",
         description="Print the live stream: one readable (coloured on a terminal) line per event, or raw JSON"
-                    " lines with --json. Reconnects and resumes by itself; stop with Ctrl-C.",
+        " lines with --json. Reconnects and resumes by itself; stop with Ctrl-C.",
     )
-    tail_parser.add_argument("--since", type=argtypes.integer(0), metavar="N",
-                             help="start after stream position N (the missed events first)")
+    tail_parser.add_argument(
+        "--since",
+        type=argtypes.integer(0),
+        metavar="N",
+        help="start after stream position N (the missed events first)",
+    )
     tail_parser.add_argument("--json", action="store_true", help="print each event as one JSON line")
     tail_parser.add_argument("--count", type=argtypes.integer(1), metavar="N", help="stop after N events")
     tail_parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
     tail_parser.set_defaults(func=_tail_command)
 
     record_parser = subparsers.add_parser(
-        "record", parents=[client_options], help="write the stream to a JSON Lines file",
+        "record",
+        parents=[client_options],
+        help="write the stream to a JSON Lines file",
         description="Write the live stream to FILE, one event (JSON, with its original timestamp) per line,"
-                    " until Ctrl-C, --count or --duration.",
+        " until Ctrl-C, --count or --duration.",
     )
     record_parser.add_argument("file", metavar="FILE.jsonl", help="the file to write (overwritten)")
     record_parser.add_argument("--count", type=argtypes.integer(1), metavar="N", help="stop after N events")
-    record_parser.add_argument("--duration", type=argtypes.number(positive=True), metavar="S", help="stop after S seconds")
+    record_parser.add_argument(
+        "--duration", type=argtypes.number(positive=True), metavar="S", help="stop after S seconds"
+    )
     record_parser.set_defaults(func=_record_command)
 
     play_parser = subparsers.add_parser(
-        "play", help="serve a recording again with its original timing",
+        "play",
+        help="serve a recording again with its original timing",
         description="Serve the events of FILE (written by 'coda-ws record') through a coda_ws server, with"
-                    " their original timing scaled by --speed: a stream for building dashboards without a"
-                    " running assistant. Keeps serving after the last event until Ctrl-C (or --exit).",
+        " their original timing scaled by --speed: a stream for building dashboards without a"
+        " running assistant. Keeps serving after the last event until Ctrl-C (or --exit).",
     )
     play_parser.add_argument("file", metavar="FILE.jsonl", help="the recording to play")
-    play_parser.add_argument("--speed", type=argtypes.number(positive=True), default=1.0,
-                             help="time scale: 2 plays twice as fast (default: 1)")
+    play_parser.add_argument(
+        "--speed",
+        type=argtypes.number(positive=True),
+        default=1.0,
+        help="time scale: 2 plays twice as fast (default: 1)",
+    )
     play_parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
-    play_parser.add_argument("--port", type=argtypes.port, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    play_parser.add_argument("--loop", action="store_true", help="start again after the last event, until Ctrl-C")
+    play_parser.add_argument(
+        "--port", type=argtypes.port, default=8765, help="TCP port, 0 for any free one (default: 8765)"
+    )
+    play_parser.add_argument(
+        "--loop", action="store_true", help="start again after the last event, until Ctrl-C"
+    )
     play_parser.add_argument("--exit", action="store_true", help="stop serving once the recording has played")
-    play_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
-                             help="logging threshold (default: warning)")
+    play_parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="logging threshold (default: warning)",
+    )
     play_parser.set_defaults(func=_play_command)

@@ -71,20 +71,44 @@ from typing import Any, Literal, TypedDict, cast
 
 from .checks import integer, is_number
 
-__all__ = ["turn_breakdown", "percentile", "ROLLING_WINDOW", "COMPONENTS", "MARKS", "TurnSummary",
-           "ComponentStats", "TurnBreakdown"]
+__all__ = [
+    "COMPONENTS",
+    "MARKS",
+    "ROLLING_WINDOW",
+    "ComponentStats",
+    "TurnBreakdown",
+    "TurnSummary",
+    "percentile",
+    "turn_breakdown",
+]
 
 #: Turns (with a voice-to-voice value) in each turn's rolling p50/p95 window.
 ROLLING_WINDOW = 20
 
-_Component = Literal["stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms"]
+_Component = Literal[
+    "stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms"
+]
 
 #: The duration fields of a turn, in the order the dashboard's table shows them.
 COMPONENTS: tuple[_Component, ...] = (
-    "stt_ms", "llm_ttft_ms", "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms")
+    "stt_ms",
+    "llm_ttft_ms",
+    "llm_total_ms",
+    "tts_ttfa_ms",
+    "tts_total_ms",
+    "voice_to_voice_ms",
+)
 
 #: The milestones of a turn, in pipeline order.
-MARKS = ("stt_result", "llm_start", "llm_first_token", "llm_result", "tts_start", "tts_first_audio", "tts_result")
+MARKS = (
+    "stt_result",
+    "llm_start",
+    "llm_first_token",
+    "llm_result",
+    "tts_start",
+    "tts_first_audio",
+    "tts_result",
+)
 
 _ERROR_TYPES = frozenset({"stt_error", "llm_error", "tts_error", "tool_error"})
 
@@ -171,8 +195,19 @@ def _diff_ms(times: Mapping[str, float], later: str, earlier: str) -> float | No
 
 
 class _Turn:
-    __slots__ = ("session_id", "start_seq", "end_seq", "started_at", "ended_at", "status", "stt_ms",
-                 "times", "tool_calls", "tool_ms", "errors")
+    __slots__ = (
+        "end_seq",
+        "ended_at",
+        "errors",
+        "session_id",
+        "start_seq",
+        "started_at",
+        "status",
+        "stt_ms",
+        "times",
+        "tool_calls",
+        "tool_ms",
+    )
 
     def __init__(self, event: Mapping[str, Any], timestamp: float) -> None:
         self.session_id: str | None = event.get("session_id")
@@ -346,8 +381,12 @@ def turn_breakdown(events: Iterable[object], limit: int = 20) -> TurnBreakdown:
     selected = summaries[-limit:][::-1]
     v2v = [t["voice_to_voice_ms"] for t in selected if t["voice_to_voice_ms"] is not None]
     result: TurnBreakdown = {
-        "turns": selected, "count": len(selected), "window": ROLLING_WINDOW,
-        "p50": percentile(v2v, 50), "p95": percentile(v2v, 95), "p99": percentile(v2v, 99),
+        "turns": selected,
+        "count": len(selected),
+        "window": ROLLING_WINDOW,
+        "p50": percentile(v2v, 50),
+        "p95": percentile(v2v, 95),
+        "p99": percentile(v2v, 99),
         "components": {
             name: _stats([value for t in selected if (value := t[name]) is not None]) for name in COMPONENTS
         },

@@ -42,8 +42,16 @@ from .events import (
 )
 
 __all__ = [
-    "WIRE_HEAD", "wire_tail", "prepare_event", "Entry", "EventDict", "StampedEvent", "Hole", "new_entry",
-    "entry_from_wire", "redact_event",
+    "WIRE_HEAD",
+    "Entry",
+    "EventDict",
+    "Hole",
+    "StampedEvent",
+    "entry_from_wire",
+    "new_entry",
+    "prepare_event",
+    "redact_event",
+    "wire_tail",
 ]
 
 log = logging.getLogger("coda_ws.bus")
@@ -62,8 +70,13 @@ WIRE_HEAD = b'{"version":"1.0","seq":'
 _Prepared = tuple[type[BaseEvent], dict[str, Any], bytes, str | None, bytes, bool]
 
 
-def prepare_event(event_type: EventType | str, session_id: str | None, high_priority: bool | None,
-                  fields: dict[str, Any], max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> _Prepared:
+def prepare_event(
+    event_type: EventType | str,
+    session_id: str | None,
+    high_priority: bool | None,
+    fields: dict[str, Any],
+    max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE,
+) -> _Prepared:
     """Everything ``emit()`` does in the caller's thread, in one place.
 
     Validates and coerces the fields, encodes them and the session id, and
@@ -106,7 +119,9 @@ def prepare_event(event_type: EventType | str, session_id: str | None, high_prio
             raise EventTooLargeError(
                 f"{type_name} event is {size} bytes encoded, over max_event_size ({max_event_size} bytes); "
                 "send large payloads by reference, or raise max_event_size",
-                event_type=type_name, size=size, limit=max_event_size,
+                event_type=type_name,
+                size=size,
+                limit=max_event_size,
             )
     return cls, values, body, session_id, session_json, high_priority
 
@@ -145,8 +160,17 @@ class Entry:
     """
 
     __slots__ = (
-        "seq", "timestamp", "type", "session_id", "high_priority", "conflate_key", "target",
-        "frame", "offset", "cls", "_redacted",
+        "_redacted",
+        "cls",
+        "conflate_key",
+        "frame",
+        "high_priority",
+        "offset",
+        "seq",
+        "session_id",
+        "target",
+        "timestamp",
+        "type",
     )
     cls: type[BaseEvent]  # declared before `type`, which names an attribute in this class body
     seq: int
@@ -233,8 +257,15 @@ class StampedEvent(NamedTuple):
     target: str | None = None
 
 
-def new_entry(seq: int, timestamp: float, cls: type[BaseEvent], session_id: str | None, high_priority: bool,
-              target: str | None, payload: bytes) -> Entry:
+def new_entry(
+    seq: int,
+    timestamp: float,
+    cls: type[BaseEvent],
+    session_id: str | None,
+    high_priority: bool,
+    target: str | None,
+    payload: bytes,
+) -> Entry:
     """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
     place entries are built, so emitted and stamped-elsewhere events are alike."""
     entry = Entry()
@@ -266,8 +297,9 @@ def entry_from_wire(event: StampedEvent) -> tuple["Entry | Hole", EventDict | No
         log.warning("event seq %d has unknown type %r; no reader will receive it", event.seq, event.type)
         return Hole(event.seq), None
     payload = bytes(event.payload)
-    entry = new_entry(event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority),
-                       event.target, payload)
+    entry = new_entry(
+        event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority), event.target, payload
+    )
     if entry.high_priority:
         record = EventDict(json.loads(payload))
         record.wire = payload

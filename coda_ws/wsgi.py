@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from .server import CodaWebSocketServer
 
-__all__ = ["create_server", "server_options", "node", "shutdown", "NodeApp", "check_exposure"]
+__all__ = ["NodeApp", "check_exposure", "create_server", "node", "server_options", "shutdown"]
 
 log = logging.getLogger("coda_ws.wsgi")
 
@@ -77,8 +77,10 @@ def create_server(env: Mapping[str, str] | None = None) -> "CodaWebSocketServer"
     server = CodaWebSocketServer(**server_options(env))
     server.bus.start()
     if server.backplane is not None and not server.backplane.start(ready_timeout=2.0):
-        log.warning("coda_ws node: Redis not reachable yet (%s); serving, and retrying in the background",
-                    server.backplane.ready()[1])
+        log.warning(
+            "coda_ws node: Redis not reachable yet (%s); serving, and retrying in the background",
+            server.backplane.ready()[1],
+        )
     return server
 
 
@@ -91,11 +93,14 @@ class NodeApp:
 
     def __init__(self, server: "CodaWebSocketServer") -> None:
         self.server = server
-        self._app: "WSGIApplication" = server.app
+        self._app: WSGIApplication = server.app
 
     def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
-        if ("gunicorn.socket" in environ and not environ.get("wsgi.multithread")
-                and environ.get("HTTP_UPGRADE", "").lower() == "websocket"):
+        if (
+            "gunicorn.socket" in environ
+            and not environ.get("wsgi.multithread")
+            and environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        ):
             return self._refuse_single_threaded(start_response)
         result = self._app(environ, start_response)
         if environ.get("coda_ws.socket_taken") and "gunicorn.socket" in environ:
@@ -105,7 +110,6 @@ class NodeApp:
             raise StopIteration("WebSocket session over")
         return result
 
-
     _warned = False
 
     def _refuse_single_threaded(self, start_response: "StartResponse") -> Iterable[bytes]:
@@ -113,14 +117,17 @@ class NodeApp:
         client would hold it for as long as it stays, and every other request
         (the dashboard, /metrics, other clients) would wait. Upgrades are
         refused with 501 naming the fix; plain HTTP requests are still served."""
-        message = ("gunicorn's sync worker serves one request at a time, so a WebSocket client would block it: "
-                   "run the node with -c python:coda_ws.gunicorn_conf (or -k gthread --threads N)")
+        message = (
+            "gunicorn's sync worker serves one request at a time, so a WebSocket client would block it: "
+            "run the node with -c python:coda_ws.gunicorn_conf (or -k gthread --threads N)"
+        )
         if not NodeApp._warned:
             NodeApp._warned = True
             log.error("refusing WebSocket clients: %s", message)
         body = json.dumps({"error": "single_threaded_worker", "message": message}).encode()
-        start_response("501 Not Implemented", [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body)))])
+        start_response(
+            "501 Not Implemented", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
 

@@ -56,9 +56,15 @@ class Pipeline:
         self._text = queue.Queue(maxsize=4)
         self._replies = queue.Queue(maxsize=4)
         self._threads = [
-            threading.Thread(target=self._stage, args=(self._audio, self._text, self._transcribe), name="pipeline-stt"),
-            threading.Thread(target=self._stage, args=(self._text, self._replies, self._generate), name="pipeline-llm"),
-            threading.Thread(target=self._stage, args=(self._replies, None, self._speak), name="pipeline-tts"),
+            threading.Thread(
+                target=self._stage, args=(self._audio, self._text, self._transcribe), name="pipeline-stt"
+            ),
+            threading.Thread(
+                target=self._stage, args=(self._text, self._replies, self._generate), name="pipeline-llm"
+            ),
+            threading.Thread(
+                target=self._stage, args=(self._replies, None, self._speak), name="pipeline-tts"
+            ),
         ]
 
     def start(self):
@@ -116,7 +122,9 @@ class Pipeline:
                 self._work(0.05)
                 text += token
                 integration.llm_token(token, text)
-        integration.llm_result(text, timer.duration_ms, len(tokens), len(tokens) / (timer.duration_ms / 1000.0))
+        integration.llm_result(
+            text, timer.duration_ms, len(tokens), len(tokens) / (timer.duration_ms / 1000.0)
+        )
         return prompt, text
 
     def _speak(self, item):
@@ -137,10 +145,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    parser.add_argument("--wait-for-clients", type=int, default=0, metavar="N",
-                        help="wait (up to 30 s) for N clients before starting (default: 0)")
-    parser.add_argument("--pace", type=float, default=1.0,
-                        help="scale of the simulated processing times (default: 1)")
+    parser.add_argument(
+        "--wait-for-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait (up to 30 s) for N clients before starting (default: 0)",
+    )
+    parser.add_argument(
+        "--pace", type=float, default=1.0, help="scale of the simulated processing times (default: 1)"
+    )
     args = parser.parse_args(argv)
 
     server = CodaWebSocketServer(host=args.host, port=args.port)

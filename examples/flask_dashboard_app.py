@@ -123,11 +123,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    parser.add_argument("--pace", type=float, default=1.0,
-                        help="scale of the simulated processing times (default: 1)")
+    parser.add_argument(
+        "--pace", type=float, default=1.0, help="scale of the simulated processing times (default: 1)"
+    )
     args = parser.parse_args(argv)
 
-    app, server = create_app(args.host, args.port, pace=args.pace)
+    _app, server = create_app(args.host, args.port, pace=args.pace)
     with server:
         base = urljoin(server.http_url, "/")
         print(f"App on {base} - events on {server.url} - dashboard {server.http_url}", flush=True)

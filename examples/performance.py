@@ -29,10 +29,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    parser.add_argument("--wait-for-clients", type=int, default=0, metavar="N",
-                        help="wait (up to 30 s) for N clients before emitting (default: 0)")
-    parser.add_argument("--pace", type=float, default=1.0,
-                        help="scale of the simulated processing times (default: 1)")
+    parser.add_argument(
+        "--wait-for-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait (up to 30 s) for N clients before emitting (default: 0)",
+    )
+    parser.add_argument(
+        "--pace", type=float, default=1.0, help="scale of the simulated processing times (default: 1)"
+    )
     args = parser.parse_args(argv)
 
     server = CodaWebSocketServer(host=args.host, port=args.port)

@@ -39,10 +39,16 @@ def main(argv=None):
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
     parser.add_argument("--loop", action="store_true", help="repeat the demo until Ctrl-C")
-    parser.add_argument("--pace", type=float, default=1.0,
-                        help="scale of every pause: 1 realistic, 0 none (default: 1)")
-    parser.add_argument("--wait-for-clients", type=int, default=0, metavar="N",
-                        help="instead of the 5 s pause, wait (up to 30 s) for N clients")
+    parser.add_argument(
+        "--pace", type=float, default=1.0, help="scale of every pause: 1 realistic, 0 none (default: 1)"
+    )
+    parser.add_argument(
+        "--wait-for-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the 5 s pause, wait (up to 30 s) for N clients",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -55,7 +61,10 @@ def main(argv=None):
 
     server.start()
     print(f"Demo server running at {server.url}", flush=True)
-    print(f"Connect a client to watch: coda-ws tail {server.url.rstrip('/')} (dashboard: {server.http_url})", flush=True)
+    print(
+        f"Connect a client to watch: coda-ws tail {server.url.rstrip('/')} (dashboard: {server.http_url})",
+        flush=True,
+    )
     try:
         connect_wait = 5.0
         if args.wait_for_clients:
@@ -63,7 +72,9 @@ def main(argv=None):
             connect_wait = 0.0
         rounds = 0
         while True:
-            if not run_demo(integration, perf, pace=args.pace, stop_event=stop_event, connect_wait=connect_wait):
+            if not run_demo(
+                integration, perf, pace=args.pace, stop_event=stop_event, connect_wait=connect_wait
+            ):
                 break
             rounds += 1
             log.info("demo round %d done; server stats: %s", rounds, server.get_stats())

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import TIMEOUT
 
-__all__ = ["Answer", "request", "get", "get_json", "post_json", "scrape", "samples", "value"]
+__all__ = ["Answer", "get", "get_json", "post_json", "request", "samples", "scrape", "value"]
 
 
 class Answer:
@@ -29,7 +29,9 @@ def request(server, path, method="GET", body=None, headers=None, token=None):
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(server.http_url + path.lstrip("/"), data=body, headers=headers, method=method)
+    req = urllib.request.Request(
+        server.http_url + path.lstrip("/"), data=body, headers=headers, method=method
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
             return Answer(response.status, response.headers, response.read())

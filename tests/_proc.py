@@ -50,10 +50,18 @@ class Child:
         self.stderr_lines = []
         self._lines = queue.Queue()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout_lines, self._lines),
-                             name="child-stdout", daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr_lines, None),
-                             name="child-stderr", daemon=True),
+            threading.Thread(
+                target=self._read,
+                args=(self.proc.stdout, self.stdout_lines, self._lines),
+                name="child-stdout",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._read,
+                args=(self.proc.stderr, self.stderr_lines, None),
+                name="child-stderr",
+                daemon=True,
+            ),
         ]
         for reader in self._readers:
             reader.start()

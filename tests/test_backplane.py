@@ -46,7 +46,9 @@ def node_factory(server_factory, prefix):
         kwargs.setdefault("backplane_prefix", prefix)
         kwargs.setdefault("client_queue_size", 10_000)
         server = server_factory(**kwargs)
-        wait_for(lambda: server.backplane.ready()[0], TIMEOUT, lambda: f"node ready: {server.backplane.ready()}")
+        wait_for(
+            lambda: server.backplane.ready()[0], TIMEOUT, lambda: f"node ready: {server.backplane.ready()}"
+        )
         return server
 
     return make
@@ -88,11 +90,25 @@ class RedisProcess:
         self.proc = None
 
     def start(self):
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-             "--dir", self.directory],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                self.directory,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
@@ -153,7 +169,10 @@ def test_two_nodes_three_emitter_processes_identical_streams(node_factory, prefi
     per_emitter = 500
     with open_v1(node_a) as (ws_a, _), open_v1(node_b) as (ws_b, _):
         assert recv_json(ws_a)["type"] == recv_json(ws_b)["type"] == "replay"
-        children = [Child("-c", _EMITTER_CHILD, REDIS_URL, prefix, name, per_emitter) for name in ("stt", "llm", "tts")]
+        children = [
+            Child("-c", _EMITTER_CHILD, REDIS_URL, prefix, name, per_emitter)
+            for name in ("stt", "llm", "tts")
+        ]
         try:
             for child in children:
                 match = child.wait_for_output(r"^done (\w+) (\d+) (\d+)")
@@ -194,8 +213,13 @@ def test_client_cut_on_one_node_resumes_on_another(node_factory, prefix):
         assert node_b.epoch == epoch and node_b.sequence_number == emitter.last_seq
         with open_v1(node_b, f"since={last}&epoch={epoch}") as (ws, hello):
             resume = recv_json(ws)
-            assert resume == {"type": "resume", "recovered": True, "from": last + 1, "to": hello["seq"],
-                              "count": hello["seq"] - last}
+            assert resume == {
+                "type": "resume",
+                "recovered": True,
+                "from": last + 1,
+                "to": hello["seq"],
+                "count": hello["seq"] - last,
+            }
             rest = read_events(ws, resume["count"])
             node_b.emit("stt_result", text="live", confidence=1.0, duration_ms=1.0)
             rest += read_events(ws, 1)
@@ -304,8 +328,9 @@ def test_outage_with_redis_flushed(node_factory, own_redis):
         latencies.sort()
         # Blocking on Redis would take seconds (connect and socket timeouts);
         # the bounds leave room for a loaded two-core machine.
-        assert latencies[500] < 0.002 and latencies[-1] < 0.25, \
+        assert latencies[500] < 0.002 and latencies[-1] < 0.25, (
             f"emit p50 {latencies[500] * 1e3:.2f} ms, max {latencies[-1] * 1e3:.1f} ms"
+        )
         stats = backplane.stats()
         assert stats["buffered"] <= 201 and stats["dropped"] >= 700
         assert stats["dropped"] + stats["buffered"] + stats["published"] >= 1050
@@ -315,15 +340,25 @@ def test_outage_with_redis_flushed(node_factory, own_redis):
             read_events(ws, 10_000, timeout=CHILD_TIMEOUT)
         # Not "too slow" (4008): the stream it was reading is gone; resume tells it so.
         assert closed.value.rcvd.code == 1012
-    wait_for(lambda: node.get_stats()["disconnects"].get("epoch_changed") == 1, TIMEOUT,
-             lambda: f"the close counted as epoch_changed: {node.get_stats()['disconnects']}")
-    wait_for(lambda: backplane.ready()[0] and backplane.stats()["buffered"] == 0, CHILD_TIMEOUT,
-             lambda: f"the backplane to recover: {backplane.ready()} {backplane.stats()}")
+    wait_for(
+        lambda: node.get_stats()["disconnects"].get("epoch_changed") == 1,
+        TIMEOUT,
+        lambda: f"the close counted as epoch_changed: {node.get_stats()['disconnects']}",
+    )
+    wait_for(
+        lambda: backplane.ready()[0] and backplane.stats()["buffered"] == 0,
+        CHILD_TIMEOUT,
+        lambda: f"the backplane to recover: {backplane.ready()} {backplane.stats()}",
+    )
     assert node.epoch != epoch and backplane.stats()["epoch_changes"] == 1
     assert readyz(node) == (200, "ok")
     with open_v1(node, f"since={last}&epoch={epoch}") as (ws, _):
-        assert recv_json(ws) == {"type": "resume", "recovered": False, "reason": "epoch_changed",
-                                 "earliest": node.bus.oldest_seq}
+        assert recv_json(ws) == {
+            "type": "resume",
+            "recovered": False,
+            "reason": "epoch_changed",
+            "earliest": node.bus.oldest_seq,
+        }
         replay = recv_json(ws)["events"]
         notice = [e for e in replay if e["type"] == "system_error"]
         assert len(notice) == 1 and notice[0]["details"]["dropped"] == backplane.stats()["dropped"]
@@ -522,8 +557,19 @@ def test_flush_before_attach_has_nothing_to_wait_for(prefix):
 def test_serve_command_with_backplane(prefix):
     """``coda-ws serve --backplane URL --backplane-prefix P`` serves the shared
     stream and stops cleanly on Ctrl-C."""
-    child = Child("-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0", "--backplane", REDIS_URL,
-                  "--backplane-prefix", prefix)
+    child = Child(
+        "-m",
+        "coda_ws",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--backplane",
+        REDIS_URL,
+        "--backplane-prefix",
+        prefix,
+    )
     try:
         url = child.ws_url()
         with connect(f"{url}?v=1", open_timeout=CHILD_TIMEOUT) as ws:

@@ -81,15 +81,18 @@ def test_no_command_prints_usage_and_fails(capsys):
     assert "usage: coda-ws" in err and "demo" in err and "serve" in err
 
 
-@pytest.mark.parametrize("argv", [
-    ["demo", "--port", "70000"],
-    ["demo", "--port", "http"],
-    ["demo", "--pace", "-1"],
-    ["demo", "--metrics-interval", "0"],
-    ["demo", "--iterations", "0"],
-    ["serve", "--log-level", "loud"],
-    ["nonsense"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--port", "70000"],
+        ["demo", "--port", "http"],
+        ["demo", "--pace", "-1"],
+        ["demo", "--metrics-interval", "0"],
+        ["demo", "--iterations", "0"],
+        ["serve", "--log-level", "loud"],
+        ["nonsense"],
+    ],
+)
 def test_bad_arguments_exit_2(argv, capsys):
     """Invalid options are refused by argparse with exit code 2 and a message."""
     with pytest.raises(SystemExit) as exit_info:
@@ -141,7 +144,7 @@ def test_demo_streams_and_stops_on_sigint():
             frames += recv_until(ws, lambda f: f.get("type") == "system_metrics", CHILD_TIMEOUT)
             frames += recv_until(ws, lambda f: f.get("type") == "tts_progress", CHILD_TIMEOUT)
             assert frames[0]["type"] == "replay"
-            assert [_label(e) for e in frames[0]["events"]][0] == "system_info:startup"
+            assert next(_label(e) for e in frames[0]["events"]) == "system_info:startup"
             child.interrupt()
             rest = _until_closed(ws)
             assert ws.close_code == 1001
@@ -159,8 +162,14 @@ def test_demo_stops_on_sigterm():
     try:
         url = child.ws_url()
         with _connect(url) as ws:
-            recv_until(ws, lambda f: f.get("type") == "conversation_start"
-                       or any(e["type"] == "conversation_start" for e in f.get("events", [])), CHILD_TIMEOUT)
+            recv_until(
+                ws,
+                lambda f: (
+                    f.get("type") == "conversation_start"
+                    or any(e["type"] == "conversation_start" for e in f.get("events", []))
+                ),
+                CHILD_TIMEOUT,
+            )
             child.proc.send_signal(signal.SIGTERM)
             _until_closed(ws)
             assert ws.close_code == 1001

@@ -160,8 +160,12 @@ def test_get_times_out_with_none_and_close_ends_iteration(server):
 
 def test_filters_types_globs_and_session(server):
     """types globs and session_id filter live events and the replay frame alike."""
-    server.emit("llm_result", text="old", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b")
-    server.emit("llm_result", text="old-a", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="a")
+    server.emit(
+        "llm_result", text="old", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b"
+    )
+    server.emit(
+        "llm_result", text="old-a", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="a"
+    )
     with open_client(server.url, types="llm_*,stt_result", session_id="a") as client:
         assert client.wait_connected(TIMEOUT)
         server.emit("llm_token", **token("a"), session_id="a")
@@ -170,7 +174,10 @@ def test_filters_types_globs_and_session(server):
         server.emit("stt_result", text="no session", confidence=1.0, duration_ms=1.0)  # no session: passes
         events = take(client, 3)
         assert [(e.type, e.session_id) for e in events] == [
-            ("llm_result", "a"), ("llm_token", "a"), ("stt_result", None)]
+            ("llm_result", "a"),
+            ("llm_token", "a"),
+            ("stt_result", None),
+        ]
         assert client.get(timeout=0.05) is None
 
 
@@ -185,7 +192,7 @@ def test_subscribe_replaces_filters_now_and_after_reconnect(server):
         assert [e.type for e in take(client, 1)] == ["stt_start"]
         sessions = client.stats()["sessions"]
         assert client.reconnect()
-        wait_for(lambda: client.stats()["sessions"] > sessions, message="reconnect")
+        wait_for(lambda before=sessions: client.stats()["sessions"] > before, message="reconnect")
         server.emit("llm_token", **token("still filtered out"))
         server.emit("stt_start", mode="after reconnect")
         event = take(client, 1)[0]
@@ -222,8 +229,22 @@ def test_invalid_and_unknown_events_come_as_dicts(server):
     server.emit("llm_token", **token(2))
     server.bus.flush()
     # The replay buffer is a plain list that code may append to: smuggle in what emit() would refuse.
-    invalid = {"version": "1.0", "seq": 1, "timestamp": 1.0, "type": "stt_result", "session_id": None, "text": 42}
-    unknown = {"version": "1.0", "seq": 2, "timestamp": 1.0, "type": "from_the_future", "session_id": None, "x": 1}
+    invalid = {
+        "version": "1.0",
+        "seq": 1,
+        "timestamp": 1.0,
+        "type": "stt_result",
+        "session_id": None,
+        "text": 42,
+    }
+    unknown = {
+        "version": "1.0",
+        "seq": 2,
+        "timestamp": 1.0,
+        "type": "from_the_future",
+        "session_id": None,
+        "x": 1,
+    }
     server.replay_buffer.append(dict(invalid))
     server.replay_buffer.append(dict(unknown))
     with open_client(server.url) as client:
@@ -299,7 +320,9 @@ def test_close_codes_decide_about_reconnecting(server):
         for code in (4008, 1011):
             sessions = client.stats()["sessions"]
             server.clients[client.client_id].request_close(code, "test")
-            wait_for(lambda: client.stats()["sessions"] > sessions, message=f"reconnect after {code}")
+            wait_for(
+                lambda before=sessions: client.stats()["sessions"] > before, message=f"reconnect after {code}"
+            )
         assert client.stats()["disconnects"] == {"4008": 1, "1011": 1}
 
 
@@ -316,12 +339,16 @@ def test_refused_handshake_is_fatal_and_explained(server):
 def test_tokens_scopes_and_refusals(server_factory):
     """With auth on: no token ends the client with the server's 401 explanation; a token is sent as a bearer
     header; a read-only token gets redacted events, delivered as dicts without complaint."""
-    secured = server_factory(auth={"reader-token-0123456789": ["read"], "content-token-0123456789": ["read:content"]})
+    secured = server_factory(
+        auth={"reader-token-0123456789": ["read"], "content-token-0123456789": ["read:content"]}
+    )
     secured.emit("stt_result", text="secret words", confidence=0.9, duration_ms=1.0)
     with open_client(secured.url) as client:
         with pytest.raises(HandshakeRejected) as info:
             client.get(timeout=TIMEOUT)
-        assert info.value.status == 401 and info.value.code == "unauthorized" and "token" in info.value.message
+        assert (
+            info.value.status == 401 and info.value.code == "unauthorized" and "token" in info.value.message
+        )
     with open_client(secured.url, token="content-token-0123456789") as client:
         event = take(client, 1)[0]
         assert isinstance(event, STTResultEvent) and event.text == "secret words"
@@ -335,8 +362,14 @@ def test_backoff_is_bounded_and_max_retries_gives_up():
     """Against a closed port the client retries with growing delays, then gives up after max_retries."""
     port = free_port()
     started = time.monotonic()
-    with open_client(f"ws://127.0.0.1:{port}/", backoff_initial=0.02, backoff_factor=2.0, backoff_max=0.05,
-                     backoff_jitter=0.0, max_retries=3) as client:
+    with open_client(
+        f"ws://127.0.0.1:{port}/",
+        backoff_initial=0.02,
+        backoff_factor=2.0,
+        backoff_max=0.05,
+        backoff_jitter=0.0,
+        max_retries=3,
+    ) as client:
         with pytest.raises(ClientConnectionError, match="gave up after 4 attempts"):
             client.get(timeout=TIMEOUT)
         elapsed = time.monotonic() - started
@@ -403,20 +436,31 @@ def test_close_leaves_no_thread_behind(server):
     client.on_event(lambda event: None)
     assert client.wait_connected(TIMEOUT)
     names = {t.name for t in set(threading.enumerate()) - before}
-    assert {f"coda-ws-eventclient:{client.name}", f"coda-ws-eventclient-reader:{client.name}",
-            f"coda-ws-eventclient-callback:{client.name}"} <= names
+    assert {
+        f"coda-ws-eventclient:{client.name}",
+        f"coda-ws-eventclient-reader:{client.name}",
+        f"coda-ws-eventclient-callback:{client.name}",
+    } <= names
     assert client.close(TIMEOUT)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("coda-ws-eventclient")]
     # The server's side of the connection ends on its own a moment later.
-    wait_for(lambda: not (set(threading.enumerate()) - before), message="the server's connection threads to end")
+    wait_for(
+        lambda: not (set(threading.enumerate()) - before), message="the server's connection threads to end"
+    )
 
 
 # -- frames the server does not normally send ------------------------------------------------
 
 
 def _event(seq, mode="m"):
-    return {"version": "1.0", "seq": seq, "timestamp": 1000.0 + seq, "type": "stt_start", "session_id": None,
-            "mode": mode}
+    return {
+        "version": "1.0",
+        "seq": seq,
+        "timestamp": 1000.0 + seq,
+        "type": "stt_start",
+        "session_id": None,
+        "mode": mode,
+    }
 
 
 def test_resent_events_are_delivered_once():
@@ -425,19 +469,34 @@ def test_resent_events_are_delivered_once():
 
     def handler(ws):
         headers = ws.request.headers
-        requests.append((ws.request.path, headers.get("Authorization"), headers.get("Sec-WebSocket-Protocol")))
+        requests.append(
+            (ws.request.path, headers.get("Authorization"), headers.get("Sec-WebSocket-Protocol"))
+        )
         query = parse_qs(urlsplit(ws.request.path).query)
         if "since" not in query:
-            frames = [{"type": "hello", "protocol": 1, "epoch": "E1", "seq": 2, "client_id": "c1", "replay": 2},
-                      {"type": "replay", "events": [_event(1), _event(2)]},
-                      _event(2), _event(3), _event(3), _event(1), _event(4)]
+            frames = [
+                {"type": "hello", "protocol": 1, "epoch": "E1", "seq": 2, "client_id": "c1", "replay": 2},
+                {"type": "replay", "events": [_event(1), _event(2)]},
+                _event(2),
+                _event(3),
+                _event(3),
+                _event(1),
+                _event(4),
+            ]
             for frame in frames:
                 ws.send(json.dumps(frame))
             ws.close(1011, "bye")
             return
-        frames = [{"type": "hello", "protocol": 1, "epoch": "E1", "seq": 6, "client_id": "c2", "replay": 0},
-                  {"type": "resume", "recovered": True, "from": 5, "to": 6, "count": 2},
-                  _event(3), _event(4), _event(5), _event(6), _event(5), _event(7)]
+        frames = [
+            {"type": "hello", "protocol": 1, "epoch": "E1", "seq": 6, "client_id": "c2", "replay": 0},
+            {"type": "resume", "recovered": True, "from": 5, "to": 6, "count": 2},
+            _event(3),
+            _event(4),
+            _event(5),
+            _event(6),
+            _event(5),
+            _event(7),
+        ]
         for frame in frames:
             ws.send(json.dumps(frame))
         for _ in ws:  # until the client closes
@@ -460,7 +519,12 @@ def test_resent_events_are_delivered_once():
     first, second = requests
     assert first[1:] == second[1:] == ("Bearer sekret", "coda-ws.v1")
     assert parse_qs(urlsplit(first[0]).query) == {"key": ["kept"], "v": ["1"]}
-    assert parse_qs(urlsplit(second[0]).query) == {"key": ["kept"], "v": ["1"], "since": ["4"], "epoch": ["E1"]}
+    assert parse_qs(urlsplit(second[0]).query) == {
+        "key": ["kept"],
+        "v": ["1"],
+        "since": ["4"],
+        "epoch": ["E1"],
+    }
 
 
 @pytest.mark.parametrize("then_close", [False, True], ids=["then-quiet", "then-close"])
@@ -481,18 +545,28 @@ def test_frames_bundled_with_the_handshake_answer_are_not_held_back(then_close):
             request = b""
             while b"\r\n\r\n" not in request:
                 request += conn.recv(4096)
-            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key"))
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
             accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
             frames = b""
-            for frame in ({"type": "hello", "protocol": 1, "epoch": "E", "seq": 1, "client_id": "c", "replay": 1},
-                          {"type": "replay", "events": [_event(1, "bundled")]}, _event(2, "live")):
+            for frame in (
+                {"type": "hello", "protocol": 1, "epoch": "E", "seq": 1, "client_id": "c", "replay": 1},
+                {"type": "replay", "events": [_event(1, "bundled")]},
+                _event(2, "live"),
+            ):
                 frames += framing.text_frame(json.dumps(frame))
             if then_close:
                 frames += framing.close_frame(1000, "done")
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Protocol: coda-ws.v1\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                         + frames)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Protocol: coda-ws.v1\r\nSec-WebSocket-Accept: "
+                + accept
+                + b"\r\n\r\n"
+                + frames
+            )
             release.wait(TIMEOUT)  # then stay quiet until the test is done
 
     thread = threading.Thread(target=answer, name="test-raw-server")
@@ -500,7 +574,10 @@ def test_frames_bundled_with_the_handshake_answer_are_not_held_back(then_close):
     try:
         with open_client(f"ws://127.0.0.1:{listener.getsockname()[1]}/", reconnect=False) as client:
             events = take(client, 2)
-            assert [(type(e), e.mode) for e in events] == [(STTStartEvent, "bundled"), (STTStartEvent, "live")]
+            assert [(type(e), e.mode) for e in events] == [
+                (STTStartEvent, "bundled"),
+                (STTStartEvent, "live"),
+            ]
             release.set()  # the fake server hangs up: the stream ends either way
             assert list(client) == []
             assert client.close_code == (1000 if then_close else 1005)
@@ -542,7 +619,9 @@ def test_cut_hundreds_of_times_while_four_threads_emit(server):
     with open_client(server.url, on_gap=gaps.append) as client:
         client.on_event(lambda event: received.add(event.seq))
         assert client.wait_connected(TIMEOUT)
-        threads = [threading.Thread(target=emit, args=(n,), name=f"test-emitter-{n}") for n in range(emitters)]
+        threads = [
+            threading.Thread(target=emit, args=(n,), name=f"test-emitter-{n}") for n in range(emitters)
+        ]
         for thread in threads:
             thread.start()
         time_limit = time.monotonic() + 10.0
@@ -566,7 +645,10 @@ def test_cut_hundreds_of_times_while_four_threads_emit(server):
                             conn.request_close(how, "test")
                 if rng.random() < 0.2:
                     client.reconnect()  # may hit the next connection mid-handshake, or nothing
-                wait_for(lambda: client.stats()["sessions"] > sessions, message=f"reconnect in cycle {cycle}")
+                wait_for(
+                    lambda before=sessions: client.stats()["sessions"] > before,
+                    message=f"reconnect in cycle {cycle}",
+                )
                 done += 1
         finally:
             barrier.abort()  # emitters waiting for another cycle end

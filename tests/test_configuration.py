@@ -78,11 +78,17 @@ def test_every_server_keyword_is_an_option():
 
 def test_precedence_keyword_then_environment_then_flask_config_then_file_then_default(tmp_path, monkeypatch):
     toml = tmp_path / "coda-ws.toml"
-    toml.write_text("history_size = 11\nmax_clients = 11\nrate_limit = 11\nmax_replay_events = 11\n"
-                    "max_body_size = 11111\n")
+    toml.write_text(
+        "history_size = 11\nmax_clients = 11\nrate_limit = 11\nmax_replay_events = 11\n"
+        "max_body_size = 11111\n"
+    )
     app = Flask("host_app")
-    app.config.update(CODA_WS_MAX_CLIENTS=22, CODA_WS_RATE_LIMIT=22, CODA_WS_MAX_REPLAY_EVENTS=22,
-                      CODA_WS_MAX_BODY_SIZE=22222)
+    app.config.update(
+        CODA_WS_MAX_CLIENTS=22,
+        CODA_WS_RATE_LIMIT=22,
+        CODA_WS_MAX_REPLAY_EVENTS=22,
+        CODA_WS_MAX_BODY_SIZE=22222,
+    )
     monkeypatch.setenv("CODA_WS_RATE_LIMIT", "33")
     monkeypatch.setenv("CODA_WS_MAX_REPLAY_EVENTS", "33")
     monkeypatch.setenv("CODA_WS_MAX_BODY_SIZE", "33333")
@@ -104,10 +110,13 @@ def test_a_positional_argument_is_a_keyword(monkeypatch):
     assert CodaWebSocketServer("127.0.0.1").port == 9123
 
 
-@pytest.mark.parametrize("setting, message", [
-    ({"CODA_WS_PORT": "eighty"}, r"CODA_WS_PORT: port must be an integer, got 'eighty'"),
-    ({"CODA_WS_INSECURE": "maybe"}, r"CODA_WS_INSECURE: insecure must be true or false, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"CODA_WS_PORT": "eighty"}, r"CODA_WS_PORT: port must be an integer, got 'eighty'"),
+        ({"CODA_WS_INSECURE": "maybe"}, r"CODA_WS_INSECURE: insecure must be true or false, got 'maybe'"),
+    ],
+)
 def test_a_bad_environment_variable_is_named(setting, message, monkeypatch):
     for name, value in setting.items():
         monkeypatch.setenv(name, value)
@@ -138,8 +147,18 @@ def test_config_prints_each_setting_and_its_source(tmp_path, monkeypatch, capsys
     toml.write_text("[coda_ws]\nhistory_size = 7\nmax_clients = 7\nrate_limit = 7\n")
     monkeypatch.setenv("CODA_WS_MAX_CLIENTS", "8")
     monkeypatch.setenv("CODA_WS_RATE_LIMIT", "8")
-    rows = _config_rows(capsys, "--config", str(toml), "--rate-limit", "9", "--allow-host", "a.example,b.example",
-                        "--allow-host", "c.example", "--insecure")
+    rows = _config_rows(
+        capsys,
+        "--config",
+        str(toml),
+        "--rate-limit",
+        "9",
+        "--allow-host",
+        "a.example,b.example",
+        "--allow-host",
+        "c.example",
+        "--insecure",
+    )
     assert rows["history_size"] == ("7", "file")
     assert rows["max_clients"] == ("8", "environment")
     assert rows["rate_limit"] == ("9", "flag")
@@ -190,8 +209,9 @@ def test_serve_reads_the_config_file_and_the_environment_overrides_it(tmp_path):
 
 
 def test_demo_takes_the_journal_and_every_server_flag():
-    args = cli.build_parser().parse_args(["demo", "--journal", "events.db", "--history-size", "500",
-                                          "--port", "0"])
+    args = cli.build_parser().parse_args(
+        ["demo", "--journal", "events.db", "--history-size", "500", "--port", "0"]
+    )
     assert (args.journal, args.history_size, args.port) == ("events.db", 500, 0)
 
 
@@ -263,8 +283,12 @@ def test_a_foreign_html_refusal_is_reduced_to_its_words():
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: "
-                         + str(len(page)).encode() + b"\r\nConnection: close\r\n\r\n" + page)
+            conn.sendall(
+                b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: "
+                + str(len(page)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + page
+            )
 
     import threading
 
@@ -284,8 +308,14 @@ def test_a_foreign_html_refusal_is_reduced_to_its_words():
 def test_the_client_warns_after_repeated_failed_connects(caplog):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-    client = CodaEventClient(f"ws://127.0.0.1:{port}/", backoff_initial=0.001, backoff_max=0.001,
-                             backoff_jitter=0, max_retries=12, connect_timeout=1)
+    client = CodaEventClient(
+        f"ws://127.0.0.1:{port}/",
+        backoff_initial=0.001,
+        backoff_max=0.001,
+        backoff_jitter=0,
+        max_retries=12,
+        connect_timeout=1,
+    )
     with caplog.at_level(logging.WARNING, logger="coda_ws.client"):
         with pytest.raises(ClientConnectionError, match="gave up after 13 attempts"):
             for _ in client:
@@ -297,7 +327,9 @@ def test_the_client_warns_after_repeated_failed_connects(caplog):
 
 
 def test_an_unknown_event_type_gets_a_suggestion(server):
-    with pytest.raises(InvalidEventError, match=r"unknown event type 'stt_resutl' \(did you mean 'stt_result'\?\)"):
+    with pytest.raises(
+        InvalidEventError, match=r"unknown event type 'stt_resutl' \(did you mean 'stt_result'\?\)"
+    ):
         event_class("stt_resutl")
     with pytest.raises(InvalidEventError, match=r"did you mean 'llm_token'"):
         server.emit("llm_tokens", token="x")

@@ -18,7 +18,6 @@ from coda_ws import EventBus
 from coda_ws.demo import run_demo, run_demo_conversation, run_demo_errors, run_demo_loop
 from coda_ws.integration import CodaWebSocketIntegration
 from coda_ws.perf import WebSocketPerfIntegration
-
 from tests._proc import CHILD_TIMEOUT, ROOT, Child
 from tests.conftest import TIMEOUT, connect, recv_json, recv_until, wait_for
 
@@ -26,15 +25,36 @@ EXAMPLES = ROOT / "examples"
 
 #: The original demo's order (reference/original-coda.md), system_metrics aside.
 DEMO_ORDER = (
-    ["system_info:startup", "conversation_start", "stt_start", "stt_interim", "stt_interim", "stt_result",
-     "memory_retrieve", "llm_start"]
+    [
+        "system_info:startup",
+        "conversation_start",
+        "stt_start",
+        "stt_interim",
+        "stt_interim",
+        "stt_result",
+        "memory_retrieve",
+        "llm_start",
+    ]
     + ["llm_token"] * 9
     + ["llm_result", "tool_call", "tool_result", "tts_start"]
     + ["tts_progress"] * 4
-    + ["tts_result", "memory_store", "conversation_turn", "conversation_end",
-       "stt_error", "llm_error", "tts_error", "tool_error", "system_error",
-       "latency_trace", "latency_trace", "latency_trace", "component_timing",
-       "system_info:performance_summary", "system_info:shutdown"]
+    + [
+        "tts_result",
+        "memory_store",
+        "conversation_turn",
+        "conversation_end",
+        "stt_error",
+        "llm_error",
+        "tts_error",
+        "tool_error",
+        "system_error",
+        "latency_trace",
+        "latency_trace",
+        "latency_trace",
+        "component_timing",
+        "system_info:performance_summary",
+        "system_info:shutdown",
+    ]
 )
 
 
@@ -78,8 +98,14 @@ def _get(url):
 def test_example_files_are_runnable_scripts():
     """Each example has a module docstring, a main() and a __main__ guard."""
     names = sorted(path.name for path in EXAMPLES.glob("*.py"))
-    assert {"basic_server.py", "integration.py", "performance.py", "websocket_demo.py",
-            "flask_dashboard_app.py", "blocking_pipeline.py"} <= set(names)
+    assert {
+        "basic_server.py",
+        "integration.py",
+        "performance.py",
+        "websocket_demo.py",
+        "flask_dashboard_app.py",
+        "blocking_pipeline.py",
+    } <= set(names)
     for name in names:
         source = (EXAMPLES / name).read_text()
         assert source.startswith('"""'), name
@@ -116,16 +142,33 @@ def test_integration_example(tmp_path):
     finally:
         child.kill()
     assert [f["type"] for f in frames] == [
-        "stt_start", "stt_result", "llm_start", "llm_result", "tts_start", "tts_result",
+        "stt_start",
+        "stt_result",
+        "llm_start",
+        "llm_result",
+        "tts_start",
+        "tts_result",
     ]
     session = frames[0]["session_id"]
     assert session and all(f["session_id"] == session for f in frames)
     assert frames[0]["mode"] == "continuous"
-    assert (frames[1]["text"], frames[1]["confidence"], frames[1]["duration_ms"]) == ("Hello world", 0.95, 1500.0)
-    assert (frames[2]["prompt"], frames[2]["model"], frames[2]["temperature"]) == ("Hello world", "llama3", 0.7)
+    assert (frames[1]["text"], frames[1]["confidence"], frames[1]["duration_ms"]) == (
+        "Hello world",
+        0.95,
+        1500.0,
+    )
+    assert (frames[2]["prompt"], frames[2]["model"], frames[2]["temperature"]) == (
+        "Hello world",
+        "llama3",
+        0.7,
+    )
     assert (frames[3]["token_count"], frames[3]["tokens_per_second"]) == (15, 18.75)
     assert (frames[4]["voice_id"], frames[4]["engine"]) == ("default", "elevenlabs")
-    assert (frames[5]["duration_ms"], frames[5]["audio_duration_ms"], frames[5]["success"]) == (600.0, 1200.0, True)
+    assert (frames[5]["duration_ms"], frames[5]["audio_duration_ms"], frames[5]["success"]) == (
+        600.0,
+        1200.0,
+        True,
+    )
 
 
 def test_performance_example(tmp_path):
@@ -227,11 +270,16 @@ def test_blocking_pipeline(tmp_path):
     finally:
         child.kill()
     assert [f["seq"] for f in frames] == sorted({f["seq"] for f in frames})
-    results = {kind: [f for f in frames if f["type"] == kind]
-               for kind in ("stt_result", "llm_result", "tts_result", "conversation_turn")}
+    results = {
+        kind: [f for f in frames if f["type"] == kind]
+        for kind in ("stt_result", "llm_result", "tts_result", "conversation_turn")
+    }
     assert all(len(found) == 3 for found in results.values()), {k: len(v) for k, v in results.items()}
     for i in range(3):
-        seqs = [results[kind][i]["seq"] for kind in ("stt_result", "llm_result", "tts_result", "conversation_turn")]
+        seqs = [
+            results[kind][i]["seq"]
+            for kind in ("stt_result", "llm_result", "tts_result", "conversation_turn")
+        ]
         assert seqs == sorted(seqs)
         assert results["conversation_turn"][i]["user_input"] == results["stt_result"][i]["text"]
     assert [f["turn_number"] for f in results["conversation_turn"]] == [1, 2, 3]
@@ -239,12 +287,23 @@ def test_blocking_pipeline(tmp_path):
     assert len(end) == 1 and end[0]["total_turns"] == 3
     summary = [f for f in frames if _label(f) == "system_info:performance_summary"][-1]["data"]["data"]
     assert {key: value["count"] for key, value in summary["operation_timings"].items()} == {
-        "stt.transcribe": 3, "llm.generate": 3, "tts.synthesize": 3,
+        "stt.transcribe": 3,
+        "llm.generate": 3,
+        "tts.synthesize": 3,
     }
 
 
-@pytest.mark.parametrize("name", ["basic_server.py", "integration.py", "performance.py", "websocket_demo.py",
-                                  "flask_dashboard_app.py", "blocking_pipeline.py"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "basic_server.py",
+        "integration.py",
+        "performance.py",
+        "websocket_demo.py",
+        "flask_dashboard_app.py",
+        "blocking_pipeline.py",
+    ],
+)
 def test_examples_show_help(name, capsys):
     """Every example imports cleanly (no side effects at import) and its
     main() documents --port (default 8765) in --help."""
@@ -281,7 +340,7 @@ def test_demo_conversation_order(bus):
 
     integration = CodaWebSocketIntegration(bus)
     assert run_demo_conversation(integration, pace=0, conversation_id="c-1") is True
-    conversation = DEMO_ORDER[1:DEMO_ORDER.index("stt_error")]
+    conversation = DEMO_ORDER[1 : DEMO_ORDER.index("stt_error")]
     assert _types(bus) == conversation
     entries = [entry.to_dict() for entry in bus.history()]
     assert {entry["session_id"] for entry in entries} == {integration.session_id}
@@ -310,7 +369,9 @@ def test_demo_stops_promptly_when_asked(bus):
     stop_event = threading.Event()
     result = []
     worker = threading.Thread(
-        target=lambda: result.append(run_demo_loop(CodaWebSocketIntegration(bus), pace=1.0, stop_event=stop_event)),
+        target=lambda: result.append(
+            run_demo_loop(CodaWebSocketIntegration(bus), pace=1.0, stop_event=stop_event)
+        ),
         name="demo-under-test",
     )
     worker.start()

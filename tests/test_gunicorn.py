@@ -65,7 +65,9 @@ def test_gunicorn_node_serves_resumes_and_closes_with_1001(prefix, monkeypatch):
             rest = read_events(ws, 20, timeout=CHILD_TIMEOUT)
             assert [e["text"] for e in first + rest] == [str(i) for i in range(40)]
             for probe in ("healthz", "readyz"):
-                with urllib.request.urlopen(url.replace("ws://", "http://") + probe, timeout=CHILD_TIMEOUT) as reply:
+                with urllib.request.urlopen(
+                    url.replace("ws://", "http://") + probe, timeout=CHILD_TIMEOUT
+                ) as reply:
                     assert reply.status == 200
             child.proc.send_signal(signal.SIGTERM)
             try:

@@ -57,7 +57,10 @@ def test_readyz_names_a_failing_journal_or_backplane(server):
         server.journal = None
         server.backplane = _FailingPart("redis at 127.0.0.1:1 is unreachable")
         answer = get(server, "readyz")
-        assert answer.status == 503 and answer.json()["message"] == "backplane: redis at 127.0.0.1:1 is unreachable"
+        assert (
+            answer.status == 503
+            and answer.json()["message"] == "backplane: redis at 127.0.0.1:1 is unreachable"
+        )
     finally:
         server.journal = server.backplane = None  # stop() must not close the stand-ins
 
@@ -121,7 +124,7 @@ def test_events_pages_with_since_and_limit(server):
 
 def test_events_default_and_capped_limit(server):
     """Without limit 100 events come back; a limit above 1000 is capped to 1000."""
-    for i in range(1200):
+    for _i in range(1200):
         server.emit("tts_status", status="x")
     server.bus.flush(TIMEOUT)
     assert _seqs(get_json(server, "events")) == list(range(1, 101))
@@ -145,8 +148,15 @@ def test_events_filters_by_type_and_session(server):
     server.emit("stt_start", mode="ptt", session_id="s1")
     server.bus.flush(TIMEOUT)
     assert [e["type"] for e in get_json(server, "events?types=llm_*")] == ["llm_start", "llm_token"]
-    assert [e["type"] for e in get_json(server, "events?types=llm_start,stt_start")] == ["llm_start", "stt_start"]
-    assert [e["type"] for e in get_json(server, "events?session_id=s1")] == ["llm_start", "tts_status", "stt_start"]
+    assert [e["type"] for e in get_json(server, "events?types=llm_start,stt_start")] == [
+        "llm_start",
+        "stt_start",
+    ]
+    assert [e["type"] for e in get_json(server, "events?session_id=s1")] == [
+        "llm_start",
+        "tts_status",
+        "stt_start",
+    ]
     assert [e["type"] for e in get_json(server, "events?types=llm_*&session_id=s2")] == ["llm_token"]
     with connect(server.url + "?v=1") as client:
         client_id = recv_json(client)["client_id"]
@@ -163,8 +173,14 @@ def test_events_are_redacted_without_read_content(server_factory):
     server.bus.flush(TIMEOUT)
     redacted, plain = get_json(server, "events", token="reader")
     assert redacted["text"] is None and redacted["redacted"] is True and redacted["confidence"] == 0.9
-    assert plain == {"version": "1.0", "seq": 2, "timestamp": plain["timestamp"], "type": "tts_status",
-                     "session_id": None, "status": "speaking"}  # no content fields: sent as it is
+    assert plain == {
+        "version": "1.0",
+        "seq": 2,
+        "timestamp": plain["timestamp"],
+        "type": "tts_status",
+        "session_id": None,
+        "status": "speaking",
+    }  # no content fields: sent as it is
     full, _ = get_json(server, "events", token="full")
     assert full["text"] == "my bank PIN is 1234" and "redacted" not in full
     assert get(server, "events").status == 401
@@ -172,20 +188,23 @@ def test_events_are_redacted_without_read_content(server_factory):
     assert get(server, "events", token="pub").status == 403
 
 
-@pytest.mark.parametrize("query, words", [
-    ("since=-1", "since"),
-    ("since=abc", "since"),
-    ("since=1.5", "since"),
-    ("since=9999999999999999999999", "since"),
-    ("limit=0", "limit"),
-    ("limit=ten", "limit"),
-    ("limit=99999999999999999999999", "limit"),
-    ("since=1&since=2", "since is given 2 times"),
-    ("types=bad%20pattern", "invalid types"),
-    ("types=" + ",".join(f"t{i}" for i in range(65)), "too many type patterns"),
-    ("type=llm_start", "unknown query parameter 'type'"),
-    ("token=abc", "unknown query parameter 'token'"),
-])
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("since=-1", "since"),
+        ("since=abc", "since"),
+        ("since=1.5", "since"),
+        ("since=9999999999999999999999", "since"),
+        ("limit=0", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=99999999999999999999999", "limit"),
+        ("since=1&since=2", "since is given 2 times"),
+        ("types=bad%20pattern", "invalid types"),
+        ("types=" + ",".join(f"t{i}" for i in range(65)), "too many type patterns"),
+        ("type=llm_start", "unknown query parameter 'type'"),
+        ("token=abc", "unknown query parameter 'token'"),
+    ],
+)
 def test_events_bad_parameters_get_400_naming_them(server, query, words):
     """Each malformed query parameter gets a 400 whose message names it."""
     answer = get(server, "events?" + query)
@@ -207,15 +226,30 @@ def test_published_event_reaches_a_client_with_the_next_seq(server):
         assert answer.json() == {"seq": hello["seq"] + 1}
         event = recv_json(client)
     assert event["seq"] == hello["seq"] + 1
-    assert {key: event[key] for key in ("type", "session_id", "text", "confidence", "duration_ms", "language")} == {
-        "type": "stt_result", "session_id": "s9", "text": "turn on the lights", "confidence": 0.9,
-        "duration_ms": 120.0, "language": None}
+    assert {
+        key: event[key] for key in ("type", "session_id", "text", "confidence", "duration_ms", "language")
+    } == {
+        "type": "stt_result",
+        "session_id": "s9",
+        "text": "turn on the lights",
+        "confidence": 0.9,
+        "duration_ms": 120.0,
+        "language": None,
+    }
 
 
 def test_publish_coerces_like_emit_and_accepts_version(server):
     """Ints for float fields become floats; "version": "1.0" is accepted; system_info extras go into data."""
-    answer = post_json(server, {"type": "system_metrics", "version": "1.0", "memory_mb": 512, "cpu_percent": 3,
-                                "uptime_seconds": 10})
+    answer = post_json(
+        server,
+        {
+            "type": "system_metrics",
+            "version": "1.0",
+            "memory_mb": 512,
+            "cpu_percent": 3,
+            "uptime_seconds": 10,
+        },
+    )
     assert answer.status == 202
     answer = post_json(server, {"type": "system_info", "component": "debug page"})
     assert answer.status == 202
@@ -228,35 +262,45 @@ def test_publish_coerces_like_emit_and_accepts_version(server):
 _DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
-@pytest.mark.parametrize("body, field, words", [
-    (b"", None, "empty"),
-    (b"   ", None, "empty"),
-    (b"{not json", None, "not valid JSON"),
-    (b'{"type": "tts_status", "status": "a"', None, "not valid JSON"),
-    (b"\xff\xfe{}", None, "not UTF-8"),
-    (_DEEP, None, "nested too deeply"),
-    (b"[1, 2]", None, "got an array"),
-    (b'"stt_result"', None, "got a string"),
-    (b"42", None, "got a number"),
-    (b"null", None, "got null"),
-    (b"{}", "type", "no 'type'"),
-    (b'{"type": 7}', "type", "'type' must be a string"),
-    (b'{"type": "no_such_type"}', "type", "unknown event type 'no_such_type'"),
-    (b'{"type": "tts_status"}', "status", "missing required field 'status'"),
-    (b'{"type": "tts_status", "status": "a", "colour": "red"}', "colour", "unknown field 'colour'"),
-    (b'{"type": "stt_result", "text": "a", "confidence": "high", "duration_ms": 1}', "confidence", "number"),
-    (b'{"type": "stt_result", "text": "a", "confidence": NaN, "duration_ms": 1}', "confidence", "finite"),
-    (b'{"type": "llm_result", "text": "a", "duration_ms": 1, "token_count": 1.5, "tokens_per_second": 1}',
-     "token_count", "integer"),
-    (b'{"type": "tts_status", "status": "a", "session_id": 5}', "session_id", "session_id"),
-    (b'{"type": "tts_status", "status": "a", "seq": 5}', "seq", "set by the server"),
-    (b'{"type": "tts_status", "status": "a", "timestamp": 5}', "timestamp", "set by the server"),
-    (b'{"type": "tts_status", "status": "a", "redacted": true}', "redacted", "set by the server"),
-    (b'{"type": "tts_status", "status": "a", "version": "2.0"}', "version", "'version' must be '1.0'"),
-    (b'{"type": "tts_status", "status": "a", "high_priority": true}', "high_priority", "not a field"),
-    (b'{"type": "system_info", "self": 1}', "self", "not a field"),
-    (b'{"type": "system_info", "event_type": "x"}', "event_type", "not a field"),
-])
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        (b"", None, "empty"),
+        (b"   ", None, "empty"),
+        (b"{not json", None, "not valid JSON"),
+        (b'{"type": "tts_status", "status": "a"', None, "not valid JSON"),
+        (b"\xff\xfe{}", None, "not UTF-8"),
+        (_DEEP, None, "nested too deeply"),
+        (b"[1, 2]", None, "got an array"),
+        (b'"stt_result"', None, "got a string"),
+        (b"42", None, "got a number"),
+        (b"null", None, "got null"),
+        (b"{}", "type", "no 'type'"),
+        (b'{"type": 7}', "type", "'type' must be a string"),
+        (b'{"type": "no_such_type"}', "type", "unknown event type 'no_such_type'"),
+        (b'{"type": "tts_status"}', "status", "missing required field 'status'"),
+        (b'{"type": "tts_status", "status": "a", "colour": "red"}', "colour", "unknown field 'colour'"),
+        (
+            b'{"type": "stt_result", "text": "a", "confidence": "high", "duration_ms": 1}',
+            "confidence",
+            "number",
+        ),
+        (b'{"type": "stt_result", "text": "a", "confidence": NaN, "duration_ms": 1}', "confidence", "finite"),
+        (
+            b'{"type": "llm_result", "text": "a", "duration_ms": 1, "token_count": 1.5, "tokens_per_second": 1}',
+            "token_count",
+            "integer",
+        ),
+        (b'{"type": "tts_status", "status": "a", "session_id": 5}', "session_id", "session_id"),
+        (b'{"type": "tts_status", "status": "a", "seq": 5}', "seq", "set by the server"),
+        (b'{"type": "tts_status", "status": "a", "timestamp": 5}', "timestamp", "set by the server"),
+        (b'{"type": "tts_status", "status": "a", "redacted": true}', "redacted", "set by the server"),
+        (b'{"type": "tts_status", "status": "a", "version": "2.0"}', "version", "'version' must be '1.0'"),
+        (b'{"type": "tts_status", "status": "a", "high_priority": true}', "high_priority", "not a field"),
+        (b'{"type": "system_info", "self": 1}', "self", "not a field"),
+        (b'{"type": "system_info", "event_type": "x"}', "event_type", "not a field"),
+    ],
+)
 def test_publish_bad_bodies_get_400_naming_the_problem(server, body, field, words):
     """Every kind of invalid body gets a 400 whose message names the problem (and "field" the field)."""
     answer = post_json(server, body)
@@ -268,8 +312,10 @@ def test_publish_bad_bodies_get_400_naming_the_problem(server, body, field, word
     assert server.sequence_number == 0  # nothing was published
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
 def test_publish_needs_a_json_content_type(server, content_type):
     """A body that is not declared as JSON (a form post from a web page) gets 415."""
     answer = post_json(server, json.dumps(STT).encode(), content_type=content_type)
@@ -288,8 +334,13 @@ def test_publish_oversize_body_gets_413(server_factory):
     fits["status"] = "x" * (1024 - len(json.dumps(fits)))
     assert len(json.dumps(fits)) == 1024
     assert post_json(server, fits).status == 202
-    chunked = request(server, "events", "POST", iter([json.dumps(big).encode()]),
-                      {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    chunked = request(
+        server,
+        "events",
+        "POST",
+        iter([json.dumps(big).encode()]),
+        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
     assert chunked.status == 413
     assert server.sequence_number == 1
 
@@ -381,7 +432,9 @@ def test_events_reach_back_into_the_journal(server_factory, tmp_path):
     for i in range(30):
         server.emit("tts_status", status=str(i))
     server.bus.flush(TIMEOUT)
-    wait_for(lambda: _seqs(get_json(server, "events?since=0&limit=100")) == list(range(1, 31)),
-             message=lambda: f"all 30, got {_seqs(get_json(server, 'events?since=0&limit=100'))}")
+    wait_for(
+        lambda: _seqs(get_json(server, "events?since=0&limit=100")) == list(range(1, 31)),
+        message=lambda: f"all 30, got {_seqs(get_json(server, 'events?since=0&limit=100'))}",
+    )
     assert _seqs(get_json(server, "events?since=5&limit=10")) == list(range(6, 16))
     assert get_json(server, "readyz")["checks"]["journal"] == "ok"

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from coda_ws import CodaWebSocketServer, EventBus, EventFilter, cli
-from coda_ws.wire import StampedEvent
 from coda_ws.journal import Journal, read_journal
+from coda_ws.wire import StampedEvent
 
 from ._proc import CHILD_TIMEOUT, Child
 from .conftest import TIMEOUT, connect, recv_json, wait_for
@@ -52,7 +52,13 @@ def test_restart_keeps_epoch_and_seq_and_clients_resume(server_factory, tmp_path
     assert second.sequence_number == 10_000
     with open_v1(second, f"since=5000&epoch={epoch}") as (ws, hello):
         assert hello["epoch"] == epoch and hello["seq"] == 10_000
-        assert recv_json(ws) == {"type": "resume", "recovered": True, "from": 5001, "to": 10_000, "count": 5000}
+        assert recv_json(ws) == {
+            "type": "resume",
+            "recovered": True,
+            "from": 5001,
+            "to": 10_000,
+            "count": 5000,
+        }
         got = [recv_json(ws) for _ in range(5000)]
         assert [e["seq"] for e in got] == list(range(5001, 10_001))
         assert [e["token"] for e in got] == [str(i) for i in range(5000, 10_000)]
@@ -121,8 +127,17 @@ def test_retention_by_count_trims_and_resume_reports_too_old(server_factory, tmp
 
 
 def _wire(seq, timestamp, mode):
-    return json.dumps({"version": "1.0", "seq": seq, "timestamp": timestamp, "type": "stt_start",
-                       "session_id": None, "mode": mode}, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "version": "1.0",
+            "seq": seq,
+            "timestamp": timestamp,
+            "type": "stt_start",
+            "session_id": None,
+            "mode": mode,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 class _Sequencer:
@@ -142,8 +157,12 @@ def test_retention_by_age_drops_old_events(tmp_path):
     bus.set_sequencer(_Sequencer())
     try:
         old, now = time.time() - 3600, time.time()
-        bus.ingest([StampedEvent(i, old, "stt_start", None, False, _wire(i, old, "old")) for i in range(1, 51)])
-        bus.ingest([StampedEvent(i, now, "stt_start", None, False, _wire(i, now, "new")) for i in range(51, 61)])
+        bus.ingest(
+            [StampedEvent(i, old, "stt_start", None, False, _wire(i, old, "old")) for i in range(1, 51)]
+        )
+        bus.ingest(
+            [StampedEvent(i, now, "stt_start", None, False, _wire(i, now, "new")) for i in range(51, 61)]
+        )
         assert journal.flush(TIMEOUT)
         assert journal.count() == 10
         assert [json.loads(line)["mode"] for line in read_journal(path)] == ["new"] * 10
@@ -203,7 +222,12 @@ def test_export_command_prints_json_lines(server_factory, tmp_path, capsys):
     server.stop()
     assert cli.main(["export", path, "--since", "4", "--types", "stt_*"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [(e["seq"], e["mode"]) for e in map(json.loads, lines)] == [(5, "2"), (7, "3"), (9, "4"), (11, "5")]
+    assert [(e["seq"], e["mode"]) for e in map(json.loads, lines)] == [
+        (5, "2"),
+        (7, "3"),
+        (9, "4"),
+        (11, "5"),
+    ]
     assert cli.main(["export", path, "--limit", "2"]) == 0
     assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [1, 2]
     assert cli.main(["export", str(tmp_path / "missing.db")]) == 1
@@ -275,9 +299,17 @@ def test_sigkilled_server_loses_at_most_the_last_flush_interval(server_factory, 
     assert windows == ([[committed + 1, reserved]] if reserved > committed else [])
     assert server.emit("stt_start", mode="after").seq == reserved + 1
     with open_v1(server, f"since={committed - 5}&epoch={old_epoch}") as (ws, _):
-        assert recv_json(ws) == {"type": "resume", "recovered": True, "from": committed - 4, "to": reserved + 1,
-                                 "count": 6}
-        assert [recv_json(ws)["seq"] for _ in range(6)] == [*range(committed - 4, committed + 1), reserved + 1]
+        assert recv_json(ws) == {
+            "type": "resume",
+            "recovered": True,
+            "from": committed - 4,
+            "to": reserved + 1,
+            "count": 6,
+        }
+        assert [recv_json(ws)["seq"] for _ in range(6)] == [
+            *range(committed - 4, committed + 1),
+            reserved + 1,
+        ]
     if reserved > committed:
         with open_v1(server, f"since={committed + 1}&epoch={old_epoch}") as (ws, _):
             frame = recv_json(ws)
@@ -291,8 +323,19 @@ def test_serve_command_with_journal(tmp_path):
     path = str(tmp_path / "events.db")
     epochs = []
     for _ in range(2):
-        child = Child("-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0", "--journal", path,
-                      "--journal-max-events", "1000")
+        child = Child(
+            "-m",
+            "coda_ws",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--journal",
+            path,
+            "--journal-max-events",
+            "1000",
+        )
         try:
             url = child.ws_url()
             with connect(f"{url}?v=1", open_timeout=CHILD_TIMEOUT) as ws:

@@ -106,7 +106,9 @@ def test_writer_survives_a_write_lock_held_across_stop_and_start(server_factory,
         assert status == 503 and "journal: writes failing" in body["message"], body
         assert "database is locked" in body["checks"]["journal"]
         age = stats["oldest_unwritten_age"]
-        wait_for(lambda: server.journal.stats()["oldest_unwritten_age"] > age + 0.2, TIMEOUT, "the age to grow")
+        wait_for(
+            lambda: server.journal.stats()["oldest_unwritten_age"] > age + 0.2, TIMEOUT, "the age to grow"
+        )
         families = scrape(server)
         assert value(families, "coda_ws_journal_up") == 0
         assert value(families, "coda_ws_journal_write_errors", "_total") >= 2
@@ -133,7 +135,9 @@ def test_writer_survives_a_write_lock_held_across_stop_and_start(server_factory,
     wait_for(lambda: file_seqs(path) == list(range(1, 201)), TIMEOUT, "every event committed")
     wait_for(lambda: readyz(server)[0] == 200, TIMEOUT, "readiness")
     assert value(scrape(server), "coda_ws_journal_up") == 1
-    ended = [r.getMessage() for r in caplog.records if r.name == JOURNAL_LOG and "writing again" in r.getMessage()]
+    ended = [
+        r.getMessage() for r in caplog.records if r.name == JOURNAL_LOG and "writing again" in r.getMessage()
+    ]
     # 100, or 50 when the writer stop() gave up on was still inside SQLite's busy wait at the
     # restart: it writes its own 50 on its way out and a new writer the other 50.
     assert len(ended) == 1 and re.search(r"(100|50) events written late", ended[0]), ended
@@ -178,8 +182,10 @@ def test_a_failed_write_never_deletes_committed_rows(server_factory, tmp_path):
     emit_tokens(server, 200)
     assert server.bus.flush(TIMEOUT) and server.journal.flush(TIMEOUT)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=TIMEOUT)) as conn:
-        conn.execute("CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.seq > 200 "
-                     "BEGIN SELECT RAISE(ABORT, 'injected write failure'); END")
+        conn.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.seq > 200 "
+            "BEGIN SELECT RAISE(ABORT, 'injected write failure'); END"
+        )
         emit_tokens(server, 100, start=200)
         wait_for(lambda: server.journal.stats()["write_errors"] >= 3, TIMEOUT, "three failed attempts")
         conn.execute("DROP TRIGGER fail")
@@ -264,8 +270,9 @@ def small_disk(tmp_path):
     """A 2 MB tmpfs mounted for the test (needs root; CI runs as root)."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         reason = f"cannot mount a tmpfs: {result.stderr.strip() or result.returncode}"
         if os.environ.get("CI"):
@@ -417,16 +424,26 @@ def test_sigkill_right_after_3000_emits_never_reuses_a_seq(server_factory, tmp_p
 
     with open_v1(server.url, f"since=3000&epoch={epoch}") as (ws, hello):
         assert hello["epoch"] == epoch and hello["seq"] == reserved
-        assert recv_json(ws) == {"type": "resume", "recovered": False, "reason": "lost", "earliest": 1,
-                                 "lost": [committed + 1, reserved]}
+        assert recv_json(ws) == {
+            "type": "resume",
+            "recovered": False,
+            "reason": "lost",
+            "earliest": 1,
+            "lost": [committed + 1, reserved],
+        }
         assert recv_json(ws)["type"] == "replay"
         new = server.emit("llm_token", token="new", cumulative_text="")
         assert new.seq == reserved + 1 > max(token_of)
         assert recv_events(ws, 1)[0]["seq"] == reserved + 1
     token_of[new.seq] = "new"
     with open_v1(server.url, f"since=500&epoch={epoch}") as (ws, _):
-        assert recv_json(ws) == {"type": "resume", "recovered": True, "from": 501, "to": reserved + 1,
-                                 "count": committed - 500 + 1}
+        assert recv_json(ws) == {
+            "type": "resume",
+            "recovered": True,
+            "from": 501,
+            "to": reserved + 1,
+            "count": committed - 500 + 1,
+        }
         again = recv_events(ws, committed - 500 + 1)
     assert [e["seq"] for e in again] == [*range(501, committed + 1), reserved + 1]
     assert all(token_of[e["seq"]] == e["token"] for e in again)  # a seq always names the same event
@@ -442,7 +459,7 @@ def test_a_new_journal_killed_before_its_first_commit_keeps_its_epoch_and_seqs(s
     keeps the epoch, continues above every seq handed out, and tells a
     client at 50 that positions 1..reserved were lost."""
     path = str(tmp_path / "events.db")
-    epoch, seen = _kill_after_emits(path, 10_000, 50)
+    epoch, _seen = _kill_after_emits(path, 10_000, 50)
     server = server_factory(journal=path)
     assert server.epoch == epoch
     reserved = server.sequence_number
@@ -488,7 +505,7 @@ def test_a_truncated_file_is_refused_with_what_to_do(server_factory, tmp_path):
     file and says what to do."""
     path = tmp_path / "events.db"
     server = server_factory(journal=str(path))
-    for i in range(2000):
+    for _i in range(2000):
         server.emit("llm_token", token="x" * 200, cumulative_text="")
     server.stop()
     size = path.stat().st_size
@@ -513,8 +530,10 @@ def test_bad_rows_are_skipped_and_counted_and_the_server_starts(server_factory, 
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE events SET data = ? WHERE seq = 3", (b'{"version":"1.0","seq":3,\xff garbage',))
         conn.execute("UPDATE events SET data = replace(data, '\"seq\":5,', '\"seq\":99,') WHERE seq = 5")
-        conn.execute("UPDATE events SET type = 'no_such_type', "
-                     "data = replace(data, 'llm_token', 'no_such_type') WHERE seq = 7")
+        conn.execute(
+            "UPDATE events SET type = 'no_such_type', "
+            "data = replace(data, 'llm_token', 'no_such_type') WHERE seq = 7"
+        )
     caplog.set_level(logging.WARNING, logger=JOURNAL_LOG)
     restarted = server_factory(journal=path)
     assert restarted.epoch == epoch and restarted.sequence_number == 10

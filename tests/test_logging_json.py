@@ -17,14 +17,16 @@ from .conftest import connect, recv_json, wait_for
 
 def _record(message, *args, exc_info=None, **extra):
     record = logging.getLogger("coda_ws.test").makeRecord(
-        "coda_ws.test", logging.WARNING, __file__, 1, message, args, exc_info, extra=extra)
+        "coda_ws.test", logging.WARNING, __file__, 1, message, args, exc_info, extra=extra
+    )
     return record
 
 
 def test_json_formatter_writes_one_object_per_record():
     """Time, level, logger, thread, message and every extra field are keys of one JSON line."""
-    line = JsonFormatter().format(_record("client %s gone", "c1", client_id="c1", close_code=1000,
-                                          odd={1, 2}))
+    line = JsonFormatter().format(
+        _record("client %s gone", "c1", client_id="c1", close_code=1000, odd={1, 2})
+    )
     assert "\n" not in line
     data = json.loads(line)
     assert data["level"] == "WARNING" and data["logger"] == "coda_ws.test"
@@ -71,8 +73,13 @@ def test_connect_and_disconnect_lines_name_client_address_and_code(server, caplo
     address = f"{local[0]}:{local[1]}"
 
     def lines(word):
-        return [r for r in caplog.records if r.name == "coda_ws.server" and word in r.getMessage()
-                and getattr(r, "client_id", None) == client_id]
+        return [
+            r
+            for r in caplog.records
+            if r.name == "coda_ws.server"
+            and word in r.getMessage()
+            and getattr(r, "client_id", None) == client_id
+        ]
 
     wait_for(lambda: lines("disconnected"), message="disconnect line")
     (connected,) = lines(" connected")
@@ -84,8 +91,19 @@ def test_connect_and_disconnect_lines_name_client_address_and_code(server, caplo
 
 def test_serve_log_format_json_writes_json_lines():
     """`coda-ws serve --log-format json`: every stderr line is a JSON object; connects and disconnects are there."""
-    with Child("-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info",
-               "--log-format", "json") as child:
+    with Child(
+        "-m",
+        "coda_ws",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ) as child:
         url = child.ws_url()
         with connect(url + "?v=1") as client:
             client_id = recv_json(client)["client_id"]
@@ -93,14 +111,21 @@ def test_serve_log_format_json_writes_json_lines():
         def records():
             return [json.loads(line) for line in list(child.stderr_lines) if line.strip()]
 
-        wait_for(lambda: any(r.get("client_id") == client_id and "close_code" in r for r in records()),
-                 timeout=30, message=lambda: f"a disconnect line in {child.describe()}")
+        wait_for(
+            lambda: any(r.get("client_id") == client_id and "close_code" in r for r in records()),
+            timeout=30,
+            message=lambda: f"a disconnect line in {child.describe()}",
+        )
         child.interrupt()
         assert child.wait() == 0
     parsed = records()
     assert all({"time", "level", "logger", "message"} <= set(r) for r in parsed)
     connected = [r for r in parsed if r.get("client_id") == client_id and "protocol" in r]
     disconnected = [r for r in parsed if r.get("client_id") == client_id and "close_code" in r]
-    assert connected and connected[0]["logger"] == "coda_ws.server" and connected[0]["address"].startswith("127.0.0.1:")
+    assert (
+        connected
+        and connected[0]["logger"] == "coda_ws.server"
+        and connected[0]["address"].startswith("127.0.0.1:")
+    )
     assert disconnected[0]["close_code"] == 1000 and disconnected[0]["reason"] == "client_closed"
     assert any(r["message"].startswith("coda_ws serving on") for r in parsed)

@@ -79,7 +79,10 @@ def test_clients_gauge_is_exact_after_100_connects_and_disconnects(server):
     assert len(samples(families, "coda_ws_client_queue_depth")) == 3
     assert len(samples(families, "coda_ws_client_lag_events")) == 3
     assert value(families, "coda_ws_connections", "_total") == 100
-    assert samples(families, "coda_ws_disconnects", "_total") == {(("code", "1000"),): 49, (("code", "1006"),): 48}
+    assert samples(families, "coda_ws_disconnects", "_total") == {
+        (("code", "1000"),): 49,
+        (("code", "1006"),): 48,
+    }
 
     for client in kept:
         client.send_close(1000)
@@ -109,14 +112,20 @@ def test_paused_client_lag_and_queue_depth_rise_and_go_when_it_is_closed(server_
 
         def paused_state():
             families = scrape(server)
-            return (value(families, "coda_ws_client_lag_events", client=paused_id),
-                    value(families, "coda_ws_client_queue_depth", client=paused_id))
+            return (
+                value(families, "coda_ws_client_lag_events", client=paused_id),
+                value(families, "coda_ws_client_queue_depth", client=paused_id),
+            )
 
-        wait_for(lambda: paused_state()[0] > 100 and paused_state()[1] > 0,
-                 message=lambda: f"lag and queue depth up, got {paused_state()}")
+        wait_for(
+            lambda: paused_state()[0] > 100 and paused_state()[1] > 0,
+            message=lambda: f"lag and queue depth up, got {paused_state()}",
+        )
         healthy_id = next(cid for cid in server.clients if cid != paused_id)
-        wait_for(lambda: value(scrape(server), "coda_ws_client_lag_events", client=healthy_id) == 0,
-                 message="the healthy client is not behind")
+        wait_for(
+            lambda: value(scrape(server), "coda_ws_client_lag_events", client=healthy_id) == 0,
+            message="the healthy client is not behind",
+        )
         assert server.clients[paused_id].info()["lag"] > 100  # /stats tells the same story
 
         paused.reset()
@@ -142,8 +151,10 @@ def test_conflated_state_is_counted_as_dropped_by_type_and_reason(server):
         (("reason", "conflated"), ("type", "system_metrics")): 199,
     }
     reader.close()  # a closed reader's drops stay counted
-    assert value(scrape(server), "coda_ws_events_dropped", "_total", type="system_metrics",
-                 reason="conflated") == 199
+    assert (
+        value(scrape(server), "coda_ws_events_dropped", "_total", type="system_metrics", reason="conflated")
+        == 199
+    )
     assert server.get_stats()["events_dropped"] == 199
 
 
@@ -183,7 +194,7 @@ def test_scrapes_while_emitting_stay_valid(server):
     thread = threading.Thread(target=scraper, name="test-scraper")
     thread.start()
     try:
-        for i in range(3000):
+        for _i in range(3000):
             server.emit("tts_status", status="x")
         wait_for(lambda: len(scrapes) >= 3, message="a few scrapes")
     finally:

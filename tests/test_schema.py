@@ -49,8 +49,12 @@ def test_every_demo_event_validates(server, validator):
         integration = CodaWebSocketIntegration(server)
         perf = WebSocketPerfIntegration(server, metrics_interval=60.0)
         assert run_demo(integration, perf, pace=0, connect_wait=0)
-        assert run_demo_loop(integration, WebSocketPerfIntegration(server, metrics_interval=60.0), pace=0,
-                             iterations=5) == 5
+        assert (
+            run_demo_loop(
+                integration, WebSocketPerfIntegration(server, metrics_interval=60.0), pace=0, iterations=5
+            )
+            == 5
+        )
         last = server.sequence_number
         events = []
         while not events or events[-1]["seq"] < last:
@@ -81,24 +85,37 @@ def test_every_type_validates_plain_and_redacted(server_factory):
     assert redacted["redacted"] is True and redacted["user_input"] is None
 
 
-GOOD = {"version": "1.0", "seq": 7, "timestamp": 1764288000.5, "type": "stt_result", "session_id": "s1",
-        "text": "hello", "confidence": 0.9, "duration_ms": 150.0, "language": None}
+GOOD = {
+    "version": "1.0",
+    "seq": 7,
+    "timestamp": 1764288000.5,
+    "type": "stt_result",
+    "session_id": "s1",
+    "text": "hello",
+    "confidence": 0.9,
+    "duration_ms": 150.0,
+    "language": None,
+}
 
 
-@pytest.mark.parametrize("change", [
-    {"confidence": "high"},  # wrong kind
-    {"duration_ms": None},  # null for a required number
-    {"text": None},  # content removed without saying so
-    {"text": 5},
-    {"language": 3},
-    {"type": "no_such_type"},
-    {"version": "2.0"},
-    {"seq": 0},
-    {"seq": "7"},
-    {"session_id": 5},
-    {"colour": "red"},  # unknown key
-    {"redacted": False},
-], ids=lambda change: ",".join(f"{key}={value!r}" for key, value in change.items()))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"confidence": "high"},  # wrong kind
+        {"duration_ms": None},  # null for a required number
+        {"text": None},  # content removed without saying so
+        {"text": 5},
+        {"language": 3},
+        {"type": "no_such_type"},
+        {"version": "2.0"},
+        {"seq": 0},
+        {"seq": "7"},
+        {"session_id": 5},
+        {"colour": "red"},  # unknown key
+        {"redacted": False},
+    ],
+    ids=lambda change: ",".join(f"{key}={value!r}" for key, value in change.items()),
+)
 def test_corrupted_events_are_rejected(validator, change):
     """A good event validates; the same event with one corruption does not."""
     assert validator.is_valid(GOOD)
@@ -115,11 +132,26 @@ def test_events_missing_a_key_are_rejected(validator, missing):
 
 def test_nested_kinds_are_checked(validator):
     """List items and dict values are typed (relevance scores are numbers, timings are numbers)."""
-    good = {"version": "1.0", "seq": 1, "timestamp": 1.0, "type": "memory_retrieve", "session_id": None,
-            "query": "tea", "results_count": 1, "relevance_scores": [0.5]}
+    good = {
+        "version": "1.0",
+        "seq": 1,
+        "timestamp": 1.0,
+        "type": "memory_retrieve",
+        "session_id": None,
+        "query": "tea",
+        "results_count": 1,
+        "relevance_scores": [0.5],
+    }
     assert validator.is_valid(good)
     assert not validator.is_valid({**good, "relevance_scores": ["high"]})
-    timing = {"version": "1.0", "seq": 1, "timestamp": 1.0, "type": "component_timing", "session_id": None,
-              "component": "tts", "timings": {"synth": 10.0}}
+    timing = {
+        "version": "1.0",
+        "seq": 1,
+        "timestamp": 1.0,
+        "type": "component_timing",
+        "session_id": None,
+        "component": "tts",
+        "timings": {"synth": 10.0},
+    }
     assert validator.is_valid(timing)
     assert not validator.is_valid({**timing, "timings": {"synth": "slow"}})

@@ -47,17 +47,29 @@ def result_of(outcome):
 def emit_sample(server):
     """A short, varied stream: several types, sessions, nested fields. Returns (type, session, fields) tuples."""
     sample = [
-        ("stt_result", "s1", {"text": "what's the weather", "confidence": 0.93, "duration_ms": 812.5,
-                              "language": "en"}),
+        (
+            "stt_result",
+            "s1",
+            {"text": "what's the weather", "confidence": 0.93, "duration_ms": 812.5, "language": "en"},
+        ),
         ("llm_start", "s1", {"prompt": "what's the weather", "model": "llama3", "temperature": 0.7}),
         ("llm_token", "s1", {"token": "Sunny", "cumulative_text": "Sunny"}),
-        ("tool_call", "s1", {"tool_name": "weather", "parameters": {"city": "Paris", "days": [1, 2]},
-                             "call_id": "c1"}),
-        ("system_metrics", None, {"memory_mb": 512.0, "cpu_percent": 12.5, "gpu_vram_mb": None,
-                                  "uptime_seconds": 3.0}),
+        (
+            "tool_call",
+            "s1",
+            {"tool_name": "weather", "parameters": {"city": "Paris", "days": [1, 2]}, "call_id": "c1"},
+        ),
+        (
+            "system_metrics",
+            None,
+            {"memory_mb": 512.0, "cpu_percent": 12.5, "gpu_vram_mb": None, "uptime_seconds": 3.0},
+        ),
         ("system_info", None, {"data": {"note": "ünïcode ✓", "nested": {"a": [1, 2.5]}}}),
-        ("llm_result", "s2", {"text": "Sunny, 21°C", "duration_ms": 950.0, "token_count": 5,
-                              "tokens_per_second": 5.3}),
+        (
+            "llm_result",
+            "s2",
+            {"text": "Sunny, 21°C", "duration_ms": 950.0, "token_count": 5, "tokens_per_second": 5.3},
+        ),
     ]
     for type_name, session_id, fields in sample:
         server.emit(type_name, session_id=session_id, **fields)
@@ -69,7 +81,9 @@ def as_triples(events):
     triples = []
     for event in events:
         data = event if isinstance(event, dict) else event.to_dict()
-        fields = {k: v for k, v in data.items() if k not in ("version", "seq", "timestamp", "type", "session_id")}
+        fields = {
+            k: v for k, v in data.items() if k not in ("version", "seq", "timestamp", "type", "session_id")
+        }
         triples.append((data["type"], data["session_id"], fields))
     return triples
 
@@ -88,8 +102,17 @@ def test_tail_json_prints_one_event_per_line(server):
     lines = out.getvalue().splitlines()
     events = [json.loads(line) for line in lines]
     assert [e["seq"] for e in events] == list(range(1, 9))
-    assert list(events[1]) == ["version", "seq", "timestamp", "type", "session_id", "text", "confidence",
-                               "duration_ms", "language"]
+    assert list(events[1]) == [
+        "version",
+        "seq",
+        "timestamp",
+        "type",
+        "session_id",
+        "text",
+        "confidence",
+        "duration_ms",
+        "language",
+    ]
     assert as_triples(events[1:]) == [(t, s, f) for t, s, f in sample]
 
 
@@ -97,8 +120,9 @@ def test_tail_readable_lines_filters_and_stop_event(server):
     """Without --json, one plain line per event (no colour when not a terminal); filters apply; stop_event ends it."""
     out, err = io.StringIO(), io.StringIO()
     stop = threading.Event()
-    with in_thread(tail, server.url, types=["llm_*"], session_id="s1", out=out, err=err,
-                   stop_event=stop) as outcome:
+    with in_thread(
+        tail, server.url, types=["llm_*"], session_id="s1", out=out, err=err, stop_event=stop
+    ) as outcome:
         try:
             assert server.wait_for_clients(1, TIMEOUT)
             emit_sample(server)
@@ -122,8 +146,16 @@ def test_tail_since_starts_with_the_missed_events(server, capsys):
 
 def test_format_event_colours_and_shortens():
     """format_event: time, #seq, type, session, fields; long values shortened, colour codes, width respected."""
-    event = {"version": "1.0", "seq": 7, "timestamp": 0.0, "type": "system_error", "session_id": None,
-             "level": "error", "message": "x" * 500, "details": None}
+    event = {
+        "version": "1.0",
+        "seq": 7,
+        "timestamp": 0.0,
+        "type": "system_error",
+        "session_id": None,
+        "level": "error",
+        "message": "x" * 500,
+        "details": None,
+    }
     plain = format_event(event)
     assert "#7 system_error" in plain and "details" not in plain and "…" in plain and len(plain) < 140
     coloured = format_event(event, color=True, width=60)
@@ -170,8 +202,10 @@ def test_record_then_play_reproduces_the_stream(server_factory, tmp_path):
 def test_play_keeps_the_timing_scaled_by_speed(tmp_path):
     """Events 4 s apart in the recording are re-emitted 0.5 s apart at speed 8, by play's own server."""
     path = tmp_path / "timed.jsonl"
-    lines = [{"type": "tts_status", "status": "a", "timestamp": 100.0},
-             {"type": "tts_status", "status": "b", "timestamp": 104.0, "session_id": "s"}]
+    lines = [
+        {"type": "tts_status", "status": "a", "timestamp": 100.0},
+        {"type": "tts_status", "status": "b", "timestamp": 104.0, "session_id": "s"},
+    ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
     watchers = []
 
@@ -199,8 +233,17 @@ def test_play_loops_until_stopped(tmp_path):
     path.write_text('{"type": "stt_start", "mode": "push", "timestamp": 5.0}\n', encoding="utf-8")
     stop = threading.Event()
     servers = []
-    with in_thread(play, str(path), speed=50.0, host="127.0.0.1", port=0, loop=True, stop_event=stop,
-                   on_ready=servers.append, err=io.StringIO()) as outcome:
+    with in_thread(
+        play,
+        str(path),
+        speed=50.0,
+        host="127.0.0.1",
+        port=0,
+        loop=True,
+        stop_event=stop,
+        on_ready=servers.append,
+        err=io.StringIO(),
+    ) as outcome:
         try:
             wait_for(lambda: servers and servers[0].sequence_number >= 3, message="three passes")
         finally:
@@ -219,7 +262,7 @@ def test_play_rejects_bad_files_naming_the_line(tmp_path, capsys):
         '{"type": "stt_start", "mode": "x"}\n[1, 2]\n': r":2: expected a JSON object",
         '{"type": "stt_result", "text": 5}\n': r":1: cannot be played back: .*stt_result.text",
         '{"type": "no_such_type"}\n': r":1: cannot be played back: unknown event type",
-        '\n\n': "holds no events",
+        "\n\n": "holds no events",
     }
     for text, pattern in cases.items():
         path = tmp_path / "bad.jsonl"
@@ -260,8 +303,9 @@ def test_cli_record_subcommand(server, tmp_path, capsys):
 def test_subcommands_are_registered():
     """add_tool_commands registers tail, record and play with a func returning an exit code."""
     parser = build_parser()
-    args = parser.parse_args(["tail", "ws://x/", "--types", "llm_*,stt_*", "--session", "s", "--since", "5",
-                              "--json"])
+    args = parser.parse_args(
+        ["tail", "ws://x/", "--types", "llm_*,stt_*", "--session", "s", "--since", "5", "--json"]
+    )
     assert callable(args.func) and args.json and args.since == 5 and args.session == "s"
     args = parser.parse_args(["record", "ws://x/", "out.jsonl", "--count", "3", "--duration", "1.5"])
     assert (args.file, args.count, args.duration) == ("out.jsonl", 3, 1.5)

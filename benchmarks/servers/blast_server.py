@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import EVENT_TYPE, SESSION_ID, event_fields, serve  # noqa: E402
+from common import EVENT_TYPE, SESSION_ID, event_fields, serve
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 
@@ -62,11 +62,16 @@ def main():
             if not chunk:
                 raise OSError("closed during handshake")
             data += chunk
-        key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in data.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
 
     def accept_loop():
         while not stopping.is_set():
@@ -89,8 +94,14 @@ def main():
         return listener.getsockname()[1]
 
     def emit_one(i, emit_ns):
-        event = {"version": "1.0", "seq": i + 1, "timestamp": time.time(), "type": EVENT_TYPE,
-                 "session_id": SESSION_ID, **event_fields(i, emit_ns)}
+        event = {
+            "version": "1.0",
+            "seq": i + 1,
+            "timestamp": time.time(),
+            "type": EVENT_TYPE,
+            "session_id": SESSION_ID,
+            **event_fields(i, emit_ns),
+        }
         frames.append(_frame(dumps(event).encode()))
         with changed:
             changed.notify_all()

@@ -14,10 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import coda_ws  # noqa: E402
-from coda_ws import CodaWebSocketServer  # noqa: E402
+from common import EVENT_TYPE, SESSION_ID, event_fields, serve
 
-from common import EVENT_TYPE, SESSION_ID, event_fields, serve  # noqa: E402
+import coda_ws
+from coda_ws import CodaWebSocketServer
 
 
 def main():

@@ -104,9 +104,11 @@ def _busy_python(done):
 # count words and 4-character pieces into a dict) over a fixed text, the kind
 # of pure-Python code a voice pipeline runs between its C calls. It holds the
 # GIL all the time: every string method it calls is short and keeps it.
-_WORDS = ("the assistant heard a question about tomorrow's weather, looked it up, and answered: "
-          "light rain until noon; 14 degrees. Then the user asked for a timer (ten minutes!) "
-          "and a reminder to call Ana about the invoice #4411.").split()
+_WORDS = (
+    "the assistant heard a question about tomorrow's weather, looked it up, and answered: "
+    "light rain until noon; 14 degrees. Then the user asked for a timer (ten minutes!) "
+    "and a reminder to call Ana about the invoice #4411."
+).split()
 PIPELINE_TEXT = " ".join(_WORDS[(i * 7) % len(_WORDS)] for i in range(2000))
 _PUNCT = ".,;:!?()#'\""
 
@@ -122,7 +124,7 @@ def pipeline_work(passes):
                 continue
             counts[token] = counts.get(token, 0) + 1
             for start in range(0, len(token), 4):
-                piece = token[start:start + 4]
+                piece = token[start : start + 4]
                 counts[piece] = counts.get(piece, 0) + 1
     return counts
 
@@ -202,10 +204,12 @@ def _pipeline_run(emit, count, rate, spec):
     i = 0
     t0 = t1 = None
     for pair in range(pairs):
-        for with_stream in ((False, True) if pair % 2 == 0 else (True, False)):
+        for with_stream in (False, True) if pair % 2 == 0 else (True, False):
             started, done = threading.Event(), threading.Event()
             out = {}
-            worker = threading.Thread(target=_timed_work, args=(passes, started, done, out), name="bench-pipeline")
+            worker = threading.Thread(
+                target=_timed_work, args=(passes, started, done, out), name="bench-pipeline"
+            )
             worker.start()
             if with_stream:
                 # Emit on this run's own schedule for exactly as long as the work runs.
@@ -237,16 +241,23 @@ def _pipeline_run(emit, count, rate, spec):
     streamed = [r["wall_s"] for r in runs[True]]
     pair_slowdowns, slowdown = _median_slowdown(streamed, baseline)
     result = {
-        "passes": passes, "pairs": pairs, "baseline_s": baseline, "streamed_s": streamed,
-        "pair_slowdown_pct": pair_slowdowns, "slowdown_pct": slowdown,
+        "passes": passes,
+        "pairs": pairs,
+        "baseline_s": baseline,
+        "streamed_s": streamed,
+        "pair_slowdown_pct": pair_slowdowns,
+        "slowdown_pct": slowdown,
         "cpu_s": sum(r["cpu_s"] for r in runs[False] + runs[True]),
-        "stream_s": sum(streamed), "stream_rate": i / sum(streamed), "cap_reached": cap_reached,
+        "stream_s": sum(streamed),
+        "stream_rate": i / sum(streamed),
+        "cap_reached": cap_reached,
     }
     if all("runq_s" in r for r in runs[False] + runs[True]):
         result["runq_baseline_s"] = [r["runq_s"] for r in runs[False]]
         result["runq_streamed_s"] = [r["runq_s"] for r in runs[True]]
         result["pair_own_slowdown_pct"], result["own_slowdown_pct"] = _median_slowdown(
-            [r["wall_s"] - r["runq_s"] for r in runs[True]], [r["wall_s"] - r["runq_s"] for r in runs[False]])
+            [r["wall_s"] - r["runq_s"] for r in runs[True]], [r["wall_s"] - r["runq_s"] for r in runs[False]]
+        )
     return {"emitted": i, "t0_ns": t0, "t1_ns": t1, "emit_ns": _percentiles(costs), "pipeline": result}
 
 
@@ -330,10 +341,13 @@ def serve(name, start, emit, count_clients, stop, info=None, stats=None):
                         if order.get("pipeline"):
                             if not order.get("rate"):
                                 raise ValueError("the pipeline scenario needs a rate")
-                            result = _pipeline_run(emit, int(order["n"]), float(order["rate"]), order["pipeline"])
+                            result = _pipeline_run(
+                                emit, int(order["n"]), float(order["rate"]), order["pipeline"]
+                            )
                         else:
-                            result = _produce(emit, int(order["n"]), float(order.get("rate") or 0),
-                                              bool(order.get("busy")))
+                            result = _produce(
+                                emit, int(order["n"]), float(order.get("rate") or 0), bool(order.get("busy"))
+                            )
                     except Exception as exc:  # report it to run.py instead of dying silently
                         result = {"error": f"emit failed: {exc!r}"}
                     _reply({"reply": "emit", **result})

@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import EVENT_TYPE, SESSION_ID, event_fields, serve  # noqa: E402
+from common import EVENT_TYPE, SESSION_ID, event_fields, serve
 
 log = logging.getLogger("bench.raw")
 
@@ -170,8 +170,10 @@ class RawServer:
             if key is None:
                 sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
-            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n")
+            sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n"
+            )
             sock.settimeout(None)  # blocking from now on, for emit()'s send
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
@@ -195,8 +197,16 @@ def main():
     seq = itertools.count(1)
 
     def emit_one(i, emit_ns):
-        server.emit({"version": "1.0", "seq": next(seq), "timestamp": time.time(), "type": EVENT_TYPE,
-                     "session_id": SESSION_ID, **event_fields(i, emit_ns)})
+        server.emit(
+            {
+                "version": "1.0",
+                "seq": next(seq),
+                "timestamp": time.time(),
+                "type": EVENT_TYPE,
+                "session_id": SESSION_ID,
+                **event_fields(i, emit_ns),
+            }
+        )
 
     serve("raw", server.start, emit_one, server.client_count, server.stop, {"version": "floor"})
 

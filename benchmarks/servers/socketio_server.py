@@ -16,11 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from flask import Flask  # noqa: E402
-from flask_socketio import SocketIO  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
-
-from common import EVENT_TYPE, SESSION_ID, event_fields, serve  # noqa: E402
+from common import EVENT_TYPE, SESSION_ID, event_fields, serve
+from flask import Flask
+from flask_socketio import SocketIO
+from werkzeug.serving import make_server
 
 
 def main():
@@ -55,8 +54,14 @@ def main():
         httpd.server_close()
 
     def emit_one(i, emit_ns):
-        event = {"version": "1.0", "seq": next(seq), "timestamp": time.time(), "type": EVENT_TYPE,
-                 "session_id": SESSION_ID, **event_fields(i, emit_ns)}
+        event = {
+            "version": "1.0",
+            "seq": next(seq),
+            "timestamp": time.time(),
+            "type": EVENT_TYPE,
+            "session_id": SESSION_ID,
+            **event_fields(i, emit_ns),
+        }
         socketio.emit(EVENT_TYPE, event)
 
     info = {"version": importlib.metadata.version("flask-socketio")}

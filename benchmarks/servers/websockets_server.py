@@ -18,10 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import websockets  # noqa: E402
-from websockets.asyncio.server import broadcast, serve as ws_serve  # noqa: E402
-
-from common import EVENT_TYPE, SESSION_ID, event_fields, serve  # noqa: E402
+import websockets
+from common import EVENT_TYPE, SESSION_ID, event_fields, serve
+from websockets.asyncio.server import broadcast
+from websockets.asyncio.server import serve as ws_serve
 
 
 def main():
@@ -67,8 +67,14 @@ def main():
         thread.join(10)
 
     def emit_one(i, emit_ns):
-        event = {"version": "1.0", "seq": next(seq), "timestamp": time.time(), "type": EVENT_TYPE,
-                 "session_id": SESSION_ID, **event_fields(i, emit_ns)}
+        event = {
+            "version": "1.0",
+            "seq": next(seq),
+            "timestamp": time.time(),
+            "type": EVENT_TYPE,
+            "session_id": SESSION_ID,
+            **event_fields(i, emit_ns),
+        }
         loop.call_soon_threadsafe(broadcast, connections, dumps(event))
 
     serve("websockets", start, emit_one, lambda: len(connections), stop, {"version": websockets.__version__})

@@ -24,7 +24,7 @@ only when that name is first used; the rest needs nothing beyond coda_ws.
 ``import coda_ws`` imports none of this package.
 """
 
-from typing import Any, List
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientConnectionError, CodaWSError, HandshakeRejected, InvalidEventError
 from ..events import (
@@ -65,56 +65,64 @@ from ..events import (
     validate_event,
 )
 from .integration import CodaWebSocketIntegration
-from .performance import AsyncOperationTimer, WebSocketPerfIntegration, track_async_operation, track_sync_operation
+from .performance import (
+    AsyncOperationTimer,
+    WebSocketPerfIntegration,
+    track_async_operation,
+    track_sync_operation,
+)
 from .server import CodaWebSocketServer
 
+if TYPE_CHECKING:  # imported lazily at run time (module __getattr__ below)
+    from .client import AsyncCodaEventClient
+
 __all__ = [
-    "CodaWebSocketServer",
-    "CodaWebSocketIntegration",
-    "WebSocketPerfIntegration",
-    "AsyncOperationTimer",
-    "track_async_operation",
-    "track_sync_operation",
     "AsyncCodaEventClient",
-    "ClientConnectionError",
-    "HandshakeRejected",
-    "CodaWSError",
-    "InvalidEventError",
-    "EventType",
-    "create_event",
-    "validate_event",
+    "AsyncOperationTimer",
     "BaseEvent",
-    "SystemInfoEvent",
-    "SystemErrorEvent",
-    "SystemMetricsEvent",
-    "STTStartEvent",
-    "STTInterimEvent",
-    "STTResultEvent",
-    "STTErrorEvent",
-    "LLMStartEvent",
-    "LLMTokenEvent",
-    "LLMResultEvent",
-    "LLMErrorEvent",
-    "TTSStartEvent",
-    "TTSProgressEvent",
-    "TTSResultEvent",
-    "TTSErrorEvent",
-    "TTSStatusEvent",
-    "MemoryStoreEvent",
-    "MemoryRetrieveEvent",
-    "ToolCallEvent",
-    "ToolResultEvent",
-    "ToolErrorEvent",
-    "ConversationStartEvent",
-    "ConversationTurnEvent",
-    "ConversationEndEvent",
-    "LatencyTraceEvent",
-    "ComponentTimingEvent",
-    "ComponentStatusEvent",
+    "ClientConnectionError",
+    "CodaWSError",
+    "CodaWebSocketIntegration",
+    "CodaWebSocketServer",
     "ComponentErrorEvent",
     "ComponentHealthEvent",
-    "SystemStatusEvent",
+    "ComponentStatusEvent",
+    "ComponentTimingEvent",
+    "ConversationEndEvent",
+    "ConversationStartEvent",
+    "ConversationTurnEvent",
+    "EventType",
+    "HandshakeRejected",
     "IntegrationMetricsEvent",
+    "InvalidEventError",
+    "LLMErrorEvent",
+    "LLMResultEvent",
+    "LLMStartEvent",
+    "LLMTokenEvent",
+    "LatencyTraceEvent",
+    "MemoryRetrieveEvent",
+    "MemoryStoreEvent",
+    "STTErrorEvent",
+    "STTInterimEvent",
+    "STTResultEvent",
+    "STTStartEvent",
+    "SystemErrorEvent",
+    "SystemInfoEvent",
+    "SystemMetricsEvent",
+    "SystemStatusEvent",
+    "TTSErrorEvent",
+    "TTSProgressEvent",
+    "TTSResultEvent",
+    "TTSStartEvent",
+    "TTSStatusEvent",
+    "ToolCallEvent",
+    "ToolErrorEvent",
+    "ToolResultEvent",
+    "WebSocketPerfIntegration",
+    "create_event",
+    "track_async_operation",
+    "track_sync_operation",
+    "validate_event",
 ]
 
 
@@ -128,5 +136,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> List[str]:
+def __dir__() -> list[str]:
     return sorted(set(globals()) | {"AsyncCodaEventClient"})

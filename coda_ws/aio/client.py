@@ -56,7 +56,8 @@ import json
 import logging
 import random
 import ssl
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlencode, urlunsplit
 
 try:
@@ -69,7 +70,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
     ) from _exc
 
 from .._version import __version__
-from ..client import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES, CodaEventClient
+from ..client import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES, parse_ws_url
 from ..errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from ..events import EventType, encode_json, validate_event
 from ..filters import EventFilter, TypePatterns
@@ -89,25 +90,31 @@ _KNOWN_TYPES = frozenset(t.value for t in EventType)
 _NO_PROXY = {"proxy": None} if "proxy" in inspect.signature(_ws_connect.__init__).parameters else {}
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes before Python 3.11
 
-OnGap = Callable[[Dict[str, Any]], Any]
+OnGap = Callable[[dict[str, Any]], Any]
 
 
 def _check_seconds(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> Any:
     """``value`` as a float number of seconds (None when allowed), or ValueError naming ``name``."""
     if value is None and allow_none:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0 or (
-        value == 0 and not allow_zero
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or value != value
+        or value < 0
+        or (value == 0 and not allow_zero)
     ):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
-                         f" got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
+            f" got {value!r}"
+        )
     return float(value)
 
 
-def _rejected(status: int, body: Union[bytes, bytearray]) -> HandshakeRejected:
+def _rejected(status: int, body: bytes | bytearray) -> HandshakeRejected:
     """The refusal as the server explained it (its JSON ``error`` and ``message``, else the body's start)."""
     code = message = None
-    text = bytes(body[:64 * 1024]).decode("utf-8", "replace").strip()
+    text = bytes(body[: 64 * 1024]).decode("utf-8", "replace").strip()
     try:
         data = json.loads(text) if text else None
     except ValueError:
@@ -125,7 +132,7 @@ class _Gap:
 
     __slots__ = ("frame",)
 
-    def __init__(self, frame: Dict[str, Any]) -> None:
+    def __init__(self, frame: dict[str, Any]) -> None:
         self.frame = frame
 
 
@@ -145,11 +152,11 @@ class _AsyncEventQueue:
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.low_water = maxsize // 2
-        self._items: Deque[Any] = collections.deque()
+        self._items: collections.deque[Any] = collections.deque()
         self._events = 0  # items that count against maxsize
         self._ended = False
-        self._error: Optional[BaseException] = None
-        self._waiters: List["asyncio.Future[None]"] = []  # getters and space waiters, all woken on a change
+        self._error: BaseException | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # getters and space waiters, all woken on a change
 
     def __len__(self) -> int:
         return self._events
@@ -160,8 +167,8 @@ class _AsyncEventQueue:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self, timeout: Optional[float]) -> None:
-        waiter: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+    async def _wait(self, timeout: float | None) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter, timeout)
@@ -184,7 +191,7 @@ class _AsyncEventQueue:
         self._wake()
         return True
 
-    async def get(self, timeout: Optional[float]) -> Any:
+    async def get(self, timeout: float | None) -> Any:
         """The next item, ``_TIMEOUT`` after ``timeout`` seconds (None: no
         limit), or ``_END`` once the queue has ended and is empty. Raises the
         error the queue ended with, after the items queued before it."""
@@ -213,7 +220,7 @@ class _AsyncEventQueue:
             await self._wait(None)
         return not self._ended
 
-    def end(self, error: Optional[BaseException] = None, discard: bool = False) -> None:
+    def end(self, error: BaseException | None = None, discard: bool = False) -> None:
         """End the queue (idempotent: the first call decides). Readers get the
         queued items first unless ``discard``, then ``_END`` or ``error``."""
         if discard:
@@ -228,23 +235,28 @@ class _AsyncEventQueue:
 class _Session:
     """What the connection task knows about the current connection."""
 
-    __slots__ = ("since", "filter_version", "hello_epoch", "hello_seq", "started", "resume_to", "resume_left")
+    __slots__ = ("filter_version", "hello_epoch", "hello_seq", "resume_left", "resume_to", "since", "started")
 
-    def __init__(self, since: Optional[int], filter_version: int) -> None:
+    def __init__(self, since: int | None, filter_version: int) -> None:
         self.since = since
         self.filter_version = filter_version
-        self.hello_epoch: Optional[str] = None
-        self.hello_seq: Optional[int] = None
+        self.hello_epoch: str | None = None
+        self.hello_seq: int | None = None
         self.started = False  # hello (or, from a legacy server, a first frame) received
-        self.resume_to: Optional[int] = None  # while missed events of a recovered resume arrive
+        self.resume_to: int | None = None  # while missed events of a recovered resume arrive
         self.resume_left = 0
 
 
 class _Outcome:
-    __slots__ = ("kind", "established", "error", "close_code")
+    __slots__ = ("close_code", "error", "established", "kind")
 
-    def __init__(self, kind: str, established: bool = False, error: Optional[BaseException] = None,
-                 close_code: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        established: bool = False,
+        error: BaseException | None = None,
+        close_code: int | None = None,
+    ) -> None:
         self.kind = kind  # "stopped", "paused", "retry", "end" or "fatal"
         self.established = established
         self.error = error
@@ -296,16 +308,34 @@ class AsyncCodaEventClient:
     Not thread-safe: use it from the event loop it belongs to.
     """
 
-    def __init__(self, url: str, types: Optional[TypePatterns] = None, session_id: Optional[str] = None,
-                 token: Optional[str] = None, resume: bool = True, reconnect: bool = True,
-                 on_gap: Optional[OnGap] = None, *, since: Optional[int] = None, replay: bool = True,
-                 max_queue: int = 10_000, connect_timeout: float = 10.0, close_timeout: float = 1.0,
-                 backoff_initial: float = 0.1, backoff_max: float = 10.0, backoff_factor: float = 2.0,
-                 backoff_jitter: float = 0.5, max_retries: Optional[int] = None, retry_first_connect: bool = True,
-                 ping_interval: Optional[float] = 20.0, max_message_size: Optional[int] = 16 * 1024 * 1024,
-                 name: Optional[str] = None, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        types: TypePatterns | None = None,
+        session_id: str | None = None,
+        token: str | None = None,
+        resume: bool = True,
+        reconnect: bool = True,
+        on_gap: OnGap | None = None,
+        *,
+        since: int | None = None,
+        replay: bool = True,
+        max_queue: int = 10_000,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        backoff_factor: float = 2.0,
+        backoff_jitter: float = 0.5,
+        max_retries: int | None = None,
+        retry_first_connect: bool = True,
+        ping_interval: float | None = 20.0,
+        max_message_size: int | None = 16 * 1024 * 1024,
+        name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
-        self._host, self._port, self._path, self._query, self._secure = CodaEventClient._parse_url(url)
+        self._host, self._port, self._path, self._query, self._secure = parse_ws_url(url)
         event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
         if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n")):
             raise ValueError("token must be a non-empty string without line breaks")
@@ -315,29 +345,41 @@ class AsyncCodaEventClient:
             raise ValueError(f"since must be a non-negative integer, got {since!r}")
         if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 2:
             raise ValueError(f"max_queue must be an integer of at least 2, got {max_queue!r}")
-        if max_retries is not None and (not isinstance(max_retries, int) or isinstance(max_retries, bool)
-                                        or max_retries < 0):
+        if max_retries is not None and (
+            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
+        ):
             raise ValueError(f"max_retries must be a non-negative integer or None, got {max_retries!r}")
-        if not isinstance(backoff_factor, (int, float)) or isinstance(backoff_factor, bool) or not (
-            1 <= backoff_factor <= 100
+        if (
+            not isinstance(backoff_factor, (int, float))
+            or isinstance(backoff_factor, bool)
+            or not (1 <= backoff_factor <= 100)
         ):
             raise ValueError(f"backoff_factor must be a number from 1 to 100, got {backoff_factor!r}")
-        if not isinstance(backoff_jitter, (int, float)) or isinstance(backoff_jitter, bool) or not (
-            0 <= backoff_jitter <= 1
+        if (
+            not isinstance(backoff_jitter, (int, float))
+            or isinstance(backoff_jitter, bool)
+            or not (0 <= backoff_jitter <= 1)
         ):
             raise ValueError(f"backoff_jitter must be a number from 0 to 1, got {backoff_jitter!r}")
-        if max_message_size is not None and (not isinstance(max_message_size, int) or max_message_size < 1024):
-            raise ValueError(f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}")
+        if max_message_size is not None and (
+            not isinstance(max_message_size, int) or max_message_size < 1024
+        ):
+            raise ValueError(
+                f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}"
+            )
         self.connect_timeout: float = _check_seconds("connect_timeout", connect_timeout)
         self.close_timeout: float = _check_seconds("close_timeout", close_timeout, allow_zero=True)
         self.backoff_initial: float = _check_seconds("backoff_initial", backoff_initial)
         self.backoff_max: float = _check_seconds("backoff_max", backoff_max)
         if self.backoff_max < self.backoff_initial:
-            raise ValueError(f"backoff_max ({backoff_max!r}) must not be less than backoff_initial"
-                             f" ({backoff_initial!r})")
+            raise ValueError(
+                f"backoff_max ({backoff_max!r}) must not be less than backoff_initial ({backoff_initial!r})"
+            )
         self.backoff_factor = float(backoff_factor)
         self.backoff_jitter = float(backoff_jitter)
-        self.ping_interval: Optional[float] = _check_seconds("ping_interval", ping_interval, allow_none=True) or None
+        self.ping_interval: float | None = (
+            _check_seconds("ping_interval", ping_interval, allow_none=True) or None
+        )
         self.resume = bool(resume)
         self.auto_reconnect = bool(reconnect)
         self.replay = bool(replay)
@@ -350,13 +392,13 @@ class AsyncCodaEventClient:
         self._ssl_context = ssl_context
 
         # Written by the connection task only.
-        self._epoch: Optional[str] = None
+        self._epoch: str | None = None
         self._last_seq = since if since is not None else 0
         self._start_since = since
         self._delivered_max = 0  # highest seq queued for the application in this epoch
-        self._recovered: Optional[bool] = None
-        self._client_id: Optional[str] = None
-        self._close_code: Optional[int] = None
+        self._recovered: bool | None = None
+        self._client_id: str | None = None
+        self._close_code: int | None = None
 
         self._queue = _AsyncEventQueue(max_queue)
         self._types = event_filter.types
@@ -365,18 +407,18 @@ class AsyncCodaEventClient:
         self._closing = False
         self._connected = False
         self._finished = False
-        self._error: Optional[BaseException] = None
-        self._last_error: Optional[BaseException] = None
+        self._error: BaseException | None = None
+        self._last_error: BaseException | None = None
         self._ws: Any = None  # the open connection (websockets ClientConnection)
         self._ping_id = 0
-        self._pongs: Dict[int, "asyncio.Future[Dict[str, Any]]"] = {}
+        self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._subscribed_acks = 0
-        self._last_subscribed: Optional[Dict[str, Any]] = None
-        self._changed: Optional["asyncio.Future[None]"] = None  # resolved when state changes (see _notify)
-        self._counters: "collections.Counter[str]" = collections.Counter()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._task: Optional["asyncio.Task[None]"] = None
-        self._stop: Optional[asyncio.Event] = None  # set by close(); ends backoff waits
+        self._last_subscribed: dict[str, Any] | None = None
+        self._changed: asyncio.Future[None] | None = None  # resolved when state changes (see _notify)
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None  # set by close(); ends backoff waits
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -401,7 +443,7 @@ class AsyncCodaEventClient:
         if changed is not None and not changed.done():
             changed.set_result(None)
 
-    async def _wait_change(self, deadline: Optional[float]) -> bool:
+    async def _wait_change(self, deadline: float | None) -> bool:
         """Wait for the next change of state; False once ``deadline`` (loop time) passed."""
         loop = asyncio.get_running_loop()
         remaining = None if deadline is None else deadline - loop.time()
@@ -468,17 +510,17 @@ class AsyncCodaEventClient:
         return self._last_seq
 
     @property
-    def epoch(self) -> Optional[str]:
+    def epoch(self) -> str | None:
         """The epoch of the stream ``last_seq`` belongs to (None before the first hello)."""
         return self._epoch
 
     @property
-    def recovered(self) -> Optional[bool]:
+    def recovered(self) -> bool | None:
         """The outcome of the last resume: True, False, or None (no resume yet)."""
         return self._recovered
 
     @property
-    def client_id(self) -> Optional[str]:
+    def client_id(self) -> str | None:
         """The id the server gave the current (or last) connection."""
         return self._client_id
 
@@ -493,34 +535,47 @@ class AsyncCodaEventClient:
         return self._closing or self._finished
 
     @property
-    def close_code(self) -> Optional[int]:
+    def close_code(self) -> int | None:
         """The close code of the last connection that ended (None before)."""
         return self._close_code
 
     @property
-    def error(self) -> Optional[BaseException]:
+    def error(self) -> BaseException | None:
         """The error the stream ended with, or None."""
         return self._error
 
     @property
-    def last_error(self) -> Optional[BaseException]:
+    def last_error(self) -> BaseException | None:
         """The last connection error (even one that was retried), or None."""
         return self._last_error
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Counters (a snapshot dict): ``connect_attempts``, ``sessions``,
         ``events``, ``duplicates_dropped``, ``invalid_events``,
         ``invalid_frames``, ``gaps``, ``pauses``, ``server_errors``,
         ``disconnects`` (by reason) and ``queued``."""
         counters = dict(self._counters)
-        result: Dict[str, Any] = {key: counters.get(key, 0) for key in (
-            "connect_attempts", "sessions", "events", "duplicates_dropped", "invalid_events", "invalid_frames",
-            "gaps", "pauses", "server_errors")}
-        result["disconnects"] = {k[len("disconnect:"):]: v for k, v in counters.items() if k.startswith("disconnect:")}
+        result: dict[str, Any] = {
+            key: counters.get(key, 0)
+            for key in (
+                "connect_attempts",
+                "sessions",
+                "events",
+                "duplicates_dropped",
+                "invalid_events",
+                "invalid_frames",
+                "gaps",
+                "pauses",
+                "server_errors",
+            )
+        }
+        result["disconnects"] = {
+            k[len("disconnect:") :]: v for k, v in counters.items() if k.startswith("disconnect:")
+        }
         result["queued"] = len(self._queue)
         return result
 
-    async def wait_connected(self, timeout: Optional[float] = None) -> bool:
+    async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until a session is open; True then, False after ``timeout``
         seconds or as soon as the client has ended."""
         self._ensure_started()
@@ -535,7 +590,7 @@ class AsyncCodaEventClient:
 
     # -- reading ------------------------------------------------------------------
 
-    async def get(self, timeout: Optional[float] = None) -> Any:
+    async def get(self, timeout: float | None = None) -> Any:
         """The next event, waiting up to ``timeout`` seconds (None: no limit).
 
         Returns None on timeout and once the stream has ended (check
@@ -555,9 +610,11 @@ class AsyncCodaEventClient:
                 continue
             return None if item is _TIMEOUT or item is _END else item
 
-    async def _call_on_gap(self, frame: Dict[str, Any]) -> None:
+    async def _call_on_gap(self, frame: dict[str, Any]) -> None:
         if self.on_gap is None:
-            log.warning("%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason"))
+            log.warning(
+                "%s: events were missed (%s); pass on_gap= to handle it", self.name, frame.get("reason")
+            )
             return
         try:
             result = self.on_gap(frame)
@@ -577,8 +634,9 @@ class AsyncCodaEventClient:
 
     # -- requests to the server -----------------------------------------------------
 
-    async def subscribe(self, types: Optional[TypePatterns] = None, session_id: Optional[str] = None,
-                        timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    async def subscribe(
+        self, types: TypePatterns | None = None, session_id: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """Replace the client's filters (the server answers ``subscribed``).
 
         The new filters apply to the current connection from the server's
@@ -610,7 +668,7 @@ class AsyncCodaEventClient:
                 return None
         return self._last_subscribed
 
-    async def ping(self, timeout: Optional[float] = None) -> Union[None, int, Dict[str, Any]]:
+    async def ping(self, timeout: float | None = None) -> int | dict[str, Any] | None:
         """Send an application-level ping; the server answers with ``pong``.
 
         Without ``timeout``, returns the ping's id at once (None when not
@@ -622,7 +680,7 @@ class AsyncCodaEventClient:
             return None
         self._ping_id += 1
         ping_id = self._ping_id
-        pong: Optional["asyncio.Future[Dict[str, Any]]"] = None
+        pong: asyncio.Future[dict[str, Any]] | None = None
         if timeout is not None:
             pong = asyncio.get_running_loop().create_future()
             self._pongs[ping_id] = pong
@@ -659,7 +717,7 @@ class AsyncCodaEventClient:
         failures = 0  # consecutive attempts that did not open a session (for max_retries)
         retries = 0  # delays waited since the last session opened (for the backoff)
         attempts = 0
-        delay: Optional[float] = None
+        delay: float | None = None
         try:
             while not self._closing:
                 if delay is not None and await self._stopped_within(delay):
@@ -699,7 +757,12 @@ class AsyncCodaEventClient:
                     break
                 delay = self._backoff(retries)
                 retries += 1
-                log.info("%s: connection lost or refused (%s); reconnecting in %.3f s", self.name, outcome.error, delay)
+                log.info(
+                    "%s: connection lost or refused (%s); reconnecting in %.3f s",
+                    self.name,
+                    outcome.error,
+                    delay,
+                )
         except asyncio.CancelledError:
             if not self._closing:
                 raise  # cancelled by someone else than close(): let it be seen
@@ -721,11 +784,11 @@ class AsyncCodaEventClient:
             return False
         return True
 
-    def _finish(self, error: Optional[BaseException]) -> None:
+    def _finish(self, error: BaseException | None) -> None:
         self._error = error
         self._queue.end(error=error)
 
-    def _connection_error(self, error: Optional[BaseException], prefix: Optional[str] = None) -> BaseException:
+    def _connection_error(self, error: BaseException | None, prefix: str | None = None) -> BaseException:
         if isinstance(error, ClientConnectionError):
             return error
         what = prefix or "cannot connect"
@@ -740,14 +803,14 @@ class AsyncCodaEventClient:
         base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(retries, 64))
         return base * (1.0 - self.backoff_jitter * random.random())
 
-    def _resume_point(self) -> Tuple[Optional[int], Optional[str]]:
+    def _resume_point(self) -> tuple[int | None, str | None]:
         if self.resume and self._epoch is not None:
             return self._last_seq, self._epoch
         if self._start_since is not None and self._epoch is None:
             return self._start_since, None
         return None, None
 
-    def _uri(self, since: Optional[int], epoch: Optional[str]) -> Tuple[str, int]:
+    def _uri(self, since: int | None, epoch: str | None) -> tuple[str, int]:
         """The URI for the next connection, and the version of the filters it carries."""
         query = list(self._query) + [("v", "1")]
         if self._types is not None:
@@ -762,8 +825,9 @@ class AsyncCodaEventClient:
             query.append(("replay", "0"))
         host = f"[{self._host}]" if ":" in self._host else self._host
         netloc = f"{host}:{self._port}"
-        return urlunsplit(("wss" if self._secure else "ws", netloc, self._path, urlencode(query), "")), \
-            self._filter_version
+        return urlunsplit(
+            ("wss" if self._secure else "ws", netloc, self._path, urlencode(query), "")
+        ), self._filter_version
 
     async def _connection(self) -> _Outcome:
         """One connection, from connect to close."""
@@ -771,11 +835,16 @@ class AsyncCodaEventClient:
         uri, filter_version = self._uri(since, epoch)
         self._counters["connect_attempts"] += 1
         headers = [("Authorization", f"Bearer {self._token}")] if self._token is not None else []
-        options: Dict[str, Any] = dict(
-            subprotocols=[V1_SUBPROTOCOL], additional_headers=headers,
-            user_agent_header=f"coda-ws-client/{__version__} (python; asyncio)", compression=None,
-            open_timeout=self.connect_timeout, close_timeout=self.close_timeout,
-            ping_interval=self.ping_interval, ping_timeout=self.ping_interval, max_size=self.max_message_size,
+        options: dict[str, Any] = dict(
+            subprotocols=[V1_SUBPROTOCOL],
+            additional_headers=headers,
+            user_agent_header=f"coda-ws-client/{__version__} (python; asyncio)",
+            compression=None,
+            open_timeout=self.connect_timeout,
+            close_timeout=self.close_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+            max_size=self.max_message_size,
             **_NO_PROXY,
         )
         if self._secure and self._ssl_context is not None:
@@ -788,18 +857,25 @@ class AsyncCodaEventClient:
             kind = "fatal" if rejected.status in FATAL_HTTP_STATUSES else "retry"
             log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, rejected)
             return _Outcome(kind, error=rejected)
-        except (ssl.SSLCertVerificationError, UnicodeError) as exc:  # a bad certificate or host name stays bad
+        except (
+            ssl.SSLCertVerificationError,
+            UnicodeError,
+        ) as exc:  # a bad certificate or host name stays bad
             error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
             log.error("%s: %s", self.name, error)
             return _Outcome("fatal", error=error)
         except _TIMEOUTS:
-            return _Outcome("retry", error=TimeoutError(
-                f"no WebSocket connection within the connect timeout ({self.connect_timeout:g} s)"))
+            return _Outcome(
+                "retry",
+                error=TimeoutError(
+                    f"no WebSocket connection within the connect timeout ({self.connect_timeout:g} s)"
+                ),
+            )
         except (OSError, InvalidHandshake, EOFError) as exc:
             return _Outcome("retry", error=exc)
         self._ws = ws
         session = _Session(since, filter_version)
-        outcome: Optional[_Outcome] = None
+        outcome: _Outcome | None = None
         try:
             outcome = await self._read(ws, session)
         finally:
@@ -824,16 +900,20 @@ class AsyncCodaEventClient:
         sent = exc.sent
         if sent is not None and sent.code == _CLOSE_TOO_BIG:
             error = ClientConnectionError(
-                f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)")
+                f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)"
+            )
             return _Outcome("fatal", session.started, error, close_code=_CLOSE_TOO_BIG)
         rcvd = exc.rcvd
         code = int(rcvd.code) if rcvd is not None else 1006
         reason = rcvd.reason if rcvd is not None else ""
         self._counters[f"disconnect:{'connection_lost' if code in _NO_STATUS else code}"] += 1
         if code in _NO_STATUS:
-            return _Outcome("retry", session.started, ConnectionResetError("connection lost"), close_code=code)
-        error = ClientConnectionError(f"the server closed the connection with code {code}"
-                                      + (f" ({reason})" if reason else ""))
+            return _Outcome(
+                "retry", session.started, ConnectionResetError("connection lost"), close_code=code
+            )
+        error = ClientConnectionError(
+            f"the server closed the connection with code {code}" + (f" ({reason})" if reason else "")
+        )
         if code == _CLOSE_NORMAL:
             return _Outcome("end", session.started, close_code=code)
         if code in FATAL_CLOSE_CODES:
@@ -841,7 +921,7 @@ class AsyncCodaEventClient:
             return _Outcome("fatal", session.started, error, close_code=code)
         return _Outcome("retry", session.started, error, close_code=code)
 
-    async def _end_connection(self, ws: Any, outcome: Optional[_Outcome]) -> None:
+    async def _end_connection(self, ws: Any, outcome: _Outcome | None) -> None:
         """Close the connection politely when we end it; let go of it."""
         try:
             if outcome is not None and outcome.kind in ("stopped", "paused"):
@@ -860,7 +940,7 @@ class AsyncCodaEventClient:
 
     # -- frames ---------------------------------------------------------------------
 
-    async def _handle_message(self, ws: Any, session: _Session, message: Union[str, bytes]) -> bool:
+    async def _handle_message(self, ws: Any, session: _Session, message: str | bytes) -> bool:
         """Handle one frame; False when the queue is full (the caller pauses)."""
         if not isinstance(message, str):
             self._counters["invalid_frames"] += 1
@@ -897,7 +977,9 @@ class AsyncCodaEventClient:
             self._notify()
         elif kind == "error":
             self._counters["server_errors"] += 1
-            log.warning("%s: the server reports an error: %s (%s)", self.name, data.get("message"), data.get("code"))
+            log.warning(
+                "%s: the server reports an error: %s (%s)", self.name, data.get("message"), data.get("code")
+            )
         else:
             return self._accept_event(session, data)
         return True
@@ -915,7 +997,7 @@ class AsyncCodaEventClient:
             except ConnectionClosed:
                 pass  # the reading loop sees the end next
 
-    async def _on_hello(self, ws: Any, session: _Session, frame: Dict[str, Any]) -> None:
+    async def _on_hello(self, ws: Any, session: _Session, frame: dict[str, Any]) -> None:
         epoch, seq = frame.get("epoch"), frame.get("seq")
         if not isinstance(epoch, str) or type(seq) is not int:
             log.warning("%s: malformed hello frame: %.200s", self.name, frame)
@@ -929,7 +1011,7 @@ class AsyncCodaEventClient:
             await self._session_started(ws, session)
         log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
 
-    def _move_to(self, epoch: str, seq: Optional[int]) -> None:
+    def _move_to(self, epoch: str, seq: int | None) -> None:
         """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
         if epoch != self._epoch:
             self._delivered_max = 0
@@ -938,7 +1020,7 @@ class AsyncCodaEventClient:
         if seq is not None and seq > self._last_seq:
             self._last_seq = seq
 
-    def _on_resume(self, session: _Session, frame: Dict[str, Any]) -> None:
+    def _on_resume(self, session: _Session, frame: dict[str, Any]) -> None:
         if frame.get("recovered") is True:
             self._recovered = True
             if session.hello_epoch is not None:
@@ -965,7 +1047,7 @@ class AsyncCodaEventClient:
             self._last_seq = session.resume_to
         session.resume_to = None
 
-    def _on_replay(self, frame: Dict[str, Any]) -> None:
+    def _on_replay(self, frame: dict[str, Any]) -> None:
         events = frame.get("events")
         if not isinstance(events, list):
             self._counters["invalid_frames"] += 1
@@ -985,7 +1067,7 @@ class AsyncCodaEventClient:
             self._counters["events"] += 1
             self._queue.offer(self._decode(data), force=True)
 
-    def _accept_event(self, session: _Session, data: Dict[str, Any]) -> bool:
+    def _accept_event(self, session: _Session, data: dict[str, Any]) -> bool:
         seq = data.get("seq")
         if type(seq) is not int:
             self._counters["invalid_events"] += 1
@@ -998,7 +1080,9 @@ class AsyncCodaEventClient:
             self._counters["duplicates_dropped"] += 1
             return True
         if not self._queue.offer(self._decode(data)):
-            log.info("%s: %d events wait for the application: pausing the stream", self.name, len(self._queue))
+            log.info(
+                "%s: %d events wait for the application: pausing the stream", self.name, len(self._queue)
+            )
             return False
         self._delivered_max = seq
         if seq > self._last_seq:
@@ -1010,7 +1094,7 @@ class AsyncCodaEventClient:
                 self._finish_resume(session)
         return True
 
-    def _decode(self, data: Dict[str, Any]) -> Any:
+    def _decode(self, data: dict[str, Any]) -> Any:
         """The event object for a wire dict, or the dict when it cannot be one."""
         type_name = data.get("type")
         if type_name not in _KNOWN_TYPES:
@@ -1022,8 +1106,13 @@ class AsyncCodaEventClient:
             return validate_event(data)
         except InvalidEventError as exc:
             self._counters["invalid_events"] += 1
-            log.warning("%s: invalid %s event (seq %s) delivered as a dict: %s", self.name, type_name,
-                        data.get("seq"), exc)
+            log.warning(
+                "%s: invalid %s event (seq %s) delivered as a dict: %s",
+                self.name,
+                type_name,
+                data.get("seq"),
+                exc,
+            )
             return data
 
     def __repr__(self) -> str:
@@ -1053,6 +1142,7 @@ async def _close_draining(ws: Any) -> None:
         await asyncio.wait({drainer})
 
 
-def _subscribe_frame(types: Optional[Sequence[str]], session_id: Optional[str]) -> str:
-    return encode_json({"type": "subscribe", "types": list(types) if types is not None else None,
-                        "session_id": session_id})
+def _subscribe_frame(types: Sequence[str] | None, session_id: str | None) -> str:
+    return encode_json(
+        {"type": "subscribe", "types": list(types) if types is not None else None, "session_id": session_id}
+    )

@@ -5,5 +5,5 @@ Code written for the original interface imports ``...websocket.events``;
 of its ``__all__``), so such an import line ports by changing the package only.
 """
 
-from ..events import *  # noqa: F401,F403
+from ..events import *  # noqa: F403
 from ..events import __all__  # noqa: F401

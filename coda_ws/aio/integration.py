@@ -8,7 +8,7 @@ event types, fields, truncation and priorities as the original (and as the
 synchronous helpers); each returns the emitted event.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from ..events import BaseEvent
 from ..integration import CodaWebSocketIntegration as SyncCodaWebSocketIntegration
@@ -82,7 +82,7 @@ class CodaWebSocketIntegration:
 
     # -- system -------------------------------------------------------------------
 
-    async def system_startup(self, version: str, config: Dict[str, Any]) -> BaseEvent:
+    async def system_startup(self, version: str, config: dict[str, Any]) -> BaseEvent:
         """``system_info`` with ``data={"event": "startup", ...}``; high priority; session null."""
         return self.sync.system_startup(version, config)
 
@@ -90,7 +90,9 @@ class CodaWebSocketIntegration:
         """``system_info`` with ``data={"event": "shutdown", "uptime_seconds", ...}``; high priority."""
         return self.sync.system_shutdown()
 
-    async def system_error(self, level: str, message: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def system_error(
+        self, level: str, message: str, details: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``system_error`` (level, message, details); high priority; session null."""
         return self.sync.system_error(level, message, details)
 
@@ -104,12 +106,13 @@ class CodaWebSocketIntegration:
         """``stt_interim`` (text, confidence)."""
         return self.sync.stt_interim_result(text, confidence)
 
-    async def stt_final_result(self, text: str, confidence: float, duration_ms: float,
-                               language: Optional[str] = None) -> BaseEvent:
+    async def stt_final_result(
+        self, text: str, confidence: float, duration_ms: float, language: str | None = None
+    ) -> BaseEvent:
         """``stt_result`` (text, confidence, duration_ms, language); high priority."""
         return self.sync.stt_final_result(text, confidence, duration_ms, language)
 
-    async def stt_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def stt_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``stt_error`` (error, details); high priority."""
         return self.sync.stt_error(error, details)
 
@@ -123,12 +126,13 @@ class CodaWebSocketIntegration:
         """``llm_token`` (token, cumulative_text)."""
         return self.sync.llm_token(token, cumulative_text)
 
-    async def llm_result(self, text: str, duration_ms: float, token_count: int,
-                         tokens_per_second: float) -> BaseEvent:
+    async def llm_result(
+        self, text: str, duration_ms: float, token_count: int, tokens_per_second: float
+    ) -> BaseEvent:
         """``llm_result`` (text, duration_ms, token_count, tokens_per_second); high priority."""
         return self.sync.llm_result(text, duration_ms, token_count, tokens_per_second)
 
-    async def llm_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def llm_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``llm_error`` (error, details); high priority."""
         return self.sync.llm_error(error, details)
 
@@ -138,15 +142,19 @@ class CodaWebSocketIntegration:
         """``tts_start`` (text, voice_id, engine)."""
         return self.sync.tts_start(text, voice_id, engine)
 
-    async def tts_progress(self, progress_percent: float, estimated_duration_ms: Optional[float] = None) -> BaseEvent:
+    async def tts_progress(
+        self, progress_percent: float, estimated_duration_ms: float | None = None
+    ) -> BaseEvent:
         """``tts_progress`` (progress_percent, estimated_duration_ms)."""
         return self.sync.tts_progress(progress_percent, estimated_duration_ms)
 
-    async def tts_result(self, duration_ms: float, audio_duration_ms: float, success: bool = True) -> BaseEvent:
+    async def tts_result(
+        self, duration_ms: float, audio_duration_ms: float, success: bool = True
+    ) -> BaseEvent:
         """``tts_result`` (duration_ms, audio_duration_ms, success); high priority."""
         return self.sync.tts_result(duration_ms, audio_duration_ms, success)
 
-    async def tts_error(self, error: str, details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def tts_error(self, error: str, details: dict[str, Any] | None = None) -> BaseEvent:
         """``tts_error`` (error, details); high priority."""
         return self.sync.tts_error(error, details)
 
@@ -156,18 +164,22 @@ class CodaWebSocketIntegration:
 
     # -- memory -----------------------------------------------------------------------
 
-    async def memory_store(self, content: str, memory_type: str, importance: float, memory_id: str) -> BaseEvent:
+    async def memory_store(
+        self, content: str, memory_type: str, importance: float, memory_id: str
+    ) -> BaseEvent:
         """``memory_store`` (content_preview: at most 100 characters + ``"..."``,
         memory_type, importance, memory_id); high priority."""
         return self.sync.memory_store(content, memory_type, importance, memory_id)
 
-    async def memory_retrieve(self, query: str, results_count: int, relevance_scores: List[float]) -> BaseEvent:
+    async def memory_retrieve(
+        self, query: str, results_count: int, relevance_scores: list[float]
+    ) -> BaseEvent:
         """``memory_retrieve`` (query, results_count, relevance_scores)."""
         return self.sync.memory_retrieve(query, results_count, relevance_scores)
 
     # -- tools --------------------------------------------------------------------------
 
-    async def tool_call(self, tool_name: str, parameters: Dict[str, Any], call_id: str) -> BaseEvent:
+    async def tool_call(self, tool_name: str, parameters: dict[str, Any], call_id: str) -> BaseEvent:
         """``tool_call`` (tool_name, parameters, call_id)."""
         return self.sync.tool_call(tool_name, parameters, call_id)
 
@@ -175,8 +187,9 @@ class CodaWebSocketIntegration:
         """``tool_result`` (tool_name, call_id, result: any JSON value, duration_ms); high priority."""
         return self.sync.tool_result(tool_name, call_id, result, duration_ms)
 
-    async def tool_error(self, tool_name: str, call_id: str, error: str,
-                         details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def tool_error(
+        self, tool_name: str, call_id: str, error: str, details: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``tool_error`` (tool_name, call_id, error, details); high priority."""
         return self.sync.tool_error(tool_name, call_id, error, details)
 
@@ -186,23 +199,27 @@ class CodaWebSocketIntegration:
         """``conversation_start`` (conversation_id); high priority."""
         return self.sync.conversation_start(conversation_id)
 
-    async def conversation_turn(self, conversation_id: str, turn_number: int, user_input: str,
-                                assistant_response: str) -> BaseEvent:
+    async def conversation_turn(
+        self, conversation_id: str, turn_number: int, user_input: str, assistant_response: str
+    ) -> BaseEvent:
         """``conversation_turn`` (...); high priority; increments ``conversation_turn_count``."""
         return self.sync.conversation_turn(conversation_id, turn_number, user_input, assistant_response)
 
-    async def conversation_end(self, conversation_id: str, total_turns: int, duration_seconds: float) -> BaseEvent:
+    async def conversation_end(
+        self, conversation_id: str, total_turns: int, duration_seconds: float
+    ) -> BaseEvent:
         """``conversation_end`` (conversation_id, total_turns, duration_seconds); high priority."""
         return self.sync.conversation_end(conversation_id, total_turns, duration_seconds)
 
     # -- performance ----------------------------------------------------------------------
 
-    async def latency_trace(self, component: str, operation: str, duration_ms: float,
-                            metadata: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def latency_trace(
+        self, component: str, operation: str, duration_ms: float, metadata: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``latency_trace`` (component, operation, duration_ms, metadata)."""
         return self.sync.latency_trace(component, operation, duration_ms, metadata)
 
-    async def component_timing(self, component: str, timings: Dict[str, float]) -> BaseEvent:
+    async def component_timing(self, component: str, timings: dict[str, float]) -> BaseEvent:
         """``component_timing`` (component, timings: operation -> milliseconds)."""
         return self.sync.component_timing(component, timings)
 

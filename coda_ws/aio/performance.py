@@ -19,14 +19,15 @@ the caller, so it needs no running loop (the original's needed one).
 import asyncio
 import functools
 import inspect
-from typing import Any, Callable, Dict, Optional, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from ..events import BaseEvent
 from ..perf import DEFAULT_WINDOW, OperationTimer, PerformanceSummary
 from ..perf import WebSocketPerfIntegration as SyncWebSocketPerfIntegration
 from .integration import _emitter
 
-__all__ = ["WebSocketPerfIntegration", "AsyncOperationTimer", "track_async_operation", "track_sync_operation"]
+__all__ = ["AsyncOperationTimer", "WebSocketPerfIntegration", "track_async_operation", "track_sync_operation"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,20 +115,22 @@ class WebSocketPerfIntegration:
         """
         return await asyncio.to_thread(self.sync.stop, timeout)
 
-    async def track_operation(self, component: str, operation: str, duration_ms: float,
-                              metadata: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def track_operation(
+        self, component: str, operation: str, duration_ms: float, metadata: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """Emit ``latency_trace`` and record ``duration_ms`` (milliseconds); returns the event.
 
         Raises ``InvalidEventError`` for a bad argument, and records nothing then.
         """
         return self.sync.track_operation(component, operation, duration_ms, metadata)
 
-    async def track_component_timings(self, component: str, timings: Dict[str, float]) -> BaseEvent:
+    async def track_component_timings(self, component: str, timings: dict[str, float]) -> BaseEvent:
         """Emit ``component_timing`` and record each ``operation -> ms``; returns the event."""
         return self.sync.track_component_timings(component, timings)
 
-    def time_operation(self, component: str, operation: str,
-                       metadata: Optional[Dict[str, Any]] = None) -> AsyncOperationTimer:
+    def time_operation(
+        self, component: str, operation: str, metadata: dict[str, Any] | None = None
+    ) -> AsyncOperationTimer:
         """Time a block (``async with`` or ``with``) or every call of a function (decorator).
 
         See :class:`AsyncOperationTimer`.
@@ -153,17 +156,21 @@ class WebSocketPerfIntegration:
         self.sync.reset_metrics()
 
     def __repr__(self) -> str:
-        return f"<coda_ws.aio.WebSocketPerfIntegration interval={self.metrics_interval}s running={self.running}>"
+        return (
+            f"<coda_ws.aio.WebSocketPerfIntegration interval={self.metrics_interval}s running={self.running}>"
+        )
 
 
-def track_async_operation(perf_integration: WebSocketPerfIntegration, component: str,
-                          operation: str) -> Callable[[F], F]:
+def track_async_operation(
+    perf_integration: WebSocketPerfIntegration, component: str, operation: str
+) -> Callable[[F], F]:
     """Decorator (the original's): time every call of a coroutine function."""
     return perf_integration.time_operation(component, operation)
 
 
-def track_sync_operation(perf_integration: WebSocketPerfIntegration, component: str,
-                         operation: str) -> Callable[[F], F]:
+def track_sync_operation(
+    perf_integration: WebSocketPerfIntegration, component: str, operation: str
+) -> Callable[[F], F]:
     """Decorator (the original's): time every call of a plain function.
 
     The timing is emitted in the caller when the call returns (or raises);

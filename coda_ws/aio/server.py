@@ -41,7 +41,8 @@ import contextlib
 import inspect
 import logging
 import threading
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tuple, Union
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from ..events import BaseEvent, EventType
 from ..server import CodaWebSocketServer as SyncCodaWebSocketServer
@@ -51,6 +52,8 @@ __all__ = ["CodaWebSocketServer", "Handler"]
 
 log = logging.getLogger("coda_ws.aio")
 _server_log = logging.getLogger("coda_ws.server")  # handler failures are logged where the server logs its own
+#: Tasks of coroutine handlers started on their own loop, held until done.
+_RUNNING_HANDLERS: "set[asyncio.Future[Any]]" = set()
 
 #: A connect/disconnect handler ``fn(client_id)`` or a message handler
 #: ``fn(client_id, data)``: a plain function or a coroutine function.
@@ -61,14 +64,14 @@ Handler = Callable[..., Any]
 _LOOP_CHECK_INTERVAL = 0.5
 
 
-def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
 
 
-async def _invoke(handler: Handler, args: Tuple[Any, ...]) -> None:
+async def _invoke(handler: Handler, args: tuple[Any, ...]) -> None:
     result = handler(*args)
     if inspect.isawaitable(result):
         await result
@@ -83,7 +86,7 @@ class _OnLoop:
 
     __slots__ = ("handler", "loop")
 
-    def __init__(self, handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -> None:
+    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop | None) -> None:
         self.handler = handler
         self.loop = loop
 
@@ -101,7 +104,11 @@ class _OnLoop:
             # (server threads never run on a loop): waiting would deadlock.
             result = self.handler(*args)
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result, loop=loop)  # its failure goes to the loop's exception handler
+                # Held until done (the loop keeps only a weak reference); its
+                # failure goes to the loop's exception handler.
+                task = asyncio.ensure_future(result, loop=loop)
+                _RUNNING_HANDLERS.add(task)
+                task.add_done_callback(_RUNNING_HANDLERS.discard)
             return
         future = asyncio.run_coroutine_threadsafe(_invoke(self.handler, args), loop)
         # Wait for the handler, but not for a loop that has stopped: a task
@@ -150,11 +157,13 @@ class CodaWebSocketServer:
         host: str = "localhost",
         port: int = 8765,
         max_replay_events: int = 50,
-        ping_interval: Optional[float] = 20,
-        ping_timeout: Optional[float] = 10,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 10,
         **options: Any,
     ) -> None:
-        self._attach(SyncCodaWebSocketServer(host, port, max_replay_events, ping_interval, ping_timeout, **options))
+        self._attach(
+            SyncCodaWebSocketServer(host, port, max_replay_events, ping_interval, ping_timeout, **options)
+        )
 
     @classmethod
     def wrap(cls, server: SyncCodaWebSocketServer) -> "CodaWebSocketServer":
@@ -171,16 +180,16 @@ class CodaWebSocketServer:
 
     def _attach(self, server: SyncCodaWebSocketServer) -> None:
         self.sync = server
-        self.on_connect_handlers: List[Handler] = []
-        self.on_disconnect_handlers: List[Handler] = []
-        self.on_message_handlers: List[Handler] = []
+        self.on_connect_handlers: list[Handler] = []
+        self.on_disconnect_handlers: list[Handler] = []
+        self.on_message_handlers: list[Handler] = []
         # The loop handlers run on when they were registered outside one:
         # the one this object was made in, then the one that started it.
         self._loop = _running_loop()
         # _lock guards _handler_loops and _client_waiters (server threads read them).
         self._lock = threading.Lock()
-        self._handler_loops: Dict[int, Tuple[Handler, asyncio.AbstractEventLoop]] = {}
-        self._client_waiters: Set[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = set()
+        self._handler_loops: dict[int, tuple[Handler, asyncio.AbstractEventLoop]] = {}
+        self._client_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         server.add_connect_handler(self._on_connect)
         server.add_disconnect_handler(self._on_disconnect)
         server.add_message_handler(self._on_message)
@@ -202,12 +211,12 @@ class CodaWebSocketServer:
         self.sync.port = value
 
     @property
-    def ping_interval(self) -> Optional[float]:
+    def ping_interval(self) -> float | None:
         """Seconds between keepalive pings (None: off); set in the constructor."""
         return self.sync.ping_interval
 
     @property
-    def ping_timeout(self) -> Optional[float]:
+    def ping_timeout(self) -> float | None:
         """Seconds a client may take to answer a ping (None: no limit); set in the constructor."""
         return self.sync.ping_timeout
 
@@ -222,7 +231,7 @@ class CodaWebSocketServer:
         return self.sync.server
 
     @property
-    def clients(self) -> Dict[str, Any]:
+    def clients(self) -> dict[str, Any]:
         """A snapshot: client id -> :class:`~coda_ws.connection.Connection`."""
         return self.sync.clients
 
@@ -232,12 +241,12 @@ class CodaWebSocketServer:
         return self.sync.sequence_number
 
     @property
-    def replay_buffer(self) -> List[Dict[str, Any]]:
+    def replay_buffer(self) -> list[dict[str, Any]]:
         """The replay buffer: a list of event dicts, oldest first (assignable)."""
         return self.sync.replay_buffer
 
     @replay_buffer.setter
-    def replay_buffer(self, events: List[Dict[str, Any]]) -> None:
+    def replay_buffer(self, events: list[dict[str, Any]]) -> None:
         self.sync.replay_buffer = events
 
     @property
@@ -313,8 +322,14 @@ class CodaWebSocketServer:
 
     # -- events -------------------------------------------------------------------
 
-    def emit(self, event_type: Union[EventType, str], *, session_id: Optional[str] = None,
-             high_priority: Optional[bool] = None, **fields: Any) -> BaseEvent:
+    def emit(
+        self,
+        event_type: EventType | str,
+        *,
+        session_id: str | None = None,
+        high_priority: bool | None = None,
+        **fields: Any,
+    ) -> BaseEvent:
         """Emit an event (see :meth:`coda_ws.bus.EventBus.emit`). Plain, not a coroutine.
 
         Thread-safe and non-blocking: callable from coroutines and threads.
@@ -323,8 +338,13 @@ class CodaWebSocketServer:
         """
         return self.sync.emit(event_type, session_id=session_id, high_priority=high_priority, **fields)
 
-    async def broadcast_event(self, event_type: Union[EventType, str], data: Dict[str, Any],
-                              high_priority: bool = False, session_id: Optional[str] = None) -> BaseEvent:
+    async def broadcast_event(
+        self,
+        event_type: EventType | str,
+        data: dict[str, Any],
+        high_priority: bool = False,
+        session_id: str | None = None,
+    ) -> BaseEvent:
         """Emit an event whose fields are ``data``; returns it. Never waits for clients.
 
         Stamped and kept (in replay when ``high_priority``) even when no
@@ -337,8 +357,9 @@ class CodaWebSocketServer:
         """
         return self.sync.broadcast_event(event_type, data, high_priority, session_id)
 
-    async def send_to_client(self, client_id: str, event_type: Union[EventType, str], data: Dict[str, Any],
-                             session_id: Optional[str] = None) -> bool:
+    async def send_to_client(
+        self, client_id: str, event_type: EventType | str, data: dict[str, Any], session_id: str | None = None
+    ) -> bool:
         """Send an event to one client only (never replayed or resumed).
 
         Returns False when no such client is connected. Raises as
@@ -346,17 +367,23 @@ class CodaWebSocketServer:
         """
         return self.sync.send_to_client(client_id, event_type, data, session_id)
 
-    async def broadcast_system_info(self, info: Dict[str, Any]) -> BaseEvent:
+    async def broadcast_system_info(self, info: dict[str, Any]) -> BaseEvent:
         """``system_info`` with ``data=info``, high priority."""
         return self.sync.broadcast_system_info(info)
 
-    async def broadcast_system_error(self, level: str, message: str,
-                                     details: Optional[Dict[str, Any]] = None) -> BaseEvent:
+    async def broadcast_system_error(
+        self, level: str, message: str, details: dict[str, Any] | None = None
+    ) -> BaseEvent:
         """``system_error``, high priority."""
         return self.sync.broadcast_system_error(level, message, details)
 
-    async def broadcast_system_metrics(self, memory_mb: float, cpu_percent: float,
-                                       gpu_vram_mb: Optional[float] = None, uptime_seconds: float = 0) -> BaseEvent:
+    async def broadcast_system_metrics(
+        self,
+        memory_mb: float,
+        cpu_percent: float,
+        gpu_vram_mb: float | None = None,
+        uptime_seconds: float = 0,
+    ) -> BaseEvent:
         """``system_metrics``, not high priority."""
         return self.sync.broadcast_system_metrics(memory_mb, cpu_percent, gpu_vram_mb, uptime_seconds)
 
@@ -383,7 +410,7 @@ class CodaWebSocketServer:
         """
         self._register(self.on_message_handlers, handler)
 
-    def _register(self, handlers: List[Handler], handler: Handler) -> None:
+    def _register(self, handlers: list[Handler], handler: Handler) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         loop = _running_loop()
@@ -394,14 +421,14 @@ class CodaWebSocketServer:
                 self._handler_loops.pop(id(handler), None)
         handlers.append(handler)
 
-    def _loop_for(self, handler: Handler) -> Optional[asyncio.AbstractEventLoop]:
+    def _loop_for(self, handler: Handler) -> asyncio.AbstractEventLoop | None:
         with self._lock:
             entry = self._handler_loops.get(id(handler))
         if entry is not None and entry[0] is handler and not entry[1].is_closed():
             return entry[1]
         return self._loop
 
-    def _run_handlers(self, handlers: List[Handler], *args: Any) -> None:
+    def _run_handlers(self, handlers: list[Handler], *args: Any) -> None:
         """In a server thread: run ``handlers`` (a snapshot) on their loops, in
         order; what one raises is logged and counted as the server does for its own."""
         for handler in list(handlers):
@@ -418,7 +445,7 @@ class CodaWebSocketServer:
     def _on_disconnect(self, client_id: str) -> None:
         self._run_handlers(self.on_disconnect_handlers, client_id)
 
-    def _on_message(self, client_id: str, data: Dict[str, Any]) -> None:
+    def _on_message(self, client_id: str, data: dict[str, Any]) -> None:
         self._run_handlers(self.on_message_handlers, client_id, data)
 
     # -- queries --------------------------------------------------------------------
@@ -429,7 +456,7 @@ class CodaWebSocketServer:
         ``replay_buffer_size``, ``running``) and coda_ws's own."""
         return self.sync.get_stats()
 
-    def get_connected_clients(self) -> List[str]:
+    def get_connected_clients(self) -> list[str]:
         """Ids of the connected clients."""
         return self.sync.get_connected_clients()
 
@@ -445,7 +472,7 @@ class CodaWebSocketServer:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            waiter: "asyncio.Future[None]" = loop.create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
             entry = (loop, waiter)
             with self._lock:
                 self._client_waiters.add(entry)

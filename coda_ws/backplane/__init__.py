@@ -30,8 +30,14 @@ if TYPE_CHECKING:
     from ..bus import EventBus
 
 __all__ = [
-    "RedisBackplane", "RedisEmitter", "open_backplane", "Backplane",
-    "BackplaneStats", "EmitterStats", "PublisherStats", "StreamKeys",
+    "Backplane",
+    "BackplaneStats",
+    "EmitterStats",
+    "PublisherStats",
+    "RedisBackplane",
+    "RedisEmitter",
+    "StreamKeys",
+    "open_backplane",
 ]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")

@@ -97,9 +97,17 @@ if TYPE_CHECKING:
     from ..bus import EventBus
 
 __all__ = [
-    "RedisBackplane", "RedisEmitter", "stream_keys",
-    "DEFAULT_PREFIX", "DEFAULT_MAXLEN", "DEFAULT_BUFFER_SIZE", "DEFAULT_REPLAY_KEEP",
-    "StreamKeys", "PublisherStats", "EmitterStats", "BackplaneStats",
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_MAXLEN",
+    "DEFAULT_PREFIX",
+    "DEFAULT_REPLAY_KEEP",
+    "BackplaneStats",
+    "EmitterStats",
+    "PublisherStats",
+    "RedisBackplane",
+    "RedisEmitter",
+    "StreamKeys",
+    "stream_keys",
 ]
 
 log = logging.getLogger("coda_ws.backplane")
@@ -271,13 +279,28 @@ def _client(url: str, socket_timeout: float, name: str) -> Redis:
     from redis.retry import Retry
 
     client: Redis = redis.Redis.from_url(
-        url, protocol=2, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name=name,
+        url,
+        protocol=2,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        client_name=name,
     )
     return client
 
 
-_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+_TRANSIENT_REPLIES = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 
 
 def _transient(exc: Exception) -> bool:
@@ -326,8 +349,17 @@ class _Publisher:
     retries with backoff (up to one second), and resumes by itself.
     """
 
-    def __init__(self, url: str, keys: StreamKeys, *, buffer_size: int, maxlen: int, replay_keep: int,
-                 max_batch: int = 500, max_pipeline: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        keys: StreamKeys,
+        *,
+        buffer_size: int,
+        maxlen: int,
+        replay_keep: int,
+        max_batch: int = 500,
+        max_pipeline: int = 8,
+    ) -> None:
         for name, value in (("buffer_size", buffer_size), ("maxlen", maxlen), ("replay_keep", replay_keep)):
             integer(name, value, 1)
         self._url = url
@@ -383,8 +415,11 @@ class _Publisher:
             if self._thread is None:
                 self._start_locked()
         if report:
-            log.error("backplane buffer full (%d events): dropping events until Redis accepts them again (%s)",
-                      self.buffer_size, self._down or "Redis does not keep up")
+            log.error(
+                "backplane buffer full (%d events): dropping events until Redis accepts them again (%s)",
+                self.buffer_size,
+                self._down or "Redis does not keep up",
+            )
         return accepted
 
     # -- the publisher thread -----------------------------------------------------
@@ -394,14 +429,18 @@ class _Publisher:
         # joined the previous one, so batches stay in order.
         self._stopping = False
         # daemon: an emitter never closed must not keep the process alive; close() joins it.
-        self._thread = thread = threading.Thread(target=self._run, name="coda-ws-redis-publisher", daemon=True)
+        self._thread = thread = threading.Thread(
+            target=self._run, name="coda-ws-redis-publisher", daemon=True
+        )
         thread.start()
         return thread
 
     def _run(self) -> None:
         client: Redis | None = None
         backoff = _MIN_BACKOFF
-        items: list[_Item | Literal[_Reserved.DROP_NOTICE]] | None = None  # taken from the buffer, not yet acknowledged
+        items: list[_Item | Literal[_Reserved.DROP_NOTICE]] | None = (
+            None  # taken from the buffer, not yet acknowledged
+        )
         try:
             while True:
                 if items is None:
@@ -467,12 +506,15 @@ class _Publisher:
     def _drop_notice(self, count: int) -> _Item:
         """The system_error event that tells every client how many events were dropped."""
         cls = SystemErrorEvent
-        values = build_fields(cls, {
-            "level": "error",
-            "message": f"backplane: {count} events dropped while Redis was unreachable or slow "
-                       f"(buffer of {self.buffer_size} events full)",
-            "details": {"dropped": count, "buffer_size": self.buffer_size, "emitter": self.emitter_id},
-        })
+        values = build_fields(
+            cls,
+            {
+                "level": "error",
+                "message": f"backplane: {count} events dropped while Redis was unreachable or slow "
+                f"(buffer of {self.buffer_size} events full)",
+                "details": {"dropped": count, "buffer_size": self.buffer_size, "emitter": self.emitter_id},
+            },
+        )
         return time.time(), cls.event_type.value, None, b"null", True, encode_fields(cls, values), None
 
     def _take_locked(self) -> tuple[list[_Item | Literal[_Reserved.DROP_NOTICE]], int | None]:
@@ -509,11 +551,21 @@ class _Publisher:
         for batch_number, start in enumerate(range(0, len(items), self.max_batch), first_batch):
             chunk = items[start : start + self.max_batch]
             argv: list[int | str | bytes] = [
-                self.maxlen, self.replay_keep, batch_number, uuid.uuid4().hex, WIRE_HEAD, _EMITTER_KEY_TTL]
+                self.maxlen,
+                self.replay_keep,
+                batch_number,
+                uuid.uuid4().hex,
+                WIRE_HEAD,
+                _EMITTER_KEY_TTL,
+            ]
             for timestamp, type_name, session_id, session_json, high_priority, body, target in chunk:
                 argv += (
-                    repr(timestamp), type_name, "" if session_id is None else session_id,
-                    "0" if session_id is None else "1", "1" if high_priority else "0", target or "",
+                    repr(timestamp),
+                    type_name,
+                    "" if session_id is None else session_id,
+                    "0" if session_id is None else "1",
+                    "1" if high_priority else "0",
+                    target or "",
                     wire_tail(timestamp, type_name, session_json, body),
                 )
             batches.append((batch_number, argv, len(chunk)))
@@ -575,7 +627,9 @@ class _Publisher:
         with self._cond:
             self._counters["errors"] += 1
             if self._down is None:
-                log.warning("backplane: Redis unreachable (%s); buffering up to %d events", exc, self.buffer_size)
+                log.warning(
+                    "backplane: Redis unreachable (%s); buffering up to %d events", exc, self.buffer_size
+                )
             self._down = f"redis unreachable: {exc}"
             if self._stopping:
                 close_deadline = self._close_deadline
@@ -697,9 +751,16 @@ class RedisEmitter:
         ImportError: the ``redis`` package is missing.
     """
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, buffer_size: int = DEFAULT_BUFFER_SIZE,
-                 maxlen: int = DEFAULT_MAXLEN, replay_keep: int = DEFAULT_REPLAY_KEEP,
-                 max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        maxlen: int = DEFAULT_MAXLEN,
+        replay_keep: int = DEFAULT_REPLAY_KEEP,
+        max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
@@ -707,11 +768,18 @@ class RedisEmitter:
         self.url = url
         self.prefix = prefix
         self.max_event_size = max_event_size
-        self._publisher = _Publisher(url, stream_keys(prefix), buffer_size=buffer_size, maxlen=maxlen,
-                                     replay_keep=replay_keep)
+        self._publisher = _Publisher(
+            url, stream_keys(prefix), buffer_size=buffer_size, maxlen=maxlen, replay_keep=replay_keep
+        )
 
-    def emit(self, event_type: EventType | str, *, session_id: str | None = None, high_priority: bool | None = None,
-             **fields: Any) -> BaseEvent:
+    def emit(
+        self,
+        event_type: EventType | str,
+        *,
+        session_id: str | None = None,
+        high_priority: bool | None = None,
+        **fields: Any,
+    ) -> BaseEvent:
         """Validate, encode and buffer an event for Redis; never blocks.
 
         Returns the event with ``seq`` 0 (Redis stamps the seq when it
@@ -726,7 +794,9 @@ class RedisEmitter:
             event_type, session_id, high_priority, fields, self.max_event_size
         )
         timestamp = time.time()
-        self._publisher.submit((timestamp, cls.type_name, session_id, session_json, high_priority, body, None))
+        self._publisher.submit(
+            (timestamp, cls.type_name, session_id, session_json, high_priority, body, None)
+        )
         return cls(seq=0, timestamp=timestamp, session_id=session_id, **values)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -745,7 +815,11 @@ class RedisEmitter:
 
     def stats(self) -> EmitterStats:
         """Counters: published, dropped, buffered, batches, publish errors."""
-        return {"epoch": self._publisher.epoch, "last_seq": self._publisher.last_seq, **self._publisher.stats()}
+        return {
+            "epoch": self._publisher.epoch,
+            "last_seq": self._publisher.last_seq,
+            **self._publisher.stats(),
+        }
 
     @property
     def epoch(self) -> str | None:
@@ -796,9 +870,17 @@ class RedisBackplane:
     joins both.
     """
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, buffer_size: int = DEFAULT_BUFFER_SIZE,
-                 maxlen: int = DEFAULT_MAXLEN, replay_keep: int = DEFAULT_REPLAY_KEEP, block: float = 1.0,
-                 read_count: int = 1000) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        maxlen: int = DEFAULT_MAXLEN,
+        replay_keep: int = DEFAULT_REPLAY_KEEP,
+        block: float = 1.0,
+        read_count: int = 1000,
+    ) -> None:
         _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
@@ -806,8 +888,9 @@ class RedisBackplane:
         self.url = url
         self.prefix = prefix
         self._keys = stream_keys(prefix)
-        self._publisher = _Publisher(url, self._keys, buffer_size=buffer_size, maxlen=maxlen,
-                                     replay_keep=replay_keep)
+        self._publisher = _Publisher(
+            url, self._keys, buffer_size=buffer_size, maxlen=maxlen, replay_keep=replay_keep
+        )
         self.block = float(block)
         self.read_count = read_count
         self._bus: EventBus | None = None
@@ -836,8 +919,16 @@ class RedisBackplane:
         bus.archive = self
         self._bus = bus
 
-    def publish(self, timestamp: float, type_name: str, session_id: str | None, session_json: bytes,
-                high_priority: bool, body: bytes, target: str | None) -> None:
+    def publish(
+        self,
+        timestamp: float,
+        type_name: str,
+        session_id: str | None,
+        session_json: bytes,
+        high_priority: bool,
+        body: bytes,
+        target: str | None,
+    ) -> None:
         """The bus's sequencer hook: buffer the event for Redis; never blocks."""
         self._publisher.submit((timestamp, type_name, session_id, session_json, high_priority, body, target))
 
@@ -855,8 +946,9 @@ class RedisBackplane:
                 self._synced.clear()
                 self._reader_error = "backplane not yet synced with Redis"
                 # daemon, as the publisher; close() (and so the server's stop()) joins it.
-                self._thread = threading.Thread(target=self._read_loop, args=(stop,), name="coda-ws-redis-reader",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._read_loop, args=(stop,), name="coda-ws-redis-reader", daemon=True
+                )
                 self._thread.start()
         return self._synced.wait(ready_timeout)
 
@@ -956,7 +1048,9 @@ class RedisBackplane:
         bus = self._bus
         assert bus is not None  # attached: start(), which runs the reader, requires it
         keys = self._keys
-        epoch, _ = client.eval(_ENSURE_SCRIPT, 3, keys["meta"], keys["stream"], keys["replay"], uuid.uuid4().hex)
+        epoch, _ = client.eval(
+            _ENSURE_SCRIPT, 3, keys["meta"], keys["stream"], keys["replay"], uuid.uuid4().hex
+        )
         epoch = epoch.decode()
         if epoch == self._epoch and not force:
             self._mark_synced()  # reconnected to the stream we follow: carry on from the head
@@ -977,8 +1071,12 @@ class RedisBackplane:
             last_seq = events[-1].seq
         if self._epoch is not None and epoch != self._epoch:
             self._counters["epoch_changes"] += 1
-            log.warning("backplane stream epoch changed from %s to %s: Redis lost the stream; clients resume "
-                        "with epoch_changed", self._epoch, epoch)
+            log.warning(
+                "backplane stream epoch changed from %s to %s: Redis lost the stream; clients resume "
+                "with epoch_changed",
+                self._epoch,
+                epoch,
+            )
         bus.restore(epoch, last_seq, events, replay, first_seq=events[0].seq if events else last_seq + 1)
         with self._ingested:
             self._epoch = epoch
@@ -1034,8 +1132,14 @@ class RedisBackplane:
         """Everything up to the bus's head is in the stream (unless trimmed)."""
         return self._bus.head if self._bus is not None else 0
 
-    def read(self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None,
-             until: int | None = None, page: int = 1000) -> list[Entry]:
+    def read(
+        self,
+        since: int = 0,
+        event_filter: EventFilter | None = None,
+        limit: int | None = None,
+        until: int | None = None,
+        page: int = 1000,
+    ) -> list[Entry]:
         """Events of the stream with ``since < seq <= until``, oldest first.
 
         :class:`~coda_ws.bus.Entry` objects, filtered, events for a single
@@ -1047,8 +1151,12 @@ class RedisBackplane:
         out: list[Entry] = []
         start = since + 1
         while until is None or start <= until:
-            entries = cast(_StreamEntries, self._query().xrange(  # bytes: the client does not decode
-                stream, min=b"%d-0" % start, max=b"+" if until is None else b"%d-0" % until, count=page))
+            entries = cast(
+                _StreamEntries,
+                self._query().xrange(  # bytes: the client does not decode
+                    stream, min=b"%d-0" % start, max=b"+" if until is None else b"%d-0" % until, count=page
+                ),
+            )
             for entry_id, fields in entries:
                 if fields.get(b"e") != expected:
                     continue

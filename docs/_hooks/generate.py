@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from coda_ws.docgen import cli_reference, configuration_reference, event_reference, metrics_reference  # noqa: E402
+from coda_ws.docgen import cli_reference, configuration_reference, event_reference, metrics_reference
 
 _MARKERS = {
     "<!-- coda-ws:configuration -->": configuration_reference,

@@ -54,8 +54,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    parser.add_argument("--wait-for-clients", type=int, default=0, metavar="N",
-                        help="wait (up to 30 s) for N clients before emitting (default: 0)")
+    parser.add_argument(
+        "--wait-for-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait (up to 30 s) for N clients before emitting (default: 0)",
+    )
     args = parser.parse_args(argv)
     asyncio.run(run(args.host, args.port, args.wait_for_clients))
     print("Done", flush=True)

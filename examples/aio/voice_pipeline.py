@@ -215,8 +215,9 @@ class FakeSTTService(FrameProcessor):
             await self.push_frame(InterimTranscriptionFrame(frame.turn, text=" ".join(words[:count])))
         await asyncio.sleep(0.15 * self.pace)
         duration_ms = (time.perf_counter() - started) * 1000.0
-        await self.push_frame(TranscriptionFrame(frame.turn, text=frame.audio, confidence=0.95,
-                                                 duration_ms=duration_ms))
+        await self.push_frame(
+            TranscriptionFrame(frame.turn, text=frame.audio, confidence=0.95, duration_ms=duration_ms)
+        )
 
 
 class FakeLLMService(FrameProcessor):
@@ -240,8 +241,11 @@ class FakeLLMService(FrameProcessor):
             await asyncio.sleep(0.05 * self.pace)
             await self.push_frame(LLMTextFrame(frame.turn, text=token))
         duration_ms = (time.perf_counter() - started) * 1000.0
-        await self.push_frame(LLMFullResponseEndFrame(frame.turn, text="".join(tokens), duration_ms=duration_ms,
-                                                      token_count=len(tokens)))
+        await self.push_frame(
+            LLMFullResponseEndFrame(
+                frame.turn, text="".join(tokens), duration_ms=duration_ms, token_count=len(tokens)
+            )
+        )
 
 
 class FakeTTSService(FrameProcessor):
@@ -256,13 +260,18 @@ class FakeTTSService(FrameProcessor):
         if not isinstance(frame, LLMFullResponseEndFrame):
             return
         started = time.perf_counter()
-        await self.push_frame(TTSStartedFrame(frame.turn, text=frame.text, voice_id="default", engine="elevenlabs"))
+        await self.push_frame(
+            TTSStartedFrame(frame.turn, text=frame.text, voice_id="default", engine="elevenlabs")
+        )
         for chunk in range(1, 5):
             await asyncio.sleep(0.1 * self.pace)
-            await self.push_frame(TTSAudioRawFrame(frame.turn, audio=b"\x00" * 320, progress_percent=25.0 * chunk))
+            await self.push_frame(
+                TTSAudioRawFrame(frame.turn, audio=b"\x00" * 320, progress_percent=25.0 * chunk)
+            )
         duration_ms = (time.perf_counter() - started) * 1000.0
-        await self.push_frame(TTSStoppedFrame(frame.turn, duration_ms=duration_ms,
-                                              audio_duration_ms=60.0 * len(frame.text)))
+        await self.push_frame(
+            TTSStoppedFrame(frame.turn, duration_ms=duration_ms, audio_duration_ms=60.0 * len(frame.text))
+        )
 
 
 # -- the one processor this example is about ------------------------------------------------
@@ -303,7 +312,9 @@ class CodaEventProcessor(FrameProcessor):
             await events.llm_token(frame.text, self._response[frame.turn])
         elif isinstance(frame, LLMFullResponseEndFrame):
             seconds = frame.duration_ms / 1000.0
-            await events.llm_result(frame.text, frame.duration_ms, frame.token_count, frame.token_count / seconds)
+            await events.llm_result(
+                frame.text, frame.duration_ms, frame.token_count, frame.token_count / seconds
+            )
             await perf.track_operation("llm", "generate", frame.duration_ms, {"tokens": frame.token_count})
         elif isinstance(frame, TTSStartedFrame):
             await events.tts_start(frame.text, frame.voice_id, frame.engine)
@@ -313,8 +324,12 @@ class CodaEventProcessor(FrameProcessor):
             await events.tts_result(frame.duration_ms, frame.audio_duration_ms, True)
             await perf.track_operation("tts", "synthesize", frame.duration_ms)
             self.turns += 1
-            await events.conversation_turn(self.conversation_id, self.turns, self._user_input.pop(frame.turn),
-                                           self._response.pop(frame.turn))
+            await events.conversation_turn(
+                self.conversation_id,
+                self.turns,
+                self._user_input.pop(frame.turn),
+                self._response.pop(frame.turn),
+            )
         await self.push_frame(frame, direction)
 
 
@@ -347,10 +362,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="interface to bind (default: localhost)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any free one (default: 8765)")
-    parser.add_argument("--wait-for-clients", type=int, default=0, metavar="N",
-                        help="wait (up to 30 s) for N clients before running (default: 0)")
-    parser.add_argument("--pace", type=float, default=1.0,
-                        help="scale of the simulated processing times (default: 1)")
+    parser.add_argument(
+        "--wait-for-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait (up to 30 s) for N clients before running (default: 0)",
+    )
+    parser.add_argument(
+        "--pace", type=float, default=1.0, help="scale of the simulated processing times (default: 1)"
+    )
     args = parser.parse_args(argv)
     try:
         asyncio.run(run(args.host, args.port, args.wait_for_clients, args.pace))

@@ -112,18 +112,26 @@ async def test_get_times_out_cancels_cleanly_and_close_ends_iteration(aio_server
 @pytest.mark.asyncio
 async def test_filters_types_globs_and_session(aio_server):
     """types globs and session_id filter live events and the replay frame alike."""
-    aio_server.emit("llm_result", text="old", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b")
-    aio_server.emit("llm_result", text="old-a", duration_ms=1.0, token_count=1, tokens_per_second=1.0,
-                    session_id="a")
+    aio_server.emit(
+        "llm_result", text="old", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b"
+    )
+    aio_server.emit(
+        "llm_result", text="old-a", duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="a"
+    )
     async with open_client(aio_server.url, types="llm_*,stt_result", session_id="a") as client:
         assert await client.wait_connected(TIMEOUT)
         aio_server.emit("llm_token", **token("a"), session_id="a")
         aio_server.emit("llm_token", **token("b"), session_id="b")  # other session
         aio_server.emit("tts_status", status="speaking", session_id="a")  # other type
-        aio_server.emit("stt_result", text="no session", confidence=1.0, duration_ms=1.0)  # no session: passes
+        aio_server.emit(
+            "stt_result", text="no session", confidence=1.0, duration_ms=1.0
+        )  # no session: passes
         events = await take(client, 3)
         assert [(e.type, e.session_id) for e in events] == [
-            ("llm_result", "a"), ("llm_token", "a"), ("stt_result", None)]
+            ("llm_result", "a"),
+            ("llm_token", "a"),
+            ("stt_result", None),
+        ]
         assert await client.get(timeout=0.05) is None
 
 
@@ -147,7 +155,7 @@ async def test_subscribe_and_ping_now_after_reconnect_and_while_connecting(aio_s
         assert [e.type for e in await take(client, 1)] == ["stt_start"]
         sessions = client.stats()["sessions"]
         assert client.reconnect()
-        await wait_until(lambda: client.stats()["sessions"] > sessions, message="the reconnect")
+        await wait_until(lambda before=sessions: client.stats()["sessions"] > before, message="the reconnect")
         aio_server.emit("llm_token", **token("still filtered out"))
         aio_server.emit("stt_start", mode="after reconnect")
         event = (await take(client, 1))[0]
@@ -214,7 +222,9 @@ async def test_a_new_server_on_the_same_port_is_a_gap(aio_server_factory):
         events = await take(client, 1)
         assert len(gaps) == 1 and gaps[0][1] is asyncio.current_task()
         frame = gaps[0][0]
-        assert frame["type"] == "resume" and frame["recovered"] is False and frame["reason"] == "epoch_changed"
+        assert (
+            frame["type"] == "resume" and frame["recovered"] is False and frame["reason"] == "epoch_changed"
+        )
         assert events[0].seq == 1 and events[0].text == "new stream"
         assert client.epoch == second.epoch and client.recovered is False
         second.emit("llm_token", **token("live"))
@@ -252,7 +262,10 @@ async def test_close_codes_decide_about_reconnecting(aio_server):
         for code in (4008, 1011):
             sessions = client.stats()["sessions"]
             aio_server.clients[client.client_id].request_close(code, "test")
-            await wait_until(lambda: client.stats()["sessions"] > sessions, message=f"the reconnect after {code}")
+            await wait_until(
+                lambda before=sessions: client.stats()["sessions"] > before,
+                message=f"the reconnect after {code}",
+            )
         assert client.stats()["disconnects"] == {"4008": 1, "1011": 1}
         aio_server.clients[client.client_id].request_close(1000, "done")
         assert [event async for event in client] == [] and client.close_code == 1000
@@ -263,8 +276,9 @@ async def test_refusals_are_fatal_and_explained(aio_server_factory):
     """An HTTP refusal ends the client: get() raises HandshakeRejected with the
     status and the server's explanation (404; 401 without a token); a token is
     sent as a bearer header and a read-only one gets redacted events as dicts."""
-    server = await aio_server_factory(auth={"reader-token-0123456789": ["read"],
-                                            "content-token-0123456789": ["read:content"]})
+    server = await aio_server_factory(
+        auth={"reader-token-0123456789": ["read"], "content-token-0123456789": ["read:content"]}
+    )
     server.emit("stt_result", text="secret words", confidence=0.9, duration_ms=1.0)
     async with open_client(server.url + "no/such/path", token="content-token-0123456789") as client:
         assert not await client.wait_connected(TIMEOUT)
@@ -274,7 +288,9 @@ async def test_refusals_are_fatal_and_explained(aio_server_factory):
     async with open_client(server.url) as client:
         with pytest.raises(HandshakeRejected) as info:
             await client.get(timeout=TIMEOUT)
-        assert info.value.status == 401 and info.value.code == "unauthorized" and "token" in info.value.message
+        assert (
+            info.value.status == 401 and info.value.code == "unauthorized" and "token" in info.value.message
+        )
     async with open_client(server.url, token="content-token-0123456789") as client:
         event = (await take(client, 1))[0]
         assert isinstance(event, STTResultEvent) and event.text == "secret words"
@@ -291,8 +307,14 @@ async def test_backoff_grows_to_its_bound_and_max_retries_gives_up():
     port = free_port()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with open_client(f"ws://127.0.0.1:{port}/", backoff_initial=0.02, backoff_factor=2.0, backoff_max=0.05,
-                           backoff_jitter=0.0, max_retries=3) as client:
+    async with open_client(
+        f"ws://127.0.0.1:{port}/",
+        backoff_initial=0.02,
+        backoff_factor=2.0,
+        backoff_max=0.05,
+        backoff_jitter=0.0,
+        max_retries=3,
+    ) as client:
         with pytest.raises(ClientConnectionError, match="gave up after 4 attempts"):
             await client.get(timeout=TIMEOUT)
         assert loop.time() - started >= 0.02 + 0.04 + 0.05  # the third delay is capped by backoff_max
@@ -325,7 +347,11 @@ async def test_a_server_that_never_answers_cannot_hang_the_client():
 def test_bad_arguments_raise_at_once_and_nothing_starts_outside_a_loop():
     """Malformed URLs, filters and options raise in the constructor, naming the value;
     a client made outside an event loop starts nothing until it is used in one."""
-    for url, match in (("http//nope", "ws://"), ("ftp://localhost/", "ws://"), ("ws://localhost:99999/", "(?i)port")):
+    for url, match in (
+        ("http//nope", "ws://"),
+        ("ftp://localhost/", "ws://"),
+        ("ws://localhost:99999/", "(?i)port"),
+    ):
         with pytest.raises(ValueError, match=match):
             AsyncCodaEventClient(url)
     with pytest.raises(ValueError):
@@ -370,8 +396,14 @@ async def test_a_message_over_max_message_size_is_fatal(aio_server):
 
 
 def _event(seq, mode="m"):
-    return {"version": "1.0", "seq": seq, "timestamp": 1000.0 + seq, "type": "stt_start", "session_id": None,
-            "mode": mode}
+    return {
+        "version": "1.0",
+        "seq": seq,
+        "timestamp": 1000.0 + seq,
+        "type": "stt_start",
+        "session_id": None,
+        "mode": mode,
+    }
 
 
 @pytest.mark.asyncio
@@ -383,19 +415,34 @@ async def test_resent_events_are_delivered_once():
 
     def handler(ws):
         headers = ws.request.headers
-        requests.append((ws.request.path, headers.get("Authorization"), headers.get("Sec-WebSocket-Protocol")))
+        requests.append(
+            (ws.request.path, headers.get("Authorization"), headers.get("Sec-WebSocket-Protocol"))
+        )
         query = parse_qs(urlsplit(ws.request.path).query)
         if "since" not in query:
-            frames = [{"type": "hello", "protocol": 1, "epoch": "E1", "seq": 2, "client_id": "c1", "replay": 2},
-                      {"type": "replay", "events": [_event(1), _event(2)]},
-                      _event(2), _event(3), _event(3), _event(1), _event(4)]
+            frames = [
+                {"type": "hello", "protocol": 1, "epoch": "E1", "seq": 2, "client_id": "c1", "replay": 2},
+                {"type": "replay", "events": [_event(1), _event(2)]},
+                _event(2),
+                _event(3),
+                _event(3),
+                _event(1),
+                _event(4),
+            ]
             for frame in frames:
                 ws.send(json.dumps(frame))
             ws.close(1011, "bye")
             return
-        frames = [{"type": "hello", "protocol": 1, "epoch": "E1", "seq": 6, "client_id": "c2", "replay": 0},
-                  {"type": "resume", "recovered": True, "from": 5, "to": 6, "count": 2},
-                  _event(3), _event(4), _event(5), _event(6), _event(5), _event(7)]
+        frames = [
+            {"type": "hello", "protocol": 1, "epoch": "E1", "seq": 6, "client_id": "c2", "replay": 0},
+            {"type": "resume", "recovered": True, "from": 5, "to": 6, "count": 2},
+            _event(3),
+            _event(4),
+            _event(5),
+            _event(6),
+            _event(5),
+            _event(7),
+        ]
         for frame in frames:
             ws.send(json.dumps(frame))
         for _ in ws:  # until the client closes
@@ -418,7 +465,12 @@ async def test_resent_events_are_delivered_once():
     first, second = requests
     assert first[1:] == second[1:] == ("Bearer sekret", "coda-ws.v1")
     assert parse_qs(urlsplit(first[0]).query) == {"key": ["kept"], "v": ["1"]}
-    assert parse_qs(urlsplit(second[0]).query) == {"key": ["kept"], "v": ["1"], "since": ["4"], "epoch": ["E1"]}
+    assert parse_qs(urlsplit(second[0]).query) == {
+        "key": ["kept"],
+        "v": ["1"],
+        "since": ["4"],
+        "epoch": ["E1"],
+    }
 
 
 # -- cut and reconnect --------------------------------------------------------------------------
@@ -449,7 +501,9 @@ async def test_cut_many_times_while_coroutines_and_threads_emit(aio_server):
 
     async def coroutine_emitter(n, cycle):
         for i in range(burst):
-            await aio_server.broadcast_event("llm_token", {"token": f"c{n}:{cycle}:{i}", "cumulative_text": ""})
+            await aio_server.broadcast_event(
+                "llm_token", {"token": f"c{n}:{cycle}:{i}", "cumulative_text": ""}
+            )
             await asyncio.sleep(0)
 
     threads = [threading.Thread(target=thread_emitter, args=(n,), name=f"test-emitter-{n}") for n in range(2)]

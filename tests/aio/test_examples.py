@@ -113,16 +113,33 @@ def test_integration_example(tmp_path):
     README's values, then the server stops and the script exits 0."""
     frames = _run_to_the_end(tmp_path, "integration.py", "--wait-for-clients", "1")
     assert [f["type"] for f in frames] == [
-        "stt_start", "stt_result", "llm_start", "llm_result", "tts_start", "tts_result",
+        "stt_start",
+        "stt_result",
+        "llm_start",
+        "llm_result",
+        "tts_start",
+        "tts_result",
     ]
     session = frames[0]["session_id"]
     assert session and all(f["session_id"] == session for f in frames)
     assert frames[0]["mode"] == "continuous"
-    assert (frames[1]["text"], frames[1]["confidence"], frames[1]["duration_ms"]) == ("Hello world", 0.95, 1500.0)
-    assert (frames[2]["prompt"], frames[2]["model"], frames[2]["temperature"]) == ("Hello world", "llama3", 0.7)
+    assert (frames[1]["text"], frames[1]["confidence"], frames[1]["duration_ms"]) == (
+        "Hello world",
+        0.95,
+        1500.0,
+    )
+    assert (frames[2]["prompt"], frames[2]["model"], frames[2]["temperature"]) == (
+        "Hello world",
+        "llama3",
+        0.7,
+    )
     assert (frames[3]["token_count"], frames[3]["tokens_per_second"]) == (15, 18.75)
     assert (frames[4]["voice_id"], frames[4]["engine"]) == ("default", "elevenlabs")
-    assert (frames[5]["duration_ms"], frames[5]["audio_duration_ms"], frames[5]["success"]) == (600.0, 1200.0, True)
+    assert (frames[5]["duration_ms"], frames[5]["audio_duration_ms"], frames[5]["success"]) == (
+        600.0,
+        1200.0,
+        True,
+    )
 
 
 def test_performance_example(tmp_path):
@@ -132,7 +149,10 @@ def test_performance_example(tmp_path):
     assert frames[0]["type"] == "system_metrics"
     traces = [f for f in frames if f["type"] == "latency_trace"]
     assert [(f["component"], f["operation"]) for f in traces] == [
-        ("stt", "transcribe"), ("tts", "synthesize"), ("llm", "generate")]
+        ("stt", "transcribe"),
+        ("tts", "synthesize"),
+        ("llm", "generate"),
+    ]
     assert traces[0]["duration_ms"] >= 15.0  # asyncio.sleep(1.5 * 0.01)
     assert traces[1]["metadata"] == {"voice": "default"}
     assert (traces[2]["duration_ms"], traces[2]["metadata"]) == (1200.0, {"tokens": 45})
@@ -153,9 +173,15 @@ def test_voice_pipeline(tmp_path):
     expected = ["conversation_start"]
     for text in utterances:
         interims = len(range(2, len(text.split()), 2))
-        expected += (["stt_start"] + ["stt_interim"] * interims + ["stt_result", "latency_trace", "llm_start"]
-                     + ["llm_token"] * 7 + ["llm_result", "latency_trace", "tts_start"] + ["tts_progress"] * 4
-                     + ["tts_result", "latency_trace", "conversation_turn"])
+        expected += (
+            ["stt_start"]
+            + ["stt_interim"] * interims
+            + ["stt_result", "latency_trace", "llm_start"]
+            + ["llm_token"] * 7
+            + ["llm_result", "latency_trace", "tts_start"]
+            + ["tts_progress"] * 4
+            + ["tts_result", "latency_trace", "conversation_turn"]
+        )
     expected += ["conversation_end", "system_info:performance_summary"]
     assert [_label(f) for f in events] == expected
     session = events[0]["session_id"]
@@ -173,4 +199,7 @@ def test_voice_pipeline(tmp_path):
     assert by_type["conversation_end"][0]["total_turns"] == 3
     summary = events[-1]["data"]["data"]["operation_timings"]
     assert {key: value["count"] for key, value in summary.items()} == {
-        "stt.transcribe": 3, "llm.generate": 3, "tts.synthesize": 3}
+        "stt.transcribe": 3,
+        "llm.generate": 3,
+        "tts.synthesize": 3,
+    }

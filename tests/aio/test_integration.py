@@ -80,7 +80,13 @@ def test_every_event_method_is_awaitable_with_the_synchronous_parameters():
 def test_perf_methods_are_awaitable_where_the_original_was():
     """WebSocketPerfIntegration: the original's coroutines are coroutine functions with
     the synchronous parameters; its plain methods stay plain."""
-    awaitable = {"start", "stop", "track_operation", "track_component_timings", "broadcast_performance_summary"}
+    awaitable = {
+        "start",
+        "stop",
+        "track_operation",
+        "track_component_timings",
+        "broadcast_performance_summary",
+    }
     plain = {"time_operation", "get_performance_summary", "increment_counter", "reset_metrics"}
     assert awaitable | plain <= _public(WebSocketPerfIntegration)
     for name in awaitable | plain:
@@ -89,7 +95,10 @@ def test_perf_methods_are_awaitable_where_the_original_was():
         if name != "start":
             assert _parameters(method) == _parameters(getattr(SyncPerf, name)), name
     assert _parameters(WebSocketPerfIntegration.__init__)[:3] == [
-        ("self", inspect.Parameter.empty), ("server", inspect.Parameter.empty), ("metrics_interval", 5.0)]
+        ("self", inspect.Parameter.empty),
+        ("server", inspect.Parameter.empty),
+        ("metrics_interval", 5.0),
+    ]
 
 
 @pytest.mark.asyncio
@@ -212,14 +221,25 @@ async def test_time_operation_async_with_errors_cancellation_and_decorators():
             pass
         assert await asyncio.to_thread(bus.flush, TIMEOUT)  # history is written by the bus's dispatcher
         traces = [(e["component"], e["operation"], e["metadata"]) for e in _history(bus, "latency_trace")]
-        assert traces[:3] == [("stt", "transcribe", {"model": "base"}), ("llm", "generate", {"error": "KeyError"}),
-                              ("tts", "synthesize", {"error": "CancelledError"})]
-        lookups = sorted(e["duration_ms"] for e in _history(bus, "latency_trace") if e["operation"] == "lookup")
+        assert traces[:3] == [
+            ("stt", "transcribe", {"model": "base"}),
+            ("llm", "generate", {"error": "KeyError"}),
+            ("tts", "synthesize", {"error": "CancelledError"}),
+        ]
+        lookups = sorted(
+            e["duration_ms"] for e in _history(bus, "latency_trace") if e["operation"] == "lookup"
+        )
         assert len(lookups) == 2 and lookups[0] >= 10.0 and lookups[1] >= 50.0
         timings = perf.get_performance_summary()["operation_timings"]
         assert {key: value["count"] for key, value in timings.items()} == {
-            "stt.transcribe": 1, "llm.generate": 1, "tts.synthesize": 1, "tools.lookup": 2, "tools.fetch": 1,
-            "tools.parse": 2, "memory.store": 1}
+            "stt.transcribe": 1,
+            "llm.generate": 1,
+            "tts.synthesize": 1,
+            "tools.lookup": 2,
+            "tools.fetch": 1,
+            "tools.parse": 2,
+            "memory.store": 1,
+        }
     finally:
         bus.close()
 

@@ -18,10 +18,10 @@ changes, each keeping the test's meaning:
 """
 
 import json
+from unittest.mock import MagicMock
 
 import pytest
 import websockets
-from unittest.mock import MagicMock
 
 from coda_ws.aio import CodaWebSocketServer
 from coda_ws.aio.events import EventType
@@ -67,10 +67,7 @@ class TestCodaWebSocketServer:
         await server.start()
 
         # Should not raise an error
-        await server.broadcast_event(
-            EventType.SYSTEM_INFO,
-            {"message": "test"}
-        )
+        await server.broadcast_event(EventType.SYSTEM_INFO, {"message": "test"})
 
         await server.stop()
 
@@ -134,16 +131,12 @@ class TestCodaWebSocketServer:
 
         # Add events to buffer (simulated)
         for i in range(5):
-            event = {
-                "seq": i,
-                "type": "test_event",
-                "data": {"index": i}
-            }
+            event = {"seq": i, "type": "test_event", "data": {"index": i}}
             server.replay_buffer.append(event)
 
             # Trim buffer if needed (simulate the server logic)
             if len(server.replay_buffer) > server.max_replay_events:
-                server.replay_buffer = server.replay_buffer[-server.max_replay_events:]
+                server.replay_buffer = server.replay_buffer[-server.max_replay_events :]
 
         # Should only keep the last 3 events
         assert len(server.replay_buffer) == 3
@@ -167,10 +160,7 @@ async def test_websocket_integration():
             assert len(server.clients) == 1
 
             # Broadcast an event
-            await server.broadcast_event(
-                EventType.SYSTEM_INFO,
-                {"message": "test broadcast"}
-            )
+            await server.broadcast_event(EventType.SYSTEM_INFO, {"message": "test broadcast"})
 
             # Client should receive the event
             message = await websocket.recv()
@@ -201,7 +191,7 @@ async def test_error_handling():
         with pytest.raises(ValueError):
             await server.broadcast_event(
                 "invalid_event_type",  # This should raise an error
-                {"data": "test"}
+                {"data": "test"},
             )
 
     finally:

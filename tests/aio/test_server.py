@@ -35,29 +35,55 @@ def test_awaitable_where_the_original_was_and_plain_elsewhere():
     """The original's coroutines are coroutine functions here, its plain methods plain,
     with the original's parameter names and defaults."""
     awaitable = {
-        "start": [], "stop": [("timeout", 5.0)],
-        "broadcast_event": [("event_type", None), ("data", None), ("high_priority", False), ("session_id", None)],
+        "start": [],
+        "stop": [("timeout", 5.0)],
+        "broadcast_event": [
+            ("event_type", None),
+            ("data", None),
+            ("high_priority", False),
+            ("session_id", None),
+        ],
         "send_to_client": [("client_id", None), ("event_type", None), ("data", None), ("session_id", None)],
         "broadcast_system_info": [("info", None)],
         "broadcast_system_error": [("level", None), ("message", None), ("details", None)],
-        "broadcast_system_metrics": [("memory_mb", None), ("cpu_percent", None), ("gpu_vram_mb", None),
-                                     ("uptime_seconds", 0)],
+        "broadcast_system_metrics": [
+            ("memory_mb", None),
+            ("cpu_percent", None),
+            ("gpu_vram_mb", None),
+            ("uptime_seconds", 0),
+        ],
         "wait_for_clients": [("min_clients", 1), ("timeout", 30.0)],
     }
     for name, params in awaitable.items():
         method = getattr(CodaWebSocketServer, name)
         assert inspect.iscoroutinefunction(method), name
-        got = [(p.name, None if p.default is p.empty else p.default)
-               for p in list(inspect.signature(method).parameters.values())[1:]]
+        got = [
+            (p.name, None if p.default is p.empty else p.default)
+            for p in list(inspect.signature(method).parameters.values())[1:]
+        ]
         assert got == params, name
-    for name in ("add_connect_handler", "add_disconnect_handler", "add_message_handler", "get_stats",
-                 "get_connected_clients", "emit"):
+    for name in (
+        "add_connect_handler",
+        "add_disconnect_handler",
+        "add_message_handler",
+        "get_stats",
+        "get_connected_clients",
+        "emit",
+    ):
         assert not inspect.iscoroutinefunction(getattr(CodaWebSocketServer, name)), name
     assert inspect.isasyncgenfunction(inspect.unwrap(CodaWebSocketServer.run_context))
-    defaults = {name: p.default for name, p in inspect.signature(CodaWebSocketServer).parameters.items()
-                if p.default is not p.empty}
-    assert defaults == {"host": "localhost", "port": 8765, "max_replay_events": 50, "ping_interval": 20,
-                        "ping_timeout": 10}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(CodaWebSocketServer).parameters.items()
+        if p.default is not p.empty
+    }
+    assert defaults == {
+        "host": "localhost",
+        "port": 8765,
+        "max_replay_events": 50,
+        "ping_interval": 20,
+        "ping_timeout": 10,
+    }
 
 
 def test_exports():
@@ -207,7 +233,9 @@ async def test_handlers_run_on_the_loop_one_at_a_time_in_order(aio_server):
         await wait_until(lambda: len(calls) == 6, message=lambda: f"the handlers, got {calls}")
     await wait_until(lambda: len(calls) == 7, message="the disconnect handler")
     client_id = calls[0][1]
-    assert calls == [("connect", client_id)] + [("message", n) for n in range(5)] + [("disconnect", client_id)]
+    assert calls == [("connect", client_id)] + [("message", n) for n in range(5)] + [
+        ("disconnect", client_id)
+    ]
     assert threads == {threading.current_thread()}
     assert aio_server.get_stats()["handler_errors"] == 0
 
@@ -232,7 +260,9 @@ async def test_raising_handlers_are_logged_counted_and_isolated(aio_server, capl
     assert aio_server.get_stats()["handler_errors"] == 2
     failures = [r for r in caplog.records if r.name == "coda_ws.server" and "failed" in r.getMessage()]
     assert [("broken_plain" in r.getMessage(), "broken_coroutine" in r.getMessage()) for r in failures] == [
-        (True, False), (False, True)]
+        (True, False),
+        (False, True),
+    ]
     assert "plain handler broke" in caplog.text and "coroutine handler broke" in caplog.text
 
 
@@ -282,7 +312,9 @@ def test_a_handler_whose_loop_stopped_is_given_up_and_counted(server_factory):
             assert started.wait(TIMEOUT)
             loop.call_soon_threadsafe(loop.stop)
             loop_thread.join(TIMEOUT)
-            wait_for(lambda: sync.get_stats()["handler_errors"] == 1, message="the stuck handler to be given up")
+            wait_for(
+                lambda: sync.get_stats()["handler_errors"] == 1, message="the stuck handler to be given up"
+            )
             sync.emit("tts_status", status="still served")
             assert recv_json(ws)["status"] == "still served"
     finally:
@@ -314,8 +346,10 @@ async def test_coroutines_and_threads_emit_into_one_ordered_stream(aio_server):
     per_emitter, emitters = 250, 4
     total = 2 * emitters * per_emitter
     integration = CodaWebSocketIntegration(aio_server)
-    async with websockets.connect(aio_server.url + "?replay=0", max_size=None) as raw, \
-            AsyncCodaEventClient(aio_server.url, backoff_initial=0.01) as client:
+    async with (
+        websockets.connect(aio_server.url + "?replay=0", max_size=None) as raw,
+        AsyncCodaEventClient(aio_server.url, backoff_initial=0.01) as client,
+    ):
         assert await client.wait_connected(TIMEOUT)
         assert await aio_server.wait_for_clients(2, TIMEOUT)
 
@@ -336,8 +370,10 @@ async def test_coroutines_and_threads_emit_into_one_ordered_stream(aio_server):
                 if i % 10 == 9:
                     await asyncio.sleep(0)  # let the other coroutines and the clients in
 
-        threads = [threading.Thread(target=thread_emitter, args=(n,), name=f"test-emitter-{n}")
-                   for n in range(emitters)]
+        threads = [
+            threading.Thread(target=thread_emitter, args=(n,), name=f"test-emitter-{n}")
+            for n in range(emitters)
+        ]
         for thread in threads:
             thread.start()
         start.wait()
@@ -372,8 +408,9 @@ async def test_emitting_from_the_loop_never_waits_for_a_stalled_client(aio_serve
     with 4008 (then can resume)."""
     from coda_ws.aio import AsyncCodaEventClient
 
-    server = await aio_server_factory(client_queue_size=16, history_size=2000, ping_interval=None,
-                                      ping_timeout=120)
+    server = await aio_server_factory(
+        client_queue_size=16, history_size=2000, ping_interval=None, ping_timeout=120
+    )
     stalled = await asyncio.to_thread(RawClient, server.port, "/?v=1", rcvbuf=4096)
     try:
         async with AsyncCodaEventClient(server.url, replay=False, backoff_initial=0.01) as healthy:
@@ -381,15 +418,19 @@ async def test_emitting_from_the_loop_never_waits_for_a_stalled_client(aio_serve
             assert await server.wait_for_clients(2, TIMEOUT)
             got = []
             for i in range(600):
-                await server.broadcast_event("tool_result", {"tool_name": "t", "call_id": str(i),
-                                                             "result": "x" * 16_384, "duration_ms": 1.0})
+                await server.broadcast_event(
+                    "tool_result",
+                    {"tool_name": "t", "call_id": str(i), "result": "x" * 16_384, "duration_ms": 1.0},
+                )
                 if i % 8 == 7:  # the healthy client keeps within its 16-event allowance
                     while len(got) <= i:
                         event = await healthy.get(TIMEOUT)
                         assert event is not None, f"got {len(got)} events"
                         got.append(event.call_id)
             assert got == [str(i) for i in range(600)]
-            await wait_until(lambda: server.get_stats()["overflows"] >= 1, message="the stalled client's overflow")
+            await wait_until(
+                lambda: server.get_stats()["overflows"] >= 1, message="the stalled client's overflow"
+            )
         # Reading at last, it finds what fitted in its allowance, then the close frame.
         frames, code = await asyncio.to_thread(stalled.read_until_close, 10.0)
         assert code == 4008 and frames[0]["type"] == "hello"
@@ -402,7 +443,7 @@ async def test_emitting_from_the_loop_never_waits_for_a_stalled_client(aio_serve
 async def test_send_to_client_reaches_one_client_only(aio_server):
     """send_to_client() is awaitable, reaches only that client, and is False for an unknown id."""
     async with websockets.connect(aio_server.url) as first, websockets.connect(aio_server.url) as second:
-        first_id, second_id = aio_server.get_connected_clients()
+        first_id, _second_id = aio_server.get_connected_clients()
         assert await aio_server.send_to_client(first_id, "tts_status", {"status": "only you"}) is True
         assert await aio_server.send_to_client("no-such-client", "tts_status", {"status": "x"}) is False
         await aio_server.broadcast_event("tts_status", {"status": "everyone"})

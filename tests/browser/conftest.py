@@ -102,7 +102,8 @@ class PageProbe:
         problems += [f"request failed: {r}" for r in self.failed_requests]
         problems += [f"HTTP {status}: {url}" for status, url in self.error_responses if not allowed(url)]
         problems += [
-            f"console: {text} ({url})" for text, url in self.console_errors
+            f"console: {text} ({url})"
+            for text, url in self.console_errors
             if not (text.startswith("Failed to load resource") and allowed(url))
         ]
         return problems

@@ -34,21 +34,55 @@ def test_dashboard_loads_clean_and_shows_connection(server, page):
 
 def _turn(integration, conversation_id="conv-1"):
     """The events of one spoken turn, emitted stage by stage."""
-    yield "listening", lambda: (integration.stt_start("push_to_talk"),
-                                integration.stt_interim_result("What's the weather", 0.6))
-    yield "transcript", lambda: integration.stt_final_result("What's the weather in Paris?", 0.93, 420.0, "en")
-    yield "streaming", lambda: (integration.llm_start("What's the weather in Paris?", "llama3"),
-                                integration.llm_token("It's", "It's"),
-                                integration.llm_token(" sunny", "It's sunny"))
-    yield "response", lambda: (integration.llm_token(" and 21°C.", "It's sunny and 21°C."),
-                               integration.llm_result("It's sunny and 21°C.", 400.0, 3, 7.5))
+    yield (
+        "listening",
+        lambda: (
+            integration.stt_start("push_to_talk"),
+            integration.stt_interim_result("What's the weather", 0.6),
+        ),
+    )
+    yield (
+        "transcript",
+        lambda: integration.stt_final_result("What's the weather in Paris?", 0.93, 420.0, "en"),
+    )
+    yield (
+        "streaming",
+        lambda: (
+            integration.llm_start("What's the weather in Paris?", "llama3"),
+            integration.llm_token("It's", "It's"),
+            integration.llm_token(" sunny", "It's sunny"),
+        ),
+    )
+    yield (
+        "response",
+        lambda: (
+            integration.llm_token(" and 21°C.", "It's sunny and 21°C."),
+            integration.llm_result("It's sunny and 21°C.", 400.0, 3, 7.5),
+        ),
+    )
     yield "tool_call", lambda: integration.tool_call("weather", {"city": "Paris"}, "call-1")
-    yield "tool_result", lambda: integration.tool_result("weather", "call-1", {"temp_c": 21, "sky": "sunny"}, 48.0)
-    yield "tts", lambda: (integration.tts_start("It's sunny and 21°C.", "default", "elevenlabs"),
-                          integration.tts_progress(25.0), integration.tts_progress(50.0))
-    yield "done", lambda: (integration.tts_progress(100.0), integration.tts_result(600.0, 1800.0, True),
-                           integration.conversation_turn(conversation_id, 1, "What's the weather in Paris?",
-                                                         "It's sunny and 21°C."))
+    yield (
+        "tool_result",
+        lambda: integration.tool_result("weather", "call-1", {"temp_c": 21, "sky": "sunny"}, 48.0),
+    )
+    yield (
+        "tts",
+        lambda: (
+            integration.tts_start("It's sunny and 21°C.", "default", "elevenlabs"),
+            integration.tts_progress(25.0),
+            integration.tts_progress(50.0),
+        ),
+    )
+    yield (
+        "done",
+        lambda: (
+            integration.tts_progress(100.0),
+            integration.tts_result(600.0, 1800.0, True),
+            integration.conversation_turn(
+                conversation_id, 1, "What's the weather in Paris?", "It's sunny and 21°C."
+            ),
+        ),
+    )
 
 
 def test_conversation_appears_in_order(server, page):
@@ -74,14 +108,20 @@ def test_conversation_appears_in_order(server, page):
     expect(current.locator("[data-section=response] .bubble-text")).to_have_text("It's sunny and 21°C.")
     expect(current.locator("[data-section=response] .caret")).to_have_count(0)
     stages["tool_call"]()
-    expect(current.locator("[data-section=tools] .tool[data-state=running] .tool-name")).to_have_text("weather")
+    expect(current.locator("[data-section=tools] .tool[data-state=running] .tool-name")).to_have_text(
+        "weather"
+    )
     stages["tool_result"]()
-    expect(current.locator("[data-section=tools] .tool[data-state=done] .tool-result")).to_contain_text('"sky":"sunny"')
+    expect(current.locator("[data-section=tools] .tool[data-state=done] .tool-result")).to_contain_text(
+        '"sky":"sunny"'
+    )
     stages["tts"]()
     expect(current.locator("[data-section=tts]")).to_have_attribute("data-percent", "50")
     sections = current.locator("[data-section]").evaluate_all("nodes => nodes.map(n => n.dataset.section)")
     assert sections == ["transcript", "response", "tools", "tts"]
-    expect(page.locator("#lat-chart")).to_have_attribute("data-points", "1")  # first audio: voice-to-voice known
+    expect(page.locator("#lat-chart")).to_have_attribute(
+        "data-points", "1"
+    )  # first audio: voice-to-voice known
 
     stages["done"]()
     expect(current.locator("[data-section=tts]")).to_have_attribute("data-percent", "100")
@@ -114,11 +154,14 @@ def test_event_log_filters_search_pause_and_expand(server, page):
     and resume, and click-to-expand the full JSON all act on the log."""
     open_dashboard(page, server.http_url)
     rows = page.locator("#log-rows > .log-row")
-    server.emit("stt_result", session_id="alpha", text="turn on the <b>lights</b>", confidence=0.9, duration_ms=300.0)
+    server.emit(
+        "stt_result", session_id="alpha", text="turn on the <b>lights</b>", confidence=0.9, duration_ms=300.0
+    )
     server.emit("llm_start", session_id="alpha", prompt="lights", model="llama3", temperature=0.2)
     server.emit("llm_token", session_id="beta", token="Ok", cumulative_text="Ok")
-    last = server.emit("tool_call", session_id="beta", tool_name="lights", parameters={"room": "kitchen"},
-                       call_id="c1")
+    last = server.emit(
+        "tool_call", session_id="beta", tool_name="lights", parameters={"room": "kitchen"}, call_id="c1"
+    )
     wait_for_seq(page, last.seq)
     expect(rows).to_have_count(4)
     assert log_seqs(page) == [4, 3, 2, 1]  # newest first
@@ -197,9 +240,12 @@ def test_screenshot_mid_conversation(server, page, artifacts):
     producer.start()
     try:
         expect(page.locator("#conv-previous > li")).to_have_count(3, timeout=10000)
-        expect(page.locator("#conv-current [data-section=tts]")).to_have_attribute("data-percent", "50",
-                                                                                  timeout=5000)
-        expect(page.locator("#lat-chart")).to_have_attribute("data-points", "4")  # 3 done + this one's first audio
+        expect(page.locator("#conv-current [data-section=tts]")).to_have_attribute(
+            "data-percent", "50", timeout=5000
+        )
+        expect(page.locator("#lat-chart")).to_have_attribute(
+            "data-points", "4"
+        )  # 3 done + this one's first audio
         path = artifacts / "dashboard.png"
         page.screenshot(path=str(path))
         page.screenshot(path=str(artifacts / "dashboard-full.png"), full_page=True)
@@ -247,10 +293,21 @@ def test_mounted_under_prefix_with_token_in_fragment(server_factory, page):
 def test_clients_panel_shows_stats_and_hides_when_refused(server, page):
     """With /stats answering (admin), the clients panel lists the clients; on
     401/403/404 it stays hidden and stops asking."""
-    stats = {"current_connections": 1, "clients": [{
-        "id": "0f4c7a9e-1111-2222-3333-444455556666", "address": "127.0.0.1:50000",
-        "filters": {"types": ["llm_*"], "session_id": None}, "queue_depth": 3, "lag": 7, "sent": 120,
-        "dropped": 2, "connected_since": 1_700_000_000.0}]}
+    stats = {
+        "current_connections": 1,
+        "clients": [
+            {
+                "id": "0f4c7a9e-1111-2222-3333-444455556666",
+                "address": "127.0.0.1:50000",
+                "filters": {"types": ["llm_*"], "session_id": None},
+                "queue_depth": 3,
+                "lag": 7,
+                "sent": 120,
+                "dropped": 2,
+                "connected_since": 1_700_000_000.0,
+            }
+        ],
+    }
     page.route("**/stats", lambda route: route.fulfill(status=200, json=stats))
     open_dashboard(page, server.http_url)
     panel = page.locator("#panel-clients")
@@ -271,7 +328,9 @@ def test_clients_panel_shows_stats_and_hides_when_refused(server, page):
         asked = []
         other.route("**/stats", refuser(status, asked))
         open_dashboard(other, server.http_url)
-        expect(other.locator("#panel-clients")).to_have_attribute("data-unavailable", f"/stats answered {status}")
+        expect(other.locator("#panel-clients")).to_have_attribute(
+            "data-unavailable", f"/stats answered {status}"
+        )
         expect(other.locator("#panel-clients")).to_be_hidden()
         assert len(asked) == 1
         other.close()
@@ -284,11 +343,13 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
     delaying Playwright's round trips does not count), and the log never holds
     more than its bound of rows."""
     open_dashboard(page, server.http_url)
-    types = [("llm_token", {"token": "x", "cumulative_text": "x"}),
-             ("stt_interim", {"text": "partial", "confidence": 0.5}),
-             ("tool_call", {"tool_name": "t", "parameters": {"n": 1}, "call_id": "c"}),
-             ("system_metrics", {"memory_mb": 100.0, "cpu_percent": 5.0, "uptime_seconds": 1.0}),
-             ("latency_trace", {"component": "llm", "operation": "gen", "duration_ms": 5.0})]
+    types = [
+        ("llm_token", {"token": "x", "cumulative_text": "x"}),
+        ("stt_interim", {"text": "partial", "confidence": 0.5}),
+        ("tool_call", {"tool_name": "t", "parameters": {"n": 1}, "call_id": "c"}),
+        ("system_metrics", {"memory_mb": 100.0, "cpu_percent": 5.0, "uptime_seconds": 1.0}),
+        ("latency_trace", {"component": "llm", "operation": "gen", "duration_ms": 5.0}),
+    ]
     total = 5000
     done = threading.Event()
 
@@ -327,7 +388,9 @@ def test_five_thousand_events_stay_responsive_and_bounded(server, page):
     page.click("#log-chips .chip[data-types='']")
     expect(page.locator("#log-rows > .log-row")).to_have_count(MAX_LOG_ROWS)
     # The count is already right before the unfiltered rows are drawn: wait for the newest row.
-    expect(page.locator("#log-rows > .log-row").first).to_have_attribute("data-seq", str(server.sequence_number))
+    expect(page.locator("#log-rows > .log-row").first).to_have_attribute(
+        "data-seq", str(server.sequence_number)
+    )
     seqs = log_seqs(page)
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
     assert seqs[0] == server.sequence_number

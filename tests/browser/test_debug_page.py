@@ -40,15 +40,22 @@ def test_debug_page_tail_filter_and_emit_form(server, page, artifacts):
 
     page.select_option("#emit-type", "tts_progress")
     expect(page.locator("#emit-fields")).to_have_value(
-        json.dumps({"progress_percent": 50, "estimated_duration_ms": 1200}, indent=2))
+        json.dumps({"progress_percent": 50, "estimated_duration_ms": 1200}, indent=2)
+    )
     page.fill("#emit-session", "debug-session")
     page.click("#emit-send")
     answer = page.locator("#emit-answer")
     expect(answer).to_have_attribute("data-ok", "true")
     expect(answer).to_contain_text("202")
     expect(answer).to_contain_text('"seq":')
-    assert posted == [{"type": "tts_progress", "progress_percent": 50, "estimated_duration_ms": 1200,
-                       "session_id": "debug-session"}]
+    assert posted == [
+        {
+            "type": "tts_progress",
+            "progress_percent": 50,
+            "estimated_duration_ms": 1200,
+            "session_id": "debug-session",
+        }
+    ]
     expect(page.locator("#tail > li[data-kind=event]").last).to_contain_text('"session_id":"debug-session"')
     expect(page.locator("#tail > li[data-kind=event]").last).to_contain_text('"type":"tts_progress"')
     page.screenshot(path=str(artifacts / "debug.png"))
@@ -56,8 +63,13 @@ def test_debug_page_tail_filter_and_emit_form(server, page, artifacts):
 
 def test_debug_form_shows_errors(server, page):
     """A refused publish (400 naming the field) and fields that are not JSON are shown as errors."""
-    page.route("**/events", lambda route: route.fulfill(
-        status=400, json={"error": "bad_request", "message": "tts_progress.progress_percent must be a number"}))
+    page.route(
+        "**/events",
+        lambda route: route.fulfill(
+            status=400,
+            json={"error": "bad_request", "message": "tts_progress.progress_percent must be a number"},
+        ),
+    )
     page.goto(server.http_url + "debug")
     expect(page.locator("#emit-send")).to_be_enabled()
     page.select_option("#emit-type", "tts_progress")

@@ -56,8 +56,13 @@ def test_exports_and_connects_on_construction(server, page):
     assert status["epoch"] == server.epoch and status["server"].startswith("coda-ws/")
     live = server.emit("llm_token", session_id="s", token="a", cumulative_text="a")
     wait_for_event_seq(page, live.seq)
-    assert events(page)[-1] == {"seq": live.seq, "type": "llm_token", "session_id": "s",
-                                "replayed": False, "resumed": False}
+    assert events(page)[-1] == {
+        "seq": live.seq,
+        "type": "llm_token",
+        "session_id": "s",
+        "replayed": False,
+        "resumed": False,
+    }
     rtt = page.evaluate("() => window.t.client.ping()")
     assert rtt["rtt"] >= 0 and rtt["seq"] == live.seq
 
@@ -68,12 +73,18 @@ def test_filters_types_and_session_then_subscribe(server, page):
     server.emit("llm_token", session_id="a", token="1", cumulative_text="1")
     server.emit("llm_token", session_id="b", token="2", cumulative_text="2")  # other session
     server.emit("tts_start", session_id="a", text="x", voice_id="v", engine="e")  # other type
-    server.emit("stt_result", session_id=None, text="sys", confidence=1.0, duration_ms=1.0)  # no session: passes
-    last = server.emit("llm_result", session_id="a", text="1", duration_ms=1.0, token_count=1,
-                       tokens_per_second=1.0)
+    server.emit(
+        "stt_result", session_id=None, text="sys", confidence=1.0, duration_ms=1.0
+    )  # no session: passes
+    last = server.emit(
+        "llm_result", session_id="a", text="1", duration_ms=1.0, token_count=1, tokens_per_second=1.0
+    )
     wait_for_event_seq(page, last.seq)
     assert [(e["type"], e["session_id"]) for e in events(page)] == [
-        ("llm_token", "a"), ("stt_result", None), ("llm_result", "a")]
+        ("llm_token", "a"),
+        ("stt_result", None),
+        ("llm_result", "a"),
+    ]
 
     page.evaluate("() => window.t.client.subscribe({types: ['tts_*'], sessionId: null})")
     page.wait_for_function("() => window.t.controls.includes('subscribed')")
@@ -91,13 +102,19 @@ def test_resume_after_server_restart_without_duplicates(server, page):
     it missed exactly once, in order, with no gap reported."""
     server.emit("system_info", data={"phase": "before connect"})  # replayed on connect
     start_client(page, server, minReconnectDelay=50, maxReconnectDelay=400)
-    emitted = [server.emit("tool_call", session_id="s", tool_name="t", parameters={"i": i}, call_id=str(i)).seq
-               for i in range(5)]
+    emitted = [
+        server.emit("tool_call", session_id="s", tool_name="t", parameters={"i": i}, call_id=str(i)).seq
+        for i in range(5)
+    ]
     wait_for_event_seq(page, emitted[-1])
     server.stop()
     page.wait_for_function("() => window.t.client.state !== 'connected'")
-    emitted += [server.emit("tool_result", session_id="s", tool_name="t", call_id=str(i), result=i,
-                            duration_ms=1.0).seq for i in range(5)]
+    emitted += [
+        server.emit(
+            "tool_result", session_id="s", tool_name="t", call_id=str(i), result=i, duration_ms=1.0
+        ).seq
+        for i in range(5)
+    ]
     server.start()
     page.wait_for_function("() => window.t.client.reconnects === 1 && window.t.client.state === 'connected'")
     wait_for_event_seq(page, emitted[-1])
@@ -138,7 +155,11 @@ def test_new_epoch_reports_a_gap(server_factory, page):
         page.wait_for_function("seq => window.t.events.some(e => e.seq === seq && !e.replayed)", arg=live.seq)
         got = events(page)
         # The new stream's seqs start again at 1: its replay is delivered, nothing twice.
-        assert [(e["seq"], e["replayed"]) for e in got] == [(seen, False), (replayed.seq, True), (live.seq, False)]
+        assert [(e["seq"], e["replayed"]) for e in got] == [
+            (seen, False),
+            (replayed.seq, True),
+            (live.seq, False),
+        ]
     finally:
         new.stop()
 
@@ -147,14 +168,18 @@ def test_resume_too_old_delivers_replay_without_repeats(server_factory, page):
     """Away longer than the history reaches (same epoch): onGap says too_old and
     the replay frame that follows is delivered without the events already seen."""
     server = server_factory(history_size=10, client_queue_size=5)
-    seen = [server.emit("stt_result", session_id="s", text=str(i), confidence=1.0, duration_ms=1.0).seq
-            for i in range(3)]
+    seen = [
+        server.emit("stt_result", session_id="s", text=str(i), confidence=1.0, duration_ms=1.0).seq
+        for i in range(3)
+    ]
     start_client(page, server, minReconnectDelay=50, maxReconnectDelay=400)
     wait_for_event_seq(page, seen[-1])  # from the replay frame
     server.stop()
     page.wait_for_function("() => window.t.client.state !== 'connected'")
-    missed = [server.emit("stt_result", session_id="s", text=str(i), confidence=1.0, duration_ms=1.0).seq
-              for i in range(20)]
+    missed = [
+        server.emit("stt_result", session_id="s", text=str(i), confidence=1.0, duration_ms=1.0).seq
+        for i in range(20)
+    ]
     server.start()
     page.wait_for_function("() => window.t.gaps.length === 1")
     assert page.evaluate("() => window.t.gaps[0].reason") == "too_old"
@@ -187,7 +212,12 @@ def test_lost_window_reports_a_gap_with_its_range(server_factory, page, tmp_path
     assert new.epoch == old.epoch and reserved > 10
     page.wait_for_function("() => window.t.gaps.length === 1")
     gap = page.evaluate("() => window.t.gaps[0]")
-    assert (gap["reason"], gap["lost"], gap["epoch"], gap["lastSeq"]) == ("lost", [6, reserved], new.epoch, 10)
+    assert (gap["reason"], gap["lost"], gap["epoch"], gap["lastSeq"]) == (
+        "lost",
+        [6, reserved],
+        new.epoch,
+        10,
+    )
     live = new.emit("llm_token", session_id="s", token="after", cumulative_text="").seq
     wait_for_event_seq(page, live)
     assert [e["seq"] for e in events(page)] == seen + [live]
@@ -200,15 +230,26 @@ def test_application_ping_replaces_a_dead_connection(server, page):
     proxy = TcpProxy(server.port)
     try:
         url = f"ws://127.0.0.1:{proxy.port}/ws"
-        start_client(page, server, url=url, token="s3cret", pingInterval=200, pingTimeout=300,
-                     minReconnectDelay=50, maxReconnectDelay=200)
+        start_client(
+            page,
+            server,
+            url=url,
+            token="s3cret",
+            pingInterval=200,
+            pingTimeout=300,
+            minReconnectDelay=50,
+            maxReconnectDelay=200,
+        )
         first = server.emit("llm_token", session_id="s", token="a", cumulative_text="a").seq
         wait_for_event_seq(page, first)
         proxy.freeze()
-        missed = [server.emit("llm_token", session_id="s", token=str(i), cumulative_text=str(i)).seq
-                  for i in range(3)]
-        page.wait_for_function("() => window.t.client.reconnects >= 1 && window.t.client.state === 'connected'",
-                               timeout=5000)
+        missed = [
+            server.emit("llm_token", session_id="s", token=str(i), cumulative_text=str(i)).seq
+            for i in range(3)
+        ]
+        page.wait_for_function(
+            "() => window.t.client.reconnects >= 1 && window.t.client.state === 'connected'", timeout=5000
+        )
         wait_for_event_seq(page, missed[-1])
         assert [e["seq"] for e in events(page)] == [first] + missed
         close = page.evaluate("() => window.t.client.status.lastClose")
@@ -260,7 +301,8 @@ def test_before_reconnect_hook_decides_whether_to_retry(server_factory, page):
     answer, true retries and false closes the client for good."""
     server = server_factory(auth={"good-token": ["read"]})
     page.goto(server.http_url + "healthz")
-    page.evaluate("""async (url) => {
+    page.evaluate(
+        """async (url) => {
       const mod = await import("/static/coda-ws-client.js");
       const t = window.t = {asked: [], states: []};
       t.client = new mod.CodaEventClient(url, {
@@ -272,7 +314,9 @@ def test_before_reconnect_hook_decides_whether_to_retry(server_factory, page):
           return new Promise((resolve) => setTimeout(() => resolve(t.asked.length < 3), 100));
         },
       });
-    }""", server.url)
+    }""",
+        server.url,
+    )
     page.wait_for_function("() => window.t.client.state === 'closed'")
     asked = page.evaluate("() => window.t.asked")
     assert asked == [{"handshakeFailed": True, "attempt": n} for n in (1, 2, 3)]

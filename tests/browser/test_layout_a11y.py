@@ -120,17 +120,21 @@ def csp_violations(page):
 def check_chart_axes(page, name):
     """Every drawn axis label of chart ``name`` is unique on its axis and inside the canvas."""
     layout = page.evaluate(f"window.codaDashboard.charts[{name!r}].layout()")
-    assert sorted(axis["axis"] for axis in layout["axes"]) == ["x", "y"], f"{name}: an axis has no ticks: {layout}"
+    assert sorted(axis["axis"] for axis in layout["axes"]) == ["x", "y"], (
+        f"{name}: an axis has no ticks: {layout}"
+    )
     for axis in layout["axes"]:
         texts = [label["text"] for label in axis["labels"]]
         assert texts, f"{name} {axis['axis']}: no labels"
         assert len(texts) == len(set(texts)), f"{name} {axis['axis']} axis repeats a label: {texts}"
         for label in axis["labels"]:
-            assert label["left"] >= -0.5 and label["right"] <= layout["width"] + 0.5, \
+            assert label["left"] >= -0.5 and label["right"] <= layout["width"] + 0.5, (
                 f"{name} {axis['axis']} label {label['text']!r} is clipped: {label} in width {layout['width']}"
+            )
             if axis["axis"] == "y":
-                assert label["top"] >= -0.5 and label["bottom"] <= layout["height"] + 0.5, \
+                assert label["top"] >= -0.5 and label["bottom"] <= layout["height"] + 0.5, (
                     f"{name} y label {label['text']!r} is clipped vertically: {label}"
+                )
 
 
 def run_axe(page):
@@ -180,17 +184,27 @@ def test_dashboard_layout_at_size(size_name, browser, server_factory, screenshot
             assert_fully_shown(page.get_by_role("heading", name=heading, exact=True))
 
         # Connection: no label overlaps another, no value is cut ("c.", "2..").
-        boxes = page.eval_on_selector_all("#panel-connection .stats > div", """divs => divs.map(d => {
+        boxes = page.eval_on_selector_all(
+            "#panel-connection .stats > div",
+            """divs => divs.map(d => {
             const dt = d.querySelector('dt'), dd = d.querySelector('dd');
             const r = dt.getBoundingClientRect();
             return {label: dt.textContent, value: dd.textContent,
                     box: [r.left, r.top, r.right, r.bottom],
                     cut: dt.scrollWidth > dt.clientWidth + 1 || dd.scrollWidth > dd.clientWidth + 1};
-        })""")
-        assert [b["label"] for b in boxes] == ["Status", "Server", "Epoch", "Last seq", "Events/s", "Reconnects"]
+        })""",
+        )
+        assert [b["label"] for b in boxes] == [
+            "Status",
+            "Server",
+            "Epoch",
+            "Last seq",
+            "Events/s",
+            "Reconnects",
+        ]
         assert not [b for b in boxes if b["cut"]], boxes
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 l1, t1, r1, b1 = a["box"]
                 l2, t2, r2, b2 = b["box"]
                 assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"{a['label']} overlaps {b['label']}"
@@ -200,17 +214,22 @@ def test_dashboard_layout_at_size(size_name, browser, server_factory, screenshot
         earlier = previous.first.locator(".prev-user")
         expect(earlier).to_have_text(said[0])
         assert_fully_shown(earlier)
-        heights = page.eval_on_selector("#conv-previous", "l => [l.clientHeight, l.firstElementChild.offsetHeight]")
+        heights = page.eval_on_selector(
+            "#conv-previous", "l => [l.clientHeight, l.firstElementChild.offsetHeight]"
+        )
         assert heights[0] >= heights[1] > 0, f"previous turns list {heights[0]} px for a {heights[1]} px turn"
 
         # Tables scroll inside their card, never past it.
         for table in ("#lat-table", "#clients-table"):
-            inside = page.eval_on_selector(table, """t => {
+            inside = page.eval_on_selector(
+                table,
+                """t => {
                 const wrap = t.closest('.table-wrap'), card = t.closest('.panel');
                 if (card.hidden) return true;
                 const w = wrap.getBoundingClientRect(), c = card.getBoundingClientRect();
                 return w.left >= c.left - 0.5 && w.right <= c.right + 0.5;
-            }""")
+            }""",
+            )
             assert inside, f"{table} sticks out of its card at {size}"
 
         # Charts: axes without repeats or clipping; legends show the latest values.
@@ -366,8 +385,9 @@ def test_mounted_dashboard_works_under_its_csp(browser, server_factory):
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "no-referrer"
         expect(page.locator("#status-pill")).to_have_attribute("data-state", "connected")
-        event = server.emit("stt_result", session_id="s", text="hello from the app", confidence=0.9,
-                            duration_ms=10.0)
+        event = server.emit(
+            "stt_result", session_id="s", text="hello from the app", confidence=0.9, duration_ms=10.0
+        )
         wait_for_seq(page, event.seq)
         expect(page.locator("#log-rows .log-summary").first).to_have_text("“hello from the app”")
         assert horizontal_overflow(page) <= 0

@@ -7,8 +7,12 @@ from .helpers import log_seqs, open_dashboard, wait_for_seq
 
 
 def _emit_batch(server, count, label):
-    return [server.emit("tool_call", session_id="s1", tool_name=label, parameters={"i": i}, call_id=f"{label}-{i}").seq
-            for i in range(count)]
+    return [
+        server.emit(
+            "tool_call", session_id="s1", tool_name=label, parameters={"i": i}, call_id=f"{label}-{i}"
+        ).seq
+        for i in range(count)
+    ]
 
 
 def test_same_epoch_reconnect_shows_no_gap_and_no_duplicates(server, page):
@@ -56,6 +60,8 @@ def test_new_epoch_reconnect_shows_not_recovered_notice(server_factory, page):
     live = new.emit("llm_token", session_id="s1", token="x", cumulative_text="x")
     expect(page.locator(f"#log-rows > .log-row[data-type=llm_token][data-seq='{live.seq}']")).to_have_count(1)
     # The new stream's replayed startup event shows once, next to the old stream's rows.
-    expect(page.locator(f"#log-rows > .log-row[data-type=system_info][data-seq='{startup.seq}']")).to_have_count(1)
+    expect(
+        page.locator(f"#log-rows > .log-row[data-type=system_info][data-seq='{startup.seq}']")
+    ).to_have_count(1)
     page.click("#gap-dismiss")
     expect(notice).to_be_hidden()

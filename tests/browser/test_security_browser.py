@@ -95,7 +95,9 @@ def test_browser_token_via_subprotocol(browser_with_hosts, page_server, server_f
     """A browser sends its token as the coda-ws.bearer.TOKEN subprotocol; coda-ws.v1 is selected."""
     server = server_factory(auth={"browser-token-abcdefgh": ["read"]})
     page_url = f"http://127.0.0.1:{page_server}/"
-    good = probe(browser_with_hosts, page_url, server.url, ["coda-ws.v1", "coda-ws.bearer.browser-token-abcdefgh"])
+    good = probe(
+        browser_with_hosts, page_url, server.url, ["coda-ws.v1", "coda-ws.bearer.browser-token-abcdefgh"]
+    )
     assert good["state"] == "open" and good["protocol"] == "coda-ws.v1" and good["first"]["type"] == "hello"
     bad = probe(browser_with_hosts, page_url, server.url, ["coda-ws.v1", "coda-ws.bearer.wrong-token"])
     missing = probe(browser_with_hosts, page_url, server.url, ["coda-ws.v1"])

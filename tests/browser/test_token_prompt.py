@@ -73,8 +73,9 @@ def test_prompt_then_stream_after_a_valid_token(auth_server, page, context):
     page.click("#auth-connect")
     expect(page.locator("#status-pill")).to_have_attribute("data-state", "connected")
     expect(prompt).to_be_hidden()
-    event = auth_server.emit("stt_result", session_id="s", text="the stream is open", confidence=0.9,
-                             duration_ms=10.0)
+    event = auth_server.emit(
+        "stt_result", session_id="s", text="the stream is open", confidence=0.9, duration_ms=10.0
+    )
     wait_for_seq(page, event.seq)
     expect(page.locator("#conv-current [data-kind=final]")).to_have_text("the stream is open")
     expect(page.locator("#log-rows .log-summary").first).to_have_text("“the stream is open”")

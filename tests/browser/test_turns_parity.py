@@ -36,8 +36,15 @@ def _tricky_events():
     stream.add("tts_start", 81.5, "b", text="t2", voice_id="v", engine="e")
     stream.add("llm_result", 81.55, "b", text="late", duration_ms=1.0, token_count=1, tokens_per_second=1.0)
     stream.add("tts_progress", 81.7, "b", progress_percent=10.0)
-    stream.add("conversation_turn", 81.8, "c", conversation_id="c", turn_number=1, user_input="typed",
-               assistant_response="x")
+    stream.add(
+        "conversation_turn",
+        81.8,
+        "c",
+        conversation_id="c",
+        turn_number=1,
+        user_input="typed",
+        assistant_response="x",
+    )
     stream.add("tts_result", 82.0, "b", duration_ms=1.0, audio_duration_ms=1.0, success=True)
     stream.add("tts_progress", 82.1, None, progress_percent=5.0)  # no open turn: ignored
     stream.add("stt_result", 90.0, None, text="open", confidence=1.0, duration_ms=50.0)
@@ -97,5 +104,7 @@ def test_dashboard_loads_past_turns_from_get_turns(server, page):
     last = integration.tts_result(5.0, 100.0, True)
     wait_for_seq(page, last.seq)
     page.wait_for_function("() => document.querySelector('#lat-chart').dataset.points === '3'")
-    assert page.evaluate("() => window.codaDashboard.tracker.breakdown(50)") == \
-        page.request.get(server.http_url + "turns?limit=50").json()
+    assert (
+        page.evaluate("() => window.codaDashboard.tracker.breakdown(50)")
+        == page.request.get(server.http_url + "turns?limit=50").json()
+    )

@@ -68,7 +68,9 @@ def test_frames_stay_whole_with_partial_writes_and_control_frames(server_factory
         for r in range(rounds):
             small_ones.wait()
             for i in range(per_thread):
-                server.emit("llm_token", token=f"{name}{r}.{i}", cumulative_text="x" * (1 + (r * 31 + i) % 300))
+                server.emit(
+                    "llm_token", token=f"{name}{r}.{i}", cumulative_text="x" * (1 + (r * 31 + i) % 300)
+                )
 
     producers = [threading.Thread(target=produce, args=(name,)) for name in "ab"]
     for thread in producers:
@@ -234,7 +236,9 @@ def test_try_send_keeps_the_tail_and_every_later_write_comes_after_it(pair):
     try_send is refused, and send() (the reader thread's pong, the writer's
     frames) writes the tail first, so bytes of two frames never interleave."""
     guarded, _, peer = pair
-    frame = b"\x81\x7f" + struct.pack("!Q", 1 << 20) + bytes(range(256)) * 4096  # 1 MiB: more than the buffers hold
+    frame = (
+        b"\x81\x7f" + struct.pack("!Q", 1 << 20) + bytes(range(256)) * 4096
+    )  # 1 MiB: more than the buffers hold
     pong = b"\x8a\x00"
     assert guarded.try_send(frame) is True
     assert guarded.has_unsent and guarded.blocked_since is not None

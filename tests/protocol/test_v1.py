@@ -106,9 +106,14 @@ def test_resume_across_the_seam_under_load(server_factory):
 
 def test_filters_apply_to_replay_resume_and_live(server):
     """types globs and session_id give the exact subset, in order, whichever way events arrive."""
+
     def emit_mix(tag):
-        server.emit("llm_result", text=tag, duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="a")
-        server.emit("llm_result", text=tag, duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b")
+        server.emit(
+            "llm_result", text=tag, duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="a"
+        )
+        server.emit(
+            "llm_result", text=tag, duration_ms=1.0, token_count=1, tokens_per_second=1.0, session_id="b"
+        )
         server.emit("stt_result", text=tag, confidence=1.0, duration_ms=1.0, session_id="a")
         server.emit("llm_token", token=tag, cumulative_text=tag)  # no session: passes a session filter
 
@@ -135,8 +140,12 @@ def test_subscribe_frame_changes_filters(server):
         server.emit("tts_status", status="other", session_id="t")
         server.emit("tts_status", status="mine", session_id="s")
         assert recv_json(ws)["status"] == "mine"
-        for bad in ({"type": "subscribe", "types": "tts_*;drop"}, {"type": "subscribe", "types": [1]},
-                    {"type": "subscribe", "types": ["x"] * 1000}, {"type": "subscribe", "session_id": 5}):
+        for bad in (
+            {"type": "subscribe", "types": "tts_*;drop"},
+            {"type": "subscribe", "types": [1]},
+            {"type": "subscribe", "types": ["x"] * 1000},
+            {"type": "subscribe", "session_id": 5},
+        ):
             ws.send(json.dumps(bad))
             error = recv_json(ws)
             assert error["type"] == "error" and error["code"] == "bad_request"

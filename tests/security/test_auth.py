@@ -72,9 +72,11 @@ def test_tokens_never_appear_in_logs(server_factory, caplog):
     """No token, right or wrong, is written to any log record."""
     with caplog.at_level(logging.DEBUG):
         server = server_factory(auth=TOKENS)
-        for headers in ([("Authorization", "Bearer wrong-secret-abcdef")],
-                        [("Authorization", "Bearer publisher-token-0123456789")],
-                        [("Sec-WebSocket-Protocol", "coda-ws.v1, coda-ws.bearer.reader-token-0123456789")]):
+        for headers in (
+            [("Authorization", "Bearer wrong-secret-abcdef")],
+            [("Authorization", "Bearer publisher-token-0123456789")],
+            [("Sec-WebSocket-Protocol", "coda-ws.v1, coda-ws.bearer.reader-token-0123456789")],
+        ):
             RawClient(server.port, "/", headers=headers).close()
         with connect(server.url, **bearer("content-token-0123456789")):
             pass
@@ -132,8 +134,10 @@ def test_content_reader_sees_the_text(secured):
 def test_redacted_variant_is_built_once_per_event(secured):
     """Many read-only readers share one redacted frame per event."""
     with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(connect(secured.url + "?replay=0", **bearer("reader-token-0123456789")))
-                   for _ in range(3)]
+        clients = [
+            stack.enter_context(connect(secured.url + "?replay=0", **bearer("reader-token-0123456789")))
+            for _ in range(3)
+        ]
         secured.wait_for_clients(3, TIMEOUT)
         secured.emit("stt_result", text=SPOKEN, confidence=1.0, duration_ms=1.0)
         frames = [ws.recv(timeout=TIMEOUT) for ws in clients]
@@ -230,8 +234,9 @@ def test_non_loopback_bind_with_auth_starts():
     server.start()
     try:
         assert server.running
-        with connect(f"ws://127.0.0.1:{server.port}/?v=1",
-                     additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        with connect(
+            f"ws://127.0.0.1:{server.port}/?v=1", additional_headers={"Authorization": f"Bearer {token}"}
+        ) as ws:
             assert recv_json(ws)["type"] == "hello"
         with pytest.raises(InvalidStatus) as refused:
             connect(f"ws://127.0.0.1:{server.port}/")

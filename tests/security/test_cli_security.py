@@ -57,14 +57,34 @@ def test_serve_with_token_file_and_allowed_origin(tmp_path):
     """A server started with --token-file and --allow-origin enforces both."""
     path = tmp_path / "tokens"
     path.write_text("reader-abcdefghijklmnop=read\n")
-    child = Child("-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0", "--token-file", path,
-                  "--allow-origin", "https://dash.example.com")
+    child = Child(
+        "-m",
+        "coda_ws",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--token-file",
+        path,
+        "--allow-origin",
+        "https://dash.example.com",
+    )
     try:
         url = child.wait_for_output(r"serving on (ws://\S+)").group(1)
         port = int(url.rsplit(":", 1)[1].strip("/"))
         assert RawClient(port, "/").status == 401
-        assert RawClient(port, "/", headers=[("Authorization", "Bearer reader-abcdefghijklmnop"),
-                                             ("Origin", "https://evil.example")]).status == 403
+        assert (
+            RawClient(
+                port,
+                "/",
+                headers=[
+                    ("Authorization", "Bearer reader-abcdefghijklmnop"),
+                    ("Origin", "https://evil.example"),
+                ],
+            ).status
+            == 403
+        )
         headers = {"Authorization": "Bearer reader-abcdefghijklmnop", "Origin": "https://dash.example.com"}
         with connect(url + "?v=1", additional_headers=headers) as ws:
             assert recv_json(ws, TIMEOUT * 3)["type"] == "hello"
@@ -96,10 +116,13 @@ def test_dashboard_url_carries_a_readable_token_on_a_terminal(tmp_path, monkeypa
     has only a hint; without tokens, or without a readable one, no token."""
     monkeypatch.delenv("CODA_WS_TOKENS", raising=False)
     path = tmp_path / "tokens"
-    path.write_text("admin+all=read,read:content,publish,admin\nreader=read\nwatcher+1=read:content\n"
-                    "pub=publish\n")
+    path.write_text(
+        "admin+all=read,read:content,publish,admin\nreader=read\nwatcher+1=read:content\npub=publish\n"
+    )
     args = Namespace(token_file=str(path))
-    assert _dashboard_url(_Server(), args, stdout=_Terminal(True)) == "http://127.0.0.1:8765/#token=watcher%2B1"
+    assert (
+        _dashboard_url(_Server(), args, stdout=_Terminal(True)) == "http://127.0.0.1:8765/#token=watcher%2B1"
+    )
     logged = _dashboard_url(_Server(), args, stdout=_Terminal(False))
     assert "#token=<" in logged and "watcher" not in logged and "reader" not in logged
     assert _dashboard_url(_Server(), Namespace(token_file=None), stdout=_Terminal(True)) == _Server.http_url
@@ -111,7 +134,9 @@ def test_dashboard_url_carries_a_readable_token_on_a_terminal(tmp_path, monkeypa
     assert refused.startswith(_Server.http_url + "  (") and "#token=" not in refused
 
     monkeypatch.setenv("CODA_WS_TOKENS", "from-env=read")
-    assert _dashboard_url(_Server(), Namespace(token_file=None), stdout=_Terminal(True)).endswith("#token=from-env")
+    assert _dashboard_url(_Server(), Namespace(token_file=None), stdout=_Terminal(True)).endswith(
+        "#token=from-env"
+    )
 
 
 def test_serve_prints_the_token_url_only_to_a_terminal(tmp_path):
@@ -122,9 +147,25 @@ def test_serve_prints_the_token_url_only_to_a_terminal(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("reader-abcdefghijklmnop=read,read:content\n")
     leader, follower = pty.openpty()
-    child = subprocess.Popen([sys.executable, "-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0",
-                              "--token-file", str(path)], stdin=subprocess.DEVNULL, stdout=follower,
-                             stderr=follower, cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coda_ws",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+            str(path),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     os.close(follower)
     output = b""
     try:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from coda_ws import CodaWebSocketServer
 
 from ..conftest import TIMEOUT, connect, wait_for
-from ..rawws import RawClient, masked_frame as _masked_frame
+from ..rawws import RawClient
+from ..rawws import masked_frame as _masked_frame
 
 
 def masked_frame(*args, **kwargs):
@@ -95,13 +96,19 @@ class Harness:
         # is garbage awaiting collection, not a leak: without the collect this
         # check failed in 1 to 4 runs of 6 (before and after the direct writes),
         # and a gc.collect() at that moment closed the fd.
-        wait_for(lambda: gc.collect() is not None and open_fds() <= self.fds,
-                 message=lambda: f"fds back to {self.fds}, now {open_fds()}: new "
-                 f"{sorted(set(fd_targets().items()) - set(self.fd_targets.items()))}")
+        wait_for(
+            lambda: gc.collect() is not None and open_fds() <= self.fds,
+            message=lambda: (
+                f"fds back to {self.fds}, now {open_fds()}: new "
+                f"{sorted(set(fd_targets().items()) - set(self.fd_targets.items()))}"
+            ),
+        )
         self.server.stop()
         wait_for(
             lambda: set(threading.enumerate()) <= self.before_threads,
-            message=lambda: f"threads left: {[t.name for t in set(threading.enumerate()) - self.before_threads]}",
+            message=lambda: (
+                f"threads left: {[t.name for t in set(threading.enumerate()) - self.before_threads]}"
+            ),
         )
 
 
@@ -126,15 +133,21 @@ def harness():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 subscribe_frames = st.fixed_dictionaries(
     {"type": st.just("subscribe")},
     optional={
-        "types": st.one_of(st.none(), st.text(max_size=30), st.integers(), st.lists(st.one_of(st.text(max_size=12),
-                           st.integers(), st.none()), max_size=80)),
+        "types": st.one_of(
+            st.none(),
+            st.text(max_size=30),
+            st.integers(),
+            st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none()), max_size=80),
+        ),
         "session_id": st.one_of(st.none(), st.text(max_size=10), st.integers(), st.lists(st.integers())),
     },
 ).map(json.dumps)
@@ -155,12 +168,16 @@ raw_frames = st.one_of(
     st.binary(max_size=300).map(lambda data: masked_frame(0x2, data)),  # binary frames
     st.binary(max_size=125).map(lambda data: masked_frame(0x9, data)),  # protocol pings
     st.tuples(st.sampled_from([0x0, 0x3, 0x7, 0xB, 0xF]), st.binary(max_size=50)).map(
-        lambda t: masked_frame(t[0], t[1])),  # continuation without start, reserved opcodes
+        lambda t: masked_frame(t[0], t[1])
+    ),  # continuation without start, reserved opcodes
     st.tuples(st.integers(1, 7), st.binary(max_size=50)).map(
-        lambda t: masked_frame(0x1, t[1], rsv=t[0])),  # reserved bits set
+        lambda t: masked_frame(0x1, t[1], rsv=t[0])
+    ),  # reserved bits set
     st.tuples(text_payloads, st.integers(1, 5)).map(
-        lambda t: masked_frame(0x1, t[0][: len(t[0]) // 2], fin=False)
-        + masked_frame(0x0, t[0][len(t[0]) // 2:])),  # fragmented message
+        lambda t: (
+            masked_frame(0x1, t[0][: len(t[0]) // 2], fin=False) + masked_frame(0x0, t[0][len(t[0]) // 2 :])
+        )
+    ),  # fragmented message
     st.binary(min_size=1, max_size=40),  # garbage that is not a frame at all
 )
 
@@ -171,8 +188,12 @@ def test_random_and_malformed_frames(harness):
     h = harness(rate_limit=1_000_000, max_message_size=64 * 1024)
     generated, sent = [0], [0]
 
-    @settings(max_examples=400, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=400,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.lists(raw_frames, min_size=20, max_size=40))
     def fuzz(frames):
         generated[0] += len(frames)
@@ -226,7 +247,7 @@ def test_ping_flood(harness):
     pongs = 0
     while time.monotonic() < time_limit:
         try:
-            opcode, data = client.read_frame(timeout=0.5)
+            opcode, _data = client.read_frame(timeout=0.5)
         except (TimeoutError, ConnectionError):
             break
         if opcode == 0x8:
@@ -242,7 +263,9 @@ def test_message_flood_is_rate_limited_then_closed_1008(harness):
     h = harness(rate_limit=10)
     client = RawClient(h.server.port, "/?v=1&replay=0")
     assert client.read_json()["type"] == "hello"
-    client.sock.sendall(b"".join(masked_frame(0x1, json.dumps({"type": "ping", "id": i})) for i in range(200)))
+    client.sock.sendall(
+        b"".join(masked_frame(0x1, json.dumps({"type": "ping", "id": i})) for i in range(200))
+    )
     frames, code = client.read_until_close()
     errors = [f for f in frames if f["type"] == "error"]
     assert [e["code"] for e in errors] == ["rate_limited"]
@@ -296,8 +319,11 @@ def test_invalid_utf8_text_frame_is_closed_1007(harness):
 def test_garbage_instead_of_a_handshake(harness):
     """Random bytes or a non-WebSocket request on the port get an HTTP error, nothing else."""
     h = harness(handshake_timeout=1.0)
-    for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64), b"GARBAGE\r\n\r\n",
-                 b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"):
+    for junk in (
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),
+        b"GARBAGE\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ):
         raw = socket.create_connection(("127.0.0.1", h.server.port))
         raw.settimeout(5)
         raw.sendall(junk)

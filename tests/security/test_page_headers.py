@@ -57,8 +57,17 @@ def test_mounted_pages_send_security_headers_and_leave_the_app_alone(server_fact
         assert "X-Content-Type-Options" not in home.headers
 
 
-@pytest.mark.parametrize("path", ["static/app.css", "static/dashboard/main.js", "static/vendor/uPlot.iife.min.js",
-                                  "healthz", "turns", "schema"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "static/app.css",
+        "static/dashboard/main.js",
+        "static/vendor/uPlot.iife.min.js",
+        "healthz",
+        "turns",
+        "schema",
+    ],
+)
 def test_static_files_and_json_answers_are_not_sniffed(server, path):
     """Static files and JSON answers carry X-Content-Type-Options: nosniff."""
     answer = get(server, path)

@@ -14,8 +14,8 @@ import pytest
 
 from coda_ws import CodaWebSocketServer, acceptor
 
-from ..conftest import TIMEOUT, connect, recv_json, recv_until, wait_for
 from .._http import get, scrape, value
+from ..conftest import TIMEOUT, connect, recv_json, recv_until, wait_for
 
 PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n"  # no blank line: never complete
 MB = 1024 * 1024
@@ -42,7 +42,9 @@ def read_response(sock):
     while head.startswith(b"HTTP/1.1 100 "):  # interim answers (Werkzeug sends "100 Continue" twice)
         head, _, body = body.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
     return int(status_line.split()[1]), headers, body
 
 
@@ -129,8 +131,11 @@ def test_a_thousand_slow_handshakes_hold_no_thread(server_factory, fd_room):
             slow.append(sock)
             if i % 10 == 0:
                 trickling.append(sock)
-        wait_for(lambda: server.get_stats()["pending_handshakes"] == 1000, timeout=4 * TIMEOUT,
-                 message=lambda: f"1000 pending, now {server.get_stats()['pending_handshakes']}")
+        wait_for(
+            lambda: server.get_stats()["pending_handshakes"] == 1000,
+            timeout=4 * TIMEOUT,
+            message=lambda: f"1000 pending, now {server.get_stats()['pending_handshakes']}",
+        )
         threads = proc.num_threads() - base_threads
         rss = proc.memory_info().rss - base_rss
         assert threads < 20, f"{threads} threads more with 1000 slow handshakes"
@@ -210,8 +215,10 @@ def test_a_trickled_post_body_is_cut_at_the_deadline_and_holds_no_thread(server_
     runs for it meanwhile, it is closed at the deadline, and nothing is published."""
     server = server_factory(handshake_timeout=1.5)
     body = json.dumps({"type": "tts_status", "status": "slow body"}).encode()
-    head = (f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     wait_for(lambda: not request_threads(), message="no request thread before")
     before = set(threading.enumerate())
     sock = raw_connect(server, head + body[:3])
@@ -236,8 +243,10 @@ def test_a_body_sent_after_its_head_is_read_by_the_loop_then_served(server_facto
     and hands the whole request over: 202 and the event is published."""
     server = server_factory()
     body = json.dumps({"type": "tts_status", "status": "late body"}).encode()
-    head = (f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock = raw_connect(server, head)
     try:
         wait_for(lambda: server.get_stats()["pending_handshakes"] == 1, message="head read, body awaited")
@@ -282,8 +291,11 @@ def test_stop_with_a_thousand_pending_returns_promptly_and_leaves_no_thread(thre
     slow = []
     try:
         slow = [raw_connect(server, PARTIAL_HEAD) for _ in range(1000)]
-        wait_for(lambda: server.get_stats()["pending_handshakes"] == 1000, timeout=4 * TIMEOUT,
-                 message="1000 pending")
+        wait_for(
+            lambda: server.get_stats()["pending_handshakes"] == 1000,
+            timeout=4 * TIMEOUT,
+            message="1000 pending",
+        )
         with connect(server.url + "?v=1&replay=0") as ws:
             assert recv_json(ws)["type"] == "hello"
             started = time.monotonic()
@@ -309,7 +321,9 @@ def test_keep_alive_connections_hold_no_thread(server_factory):
     that pipelines a next request and trickles it (one byte every 0.2 s) holds no thread
     either: threads return to baseline long before handshake_timeout (30 s)."""
     server = server_factory(handshake_timeout=30)
-    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: keep-alive\r\n\r\n".encode()
+    request = (
+        f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: keep-alive\r\n\r\n".encode()
+    )
     wait_for(lambda: not request_threads(), message="no request thread before")
     before = set(threading.enumerate())
 
@@ -324,8 +338,11 @@ def test_keep_alive_connections_hold_no_thread(server_factory):
     try:
         assert pipelined.recv(4096).startswith(b"HTTP/1.1 200")
         trickle_until(pipelined, lambda: not new_threads(before), seconds=3.0, interval=0.2)
-        wait_for(lambda: not new_threads(before), timeout=3.0,
-                 message=lambda: f"threads back to baseline, still {new_threads(before)}")
+        wait_for(
+            lambda: not new_threads(before),
+            timeout=3.0,
+            message=lambda: f"threads back to baseline, still {new_threads(before)}",
+        )
     finally:
         pipelined.close()
     assert server.get_stats()["pending_handshakes"] == 0
@@ -343,7 +360,9 @@ def test_beyond_max_pending_the_oldest_is_closed(server_factory, monkeypatch):
     try:
         for _ in range(8):
             slow.append(raw_connect(server, PARTIAL_HEAD))
-            wait_for(lambda: server.get_stats()["pending_handshakes"] == len(slow), message="accepted in order")
+            wait_for(
+                lambda: server.get_stats()["pending_handshakes"] == len(slow), message="accepted in order"
+            )
         with connect(server.url + "?v=1&replay=0") as ws:
             assert recv_json(ws)["type"] == "hello"
         assert closed_by_server(slow[0])
@@ -361,14 +380,18 @@ def test_beyond_max_buffered_the_oldest_is_closed(server_factory, monkeypatch):
     it close the oldest pending connections first (pending_overflows)."""
     monkeypatch.setattr(acceptor, "MAX_BUFFERED", 200_000)
     server = server_factory()
-    head = (f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 100000\r\n\r\n").encode()
+    head = (
+        f"POST /events HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 100000\r\n\r\n"
+    ).encode()
     socks = []
     try:
-        for i in range(3):  # 3 x 80 KB read and waiting for the rest of their body
+        for _i in range(3):  # 3 x 80 KB read and waiting for the rest of their body
             socks.append(raw_connect(server, head + b" " * 80_000))
-            wait_for(lambda: server.get_stats()["pending_overflows"] == max(0, len(socks) - 2),
-                     message="the oldest closed once over the budget")
+            wait_for(
+                lambda: server.get_stats()["pending_overflows"] == max(0, len(socks) - 2),
+                message="the oldest closed once over the budget",
+            )
         assert closed_by_server(socks[0])
         for sock in socks[1:]:
             sock.setblocking(False)

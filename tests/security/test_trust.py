@@ -35,11 +35,17 @@ def test_dns_rebinding_upgrade_is_refused_with_421(server):
     """An upgrade whose Host (and Origin) name a foreign site gets 421 with a JSON body,
     before the handshake: no 101, no client registered, counted in stats and /metrics."""
     server.emit("stt_result", text="secret", confidence=1.0, duration_ms=1.0)
-    client = RawClient(server.port, "/?v=1", host=f"{EVIL}:{server.port}",
-                       headers=[("Origin", f"http://{EVIL}:{server.port}")])
+    client = RawClient(
+        server.port,
+        "/?v=1",
+        host=f"{EVIL}:{server.port}",
+        headers=[("Origin", f"http://{EVIL}:{server.port}")],
+    )
     assert client.status == 421
     body = json.loads(client.body)
-    assert body["error"] == "forbidden_host" and EVIL in body["message"] and "allowed_hosts" in body["message"]
+    assert (
+        body["error"] == "forbidden_host" and EVIL in body["message"] and "allowed_hosts" in body["message"]
+    )
     assert b"secret" not in client.body
     client.close()
     stats = server.get_stats()
@@ -48,11 +54,22 @@ def test_dns_rebinding_upgrade_is_refused_with_421(server):
     assert value(scrape(server), "coda_ws_rejected_requests", "_total", reason="host") == 1
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "events"), ("GET", "turns"), ("GET", "stats"), ("GET", "schema"), ("GET", ""),
-    ("GET", "debug"), ("GET", "metrics"), ("GET", "healthz"), ("GET", "static/app.css"),
-    ("GET", "no/such/path"), ("POST", "events"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "events"),
+        ("GET", "turns"),
+        ("GET", "stats"),
+        ("GET", "schema"),
+        ("GET", ""),
+        ("GET", "debug"),
+        ("GET", "metrics"),
+        ("GET", "healthz"),
+        ("GET", "static/app.css"),
+        ("GET", "no/such/path"),
+        ("POST", "events"),
+    ],
+)
 def test_dns_rebinding_http_requests_are_refused(server, method, path):
     """Every HTTP route, reads and POST /events alike (and unknown paths), refuses a
     foreign Host with 421 and never serves or stores anything."""
@@ -68,7 +85,9 @@ def test_dns_rebinding_http_requests_are_refused(server, method, path):
     assert server.sequence_number == 1  # nothing was published
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "foo.localhost", "LOCALHOST."])
+@pytest.mark.parametrize(
+    "host", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "foo.localhost", "LOCALHOST."]
+)
 def test_local_hosts_are_allowed_on_any_port(server, host):
     """localhost, its subdomains and loopback IPs (v4 and v6), with or without a port."""
     for header in (host, f"{host}:{server.port}", f"{host}:1"):
@@ -82,8 +101,12 @@ def test_allowed_hosts_extends_the_list_and_the_origin_may_equal_an_allowed_host
     for host in ("dash.lan", "a.example.com", "example.com"):
         headers = {"Host": f"{host}:{server.port}", "Origin": f"http://{host}:{server.port}"}
         assert get(server, "events", headers=headers).status == 200, host
-        client = RawClient(server.port, "/?v=1", host=f"{host}:{server.port}",
-                           headers=[("Origin", f"http://{host}:{server.port}")])
+        client = RawClient(
+            server.port,
+            "/?v=1",
+            host=f"{host}:{server.port}",
+            headers=[("Origin", f"http://{host}:{server.port}")],
+        )
         assert client.status == 101 and client.read_json()["type"] == "hello"
         client.close()
     assert get(server, "events", headers={"Host": "dash.lan.evil.example"}).status == 421
@@ -105,8 +128,9 @@ def test_star_turns_the_host_check_off_but_not_the_origin_check(server_factory):
     assert get(server, "healthz", headers={"Host": f"{EVIL}:{server.port}"}).status == 200
     answer = get(server, "events", headers=_rebinding_headers(server))
     assert answer.status == 403 and answer.json()["error"] == "forbidden_origin"
-    client = RawClient(server.port, "/", host=f"{EVIL}:{server.port}",
-                       headers=[("Origin", f"http://{EVIL}:{server.port}")])
+    client = RawClient(
+        server.port, "/", host=f"{EVIL}:{server.port}", headers=[("Origin", f"http://{EVIL}:{server.port}")]
+    )
     assert client.status == 403
     client.close()
 
@@ -174,9 +198,12 @@ _PARAM_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["events", "turns", "stats", "schema", "readyz", "healthz", ""]),
-       params=st.dictionaries(st.sampled_from(["since", "limit", "types", "session_id", "v", "epoch", "x"]),
-                              _PARAM_TEXT, max_size=4))
+@given(
+    path=st.sampled_from(["events", "turns", "stats", "schema", "readyz", "healthz", ""]),
+    params=st.dictionaries(
+        st.sampled_from(["since", "limit", "types", "session_id", "v", "epoch", "x"]), _PARAM_TEXT, max_size=4
+    ),
+)
 def test_no_query_string_answers_500(server, path, params):
     """Random query parameters (any Unicode) on every read endpoint: never a 500."""
     from urllib.parse import urlencode
@@ -186,8 +213,11 @@ def test_no_query_string_answers_500(server, path, params):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(params=st.dictionaries(st.sampled_from(["since", "epoch", "v", "types", "session_id", "replay"]),
-                              _PARAM_TEXT, max_size=4))
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["since", "epoch", "v", "types", "session_id", "replay"]), _PARAM_TEXT, max_size=4
+    )
+)
 def test_no_upgrade_query_answers_500(server, params):
     """Random handshake parameters: 101 or a 4xx with a JSON body, never a 500."""
     from urllib.parse import urlencode
@@ -321,8 +351,13 @@ def test_the_replay_frame_is_bounded_in_bytes(server):
     refuse; the frame holds the newest that fit in max_replay_bytes (4 MiB) and says how
     many it left out, and the project's own Python client connects and gets them."""
     for i in range(20):
-        server.emit("llm_result", text=f"{i}:" + "x" * 1_000_000, duration_ms=1.0, token_count=1,
-                    tokens_per_second=1.0)
+        server.emit(
+            "llm_result",
+            text=f"{i}:" + "x" * 1_000_000,
+            duration_ms=1.0,
+            token_count=1,
+            tokens_per_second=1.0,
+        )
     with connect(server.url + "?v=1") as ws:
         hello = recv_json(ws)
         replay_text = ws.recv(timeout=TIMEOUT)

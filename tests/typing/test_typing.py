@@ -28,11 +28,36 @@ PACKAGE_FULLY_TYPED = True
 
 #: The modules typed so far, checked while ``PACKAGE_FULLY_TYPED`` is False.
 TYPED_MODULES = [
-    f"coda_ws/{name}.py" for name in (
-        "__init__", "__main__", "_fastjson", "_sendfast", "_transport", "acceptor", "argtypes", "auth", "checks",
-        "cli", "client", "config", "connection", "deadline", "errors", "framing", "gunicorn_conf", "handshake",
-        "histogram", "http_api", "interrupts", "logging_json", "protocol", "registry", "server", "serving",
-        "tools", "wsgi",
+    f"coda_ws/{name}.py"
+    for name in (
+        "__init__",
+        "__main__",
+        "_fastjson",
+        "_sendfast",
+        "_transport",
+        "acceptor",
+        "argtypes",
+        "auth",
+        "checks",
+        "cli",
+        "client",
+        "config",
+        "connection",
+        "deadline",
+        "errors",
+        "framing",
+        "gunicorn_conf",
+        "handshake",
+        "histogram",
+        "http_api",
+        "interrupts",
+        "logging_json",
+        "protocol",
+        "registry",
+        "server",
+        "serving",
+        "tools",
+        "wsgi",
     )
 ]
 
@@ -70,17 +95,30 @@ def run_mypy(cache_dir, *args):
     """``python -m mypy ARGS`` in the checkout (so pyproject.toml configures it)."""
     follow = [] if PACKAGE_FULLY_TYPED else ["--follow-imports=silent"]
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--cache-dir", str(cache_dir), "--no-color-output", "--no-error-summary",
-         *follow, *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=MYPY_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--cache-dir",
+            str(cache_dir),
+            "--no-color-output",
+            "--no-error-summary",
+            *follow,
+            *map(str, args),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=MYPY_TIMEOUT,
     )
 
 
 def test_user_script_runs():
     """The user program is real: it serves, emits, reads its own stream back
     with a client, and exits by itself with status 0 within seconds."""
-    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=CHILD_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "llm_result" in result.stdout, result.stdout
 

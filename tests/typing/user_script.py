@@ -54,8 +54,9 @@ def bus_alone() -> int:
 
 
 def main() -> int:
-    server = CodaWebSocketServer(host="127.0.0.1", port=0, max_replay_events=20, ping_interval=None,
-                                 history_size=1000, max_clients=8)
+    server = CodaWebSocketServer(
+        host="127.0.0.1", port=0, max_replay_events=20, ping_interval=None, history_size=1000, max_clients=8
+    )
     with server:
         client = CodaEventClient(server.url, types=["stt_*", "llm_result", "system_info"], name="user-script")
         try:
@@ -67,7 +68,9 @@ def main() -> int:
 
             info = server.broadcast_system_info({"version": "1.2.3"})
             assert info.high_priority
-            event = server.emit("stt_result", session_id="s1", text="hello", confidence=0.9, duration_ms=120.0)
+            event = server.emit(
+                "stt_result", session_id="s1", text="hello", confidence=0.9, duration_ms=120.0
+            )
             assert isinstance(event, STTResultEvent) and event.text == "hello"
             seq: int = event.seq
             timestamp: float = event.timestamp
@@ -89,8 +92,10 @@ def main() -> int:
         finally:
             client.close()
 
-    print(f"{connected} client(s); emitted #{seq} at {timestamp:.0f}; received {len(received)} events "
-          f"({client_stats['events']} counted); {bus_alone()} event(s) on a bus alone")
+    print(
+        f"{connected} client(s); emitted #{seq} at {timestamp:.0f}; received {len(received)} events "
+        f"({client_stats['events']} counted); {bus_alone()} event(s) on a bus alone"
+    )
     for line in received:
         print(" ", line)
     return 0

@@ -14,7 +14,7 @@ import pytest
 from coda_ws import _fastjson, _sendfast, _transport
 
 CORPUS = [
-    {"a": 1, "b": [1.5, -0.0, 1e16, 2.5e-7, None, True, False], "c": {"d": "é \u2028 \" \\ \n"}},
+    {"a": 1, "b": [1.5, -0.0, 1e16, 2.5e-7, None, True, False], "c": {"d": 'é \u2028 " \\ \n'}},
     [],
     "plain",
     {"nested": [[[{"x": "y"}]]], "big": 10**30, "unicode": "\U0001f600"},
@@ -105,11 +105,18 @@ def test_simple_websocket_keeps_the_attributes_the_transport_reads():
 
     left, right = socket.socketpair()
     key = base64.b64encode(os.urandom(16)).decode()
-    environ = {"werkzeug.socket": left, "HTTP_HOST": "localhost", "HTTP_UPGRADE": "websocket",
-               "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": key, "HTTP_SEC_WEBSOCKET_VERSION": "13"}
+    environ = {
+        "werkzeug.socket": left,
+        "HTTP_HOST": "localhost",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": key,
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
     wake = threading.Event()
-    transport = _transport.ServerTransport(environ, subprotocols=[], max_message_size=1024,
-                                           reader_name="test-reader", wake=wake)
+    transport = _transport.ServerTransport(
+        environ, subprotocols=[], max_message_size=1024, reader_name="test-reader", wake=wake
+    )
     try:
         ws = transport._ws
         missing = [name for name in _transport.REQUIRED_ATTRIBUTES if not hasattr(ws, name)]

@@ -178,7 +178,12 @@ def test_resume_failures_say_why(since, epoch, reason):
         assert not sub.resume.recovered
         assert sub.resume.reason == reason
         assert sub.resume.earliest == 6
-        assert sub.resume.frame_dict() == {"type": "resume", "recovered": False, "reason": reason, "earliest": 6}
+        assert sub.resume.frame_dict() == {
+            "type": "resume",
+            "recovered": False,
+            "reason": reason,
+            "earliest": 6,
+        }
     finally:
         bus.close()
 
@@ -340,7 +345,7 @@ def test_reader_behind_but_not_blocked_is_not_overflowed():
         assert sub.overflowed is None
         assert [e["token"] for e in drain(sub)] == [str(i) for i in range(100)]
         socket_full[0] = True  # now the client stops reading: the allowance applies
-        for i in range(11):
+        for _ in range(11):
             bus.emit("llm_token", token="x", cumulative_text="")
         bus.flush(5)
         assert sub.overflowed is not None
@@ -371,13 +376,23 @@ def test_restore_keeps_no_replay_record_for_an_event_of_unknown_type():
 
     def stamped(seq, type_name, high_priority, fields=b""):
         payload = b'{"version":"1.0","seq":%d,"timestamp":1.0,"type":"%s","session_id":null%s}' % (
-            seq, type_name.encode(), fields)
+            seq,
+            type_name.encode(),
+            fields,
+        )
         return StampedEvent(seq, 1.0, type_name, None, high_priority, payload)
 
     bus = EventBus(history_size=2, client_queue_size=1)
     try:
-        bus.restore("e1", 3, [stamped(1, "no_such_type", True), stamped(2, "tts_status", False, b',"status":"a"'),
-                              stamped(3, "tts_status", False, b',"status":"b"')])
+        bus.restore(
+            "e1",
+            3,
+            [
+                stamped(1, "no_such_type", True),
+                stamped(2, "tts_status", False, b',"status":"a"'),
+                stamped(3, "tts_status", False, b',"status":"b"'),
+            ],
+        )
         assert bus.replay == []
         assert EventBus.replay_frame_json(bus.replay) == (b'{"type":"replay","events":[]}', 0)
         assert bus.subscribe(types=["stt_*"]).replay == []

@@ -29,29 +29,67 @@ SAMPLE_FIELDS = {
     "tts_result": {"duration_ms": 600, "audio_duration_ms": 1200, "success": True},
     "tts_error": {"error": "engine down"},
     "tts_status": {"status": "speaking"},
-    "memory_store": {"content_preview": "likes tea", "memory_type": "fact", "importance": 1, "memory_id": "m1"},
+    "memory_store": {
+        "content_preview": "likes tea",
+        "memory_type": "fact",
+        "importance": 1,
+        "memory_id": "m1",
+    },
     "memory_retrieve": {"query": "tea", "results_count": 2, "relevance_scores": [1, 0.5]},
     "tool_call": {"tool_name": "weather", "parameters": {"city": "Oslo"}, "call_id": "c1"},
     "tool_result": {"tool_name": "weather", "call_id": "c1", "result": {"temp": -3}, "duration_ms": 40},
     "tool_error": {"tool_name": "weather", "call_id": "c1", "error": "no network"},
     "conversation_start": {"conversation_id": "conv1"},
-    "conversation_turn": {"conversation_id": "conv1", "turn_number": 1, "user_input": "hi", "assistant_response": "hello"},
+    "conversation_turn": {
+        "conversation_id": "conv1",
+        "turn_number": 1,
+        "user_input": "hi",
+        "assistant_response": "hello",
+    },
     "conversation_end": {"conversation_id": "conv1", "total_turns": 3, "duration_seconds": 42},
     "latency_trace": {"component": "llm", "operation": "generate", "duration_ms": 12, "metadata": {"k": 1}},
     "component_timing": {"component": "tts", "timings": {"synth": 10, "io": 2.5}},
-    "component_status": {"component_type": "stt", "state": "ready", "initialization_order": 1, "dependencies": ["mic"]},
+    "component_status": {
+        "component_type": "stt",
+        "state": "ready",
+        "initialization_order": 1,
+        "dependencies": ["mic"],
+    },
     "component_error": {"component_type": "tts", "error_message": "boom", "error_count": 2},
     "component_health": {"component_type": "llm", "health_status": {"ok": True}},
-    "system_status": {"total_components": 5, "ready_components": 4, "failed_components": 1,
-                      "integration_health": "degraded", "components": {"stt": "ready"}},
-    "integration_metrics": {"is_active": True, "websocket_server_available": True,
-                            "event_handlers_registered": False, "total_events_processed": 10},
+    "system_status": {
+        "total_components": 5,
+        "ready_components": 4,
+        "failed_components": 1,
+        "integration_health": "degraded",
+        "components": {"stt": "ready"},
+    },
+    "integration_metrics": {
+        "is_active": True,
+        "websocket_server_available": True,
+        "event_handlers_registered": False,
+        "total_events_processed": 10,
+    },
 }
 
 HIGH_PRIORITY = {
-    "system_info", "system_error", "stt_result", "stt_error", "llm_result", "llm_error", "tts_result",
-    "tts_error", "memory_store", "tool_result", "tool_error", "conversation_start", "conversation_turn",
-    "conversation_end", "component_status", "component_error", "system_status",
+    "system_info",
+    "system_error",
+    "stt_result",
+    "stt_error",
+    "llm_result",
+    "llm_error",
+    "tts_result",
+    "tts_error",
+    "memory_store",
+    "tool_result",
+    "tool_error",
+    "conversation_start",
+    "conversation_turn",
+    "conversation_end",
+    "component_status",
+    "component_error",
+    "system_status",
 }
 
 
@@ -122,13 +160,25 @@ def test_list_and_dict_members_are_coerced():
     "type_name, fields, field_name",
     [
         ("stt_result", {"text": 5, "confidence": 1.0, "duration_ms": 1.0}, "text"),
-        ("llm_result", {"text": "x", "duration_ms": 1.0, "token_count": 1.5, "tokens_per_second": 1.0}, "token_count"),
-        ("llm_result", {"text": "x", "duration_ms": 1.0, "token_count": True, "tokens_per_second": 1.0}, "token_count"),
+        (
+            "llm_result",
+            {"text": "x", "duration_ms": 1.0, "token_count": 1.5, "tokens_per_second": 1.0},
+            "token_count",
+        ),
+        (
+            "llm_result",
+            {"text": "x", "duration_ms": 1.0, "token_count": True, "tokens_per_second": 1.0},
+            "token_count",
+        ),
         ("tts_result", {"duration_ms": 1.0, "audio_duration_ms": 1.0, "success": 1}, "success"),
         ("tts_progress", {"progress_percent": "50"}, "progress_percent"),
         ("tts_progress", {"progress_percent": True}, "progress_percent"),
         ("tool_call", {"tool_name": "t", "parameters": [1], "call_id": "c"}, "parameters"),
-        ("memory_retrieve", {"query": "q", "results_count": 1, "relevance_scores": ["a"]}, "relevance_scores"),
+        (
+            "memory_retrieve",
+            {"query": "q", "results_count": 1, "relevance_scores": ["a"]},
+            "relevance_scores",
+        ),
         ("component_status", {"component_type": "c", "state": "s", "dependencies": [1]}, "dependencies"),
     ],
 )
@@ -222,14 +272,20 @@ def test_default_priorities_match_the_reference():
 
 def test_content_fields_match_the_reference():
     """Content fields (redacted for read-only readers) are exactly the reference's list."""
-    content = {
-        (t.value, f) for t, cls in EVENT_CLASSES.items() for f in cls.content_fields
-    }
+    content = {(t.value, f) for t, cls in EVENT_CLASSES.items() for f in cls.content_fields}
     assert content == {
-        ("stt_interim", "text"), ("stt_result", "text"), ("llm_start", "prompt"), ("llm_token", "token"),
-        ("llm_token", "cumulative_text"), ("llm_result", "text"), ("tts_start", "text"),
-        ("memory_store", "content_preview"), ("memory_retrieve", "query"), ("tool_call", "parameters"),
-        ("tool_result", "result"), ("conversation_turn", "user_input"),
+        ("stt_interim", "text"),
+        ("stt_result", "text"),
+        ("llm_start", "prompt"),
+        ("llm_token", "token"),
+        ("llm_token", "cumulative_text"),
+        ("llm_result", "text"),
+        ("tts_start", "text"),
+        ("memory_store", "content_preview"),
+        ("memory_retrieve", "query"),
+        ("tool_call", "parameters"),
+        ("tool_result", "result"),
+        ("conversation_turn", "user_input"),
         ("conversation_turn", "assistant_response"),
     }
 

@@ -244,12 +244,16 @@ def test_gpu_memory_in_mb_when_nvml_reports_devices(monkeypatch):
         bus.close()
 
 
-@pytest.mark.parametrize("fake", [
-    None,  # nvidia-ml-py not installed: importing pynvml fails
-    _fake_pynvml(fail_init=True),  # no driver
-    _fake_pynvml(used_bytes=(1,), fail_query=True),  # an NVML error while reading
-    _fake_pynvml(used_bytes=()),  # no device
-], ids=["not-installed", "init-error", "query-error", "no-device"])
+@pytest.mark.parametrize(
+    "fake",
+    [
+        None,  # nvidia-ml-py not installed: importing pynvml fails
+        _fake_pynvml(fail_init=True),  # no driver
+        _fake_pynvml(used_bytes=(1,), fail_query=True),  # an NVML error while reading
+        _fake_pynvml(used_bytes=()),  # no device
+    ],
+    ids=["not-installed", "init-error", "query-error", "no-device"],
+)
 def test_gpu_memory_is_null_without_a_usable_gpu(monkeypatch, fake):
     """Without nvidia-ml-py, without a driver or device, or on an NVML error,
     gpu_vram_mb is None and nothing raises."""
@@ -273,8 +277,14 @@ def test_time_operation_as_context_manager(server):
             threading.Event().wait(0.05)
         frame = recv_json(ws)
     assert frame["type"] == "latency_trace"
-    assert (frame["component"], frame["operation"], frame["metadata"]) == ("stt", "transcribe", {"model": "whisper"})
-    assert isinstance(frame["duration_ms"], float) and 50.0 <= frame["duration_ms"] < 10_000.0  # ms, not s or us
+    assert (frame["component"], frame["operation"], frame["metadata"]) == (
+        "stt",
+        "transcribe",
+        {"model": "whisper"},
+    )
+    assert (
+        isinstance(frame["duration_ms"], float) and 50.0 <= frame["duration_ms"] < 10_000.0
+    )  # ms, not s or us
     assert frame["duration_ms"] == timer.duration_ms
     assert perf.get_performance_summary()["operation_timings"]["stt.transcribe"]["count"] == 1
 
@@ -360,8 +370,14 @@ def test_track_operation_emits_and_records_milliseconds(server):
         event = perf.track_operation("llm", "generate", 1200, {"tokens": 45})
         frame = recv_json(ws)
     assert frame == {
-        "version": "1.0", "seq": event.seq, "timestamp": event.timestamp, "type": "latency_trace",
-        "session_id": None, "component": "llm", "operation": "generate", "duration_ms": 1200.0,
+        "version": "1.0",
+        "seq": event.seq,
+        "timestamp": event.timestamp,
+        "type": "latency_trace",
+        "session_id": None,
+        "component": "llm",
+        "operation": "generate",
+        "duration_ms": 1200.0,
         "metadata": {"tokens": 45},
     }
     assert isinstance(frame["duration_ms"], float)

@@ -26,7 +26,7 @@ def test_pages_and_their_assets_are_served(server, path, page):
     for asset in assets:
         status, kind, data = _get(server.http_url + asset)
         assert status == 200, asset
-        assert data == (STATIC / asset[len("static/"):]).read_bytes()
+        assert data == (STATIC / asset[len("static/") :]).read_bytes()
         if asset.endswith(".js"):
             assert "javascript" in kind, (asset, kind)
 
@@ -66,7 +66,7 @@ def test_readme_and_docs_show_the_dashboard_on_a_phone_and_a_desktop():
     readme = (root / "README.md").read_text(encoding="utf-8")
     page = (root / "docs" / "dashboard.md").read_text(encoding="utf-8")
     for name in ("dashboard.png", "dashboard-phone.png"):
-        assert f"docs/{name}" in readme and f"({name})" in page or f'"{name}"' in page, name
+        assert (f"docs/{name}" in readme and f"({name})" in page) or f'"{name}"' in page, name
         data = (root / "docs" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert len(data) < 400_000, (name, len(data))

@@ -21,8 +21,14 @@ class Stream:
         self.events = []
 
     def add(self, kind, at, session_id="s1", **fields):
-        event = {"version": "1.0", "seq": len(self.events) + 1, "timestamp": T0 + at, "type": kind,
-                 "session_id": session_id, **fields}
+        event = {
+            "version": "1.0",
+            "seq": len(self.events) + 1,
+            "timestamp": T0 + at,
+            "type": kind,
+            "session_id": session_id,
+            **fields,
+        }
         self.events.append(event)
         return event
 
@@ -34,16 +40,36 @@ class Stream:
         self.add("llm_start", start + 0.1, session_id, prompt="hello", model="m", temperature=0.7)
         self.add("llm_token", start + 0.3, session_id, token="Hi", cumulative_text="Hi")
         self.add("llm_token", start + 0.4, session_id, token="!", cumulative_text="Hi!")
-        self.add("llm_result", start + 0.5, session_id, text="Hi!", duration_ms=400.0, token_count=2,
-                 tokens_per_second=5.0)
+        self.add(
+            "llm_result",
+            start + 0.5,
+            session_id,
+            text="Hi!",
+            duration_ms=400.0,
+            token_count=2,
+            tokens_per_second=5.0,
+        )
         self.add("tts_start", start + 0.6, session_id, text="Hi!", voice_id="v", engine="e")
         if with_progress:
             self.add("tts_progress", start + v2v, session_id, progress_percent=25.0)
             self.add("tts_progress", start + v2v + 0.1, session_id, progress_percent=100.0)
-        self.add("tts_result", start + v2v + 0.2, session_id, duration_ms=500.0, audio_duration_ms=900.0,
-                 success=True)
-        self.add("conversation_turn", start + v2v + 0.3, session_id, conversation_id="c", turn_number=1,
-                 user_input="hello", assistant_response="Hi!")
+        self.add(
+            "tts_result",
+            start + v2v + 0.2,
+            session_id,
+            duration_ms=500.0,
+            audio_duration_ms=900.0,
+            success=True,
+        )
+        self.add(
+            "conversation_turn",
+            start + v2v + 0.3,
+            session_id,
+            conversation_id="c",
+            turn_number=1,
+            user_input="hello",
+            assistant_response="Hi!",
+        )
 
 
 def test_percentile_interpolates_linearly():
@@ -118,8 +144,9 @@ def test_turn_without_stt_starts_at_llm_start_and_ends_at_conversation_turn():
     stream.add("llm_start", 1.0, prompt="hi", model="m", temperature=0.7)
     stream.add("llm_token", 1.25, token="a", cumulative_text="a")
     stream.add("llm_result", 1.5, text="a", duration_ms=500.0, token_count=1, tokens_per_second=2.0)
-    stream.add("conversation_turn", 1.6, conversation_id="c", turn_number=1, user_input="hi",
-               assistant_response="a")
+    stream.add(
+        "conversation_turn", 1.6, conversation_id="c", turn_number=1, user_input="hi", assistant_response="a"
+    )
     (turn,) = turn_breakdown(stream.events, 5)["turns"]
     assert turn["status"] == "complete"
     assert turn["started_at"] == T0 + 1.0
@@ -190,8 +217,13 @@ def test_tool_calls_errors_and_multiple_llm_rounds():
 
 def test_malformed_events_are_skipped():
     """Dicts without a type or a numeric timestamp, and non-dicts, are skipped."""
-    events = [None, {"type": "stt_result"}, {"timestamp": 1.0}, {"type": "stt_result", "timestamp": "x"},
-              {"type": "llm_start", "timestamp": True}]
+    events = [
+        None,
+        {"type": "stt_result"},
+        {"timestamp": 1.0},
+        {"type": "stt_result", "timestamp": "x"},
+        {"type": "llm_start", "timestamp": True},
+    ]
     assert turn_breakdown(events, 5)["turns"] == []
 
 
@@ -204,9 +236,24 @@ def test_result_is_json_ready():
     json.dumps(result, allow_nan=False)
     assert set(result) == {"turns", "count", "window", "p50", "p95", "p99", "components"}
     assert set(result["turns"][0]) == {
-        "session_id", "start_seq", "end_seq", "started_at", "ended_at", "status", "stt_ms", "llm_ttft_ms",
-        "llm_total_ms", "tts_ttfa_ms", "tts_total_ms", "voice_to_voice_ms", "tool_calls", "tool_ms", "errors",
-        "marks", "rolling_p50_ms", "rolling_p95_ms",
+        "session_id",
+        "start_seq",
+        "end_seq",
+        "started_at",
+        "ended_at",
+        "status",
+        "stt_ms",
+        "llm_ttft_ms",
+        "llm_total_ms",
+        "tts_ttfa_ms",
+        "tts_total_ms",
+        "voice_to_voice_ms",
+        "tool_calls",
+        "tool_ms",
+        "errors",
+        "marks",
+        "rolling_p50_ms",
+        "rolling_p95_ms",
     }
 
 

@@ -38,7 +38,14 @@ def test_defaults_match_the_original():
     assert server.running is False and server.server is None
     assert server.on_connect_handlers == server.on_disconnect_handlers == server.on_message_handlers == []
     stats = server.get_stats()
-    for key in ("total_connections", "current_connections", "events_sent", "errors", "replay_buffer_size", "running"):
+    for key in (
+        "total_connections",
+        "current_connections",
+        "events_sent",
+        "errors",
+        "replay_buffer_size",
+        "running",
+    ):
         assert key in stats
     assert server.stats["running"] is False
 
@@ -76,8 +83,14 @@ def test_bind_failure_raises_oserror_naming_the_address():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"port": -1}, "port"), ({"port": "80"}, "port"), ({"host": ""}, "host"), ({"ping_interval": -1}, "ping_interval"),
-     ({"max_clients": 0}, "max_clients"), ({"url_prefix": "nope"}, "url_prefix")],
+    [
+        ({"port": -1}, "port"),
+        ({"port": "80"}, "port"),
+        ({"host": ""}, "host"),
+        ({"ping_interval": -1}, "ping_interval"),
+        ({"max_clients": 0}, "max_clients"),
+        ({"url_prefix": "nope"}, "url_prefix"),
+    ],
 )
 def test_bad_arguments_are_refused(kwargs, message):
     """Bad constructor arguments raise ValueError naming the argument."""
@@ -159,8 +172,14 @@ def test_broadcast_helpers(server):
         got = [recv_json(ws) for _ in range(3)]
     assert got[0]["type"] == "system_info" and got[0]["data"] == {"version": "2"}
     assert got[1]["type"] == "system_error" and got[1]["details"] == {"temp": 90}
-    assert got[2] == {**got[2], "type": "system_metrics", "memory_mb": 100.0, "cpu_percent": 5.0,
-                      "gpu_vram_mb": None, "uptime_seconds": 7.0}
+    assert got[2] == {
+        **got[2],
+        "type": "system_metrics",
+        "memory_mb": 100.0,
+        "cpu_percent": 5.0,
+        "gpu_vram_mb": None,
+        "uptime_seconds": 7.0,
+    }
     assert [e["type"] for e in server.replay_buffer] == ["system_info", "system_error"]
 
 
@@ -272,7 +291,13 @@ def test_paused_client_does_not_stall_others_and_is_closed_with_4008(server_fact
     with connect(f"{server.url}?since={last}&epoch={hello['epoch']}") as again:
         assert recv_json(again)["type"] == "hello"
         resume = recv_json(again)
-        assert resume == {"type": "resume", "recovered": True, "from": last + 1, "to": count, "count": count - last}
+        assert resume == {
+            "type": "resume",
+            "recovered": True,
+            "from": last + 1,
+            "to": count,
+            "count": count - last,
+        }
         seqs = [recv_json(again)["seq"] for _ in range(count - last)]
         assert seqs == list(range(last + 1, count + 1))
 
@@ -384,7 +409,9 @@ def test_send_to_client(server):
     with connect(server.url) as a, connect(server.url) as b:
         server.wait_for_clients(2, TIMEOUT)
         target = server.get_connected_clients()[0]
-        assert server.send_to_client(target, "stt_result", {"text": "only you", "confidence": 1.0, "duration_ms": 1.0})
+        assert server.send_to_client(
+            target, "stt_result", {"text": "only you", "confidence": 1.0, "duration_ms": 1.0}
+        )
         assert not server.send_to_client("nobody", "tts_status", {"status": "x"})
         server.emit("tts_status", status="all")
         frames = {}
@@ -434,7 +461,8 @@ def test_stop_with_twenty_clients_one_stalled(server_factory):
     assert server.wait_for_clients(20, TIMEOUT)
     results = {}
     readers = [
-        threading.Thread(target=lambda c=c: results.__setitem__(c, c.read_until_close(timeout=15))) for c in healthy
+        threading.Thread(target=lambda c=c: results.__setitem__(c, c.read_until_close(timeout=15)))
+        for c in healthy
     ]
     for reader in readers:
         reader.start()
@@ -476,7 +504,9 @@ def test_connect_disconnect_cycles_leak_nothing():
                 client.reset()
         wait_for(lambda: server.get_stats()["total_connections"] == 200, message="all 200 registered")
         wait_for(lambda: server.get_stats()["current_connections"] == 0, message="all disconnected")
-        wait_for(lambda: set(extra_threads()) == server_threads, message=lambda: f"threads: {extra_threads()}")
+        wait_for(
+            lambda: set(extra_threads()) == server_threads, message=lambda: f"threads: {extra_threads()}"
+        )
         wait_for(lambda: open_fds() == fds, message=lambda: f"fds back to {fds}, now {open_fds()}")
         assert server.get_stats()["disconnects"] == {"client_closed": 100, "connection_lost": 100}
     finally:
