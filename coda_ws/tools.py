@@ -27,6 +27,7 @@ seconds; ``play`` waits on ``stop_event`` itself and stops at once.
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import argtypes
 from .client import CodaEventClient
 from .errors import ClientConnectionError, InvalidEventError, ToolError
-from .events import BaseEvent, encode_json, validate_event
+from .events import BaseEvent, encode_json, registered_event_types, validate_event
 from .filters import TypePatterns
 from .interrupts import interruptible
 
@@ -435,7 +436,13 @@ def _playable(
     try:
         event: BaseEvent = validate_event(data)
     except InvalidEventError as exc:
-        raise ToolError(f"{path}:{lineno}: cannot be played back: {exc}") from None
+        hint = ""
+        if data.get("type") not in registered_event_types():
+            hint = (
+                "; if it is a type of your own, register it first (coda-ws play --import MODULE, "
+                "MODULE calling coda_ws.register_event)"
+            )
+        raise ToolError(f"{path}:{lineno}: cannot be played back: {exc}{hint}") from None
     wire: dict[str, Any] = event.to_dict()
     fields = {key: value for key, value in wire.items() if key not in _ENVELOPE}
     return timestamp, event.type, event.session_id, fields
@@ -628,18 +635,37 @@ def _record_command(args: argparse.Namespace) -> int:
     return _run("record", action)
 
 
+def import_modules(names: list[str] | None) -> None:
+    """Import each named module (``--import``): modules that register event
+    types of their own (``coda_ws.register_event``) before a tool needs them.
+
+    The current directory is searched first, as ``python -m`` does.
+
+    Raises:
+        ToolError: a module cannot be imported (its error in the message).
+    """
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names or ():
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any error of the user's module: reported, not a traceback
+            raise ToolError(f"cannot import {name}: {type(exc).__name__}: {exc}", exit_code=2) from None
+
+
 def _play_command(args: argparse.Namespace) -> int:
-    return _run(
-        "play",
-        lambda: play(
+    def action() -> int:
+        import_modules(args.imports)
+        return play(
             args.file,
             speed=args.speed,
             host=args.host,
             port=args.port,
             loop=args.loop,
             hold=not args.exit,
-        ),
-    )
+        )
+
+    return _run("play", action)
 
 
 def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -728,6 +754,14 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         "--loop", action="store_true", help="start again after the last event, until Ctrl-C"
     )
     play_parser.add_argument("--exit", action="store_true", help="stop serving once the recording has played")
+    play_parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first: one that registers event types of your own (coda_ws.register_event);"
+        " may be repeated",
+    )
     play_parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
