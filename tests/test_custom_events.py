@@ -201,6 +201,13 @@ def test_schema_lists_the_custom_types_and_validates_their_events(server_factory
     assert not validator.is_valid(wrong)
 
 
+def test_a_type_registered_while_serving_appears_in_the_schema(server):
+    """/schema follows the registry: a type registered after the server started is listed."""
+    assert "test_late_type" not in get_json(server, "schema")["$defs"]
+    register_event("test_late_type", {"n": int})
+    assert get_json(server, "schema")["$defs"]["test_late_type"]["properties"]["n"] == {"type": "integer"}
+
+
 def test_post_events_publishes_a_custom_type(server):
     """POST /events takes a custom type like a built-in one: 202 with its seq;
     400 naming the type and the field for a bad value or a missing field."""
