@@ -1,0 +1,64 @@
+"""The dashboard's event log with event types of your own and the built-in
+voice moments: a generic summary in words for a type the page has no
+presentation for, the presentations of vad_start, vad_end, wake_word and
+barge_in, redaction of a custom type's content, and no console errors."""
+
+from playwright.sync_api import expect
+
+from ..custom_types import RagLookupEvent  # registers the tests' own types
+from .helpers import open_dashboard, wait_for_seq
+
+STATS_PROBE = ("/stats",)  # the clients panel asks once and may get 404 without admin
+
+
+def _summaries(page):
+    """{type: summary text} of the log's rows (newest wins)."""
+    rows = page.eval_on_selector_all(
+        "#log-rows > .log-row",
+        "rows => rows.map(r => [r.dataset.type, r.querySelector('.log-summary').textContent,"
+        " r.querySelector('.log-type').className])",
+    )
+    return {kind: (text, classes) for kind, text, classes in reversed(rows)}
+
+
+def test_log_shows_custom_types_generically_and_the_voice_moments(server, page):
+    assert RagLookupEvent.type_name == "test_rag_lookup"
+    open_dashboard(page, server.http_url)
+    server.emit("wake_word", word="hey coda", confidence=0.97, session_id="s")
+    server.emit("vad_start", confidence=0.8, session_id="s")
+    server.emit("vad_end", duration_ms=1840, session_id="s")
+    server.emit("barge_in", interrupted="tts", played_ms=1200, session_id="s")
+    server.emit(
+        "test_rag_lookup", query="opening hours", hits=3, top_score=0.82, sources=["faq.md"], session_id="s"
+    )
+    last = server.emit("test_guardrail", verdict="pass", score=0.1)
+    wait_for_seq(page, last.seq)
+    expect(page.locator("#log-rows > .log-row")).to_have_count(6)
+    summaries = _summaries(page)
+    assert summaries["wake_word"][0] == "wake word “hey coda” · 97%"
+    assert summaries["vad_start"][0] == "speech started · 80%"
+    assert summaries["vad_end"][0] == "speech ended after 1.84 s"
+    assert summaries["barge_in"][0] == "user interrupted tts · after 1.20 s of audio"
+    assert summaries["test_rag_lookup"][0] == "query “opening hours” · hits 3 · top score 0.82 · sources [\"faq.md\"]"
+    assert summaries["test_guardrail"][0] == "verdict “pass” · score 0.10 · reasons []"
+    assert "cat-voice" in summaries["barge_in"][1] and "cat-other" in summaries["test_rag_lookup"][1]
+    # The row expands to the event's JSON like any other.
+    row = page.locator("#log-rows > .log-row[data-type=test_rag_lookup]")
+    row.locator("summary").click()
+    expect(row.locator("pre.log-json")).to_contain_text('"hits": 3')
+    # A type filter on the custom type.
+    page.fill("#log-types", "test_*")
+    expect(page.locator("#log-rows > .log-row")).to_have_count(2)
+    assert page.probe.problems(allowed_status_urls=STATS_PROBE) == []
+
+
+def test_custom_content_is_redacted_for_a_read_only_page(server_factory, page):
+    server = server_factory(auth={"reader-token": ["read"]})
+    open_dashboard(page, server.http_url + "#token=reader-token")
+    event = server.emit("test_rag_lookup", query="my secret question", hits=2, session_id="s")
+    wait_for_seq(page, event.seq)
+    summary = page.locator("#log-rows > .log-row .log-summary").first
+    expect(summary).to_contain_text("[content redacted]")
+    expect(summary).to_contain_text("hits: 2")
+    assert "my secret question" not in page.content()
+    assert page.probe.problems(allowed_status_urls=STATS_PROBE) == []
