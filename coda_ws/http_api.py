@@ -436,7 +436,11 @@ class _HttpApi:
 
     def schema(self) -> Response:
         """``GET /schema``: the JSON Schema of every event (see :mod:`coda_ws.schema`). No auth."""
-        return Response(_schema_bytes(registry_version()), mimetype="application/json", headers={"Cache-Control": "no-cache"})
+        return Response(
+            _schema_bytes(registry_version()),
+            mimetype="application/json",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     # -- events -------------------------------------------------------------------------
 

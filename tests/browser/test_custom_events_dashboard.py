@@ -39,7 +39,10 @@ def test_log_shows_custom_types_generically_and_the_voice_moments(server, page):
     assert summaries["vad_start"][0] == "speech started · 80%"
     assert summaries["vad_end"][0] == "speech ended after 1.84 s"
     assert summaries["barge_in"][0] == "user interrupted tts · after 1.20 s of audio"
-    assert summaries["test_rag_lookup"][0] == "query “opening hours” · hits 3 · top score 0.82 · sources [\"faq.md\"]"
+    assert (
+        summaries["test_rag_lookup"][0]
+        == 'query “opening hours” · hits 3 · top score 0.82 · sources ["faq.md"]'
+    )
     assert summaries["test_guardrail"][0] == "verdict “pass” · score 0.10 · reasons []"
     assert "cat-voice" in summaries["barge_in"][1] and "cat-other" in summaries["test_rag_lookup"][1]
     # The row expands to the event's JSON like any other.
