@@ -310,6 +310,16 @@ class _Collector:
             "Exceptions raised by bus listeners",
             value=bus_stats["listener_errors"],
         )
+        unknown = CounterMetricFamily(
+            "coda_ws_unknown_type_events",
+            "Events of a type this process has not registered, by action: 'refused' (from a backplane: "
+            "a position no client receives) or 'served' (from a journal: sent as stored, every field "
+            "treated as content)",
+            labels=["action"],
+        )
+        unknown.add_metric(["refused"], bus_stats["unknown_types_refused"])
+        unknown.add_metric(["served"], bus_stats["unknown_types_served"])
+        yield unknown
         journal = getattr(server, "journal", None)
         if journal is not None:
             yield from _journal_metrics(journal)

@@ -10,7 +10,7 @@ synchronous helpers); each returns the emitted event.
 
 from typing import Any
 
-from ..events import BaseEvent
+from ..events import BaseEvent, EventType
 from ..integration import CodaWebSocketIntegration as SyncCodaWebSocketIntegration
 
 __all__ = ["CodaWebSocketIntegration"]
@@ -241,7 +241,9 @@ class CodaWebSocketIntegration:
         """``barge_in`` (interrupted, played_ms); high priority."""
         return self.sync.barge_in(interrupted, played_ms)
 
-    async def emit(self, event_type: str, *, high_priority: bool | None = None, **fields: Any) -> BaseEvent:
+    async def emit(
+        self, event_type: EventType | str, *, high_priority: bool | None = None, **fields: Any
+    ) -> BaseEvent:
         """Any event type, one of your own included, in the current session."""
         return self.sync.emit(event_type, high_priority=high_priority, **fields)
 
