@@ -3,6 +3,8 @@ voice moments: a generic summary in words for a type the page has no
 presentation for, the presentations of vad_start, vad_end, wake_word and
 barge_in, redaction of a custom type's content, and no console errors."""
 
+import json
+
 from playwright.sync_api import expect
 
 from ..custom_types import RagLookupEvent  # registers the tests' own types
@@ -65,3 +67,21 @@ def test_custom_content_is_redacted_for_a_read_only_page(server_factory, page):
     expect(summary).to_contain_text("hits: 2")
     assert "my secret question" not in page.content()
     assert page.probe.problems(allowed_status_urls=STATS_PROBE) == []
+
+
+def test_debug_page_publishes_a_registered_custom_type(server, page):
+    """The debug page's form lists the server's registered types (from /schema),
+    with a sample of their fields, and publishes them through POST /events."""
+    page.goto(server.http_url + "debug")
+    expect(page.locator("#status-pill")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#emit-type option[value=test_rag_lookup]")).to_have_count(1)
+    page.select_option("#emit-type", "test_rag_lookup")
+    sample = json.loads(page.input_value("#emit-fields"))
+    assert sample == {"query": "", "hits": 0, "top_score": None, "sources": []}
+    page.fill("#emit-fields", json.dumps({**sample, "query": "from the debug page", "hits": 4}))
+    page.click("#emit-send")
+    expect(page.locator("#emit-answer")).to_have_attribute("data-ok", "true")
+    expect(page.locator("#tail > li[data-kind=event]").last).to_contain_text('"type":"test_rag_lookup"')
+    [entry] = [e for e in server.bus.history() if e.type == "test_rag_lookup"]
+    assert entry.to_dict()["query"] == "from the debug page" and entry.to_dict()["hits"] == 4
+    assert page.probe.problems() == []
