@@ -454,6 +454,7 @@ def _finish_class(
     cls = dataclass(frozen=True, kw_only=True)(cls)
     cls.event_type = event_type
     cls.type_name = type_name
+    cls.builtin = not custom  # explicitly: a type of your own may subclass a built-in event class
     cls.high_priority = high_priority
     cls.conflatable = conflatable
     cls.content_fields = tuple(content)
@@ -551,7 +552,6 @@ def _event(
 
     def decorate(cls: type[_E]) -> type[_E]:
         cls = _finish_class(cls, event_type.value, event_type, high_priority, conflatable, content, False)
-        cls.builtin = True
         EVENT_CLASSES[event_type] = cls
         _BY_NAME[event_type.value] = cls
         return cls

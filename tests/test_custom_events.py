@@ -250,6 +250,16 @@ def test_journal_restart_replays_a_registered_custom_type(server_factory, tmp_pa
         got = [client.get(timeout=TIMEOUT) for _ in range(3)]
     assert [type(e) for e in got] == [RagLookupEvent, GuardrailEvent, RagLookupEvent]
 
+    async def read_async():
+        from coda_ws.aio import AsyncCodaEventClient
+
+        async with AsyncCodaEventClient(
+            restarted.url, since=0, replay=False, connect_timeout=TIMEOUT
+        ) as client:
+            return [await client.get(TIMEOUT) for _ in range(3)]
+
+    assert asyncio.run(read_async()) == got  # the asyncio client decodes to the classes too
+
 
 _JOURNAL_CHILD = """
 import sys
@@ -306,6 +316,16 @@ def test_journal_restart_without_the_type_serves_it_as_stored(server_factory, tm
         got = [client.get(timeout=TIMEOUT) for _ in range(3)]
     assert isinstance(got[0], coda_ws.STTStartEvent) and isinstance(got[2], coda_ws.STTStartEvent)
     assert got[1] == full[1]  # a dict: the client does not know the type either
+
+    async def read_async():
+        from coda_ws.aio import AsyncCodaEventClient
+
+        async with AsyncCodaEventClient(
+            server.url, since=0, replay=False, token=CONTENT_READER, connect_timeout=TIMEOUT
+        ) as client:
+            return [await client.get(TIMEOUT) for _ in range(3)]
+
+    assert asyncio.run(read_async()) == got  # the asyncio client decodes alike
 
 
 # -- the Redis backplane --------------------------------------------------------------------------
@@ -477,6 +497,19 @@ def test_built_in_types_cannot_be_shadowed(name):
         @custom_event(name)
         class Shadow(BaseEvent):
             value: int
+
+
+def test_a_custom_type_may_subclass_a_built_in_event_class():
+    """Inheriting a built-in class's fields makes a type of your own, not a built-in one."""
+
+    @custom_event("test_stt_result_plus")
+    class SttResultPlus(coda_ws.STTResultEvent):
+        speaker: str = "unknown"
+
+    assert not SttResultPlus.builtin and coda_ws.STTResultEvent.builtin
+    event = coda_ws.create_event("test_stt_result_plus", text="hi", confidence=1, duration_ms=2)
+    assert event.to_dict()["type"] == "test_stt_result_plus" and event.speaker == "unknown"
+    assert custom_event("test_stt_result_plus")(SttResultPlus) is SttResultPlus
 
 
 def test_registering_the_same_definition_again_is_idempotent():
