@@ -256,6 +256,8 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
         max_message_size: int | None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        # Long: the client's connect and handshake over simple-websocket's internals, step by step,
+        # in the one module allowed to touch them
         self.host = host
         self.port = port
         self.path = target

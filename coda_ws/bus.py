@@ -549,6 +549,8 @@ class EventBus:
         *,
         max_event_size: int | None = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
+        # Long: one check per option, then the state every lock guards, each with the comment that
+        # says which lock
         if client_queue_size is None and isinstance(history_size, int):
             client_queue_size = min(DEFAULT_CLIENT_QUEUE_SIZE, history_size)
         for name, value in (
@@ -1014,6 +1016,8 @@ class EventBus:
             ValueError: a bad argument, or events out of order.
             RuntimeError: events were emitted on this bus with local seqs.
         """
+        # Long: the docstring documents each restore case; the code checks every argument before it
+        # changes anything, so a bad restore leaves the bus as it was
         if not isinstance(epoch, str) or not epoch:
             raise ValueError(f"epoch must be a non-empty string, got {epoch!r}")
         integer("last_seq", last_seq, 0)

@@ -41,6 +41,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
+    # Long: the whole command line in one place, in the order `coda-ws --help` shows it
     parser = argparse.ArgumentParser(
         prog="coda-ws",
         description="Coda's real-time event stream over WebSocket.",

@@ -25,13 +25,15 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from . import checks
 
 __all__ = [
+    "CONFIGURED",
     "OPTIONS",
     "OPTION_NAMES",
+    "Configured",
     "Option",
     "Setting",
     "check",
@@ -44,6 +46,21 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+
+
+class Configured:
+    """The default of a constructor argument left out: the option is looked up
+    in the environment (``CODA_WS_*``), the Flask config, the ``config_file``,
+    then the built-in default (see :mod:`coda_ws.config`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<configured>"
+
+
+#: The one :class:`Configured` value.
+CONFIGURED: Final = Configured()
 
 
 def _type_name(value: Any) -> str:

@@ -185,6 +185,7 @@ def _conversation(
     exchange: DemoExchange,
     conversation_id: str,
 ) -> None:
+    # Long: a script: one conversation, turn by turn, read top to bottom
     started = time.monotonic()
     integration.conversation_start(conversation_id)
     wait(0.5)

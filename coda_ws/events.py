@@ -434,6 +434,50 @@ def _definition_of(cls: type[BaseEvent]) -> tuple[Any, ...]:
     return cls._definition
 
 
+def _field_specs(
+    cls: type[BaseEvent], type_name: str, custom: bool
+) -> tuple[list[_FieldSpec], list[tuple[str, str, str]]]:
+    """The type's own fields of a dataclass made by :func:`_finish_class`:
+    their specs, and their shapes (name, annotation, default) for comparing
+    definitions. A custom type's annotations and defaults are checked here."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a string annotation naming something not importable here
+        raise TypeError(
+            f"{type_name}: cannot resolve the field annotations of {cls.__name__}: {exc}"
+        ) from None
+    spec: list[_FieldSpec] = []
+    shape: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if f.name in _ENVELOPE:
+            continue
+        where = f"{type_name}.{f.name}"  # how errors name the field
+        described = _canonical(hints[f.name], where) if custom else repr(hints[f.name])
+        check = _checker_for(hints[f.name])
+        default: Any
+        is_factory = f.default_factory is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif is_factory:
+            default = f.default_factory
+        else:
+            default = dataclasses.MISSING
+        if custom and default is not dataclasses.MISSING:
+            sample = default() if is_factory else default
+            try:
+                coerced = check(sample, where)
+                encode_json(coerced)
+            except (InvalidEventError, TypeError, ValueError) as exc:
+                raise TypeError(f"{where}: bad default {sample!r}: {exc}") from None
+            if not is_factory:
+                default = coerced
+            shape.append((f.name, described, encode_json(coerced)))
+        else:
+            shape.append((f.name, described, "" if default is dataclasses.MISSING else "default"))
+        spec.append((f.name, check, is_factory, default, where))
+    return spec, shape
+
+
 def _finish_class(
     cls: type[_E],
     type_name: str,
@@ -458,44 +502,7 @@ def _finish_class(
     cls.high_priority = high_priority
     cls.conflatable = conflatable
     cls.content_fields = tuple(content)
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception as exc:  # a string annotation naming something not importable here
-        raise TypeError(
-            f"{type_name}: cannot resolve the field annotations of {cls.__name__}: {exc}"
-        ) from None
-    spec: list[_FieldSpec] = []
-    shape: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):
-        if f.name in _ENVELOPE:
-            continue
-        where = f"{type_name}.{f.name}"  # how errors name the field
-        if custom:
-            described = _canonical(hints[f.name], where)
-        else:
-            described = repr(hints[f.name])
-        check = _checker_for(hints[f.name])
-        default: Any
-        is_factory = f.default_factory is not dataclasses.MISSING
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif is_factory:
-            default = f.default_factory
-        else:
-            default = dataclasses.MISSING
-        if custom and default is not dataclasses.MISSING:
-            sample = default() if is_factory else default
-            try:
-                coerced = check(sample, where)
-                encode_json(coerced)
-            except (InvalidEventError, TypeError, ValueError) as exc:
-                raise TypeError(f"{where}: bad default {sample!r}: {exc}") from None
-            if not is_factory:
-                default = coerced
-            shape.append((f.name, described, encode_json(coerced)))
-        else:
-            shape.append((f.name, described, "" if default is dataclasses.MISSING else "default"))
-        spec.append((f.name, check, is_factory, default, where))
+    spec, shape = _field_specs(cls, type_name, custom)
     cls._spec = tuple(spec)
     cls._wire_keys = _ENVELOPE + tuple(name for name, *_ in spec)
     unknown = set(content) - {name for name, *_ in spec}
@@ -663,9 +670,17 @@ def register_event(
         raise ValueError(f"{type_name!r} is a built-in event type; choose another name for your type")
     if not isinstance(fields, Mapping):
         raise TypeError(f"{type_name}: fields must be a mapping of field name to annotation, got {fields!r}")
-    defaults = dict(defaults or {})
+    cls = _class_for(type_name, fields, dict(defaults or {}), doc)
+    return _register(_finish_class(cls, type_name, type_name, high_priority, conflatable, flags, True))
+
+
+def _class_for(
+    type_name: str, fields: Mapping[str, Any], defaults: dict[str, Any], doc: str | None
+) -> type[BaseEvent]:
+    """The BaseEvent subclass :func:`register_event` turns into the type's dataclass."""
     annotations: dict[str, Any] = {}
-    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": ""}
+    class_name = "".join(part.capitalize() for part in type_name.split("_")) + "Event"
+    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": class_name}
     for field_name, annotation in fields.items():
         _check_field_name(type_name, field_name)
         _canonical(annotation, f"{type_name}.{field_name}")
@@ -677,14 +692,11 @@ def register_event(
             namespace[field_name] = field(default_factory=functools.partial(copy.deepcopy, value))
         else:
             namespace[field_name] = value
-    class_name = "".join(part.capitalize() for part in type_name.split("_")) + "Event"
-    namespace["__qualname__"] = class_name
     namespace["__annotations__"] = annotations
     namespace["__doc__"] = (
         doc if doc is not None else f"The {type_name!r} event (registered with register_event)."
     )
-    cls: type[BaseEvent] = type(class_name, (BaseEvent,), namespace)
-    return _register(_finish_class(cls, type_name, type_name, high_priority, conflatable, flags, True))
+    return type(class_name, (BaseEvent,), namespace)
 
 
 def registered_event_types() -> Mapping[str, type[BaseEvent]]:

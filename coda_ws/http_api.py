@@ -467,6 +467,7 @@ class _HttpApi:
         the ``Coda-WS-Lost`` header lists them as ``first-last`` ranges,
         comma-separated.
         """
+        # Long: the docstring is the endpoint's contract; the code is about 50 lines
         denied = self.http_auth("read")
         if denied is not None:
             return denied
@@ -542,6 +543,8 @@ class _HttpApi:
                 encoded size is over the server's ``max_event_size``.
             415 a Content-Type other than ``application/json``.
         """
+        # Long: the docstring is the endpoint's contract; the code is the checks of that contract in
+        # the order its answers are documented
         server = self.server
         denied = self.http_auth("publish")
         if denied is not None:

@@ -452,6 +452,7 @@ class Journal:
         synchronous: str = "NORMAL",
         reserve_block: int | None = None,
     ) -> None:
+        # Long: one check per option, then the database opened; each check is a line or two
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ValueError(f"journal path must be a file path, got {path!r}")
         integer("journal max_events", max_events, 1, none_ok=True)
@@ -673,6 +674,8 @@ class Journal:
                 already emitted on the bus.
             JournalError: the file cannot be opened or is not a journal.
         """
+        # Long: a new and an existing journal, restore and seq reservation, in the one order they
+        # must happen; split up, half-built state would pass between helpers
         if self._bus is not None:
             raise RuntimeError("this journal is already attached to a bus")
         self._block = self.reserve_block or max(_MIN_RESERVE_BLOCK, bus.history_size // 4)
@@ -1095,6 +1098,8 @@ class Journal:
         return min(_BACKOFF_MAX, max(_BACKOFF_FIRST, delay * 2))
 
     def _write_succeeded(self, job: _Job, result: _Result, set_fence: bool = True) -> None:
+        # Long: every consequence of one committed batch is applied under one hold of the lock, so
+        # that no reader sees half of it
         written, gaps, trimmed, covered, recovered = result
         ended: tuple[int, float, str | None, int, int] | None = None
         fence: int | None = None

@@ -34,7 +34,7 @@ import collections
 import operator
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -60,8 +60,11 @@ from .histogram import DISPATCH_LAG_BUCKETS, FixedHistogram, HistogramSnapshot
 from .wire import Entry
 
 if TYPE_CHECKING:
+    from .bus import BusStats, EventBus
+    from .connection import Connection
     from .journal import Journal
     from .server import CodaWebSocketServer
+    from .stats import ServerStats
 
 __all__ = ["ABNORMAL_CLOSE", "CONTENT_TYPE", "ServerMetrics"]
 
@@ -142,191 +145,210 @@ class _Collector:
         server = metrics._server()
         if server is None:
             return
-        bus = server.bus
         stats = server.get_stats()
-        bus_stats = bus.stats()
-        clients = server.clients  # a snapshot
+        bus_stats = server.bus.stats()
+        yield from _stream_metrics(metrics, server.bus, stats)
+        yield from _client_metrics(server.clients, stats)
+        yield from _state_metrics(stats, bus_stats)
+        yield from _failure_metrics(stats, bus_stats)
+        if server.journal is not None:
+            yield from _journal_metrics(server.journal)
 
-        info = InfoMetricFamily("coda_ws", "coda_ws version and the stream's epoch")
-        info.add_metric([], {"version": __version__, "epoch": str(bus.epoch)})
-        yield info
 
-        emitted = CounterMetricFamily(
-            "coda_ws_events_emitted", "Events dispatched into the stream, by type", labels=["type"]
-        )
-        for type_name, count in sorted(metrics.emitted_by_type().items()):
-            emitted.add_metric([type_name], count)
-        yield emitted
+def _stream_metrics(metrics: ServerMetrics, bus: EventBus, stats: ServerStats) -> Iterator[Metric]:
+    """The version and epoch, events emitted, delivered and dropped, and the
+    emit and dispatch histograms."""
+    info = InfoMetricFamily("coda_ws", "coda_ws version and the stream's epoch")
+    info.add_metric([], {"version": __version__, "epoch": str(bus.epoch)})
+    yield info
 
-        yield CounterMetricFamily(
-            "coda_ws_events_delivered",
-            "Event frames written to WebSocket clients",
-            value=stats["events_sent"],
-        )
+    emitted = CounterMetricFamily(
+        "coda_ws_events_emitted", "Events dispatched into the stream, by type", labels=["type"]
+    )
+    for type_name, count in sorted(metrics.emitted_by_type().items()):
+        emitted.add_metric([type_name], count)
+    yield emitted
 
-        dropped = CounterMetricFamily(
-            "coda_ws_events_dropped",
-            "Events skipped for a client that was behind: 'conflated' (newer state of the same type and "
-            "session was waiting) or 'overwritten' (state that left the history first); lossless events are "
-            'never dropped (see coda_ws_disconnects_total{code="4008"})',
-            labels=["type", "reason"],
-        )
-        for (type_name, reason), count in sorted(bus.drop_counts().items()):
-            dropped.add_metric([type_name, reason], count)
-        yield dropped
+    yield CounterMetricFamily(
+        "coda_ws_events_delivered",
+        "Event frames written to WebSocket clients",
+        value=stats["events_sent"],
+    )
 
-        yield _histogram(
-            "coda_ws_emit_duration_seconds",
-            "Caller-side cost of emit(): validate, encode, stamp, enqueue",
-            bus.emit_durations.snapshot(),
-        )
-        yield _histogram(
-            "coda_ws_dispatch_lag_seconds",
-            "Time from emit() to fan-out to the clients' cursors (dispatcher latency)",
-            metrics.dispatch_lag.snapshot(),
-        )
+    dropped = CounterMetricFamily(
+        "coda_ws_events_dropped",
+        "Events skipped for a client that was behind: 'conflated' (newer state of the same type and "
+        "session was waiting) or 'overwritten' (state that left the history first); lossless events are "
+        'never dropped (see coda_ws_disconnects_total{code="4008"})',
+        labels=["type", "reason"],
+    )
+    for (type_name, reason), count in sorted(bus.drop_counts().items()):
+        dropped.add_metric([type_name, reason], count)
+    yield dropped
 
-        yield GaugeMetricFamily("coda_ws_clients", "WebSocket clients connected now", value=len(clients))
-        depth = GaugeMetricFamily(
-            "coda_ws_client_queue_depth",
-            "Frames waiting in a client's writer: control frames queued plus the event batch being written "
-            "and not yet accepted by its socket",
-            labels=["client"],
-        )
-        lag = GaugeMetricFamily(
-            "coda_ws_client_lag_events",
-            "Stream head minus the last seq written to the client (events it is behind)",
-            labels=["client"],
-        )
-        for client_id, conn in sorted(clients.items()):
-            depth.add_metric([client_id], conn.queue_depth)
-            lag.add_metric([client_id], conn.subscription.lag)
-        yield depth
-        yield lag
+    yield _histogram(
+        "coda_ws_emit_duration_seconds",
+        "Caller-side cost of emit(): validate, encode, stamp, enqueue",
+        bus.emit_durations.snapshot(),
+    )
+    yield _histogram(
+        "coda_ws_dispatch_lag_seconds",
+        "Time from emit() to fan-out to the clients' cursors (dispatcher latency)",
+        metrics.dispatch_lag.snapshot(),
+    )
 
-        disconnects = CounterMetricFamily(
-            "coda_ws_disconnects",
-            "Client disconnects by close code (1006: no close frame, the connection just ended)",
-            labels=["code"],
-        )
-        for code, count in sorted(stats.get("disconnect_codes", {}).items()):
-            disconnects.add_metric([code], count)
-        yield disconnects
 
-        resumes = CounterMetricFamily(
-            "coda_ws_resumes",
-            "Resume requests by result: recovered, epoch_changed, too_old, unknown_position, lost",
-            labels=["result"],
-        )
-        for result, count in sorted(stats.get("resumes", {}).items()):
-            resumes.add_metric([result], count)
-        yield resumes
+def _client_metrics(clients: Mapping[str, Connection], stats: ServerStats) -> Iterator[Metric]:
+    """The connected clients (``clients``, a snapshot), each one's queue depth
+    and lag, and disconnects and resumes by kind."""
+    yield GaugeMetricFamily("coda_ws_clients", "WebSocket clients connected now", value=len(clients))
+    depth = GaugeMetricFamily(
+        "coda_ws_client_queue_depth",
+        "Frames waiting in a client's writer: control frames queued plus the event batch being written "
+        "and not yet accepted by its socket",
+        labels=["client"],
+    )
+    lag = GaugeMetricFamily(
+        "coda_ws_client_lag_events",
+        "Stream head minus the last seq written to the client (events it is behind)",
+        labels=["client"],
+    )
+    for client_id, conn in sorted(clients.items()):
+        depth.add_metric([client_id], conn.queue_depth)
+        lag.add_metric([client_id], conn.subscription.lag)
+    yield depth
+    yield lag
 
-        yield GaugeMetricFamily(
-            "coda_ws_replay_buffer_events", "Events in the replay buffer", value=stats["replay_buffer_size"]
-        )
-        yield GaugeMetricFamily(
-            "coda_ws_history_events",
-            "Events held in the history ring for resume",
-            value=stats["history_events"],
-        )
-        yield GaugeMetricFamily("coda_ws_last_seq", "The last seq stamped", value=stats["sequence_number"])
-        yield GaugeMetricFamily(
-            "coda_ws_dispatch_queue_events",
-            "Events emitted and not yet dispatched",
-            value=bus_stats["dispatch_queue"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_connections", "WebSocket clients accepted", value=stats["total_connections"]
-        )
-        yield CounterMetricFamily(
-            "coda_ws_overflows",
-            "Clients that fell too far behind (closed with 4008)",
-            value=stats["overflows"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_rejected_handshakes",
-            "WebSocket handshakes refused before the upgrade",
-            value=stats["rejected_handshakes"],
-        )
-        refused = CounterMetricFamily(
-            "coda_ws_rejected_requests",
-            "HTTP requests and upgrades refused before anything else: 'host' (a Host "
-            "header not allowed: DNS rebinding) or 'origin' (a browser page from an origin not allowed)",
-            labels=["reason"],
-        )
-        for reason in ("host", "origin"):
-            refused.add_metric([reason], stats["rejected_requests"][reason])
-        yield refused
-        yield CounterMetricFamily(
-            "coda_ws_dispatch_errors",
-            "Events that could not be framed by the dispatcher (each became a position no client receives)",
-            value=bus_stats["dispatch_errors"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_epoch_changes",
-            "Clients closed (1012) because the stream moved to a "
-            "new epoch under them (a backplane whose Redis lost the stream)",
-            value=bus_stats["epoch_changes"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_handshake_timeouts",
-            "Connections closed because their request head and declared body had "
-            "not arrived within handshake_timeout (a total deadline from accept)",
-            value=stats["handshake_timeouts"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_oversize_heads",
-            f"Request heads over {acceptor.MAX_HEAD_SIZE} bytes, answered 431",
-            value=stats["oversize_heads"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_pending_overflows",
-            "Connections waiting for their request closed to make room, the oldest "
-            f"first (more than {acceptor.MAX_PENDING} waiting, or more than {acceptor.MAX_BUFFERED} bytes "
-            "buffered for them)",
-            value=stats["pending_overflows"],
-        )
-        yield GaugeMetricFamily(
-            "coda_ws_pending_handshakes",
-            "Connections whose request head (and declared body) has not arrived yet; they hold no thread",
-            value=stats["pending_handshakes"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_invalid_messages",
-            "Client frames answered with an error frame",
-            value=stats["invalid_messages"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_rate_limited", "Client frames refused by the rate limit", value=stats["rate_limited"]
-        )
-        yield CounterMetricFamily(
-            "coda_ws_handler_errors",
-            "Exceptions raised by connect, disconnect and message handlers",
-            value=stats["handler_errors"],
-        )
-        yield CounterMetricFamily(
-            "coda_ws_listener_errors",
-            "Exceptions raised by bus listeners",
-            value=bus_stats["listener_errors"],
-        )
-        unknown = CounterMetricFamily(
-            "coda_ws_unknown_type_events",
-            "Events of a type this process has not registered, by action: 'refused' (from a backplane: "
-            "a position no client receives) or 'served' (from a journal: sent as stored, every field "
-            "treated as content)",
-            labels=["action"],
-        )
-        unknown.add_metric(["refused"], bus_stats["unknown_types_refused"])
-        unknown.add_metric(["served"], bus_stats["unknown_types_served"])
-        yield unknown
-        journal = getattr(server, "journal", None)
-        if journal is not None:
-            yield from _journal_metrics(journal)
+    disconnects = CounterMetricFamily(
+        "coda_ws_disconnects",
+        "Client disconnects by close code (1006: no close frame, the connection just ended)",
+        labels=["code"],
+    )
+    for code, count in sorted(stats.get("disconnect_codes", {}).items()):
+        disconnects.add_metric([code], count)
+    yield disconnects
+
+    resumes = CounterMetricFamily(
+        "coda_ws_resumes",
+        "Resume requests by result: recovered, epoch_changed, too_old, unknown_position, lost",
+        labels=["result"],
+    )
+    for result, count in sorted(stats.get("resumes", {}).items()):
+        resumes.add_metric([result], count)
+    yield resumes
+
+
+def _state_metrics(stats: ServerStats, bus_stats: BusStats) -> Iterator[Metric]:
+    """What the stream holds now: the replay buffer, the history, the last seq,
+    the dispatch queue, and the connections accepted."""
+    yield GaugeMetricFamily(
+        "coda_ws_replay_buffer_events", "Events in the replay buffer", value=stats["replay_buffer_size"]
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_history_events",
+        "Events held in the history ring for resume",
+        value=stats["history_events"],
+    )
+    yield GaugeMetricFamily("coda_ws_last_seq", "The last seq stamped", value=stats["sequence_number"])
+    yield GaugeMetricFamily(
+        "coda_ws_dispatch_queue_events",
+        "Events emitted and not yet dispatched",
+        value=bus_stats["dispatch_queue"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_connections", "WebSocket clients accepted", value=stats["total_connections"]
+    )
+
+
+def _failure_metrics(stats: ServerStats, bus_stats: BusStats) -> Iterator[Metric]:
+    """Everything refused, closed or failed, by counter."""
+    # Long: a flat list of metric declarations, one per counter
+    yield CounterMetricFamily(
+        "coda_ws_overflows",
+        "Clients that fell too far behind (closed with 4008)",
+        value=stats["overflows"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_rejected_handshakes",
+        "WebSocket handshakes refused before the upgrade",
+        value=stats["rejected_handshakes"],
+    )
+    refused = CounterMetricFamily(
+        "coda_ws_rejected_requests",
+        "HTTP requests and upgrades refused before anything else: 'host' (a Host "
+        "header not allowed: DNS rebinding) or 'origin' (a browser page from an origin not allowed)",
+        labels=["reason"],
+    )
+    for reason in ("host", "origin"):
+        refused.add_metric([reason], stats["rejected_requests"][reason])
+    yield refused
+    yield CounterMetricFamily(
+        "coda_ws_dispatch_errors",
+        "Events that could not be framed by the dispatcher (each became a position no client receives)",
+        value=bus_stats["dispatch_errors"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_epoch_changes",
+        "Clients closed (1012) because the stream moved to a "
+        "new epoch under them (a backplane whose Redis lost the stream)",
+        value=bus_stats["epoch_changes"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_handshake_timeouts",
+        "Connections closed because their request head and declared body had "
+        "not arrived within handshake_timeout (a total deadline from accept)",
+        value=stats["handshake_timeouts"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_oversize_heads",
+        f"Request heads over {acceptor.MAX_HEAD_SIZE} bytes, answered 431",
+        value=stats["oversize_heads"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_pending_overflows",
+        "Connections waiting for their request closed to make room, the oldest "
+        f"first (more than {acceptor.MAX_PENDING} waiting, or more than {acceptor.MAX_BUFFERED} bytes "
+        "buffered for them)",
+        value=stats["pending_overflows"],
+    )
+    yield GaugeMetricFamily(
+        "coda_ws_pending_handshakes",
+        "Connections whose request head (and declared body) has not arrived yet; they hold no thread",
+        value=stats["pending_handshakes"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_invalid_messages",
+        "Client frames answered with an error frame",
+        value=stats["invalid_messages"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_rate_limited", "Client frames refused by the rate limit", value=stats["rate_limited"]
+    )
+    yield CounterMetricFamily(
+        "coda_ws_handler_errors",
+        "Exceptions raised by connect, disconnect and message handlers",
+        value=stats["handler_errors"],
+    )
+    yield CounterMetricFamily(
+        "coda_ws_listener_errors",
+        "Exceptions raised by bus listeners",
+        value=bus_stats["listener_errors"],
+    )
+    unknown = CounterMetricFamily(
+        "coda_ws_unknown_type_events",
+        "Events of a type this process has not registered, by action: 'refused' (from a backplane: "
+        "a position no client receives) or 'served' (from a journal: sent as stored, every field "
+        "treated as content)",
+        labels=["action"],
+    )
+    unknown.add_metric(["refused"], bus_stats["unknown_types_refused"])
+    unknown.add_metric(["served"], bus_stats["unknown_types_served"])
+    yield unknown
 
 
 def _journal_metrics(journal: Journal) -> Iterator[Metric]:
     """The journal's state and counters (see :meth:`coda_ws.journal.Journal.stats`)."""
+    # Long: a flat list of metric declarations, one per journal counter
     stats = journal.stats()
     ok, _reason = journal.ready()
     yield GaugeMetricFamily(

@@ -310,6 +310,8 @@ class ClientRegistry:
     ) -> Connection:
         """Subscribe, perform the handshake, queue the first frames and
         register the client, then let its handshake response out."""
+        # Long: the handshake's steps in the one order that keeps a client from missing or doubling
+        # an event (subscribe before the handshake, register before the response leaves)
         client_id = str(uuid.uuid4())
         threading.current_thread().name = f"coda-ws-client:{client_id[:8]}"
         subscription = self.bus.subscribe(

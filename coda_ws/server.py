@@ -28,8 +28,8 @@ import logging
 import os
 import pathlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask
 
@@ -37,15 +37,18 @@ from . import config
 from .acceptor import COUNTERS as ACCEPTOR_COUNTERS
 from .auth import check_exposure
 from .bus import EventBus
+from .config import CONFIGURED, Configured
 from .connection import Connection, SessionSettings
 from .deadline import Deadline
-from .events import BaseEvent
+from .event_methods import EventMethods
 from .handshake import Gate
 from .http_api import register_http_api
 from .metrics import ServerMetrics
+from .persistence import Backplane, close_persistence, open_persistence
 from .protocol import BEARER_SUBPROTOCOL_PREFIX, CLOSE_GOING_AWAY, V1_SUBPROTOCOL
 from .registry import ClientRegistry, RegistryLimits
 from .serving import HttpService, check_resolvable
+from .stats import ServerStats, server_stats
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -62,86 +65,9 @@ __all__ = [
 log = logging.getLogger("coda_ws.server")
 
 _STATIC_DIR = pathlib.Path(__file__).parent / "static"
-_UNSET: Any = object()
 
 
-class Configured:
-    """The default of a constructor argument left out: the option is looked up
-    in the environment (``CODA_WS_*``), the Flask config, the ``config_file``,
-    then the built-in default (see :mod:`coda_ws.config`)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<configured>"
-
-
-#: The one :class:`Configured` value.
-CONFIGURED: Final = Configured()
-
-
-class _Backplane(Protocol):
-    """What the server uses of its backplane: a
-    :class:`~coda_ws.backplane.RedisBackplane`, or any object with these
-    methods (``backplane=`` accepts one; see :func:`~coda_ws.backplane.open_backplane`)."""
-
-    def attach(self, bus: EventBus, /) -> object: ...
-
-    def start(self, ready_timeout: float = ...) -> bool: ...
-
-    def flush(self, timeout: float | None = ..., /) -> object: ...
-
-    def close(self, timeout: float = ..., /) -> object: ...
-
-    def ready(self) -> tuple[bool, str | None]: ...
-
-    def stats(self) -> Mapping[str, Any]: ...
-
-
-class _OptionalStats(TypedDict, total=False):
-    """The keys of :class:`ServerStats` present only with a journal or a backplane
-    (``NotRequired``, spelt as a base class: ``typing.NotRequired`` is Python 3.11+)."""
-
-    journal: Mapping[str, Any]  # Journal.stats()
-    backplane: Mapping[str, Any]  # the backplane's stats()
-
-
-class ServerStats(_OptionalStats):
-    """:meth:`CodaWebSocketServer.get_stats`: the original's counters plus
-    drops, overflows, refusals and disconnects by reason
-    (``docs/observability.md`` describes every key)."""
-
-    total_connections: int
-    current_connections: int
-    events_sent: int
-    errors: int
-    replay_buffer_size: int
-    running: bool
-    sequence_number: int
-    epoch: str
-    events_emitted: int
-    events_dropped: int
-    overflows: int
-    epoch_changes: int
-    dispatch_errors: int
-    history_events: int
-    invalid_messages: int
-    handler_errors: int
-    rejected_handshakes: int
-    rejected_requests: dict[str, int]  # "host" and "origin" -> requests refused before anything else
-    rate_limited: int
-    handshake_timeouts: int
-    oversize_heads: int
-    pending_overflows: int
-    pending_handshakes: int
-    disconnects: dict[str, int]  # reason -> count
-    disconnect_codes: dict[str, int]  # close code as a string ("1006": no close frame) -> count
-    resumes: dict[str, int]  # "recovered" or the reason it was not -> count
-    unknown_types_refused: int  # events of unregistered types refused (backplane): holes no reader gets
-    unknown_types_served: int  # events of unregistered types served as stored (journal history)
-
-
-class CodaWebSocketServer:
+class CodaWebSocketServer(EventMethods):
     """The Coda event stream over WebSocket (synchronous, thread-based).
 
     Args:
@@ -190,6 +116,8 @@ class CodaWebSocketServer:
         config_file: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
+        # Long: the public constructor settles every option, then builds the parts in the order they
+        # depend on each other; each step is a line or two
         unknown = sorted(set(options) - config.OPTION_NAMES)
         if unknown:
             raise TypeError(
@@ -250,11 +178,11 @@ class CodaWebSocketServer:
             )
         )
         self._owns_bus = bus is None
-        self.journal: Journal | None = None  # with journal=
-        self.backplane: _Backplane | None = (
-            None  # a coda_ws.backplane.RedisBackplane (or alike) with backplane=
-        )
-        self._attach_persistence(settings)
+        #: The journal (with ``journal=``) or the backplane (a
+        #: :class:`~coda_ws.backplane.RedisBackplane` or alike, with ``backplane=``).
+        self.journal: Journal | None
+        self.backplane: Backplane | None
+        self.journal, self.backplane = open_persistence(settings, self.bus)
 
         self.on_connect_handlers: list[Callable[[str], Any]] = []
         self.on_disconnect_handlers: list[Callable[[str], Any]] = []
@@ -491,44 +419,7 @@ class CodaWebSocketServer:
                 log.exception("stop callback %r failed", callback)
         if self._owns_bus:
             self.bus.close(deadline.left())
-        self._close_persistence(deadline.left(floor=0.5))
-
-    def _attach_persistence(self, settings: dict[str, Any]) -> None:
-        """Open the journal or the backplane and plug it into the bus."""
-        journal, backplane = settings["journal"], settings["backplane"]
-        if journal is not None and backplane is not None:
-            raise ValueError("journal and backplane are exclusive: with a backplane, Redis holds the stream")
-        if journal is not None:
-            from .journal import Journal
-
-            if isinstance(journal, Journal):
-                if settings["journal_max_events"] is not None or settings["journal_max_age"] is not None:
-                    raise ValueError(
-                        "journal_max_events and journal_max_age apply to a journal path; give them "
-                        "to the Journal object instead"
-                    )
-                self.journal = journal
-            else:
-                self.journal = Journal(
-                    journal,
-                    max_events=settings["journal_max_events"],
-                    max_age=settings["journal_max_age"],
-                    flush_interval=settings["journal_flush_interval"],
-                )
-            self.journal.attach(self.bus)
-        elif backplane is not None:
-            from .backplane import open_backplane
-
-            self.backplane = open_backplane(backplane, settings["backplane_prefix"])
-            self.backplane.attach(self.bus)
-
-    def _close_persistence(self, timeout: float) -> None:
-        """After the bus's last dispatch: commit the journal, or publish this
-        node's last events and stop following the backplane."""
-        if self.journal is not None:
-            self.journal.close(timeout)
-        if self.backplane is not None:
-            self.backplane.close(timeout)
+        close_persistence(self.journal, self.backplane, deadline.left(floor=0.5))
 
     def close_clients(
         self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0
@@ -567,165 +458,18 @@ class CodaWebSocketServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # -- events -------------------------------------------------------------------
-
-    def emit(
-        self,
-        event_type: str,
-        *,
-        session_id: str | None = None,
-        high_priority: bool | None = None,
-        **fields: Any,
-    ) -> BaseEvent:
-        """Emit an event to every client (see :meth:`EventBus.emit`); returns it
-        (an instance of the type's class, e.g. :class:`~coda_ws.events.STTResultEvent`)."""
-        event: BaseEvent = self.bus.emit(
-            event_type, session_id=session_id, high_priority=high_priority, **fields
-        )
-        return event
-
-    def broadcast_event(
-        self,
-        event_type: str,
-        data: dict[str, Any],
-        high_priority: bool = False,
-        session_id: str | None = None,
-    ) -> BaseEvent:
-        """The original's broadcast: ``data`` holds the fields.
-
-        Raises ``ValueError``/``TypeError`` (InvalidEventError) for an unknown
-        type or bad fields. Returns the event.
-        """
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
-        event: BaseEvent = self.bus.emit(
-            event_type, session_id=session_id, high_priority=high_priority, **data
-        )
-        return event
-
-    def send_to_client(
-        self, client_id: str, event_type: str, data: dict[str, Any], session_id: str | None = None
-    ) -> bool:
-        """Send an event to one client only (never replayed or resumed).
-
-        Returns False when no such client is connected.
-        """
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict of event fields, got {type(data).__name__}")
-        if client_id not in self.registry.snapshot():
-            return False
-        self.bus.send_to(client_id, event_type, session_id=session_id, **data)
-        return True
-
-    def broadcast_system_info(self, info: dict[str, Any]) -> BaseEvent:
-        """``system_info`` with ``data=info``, high priority."""
-        return self.broadcast_event("system_info", {"data": info}, high_priority=True)
-
-    def broadcast_system_error(
-        self, level: str, message: str, details: dict[str, Any] | None = None
-    ) -> BaseEvent:
-        """``system_error``, high priority."""
-        return self.broadcast_event(
-            "system_error", {"level": level, "message": message, "details": details}, high_priority=True
-        )
-
-    def broadcast_system_metrics(
-        self,
-        memory_mb: float,
-        cpu_percent: float,
-        gpu_vram_mb: float | None = None,
-        uptime_seconds: float = 0,
-    ) -> BaseEvent:
-        """``system_metrics``, not high priority."""
-        return self.broadcast_event(
-            "system_metrics",
-            {
-                "memory_mb": memory_mb,
-                "cpu_percent": cpu_percent,
-                "gpu_vram_mb": gpu_vram_mb,
-                "uptime_seconds": uptime_seconds,
-            },
-        )
-
-    # -- handlers -----------------------------------------------------------------
-
-    def add_connect_handler(self, handler: Callable[[str], Any]) -> None:
-        """Call ``handler(client_id)`` once when a client connects."""
-        self.on_connect_handlers.append(handler)
-
-    def add_disconnect_handler(self, handler: Callable[[str], Any]) -> None:
-        """Call ``handler(client_id)`` once when a client disconnects."""
-        self.on_disconnect_handlers.append(handler)
-
-    def add_message_handler(self, handler: Callable[[str, dict[str, Any]], Any]) -> None:
-        """Call ``handler(client_id, data)`` for every JSON object a client sends
-        (except the protocol's own ``subscribe`` and ``ping``). Handlers run in
-        that client's writer thread: a slow handler delays only that client."""
-        self.on_message_handlers.append(handler)
-
-    def _run_handlers(self, kind: str, *args: Any) -> None:
-        table: dict[str, list[Callable[..., Any]]] = {
-            "connect": self.on_connect_handlers,
-            "disconnect": self.on_disconnect_handlers,
-            "message": self.on_message_handlers,
-        }
-        handlers = table[kind]
-        for handler in list(handlers):
-            try:
-                handler(*args)
-            except Exception:
-                self.registry.count("handler_errors")
-                log.exception("handler %r failed", handler)
-
-    # -- queries --------------------------------------------------------------------
-
-    def get_connected_clients(self) -> list[str]:
-        """Ids of the connected clients."""
-        return self.registry.ids()
-
-    def wait_for_clients(self, min_clients: int = 1, timeout: float = 30.0) -> bool:
-        """Block until at least ``min_clients`` are connected; False on timeout."""
-        return self.registry.wait_for(min_clients, Deadline(timeout))
-
     def get_stats(self) -> ServerStats:
         """Counters: the original's keys plus drops, overflows, refusals and
         disconnects by reason (``docs/observability.md`` lists every key)."""
-        clients = self.registry.stats()
-        bus = self.bus.stats()
         service = self.server
-        acceptor = self._acceptor_counts
-        stats = ServerStats(
-            total_connections=clients["total_connections"],
-            current_connections=clients["current_connections"],
-            events_sent=clients["events_sent"],
-            errors=clients["errors"],
-            replay_buffer_size=bus["replay_buffer_size"],
+        return server_stats(
             running=self.running,
             sequence_number=self.bus.last_seq,
             epoch=self.bus.epoch,
-            events_emitted=bus["events_emitted"],
-            events_dropped=bus["events_conflated"],
-            overflows=bus["overflows"],
-            epoch_changes=bus["epoch_changes"],
-            dispatch_errors=bus["dispatch_errors"],
-            history_events=bus["history_events"],
-            invalid_messages=clients["invalid_messages"],
-            handler_errors=clients["handler_errors"],
-            rejected_handshakes=clients["rejected_handshakes"],
-            rejected_requests=clients["rejected_requests"],
-            rate_limited=clients["rate_limited"],
-            handshake_timeouts=acceptor["handshake_timeouts"],
-            oversize_heads=acceptor["oversize_heads"],
-            pending_overflows=acceptor["pending_overflows"],
+            clients=self.registry.stats(),
+            bus=self.bus.stats(),
+            acceptor=self._acceptor_counts,
             pending_handshakes=service.pending if service is not None else 0,
-            disconnects=clients["disconnects"],
-            disconnect_codes=clients["disconnect_codes"],
-            resumes=clients["resumes"],
-            unknown_types_refused=bus["unknown_types_refused"],
-            unknown_types_served=bus["unknown_types_served"],
+            journal=self.journal.stats() if self.journal is not None else None,
+            backplane=self.backplane.stats() if self.backplane is not None else None,
         )
-        if self.journal is not None:
-            stats["journal"] = self.journal.stats()
-        if self.backplane is not None:
-            stats["backplane"] = self.backplane.stats()
-        return stats

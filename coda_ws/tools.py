@@ -261,6 +261,7 @@ def tail(
     Raises:
         ToolError: bad URL or filter, no connection, or the stream failed.
     """
+    # Long: the docstring documents the output; the code is about 45 lines
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     _check_count(count)
@@ -342,6 +343,7 @@ def record(
     Raises:
         ToolError: the file cannot be written, bad arguments, no connection.
     """
+    # Long: the docstring documents the file format; the code is about 45 lines
     err = sys.stderr if err is None else err
     _check_count(count)
     if duration is not None and (
@@ -525,6 +527,7 @@ def play(
         ToolError: missing or malformed file (naming the line), bad speed,
             or the address cannot be bound.
     """
+    # Long: the docstring documents the file format and pacing; the code is about 50 lines
     err = sys.stderr if err is None else err
     if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0 < speed < math.inf:
         raise ToolError(f"speed must be a positive number, got {speed!r}", exit_code=2)
@@ -674,6 +677,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     Each subcommand sets ``func`` (``set_defaults``) to a handler that takes
     the parsed arguments and returns the exit code.
     """
+    # Long: three subcommands' flags in one place, in the order `--help` shows them
     client_options = argparse.ArgumentParser(add_help=False)
     client_options.add_argument("url", help="the server's WebSocket URL, e.g. ws://localhost:8765")
     client_options.add_argument(

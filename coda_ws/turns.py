@@ -358,6 +358,7 @@ def turn_breakdown(events: Iterable[object], limit: int = 20) -> TurnBreakdown:
     Raises:
         ValueError: ``limit`` is not a positive integer.
     """
+    # Long: the docstring documents every key of the result; the code is 35 lines
     integer("limit", limit, 1)
     open_turns: dict[str | None, _Turn] = {}
     turns: list[_Turn] = []

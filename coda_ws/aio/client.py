@@ -333,6 +333,8 @@ class AsyncCodaEventClient:
         name: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        # Long: one check per constructor argument, each with its own message; the arguments are the
+        # public API
         self.url = url
         self._host, self._port, self._path, self._query, self._secure = parse_ws_url(url)
         event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
@@ -713,6 +715,8 @@ class AsyncCodaEventClient:
     # -- the connection task ---------------------------------------------------------
 
     async def _run(self) -> None:
+        # Long: the reconnect loop (connect, session, classify the ending, back off) shares its
+        # counters between those steps
         failures = 0  # consecutive attempts that did not open a session (for max_retries)
         retries = 0  # delays waited since the last session opened (for the backoff)
         attempts = 0

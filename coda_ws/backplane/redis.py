@@ -436,6 +436,8 @@ class _Publisher:
         return thread
 
     def _run(self) -> None:
+        # Long: the publisher's loop (connect, send a batch, classify the failure, back off) shares
+        # its state between those steps
         client: Redis | None = None
         backoff = _MIN_BACKOFF
         items: list[_Item | Literal[_Reserved.DROP_NOTICE]] | None = (

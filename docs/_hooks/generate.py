@@ -9,8 +9,9 @@ A page asks for a generated table with a marker comment on a line of its own:
 * ``<!-- coda-ws:events -->``: every event type with its fields;
 * ``<!-- coda-ws:metrics -->``: every metric of ``/metrics``, from a scrape.
 
-``tests/test_docs.py`` builds the site with ``mkdocs build --strict`` and
-checks that the generated pages name every option, flag and event type.
+``tests/test_docs.py`` builds the site with ``mkdocs build --strict`` and checks
+the event table; ``tests/test_configuration.py`` checks that the option and CLI
+tables name every option, flag and environment variable.
 """
 
 import sys
