@@ -374,7 +374,7 @@ def _canonical(annotation: Any, where: str) -> str:
     """A canonical text for a field annotation of a registered type, or a
     TypeError naming ``where``: the annotations events support, with dict
     keys that are strings (JSON object keys)."""
-    if annotation in _SCALARS:
+    if isinstance(annotation, type) and annotation in _SCALARS:
         return str(annotation.__name__)
     if annotation is Any:
         return "Any"
@@ -400,7 +400,7 @@ def _check_type_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"an event type name must be a string, got {type(name).__name__} {name!r}")
     name = str.__str__(name)
-    if not 0 < len(name) <= MAX_EVENT_TYPE_LENGTH or not _TYPE_NAME_RE.match(name):
+    if not 0 < len(name) <= MAX_EVENT_TYPE_LENGTH or not _TYPE_NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid event type name {name!r}: use lowercase snake_case (a letter first, then letters, "
             f"digits and single underscores), at most {MAX_EVENT_TYPE_LENGTH} characters, like 'rag_retrieval'"
@@ -413,7 +413,7 @@ def _check_type_name(name: object) -> str:
 def _check_field_name(type_name: str, name: object) -> None:
     if not isinstance(name, str):
         raise TypeError(f"{type_name}: field names must be strings, got {type(name).__name__} {name!r}")
-    if not _FIELD_NAME_RE.match(name) or len(name) > MAX_FIELD_NAME_LENGTH or keyword.iskeyword(name):
+    if not _FIELD_NAME_RE.fullmatch(name) or len(name) > MAX_FIELD_NAME_LENGTH or keyword.iskeyword(name):
         raise ValueError(
             f"{type_name}: invalid field name {name!r}: an ASCII identifier starting with a letter, "
             f"at most {MAX_FIELD_NAME_LENGTH} characters, not a Python keyword"

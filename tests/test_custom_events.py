@@ -475,7 +475,7 @@ def test_voice_moments_through_the_asyncio_integration(server):
 
 @pytest.mark.parametrize(
     "name",
-    ["Rag", "rag-lookup", "rag lookup", "_rag", "rag_", "rag__lookup", "9rag", "", "r" * 65, "ragé"],
+    ["Rag", "rag-lookup", "rag lookup", "_rag", "rag_", "rag__lookup", "9rag", "", "r" * 65, "ragé", "rag\n"],
 )
 def test_bad_type_names_are_refused(name):
     with pytest.raises(ValueError, match="invalid event type name"):
@@ -563,6 +563,8 @@ def test_registering_the_same_definition_again_is_idempotent():
         (list, "unsupported field annotation"),
         (bytes, "unsupported field annotation"),
         (list[set[int]], "unsupported field annotation"),
+        ("int", "unsupported field annotation"),
+        ([int], "unsupported field annotation"),
     ],
 )
 def test_unsupported_annotations_are_refused_naming_the_field(annotation, message):
@@ -650,6 +652,7 @@ def test_bad_values_at_emit_name_the_type_and_the_field(server):
         ({"_private": int}, "invalid field name"),
         ({"class": int}, "invalid field name"),
         ({"naïve": int}, "invalid field name"),
+        ({"value\n": int}, "invalid field name"),
     ],
 )
 def test_bad_field_names_are_refused(fields, message):
