@@ -85,3 +85,32 @@ def test_debug_page_publishes_a_registered_custom_type(server, page):
     [entry] = [e for e in server.bus.history() if e.type == "test_rag_lookup"]
     assert entry.to_dict()["query"] == "from the debug page" and entry.to_dict()["hits"] == 4
     assert page.probe.problems() == []
+
+
+def test_js_client_delivers_custom_types_with_a_filter_and_replay(server, page):
+    """The JavaScript client knows no list of types: a custom type arrives like
+    any other, through a types= filter on it and in the replay frame (high priority)."""
+    replayed = server.emit("test_guardrail", verdict="pass", score=0.3)
+    page.goto(server.http_url + "healthz")
+    page.evaluate(
+        """async (url) => {
+          const mod = await import("/static/coda-ws-client.js");
+          window.got = [];
+          window.client = new mod.CodaEventClient(url, {
+            types: ["test_*"],
+            onEvent: (event, meta) => window.got.push({...event, replayed: meta.replayed}),
+          });
+        }""",
+        server.url,
+    )
+    page.wait_for_function("() => window.client.state === 'connected'")
+    server.emit("stt_start", mode="vad")
+    live = server.emit("test_rag_lookup", query="q", hits=1, session_id="s")
+    page.wait_for_function("seq => window.client.lastSeq >= seq", arg=live.seq)
+    got = page.evaluate("() => window.got")
+    assert [(e["seq"], e["type"], e["replayed"]) for e in got] == [
+        (replayed.seq, "test_guardrail", True),
+        (live.seq, "test_rag_lookup", False),
+    ]
+    assert got[1]["hits"] == 1 and got[1]["sources"] == []
+    assert page.probe.problems(allowed_status_urls=("/favicon.ico",)) == []  # asked for by the JSON page
