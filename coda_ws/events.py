@@ -25,16 +25,19 @@ import copy
 import dataclasses
 import difflib
 import functools
+import importlib
 import inspect
 import json
 import keyword
 import math
+import os
 import re
+import sys
 import threading
 import time
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -708,6 +711,32 @@ def registered_event_types() -> Mapping[str, type[BaseEvent]]:
 def is_builtin_event_type(name: str) -> bool:
     """True for the name of a built-in type (an :class:`EventType` value)."""
     return name in _BUILTIN_NAMES
+
+
+def import_event_modules(names: "Iterable[str] | None") -> None:
+    """Import each named module: the modules that register event types of
+    your own (the ``event_modules`` option, ``coda-ws play --import``).
+
+    A module not found on ``sys.path`` is looked for in the current
+    directory too, as ``python -m`` would (a console script's path does not
+    hold it).
+
+    Raises:
+        ImportError: a module cannot be imported; the message names it and
+            the error it raised.
+    """
+    for name in names or ():
+        try:
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                cwd = os.getcwd()
+                if exc.name != name.partition(".")[0] or cwd in sys.path or "" in sys.path:
+                    raise
+                sys.path.append(cwd)
+                importlib.import_module(name)
+        except Exception as exc:  # the module's own error, whatever it is, named with the module
+            raise ImportError(f"cannot import event module {name!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def registry_version() -> int:

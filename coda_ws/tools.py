@@ -27,7 +27,6 @@ seconds; ``play`` waits on ``stop_event`` itself and stops at once.
 
 import argparse
 import datetime
-import importlib
 import json
 import math
 import os
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import argtypes
 from .client import CodaEventClient
 from .errors import ClientConnectionError, InvalidEventError, ToolError
-from .events import BaseEvent, encode_json, registered_event_types, validate_event
+from .events import BaseEvent, encode_json, import_event_modules, registered_event_types, validate_event
 from .filters import TypePatterns
 from .interrupts import interruptible
 
@@ -638,27 +637,12 @@ def _record_command(args: argparse.Namespace) -> int:
     return _run("record", action)
 
 
-def import_modules(names: list[str] | None) -> None:
-    """Import each named module (``--import``): modules that register event
-    types of their own (``coda_ws.register_event``) before a tool needs them.
-
-    The current directory is searched first, as ``python -m`` does.
-
-    Raises:
-        ToolError: a module cannot be imported (its error in the message).
-    """
-    if names and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in names or ():
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # any error of the user's module: reported, not a traceback
-            raise ToolError(f"cannot import {name}: {type(exc).__name__}: {exc}", exit_code=2) from None
-
-
 def _play_command(args: argparse.Namespace) -> int:
     def action() -> int:
-        import_modules(args.imports)
+        try:
+            import_event_modules(args.imports)
+        except ImportError as exc:
+            raise ToolError(str(exc), exit_code=2) from None
         return play(
             args.file,
             speed=args.speed,

@@ -426,7 +426,40 @@ def test_play_command_needs_the_module_that_registers_the_type(tmp_path):
         assert child.wait(CHILD_TIMEOUT) == 0, child.describe()
     with Child(*base, "--import", "tests.no_such_module") as child:
         assert child.wait() == 2
-        assert "cannot import tests.no_such_module" in "".join(child.stderr_lines)
+        assert "cannot import event module 'tests.no_such_module'" in "".join(child.stderr_lines)
+
+
+_SERVE_CHILD_CHECK = """
+import os
+os.environ["CODA_WS_EVENT_MODULES"] = "tests.custom_types"
+from coda_ws import CodaWebSocketServer, registered_event_types
+server = CodaWebSocketServer(host="127.0.0.1", port=0)
+print("known", "test_rag_lookup" in registered_event_types(), server.settings["event_modules"], flush=True)
+"""
+
+
+def test_the_event_modules_option_imports_the_types_everywhere_a_server_is_configured(tmp_path):
+    """event_modules (CODA_WS_EVENT_MODULES, --event-module, a TOML key) imports
+    the modules that register the types before a journal or a backplane is
+    read: a node run by coda-ws serve or gunicorn knows the types."""
+    with Child("-c", _SERVE_CHILD_CHECK) as env_child:
+        assert env_child.wait_for_output(r"^known (\w+) (.*)").groups() == ("True", "['tests.custom_types']")
+    path = tmp_path / "events.db"
+    serve = ["-m", "coda_ws", "serve", "--host", "127.0.0.1", "--port", "0", "--journal", str(path)]
+    with Child(*serve, "--event-module", "tests.custom_types") as child:
+        url = child.ws_url()
+        server_url = url.replace("ws://", "http://").rstrip("/") + "/"
+
+        class _At:  # what tests._http needs of a server
+            http_url = server_url
+
+        answer = post_json(_At, {"type": "test_rag_lookup", "query": "q", "hits": 1})
+        assert answer.status == 202, answer
+        child.interrupt()
+        assert child.wait() == 0
+    with Child(*serve, "--event-module", "tests.no_such_module") as child:
+        assert child.wait() == 1
+        assert "cannot import event module 'tests.no_such_module'" in "".join(child.stderr_lines)
 
 
 # -- the built-in voice moments ------------------------------------------------------------------
