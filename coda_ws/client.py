@@ -1264,8 +1264,10 @@ class CodaEventClient:
             self._queue.offer(self._decode(data), force=True)
 
     def _on_pong(self, session: _Session, frame: dict[str, Any]) -> None:
+        ping_id = frame.get("id")
+        if type(ping_id) is not int:  # not an answer to our ping (ours are ints); a list would not even hash
+            return
         with self._lock:
-            ping_id = frame.get("id")
             if ping_id in self._pongs:
                 self._pongs[ping_id] = frame
                 self._changed.notify_all()

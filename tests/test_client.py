@@ -527,6 +527,50 @@ def test_resent_events_are_delivered_once():
     }
 
 
+def test_control_frames_of_any_shape_from_a_server_cost_nothing():
+    """A server whose pong ids are lists, objects, strings or missing, and whose
+    control frames carry fields of the wrong kind, does not break the session:
+    the events around them arrive, the client stays connected, and a real ping
+    still gets its pong."""
+    hostile = [
+        {"type": "pong", "id": [1]},
+        {"type": "pong", "id": {"a": 1}},
+        {"type": "pong", "id": "1"},
+        {"type": "pong"},
+        {"type": "subscribed", "types": 5},
+        {"type": "error", "code": [], "message": {"x": 1}},
+    ]
+
+    def handler(ws):
+        ws.send(
+            json.dumps(
+                {"type": "hello", "protocol": 1, "epoch": "E", "seq": 0, "client_id": "c", "replay": 0}
+            )
+        )
+        ws.send(json.dumps(_event(1, "before")))
+        for frame in hostile:
+            ws.send(json.dumps(frame))
+        ws.send(json.dumps(_event(2, "after")))
+        for message in ws:  # answer real pings, until the client closes
+            data = json.loads(message)
+            if data.get("type") == "ping":
+                ws.send(json.dumps({"type": "pong", "id": data["id"], "seq": 2}))
+
+    with ws_serve(handler, "127.0.0.1", 0, subprotocols=["coda-ws.v1"]) as fake:
+        thread = threading.Thread(target=fake.serve_forever, name="test-fake-server")
+        thread.start()
+        try:
+            port = fake.socket.getsockname()[1]
+            with open_client(f"ws://127.0.0.1:{port}/", reconnect=False) as client:
+                assert [e.mode for e in take(client, 2)] == ["before", "after"]
+                pong = client.ping(timeout=TIMEOUT)
+                assert pong is not None and pong["seq"] == 2
+                assert client.stats()["sessions"] == 1
+        finally:
+            fake.shutdown()
+            thread.join(TIMEOUT)
+
+
 @pytest.mark.parametrize("then_close", [False, True], ids=["then-quiet", "then-close"])
 def test_frames_bundled_with_the_handshake_answer_are_not_held_back(then_close):
     """Frames that arrive in the same TCP segment as the 101 answer are handled at once, even a close frame.
