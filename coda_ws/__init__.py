@@ -12,6 +12,7 @@ from .bus import EventBus, Subscription
 from .client import ClientConnectionError, CodaEventClient, HandshakeRejected
 from .errors import CodaWSError, InvalidEventError, JournalError
 from .events import (
+    BargeInEvent,
     BaseEvent,
     ComponentErrorEvent,
     ComponentHealthEvent,
@@ -45,7 +46,13 @@ from .events import (
     TTSResultEvent,
     TTSStartEvent,
     TTSStatusEvent,
+    VADEndEvent,
+    VADStartEvent,
+    WakeWordEvent,
     create_event,
+    custom_event,
+    register_event,
+    registered_event_types,
     validate_event,
 )
 from .filters import EventFilter
@@ -54,6 +61,7 @@ from .perf import WebSocketPerfIntegration
 from .server import CodaWebSocketServer
 
 __all__ = [
+    "BargeInEvent",
     "BaseEvent",
     "ClientConnectionError",
     "CodaEventClient",
@@ -99,8 +107,14 @@ __all__ = [
     "ToolCallEvent",
     "ToolErrorEvent",
     "ToolResultEvent",
+    "VADEndEvent",
+    "VADStartEvent",
+    "WakeWordEvent",
     "WebSocketPerfIntegration",
     "__version__",
     "create_event",
+    "custom_event",
+    "register_event",
+    "registered_event_types",
     "validate_event",
 ]

@@ -73,7 +73,7 @@ from typing import Any, Protocol, TypeAlias, TypedDict, cast
 from ._fastjson import encode_json
 from .checks import integer, is_integer
 from .deadline import Deadline
-from .events import DEFAULT_MAX_EVENT_SIZE, BaseEvent, EventType, assemble_event
+from .events import DEFAULT_MAX_EVENT_SIZE, BaseEvent, EventType, assemble_event, registered_event_types
 from .filters import EventFilter, TypePatterns
 from .histogram import EMIT_DURATION_BUCKETS, FixedHistogram
 from .wire import (
@@ -82,6 +82,7 @@ from .wire import (
     EventDict,
     Hole,
     StampedEvent,
+    Unregistered,
     entry_from_wire,
     new_entry,
     prepare_event,
@@ -118,6 +119,14 @@ STALE_EPOCH_CHANGED = "epoch_changed"
 
 #: ``client_queue_size`` when none is given: this, or ``history_size`` when smaller.
 DEFAULT_CLIENT_QUEUE_SIZE = 1024
+
+
+#: Seconds between two log messages about events of one unknown type.
+_UNKNOWN_LOG_INTERVAL = 60.0
+
+
+def _known_type(type_name: object) -> bool:
+    return isinstance(type_name, str) and type_name in registered_event_types()
 
 
 #: What a replay frame takes besides its events (with room for "omitted").
@@ -187,6 +196,8 @@ class BusStats(TypedDict):
     listener_errors: int
     fence: int | None
     held_by_fence: int
+    unknown_types_refused: int
+    unknown_types_served: int
 
 
 #: :meth:`ResumeResult.frame_dict`: ``from``, ``to`` and ``count`` when
@@ -592,6 +603,8 @@ class EventBus:
         self._stop: threading.Event | None = None
         self._listeners: list[BatchListener] = []
         self._counters: collections.Counter[str] = collections.Counter()
+        # (type, "refused" or "served") -> (count since the last message, when logged)
+        self._unknown_logged: dict[tuple[str, str], tuple[int, float | None]] = {}
         # (type, reason) -> count of closed readers; guarded by _lock
         self._drops_retired: dict[tuple[str, str], int] = {}
         #: Caller-side cost of emit()/send_to() in seconds (successful calls).
@@ -952,6 +965,7 @@ class EventBus:
         first_seq: int | None = None,
         compatible: Mapping[str, int] | None = None,
         lost: Iterable[tuple[int, int]] = (),
+        unregistered: Unregistered = "refuse",
     ) -> None:
         """Replace the stream's state with one kept elsewhere (a journal, a backplane).
 
@@ -990,6 +1004,13 @@ class EventBus:
                 A resume from a position inside one is answered
                 ``recovered: false, reason: "lost"`` with the window; the
                 positions themselves are holes no reader receives.
+            unregistered: what becomes of an event whose type this process
+                does not know: ``"refuse"`` (a hole, logged as an error and
+                counted in ``stats()["unknown_types_refused"]``: a
+                backplane, whose nodes must all know every type) or
+                ``"generic"`` (served as stored, every field treated as
+                content, counted in ``stats()["unknown_types_served"]``: a
+                journal's own history).
 
         Raises:
             ValueError: a bad argument, or events out of order.
@@ -1020,11 +1041,12 @@ class EventBus:
                 floor = seq
             if seq <= low or seq < floor:
                 if replay is None and event.high_priority and event.target is None:
-                    old_record = entry_from_wire(event)[1]
+                    old_record = entry_from_wire(event, unregistered)[1]
                     if old_record is not None:  # None for an unknown type (a hole): nothing to replay
                         records.append(old_record)
                 continue
-            entry, record = entry_from_wire(event)
+            entry, record = entry_from_wire(event, unregistered)
+            self._note_unregistered(entry, unregistered)
             ring[seq % capacity] = entry
             if entry.conflate_key is not None:
                 latest[entry.conflate_key] = seq
@@ -1040,6 +1062,8 @@ class EventBus:
                 payload = bytes(payload)
                 record = EventDict(json.loads(payload))
                 record.wire = payload
+                if unregistered == "refuse" and not _known_type(record.get("type")):
+                    continue  # its position in the ring is a refused hole, logged and counted above
                 records.append(record)
         with self._dispatch_lock:
             with self._emit_lock:
@@ -1220,6 +1244,9 @@ class EventBus:
         made = [entry_from_wire(event) for event in events]
         if not made:
             return
+        for entry, _ in made:
+            if type(entry) is Hole:
+                self._note_unregistered(entry, "refuse")
         if self._sequencer is None:
             raise RuntimeError("ingest() needs an external sequencer (see set_sequencer)")
         with self._dispatch_lock:
@@ -1274,6 +1301,8 @@ class EventBus:
             "listener_errors": counters["listener_errors"],
             "fence": self._fence,
             "held_by_fence": self._held_by_fence(),
+            "unknown_types_refused": counters["unknown_types_refused"],
+            "unknown_types_served": counters["unknown_types_served"],
         }
 
     def _held_by_fence(self) -> int:
@@ -1296,6 +1325,47 @@ class EventBus:
             for key, count in sub.dropped.copy().items():
                 totals[key] = totals.get(key, 0) + count
         return totals
+
+    def _note_unregistered(self, entry: "Entry | Hole", unregistered: Unregistered) -> None:
+        """Count (and log) an event of a type this process does not know."""
+        if isinstance(entry, Hole):
+            if entry.refused is None:
+                return
+            self._count("unknown_types_refused")
+            name, action = entry.refused, "refused"
+        elif entry.cls is None:
+            self._count("unknown_types_served")
+            name, action = entry.type, "served"
+        else:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._unknown_logged) > 256:  # bounded: names come from outside
+                self._unknown_logged.clear()
+            count, logged_at = self._unknown_logged.get((name, action), (0, None))
+            count += 1
+            due = logged_at is None or now - logged_at >= _UNKNOWN_LOG_INTERVAL
+            self._unknown_logged[(name, action)] = (0 if due else count, now if due else logged_at)
+        if not due:
+            return
+        if action == "refused":
+            log.error(
+                "refused event seq %d of type %r: this process does not know that type (%d refused since the "
+                "last message), so no reader receives it; register it (coda_ws.register_event) in every "
+                "process that emits, serves or reads this stream",
+                entry.seq,
+                name,
+                count,
+            )
+        else:
+            log.warning(
+                "event seq %d has type %r, which this process has not registered: served as stored, every "
+                "field treated as content (%d since the last message); register the type before attaching "
+                "the journal to serve it as its class",
+                entry.seq,
+                name,
+                count,
+            )
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -69,7 +69,7 @@ from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
 from .deadline import Deadline
 from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
-from .events import BaseEvent, EventType, encode_json, validate_event
+from .events import BaseEvent, encode_json, registered_event_types, validate_event
 from .filters import EventFilter, TypePatterns
 from .protocol import V1_SUBPROTOCOL
 
@@ -97,7 +97,6 @@ FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426, 501})
 _CLOSE_NORMAL = 1000
 _NO_STATUS = frozenset({1005, 1006})
 _CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
-_KNOWN_TYPES = frozenset(t.value for t in EventType)
 
 #: What the application gets: the event's dataclass, or a dict for an event
 #: of an unknown type, a redacted one, or one that fails validation.
@@ -1315,8 +1314,8 @@ class CodaEventClient:
     def _decode(self, data: dict[str, Any]) -> _Delivered:
         """The event object for a wire dict, or the dict when it cannot be one."""
         type_name = data.get("type")
-        if type_name not in _KNOWN_TYPES:
-            log.debug("%s: event of unknown type %r delivered as a dict", self.name, type_name)
+        if not isinstance(type_name, str) or type_name not in registered_event_types():
+            log.debug("%s: event of type %r, not registered here, delivered as a dict", self.name, type_name)
             return data
         if data.get("redacted") is True:
             return data  # content fields are null: a dict, not a (valid) event object

@@ -395,6 +395,16 @@ OPTIONS: tuple[Option, ...] = (
         "Redis key prefix, so several assistants can share one Redis.",
         flag="--backplane-prefix",
     ),
+    # -- event types of your own
+    Option(
+        "event_modules",
+        None,
+        _strings,
+        "Python modules imported before the journal or backplane is read: the modules that register "
+        "event types of your own (coda_ws.register_event).",
+        kind="list",
+        flag="--event-module",
+    ),
 )
 
 #: The names of :data:`OPTIONS`.

@@ -21,17 +21,26 @@ The classes use dataclasses-json (``from_dict``, ``schema()``), but
 they keep the wire key order and cost a fraction of the generic versions.
 """
 
+import copy
 import dataclasses
 import difflib
+import functools
+import importlib
+import inspect
 import json
+import keyword
 import math
+import os
+import re
+import sys
+import threading
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from dataclasses_json import DataClassJsonMixin
 
@@ -42,7 +51,10 @@ __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
     "EVENT_CLASSES",
     "EVENT_VERSION",
+    "MAX_EVENT_TYPE_LENGTH",
     "PROTOCOL_VERSION",
+    "RESERVED_TYPE_NAMES",
+    "BargeInEvent",
     "BaseEvent",
     "ComponentErrorEvent",
     "ComponentHealthEvent",
@@ -76,10 +88,18 @@ __all__ = [
     "ToolCallEvent",
     "ToolErrorEvent",
     "ToolResultEvent",
+    "VADEndEvent",
+    "VADStartEvent",
+    "WakeWordEvent",
     "create_event",
+    "custom_event",
     "encode_json",
     "encode_session_id",
     "event_class",
+    "is_builtin_event_type",
+    "register_event",
+    "registered_event_types",
+    "registry_version",
     "validate_event",
 ]
 
@@ -96,7 +116,10 @@ DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 
 
 class EventType(str, Enum):
-    """Every event type of the original Coda interface, plus its later additions."""
+    """Every built-in event type: the original Coda interface's 31, then the
+    voice moments coda_ws adds (``vad_start``, ``vad_end``, ``wake_word``,
+    ``barge_in``). Types of your own are registered with
+    :func:`register_event` or :func:`custom_event` and are not members."""
 
     SYSTEM_INFO = "system_info"
     SYSTEM_ERROR = "system_error"
@@ -129,6 +152,11 @@ class EventType(str, Enum):
     COMPONENT_HEALTH = "component_health"
     SYSTEM_STATUS = "system_status"
     INTEGRATION_METRICS = "integration_metrics"
+    # Voice moments beyond the original interface (coda_ws 2026).
+    VAD_START = "vad_start"
+    VAD_END = "vad_end"
+    WAKE_WORD = "wake_word"
+    BARGE_IN = "barge_in"
 
     def __str__(self) -> str:
         return self.value
@@ -273,8 +301,10 @@ class BaseEvent(DataClassJsonMixin):
 
     #: The type this class represents (set on each subclass), and its value as
     #: a plain string (hot paths avoid the enum's property lookup).
-    event_type: ClassVar[EventType]
+    event_type: ClassVar["EventType | str"]
     type_name: ClassVar[str]
+    #: True for the built-in types (the :class:`EventType` members).
+    builtin: ClassVar[bool] = False
     #: Kept in the replay buffer unless the emitter says otherwise.
     high_priority: ClassVar[bool] = False
     #: State that a newer event of the same type and session supersedes.
@@ -286,6 +316,8 @@ class BaseEvent(DataClassJsonMixin):
     #: fields, in order (``where``: "type.field", as errors name it).
     _spec: ClassVar[tuple[_FieldSpec, ...]] = ()
     _wire_keys: ClassVar[tuple[str, ...]] = ()
+    #: What makes two definitions of a type the same (for idempotent registration).
+    _definition: ClassVar[tuple[Any, ...]] = ()
 
     def to_dict(self, encode_json: bool = False) -> dict[str, Any]:
         """The wire form: a plain dict in wire key order.
@@ -313,6 +345,209 @@ else:
         return lambda function: function
 
 
+# --------------------------------------------------------------------------
+# The registry: built-in types and types of your own.
+# --------------------------------------------------------------------------
+
+#: Longest event type name (a filter pattern, at most 64 characters, can name any type).
+MAX_EVENT_TYPE_LENGTH = 64
+#: Longest field name of a registered type.
+MAX_FIELD_NAME_LENGTH = 64
+
+_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+#: Names no event type may take: the protocol's own frames, which clients
+#: tell apart from events by their ``type`` (docs/protocol.md sections 3 and 5).
+RESERVED_TYPE_NAMES = frozenset(
+    {"hello", "resume", "replay", "pong", "ping", "subscribe", "subscribed", "error", "event", "events"}
+)
+
+#: Keys a type's own fields may not use: the envelope, the redaction marker,
+#: and the names ``emit()`` takes as its own arguments.
+_RESERVED_FIELDS = frozenset({*_ENVELOPE, "redacted", "self", "event_type", "high_priority"})
+
+EVENT_CLASSES: dict[EventType, type[BaseEvent]] = {}
+_BY_NAME: dict[str, type[BaseEvent]] = {}
+_registry_lock = threading.Lock()
+_registry_version = 0
+
+
+def _canonical(annotation: Any, where: str) -> str:
+    """A canonical text for a field annotation of a registered type, or a
+    TypeError naming ``where``: the annotations events support, with dict
+    keys that are strings (JSON object keys)."""
+    if isinstance(annotation, type) and annotation in _SCALARS:
+        return str(annotation.__name__)
+    if annotation is Any:
+        return "Any"
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return f"{_canonical(inner[0], where)} | None"
+    elif origin is list and len(args) == 1:
+        return f"list[{_canonical(args[0], where)}]"
+    elif origin is dict and len(args) == 2:
+        if args[0] is not str:
+            raise TypeError(f"{where}: dict keys must be str (JSON object keys), got {annotation!r}")
+        return f"dict[str, {_canonical(args[1], where)}]"
+    raise TypeError(
+        f"{where}: unsupported field annotation {annotation!r}; supported: str, int, float, bool, Any, "
+        "X | None, list[X], dict[str, X] (X one of these)"
+    )
+
+
+def _check_type_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"an event type name must be a string, got {type(name).__name__} {name!r}")
+    name = str.__str__(name)
+    if not 0 < len(name) <= MAX_EVENT_TYPE_LENGTH or not _TYPE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid event type name {name!r}: use lowercase snake_case (a letter first, then letters, "
+            f"digits and single underscores), at most {MAX_EVENT_TYPE_LENGTH} characters, like 'rag_retrieval'"
+        )
+    if name in RESERVED_TYPE_NAMES:
+        raise ValueError(f"{name!r} cannot be an event type: it is the name of a protocol frame")
+    return name
+
+
+def _check_field_name(type_name: str, name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{type_name}: field names must be strings, got {type(name).__name__} {name!r}")
+    if not _FIELD_NAME_RE.fullmatch(name) or len(name) > MAX_FIELD_NAME_LENGTH or keyword.iskeyword(name):
+        raise ValueError(
+            f"{type_name}: invalid field name {name!r}: an ASCII identifier starting with a letter, "
+            f"at most {MAX_FIELD_NAME_LENGTH} characters, not a Python keyword"
+        )
+    if name in _RESERVED_FIELDS or hasattr(BaseEvent, name):
+        raise ValueError(
+            f"{type_name}: {name!r} cannot be a field name (it is an envelope key, emit()'s own argument "
+            "or an attribute of every event)"
+        )
+
+
+def _is_classvar(annotation: Any) -> bool:
+    origin: Any = typing.get_origin(annotation)
+    return bool(annotation is ClassVar or origin is ClassVar)
+
+
+def _definition_of(cls: type[BaseEvent]) -> tuple[Any, ...]:
+    return cls._definition
+
+
+def _field_specs(
+    cls: type[BaseEvent], type_name: str, custom: bool
+) -> tuple[list[_FieldSpec], list[tuple[str, str, str]]]:
+    """The type's own fields of a dataclass made by :func:`_finish_class`:
+    their specs, and their shapes (name, annotation, default) for comparing
+    definitions. A custom type's annotations and defaults are checked here."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a string annotation naming something not importable here
+        raise TypeError(
+            f"{type_name}: cannot resolve the field annotations of {cls.__name__}: {exc}"
+        ) from None
+    spec: list[_FieldSpec] = []
+    shape: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if f.name in _ENVELOPE:
+            continue
+        where = f"{type_name}.{f.name}"  # how errors name the field
+        described = _canonical(hints[f.name], where) if custom else repr(hints[f.name])
+        check = _checker_for(hints[f.name])
+        default: Any
+        is_factory = f.default_factory is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif is_factory:
+            default = f.default_factory
+        else:
+            default = dataclasses.MISSING
+        if custom and default is not dataclasses.MISSING:
+            sample = default() if is_factory else default
+            try:
+                coerced = check(sample, where)
+                encode_json(coerced)
+            except (InvalidEventError, TypeError, ValueError) as exc:
+                raise TypeError(f"{where}: bad default {sample!r}: {exc}") from None
+            if not is_factory:
+                default = coerced
+            shape.append((f.name, described, encode_json(coerced)))
+        else:
+            shape.append((f.name, described, "" if default is dataclasses.MISSING else "default"))
+        spec.append((f.name, check, is_factory, default, where))
+    return spec, shape
+
+
+def _finish_class(
+    cls: type[_E],
+    type_name: str,
+    event_type: "EventType | str",
+    high_priority: bool,
+    conflatable: bool,
+    content: tuple[str, ...],
+    custom: bool,
+) -> type[_E]:
+    """Make ``cls`` the frozen event dataclass of ``type_name`` (not yet registered)."""
+    if custom:
+        for name, annotation in inspect.get_annotations(cls).items():
+            if not _is_classvar(annotation):
+                _check_field_name(type_name, name)
+    cls.__annotations__ = {"type": str, **inspect.get_annotations(cls)}
+    # Through setattr: the class attribute is a dataclasses.Field until dataclass() below reads it.
+    cls.type = field(default=type_name)
+    cls = dataclass(frozen=True, kw_only=True)(cls)
+    cls.event_type = event_type
+    cls.type_name = type_name
+    cls.builtin = not custom  # explicitly: a type of your own may subclass a built-in event class
+    cls.high_priority = high_priority
+    cls.conflatable = conflatable
+    cls.content_fields = tuple(content)
+    spec, shape = _field_specs(cls, type_name, custom)
+    cls._spec = tuple(spec)
+    cls._wire_keys = _ENVELOPE + tuple(name for name, *_ in spec)
+    unknown = set(content) - {name for name, *_ in spec}
+    if unknown:  # a typo here would silently leak content to read-only readers
+        raise TypeError(f"{cls.__name__}: unknown content fields {sorted(unknown)}")
+    cls._definition = (type_name, high_priority, conflatable, tuple(sorted(content)), tuple(shape))
+    return cls
+
+
+def _register(cls: type[_E]) -> type[_E]:
+    """Add a finished class to the registry; returns the registered class
+    (the existing one when an identical definition is registered again)."""
+    global _BY_NAME, _registry_version
+    name = cls.type_name
+    with _registry_lock:
+        existing = _BY_NAME.get(name)
+        if existing is not None:
+            if _definition_of(existing) == _definition_of(cls) and not existing.builtin:
+                return cast("type[_E]", existing)
+            if existing.builtin:
+                raise ValueError(f"{name!r} is a built-in event type; choose another name for your type")
+            raise ValueError(
+                f"event type {name!r} is already registered with a different definition "
+                f"({_describe_definition(existing)}); now: {_describe_definition(cls)}"
+            )
+        updated = dict(_BY_NAME)  # copy on write: event_class() reads without the lock
+        updated[name] = cls
+        _BY_NAME = updated
+        _registry_version += 1
+    return cls
+
+
+def _describe_definition(cls: type[BaseEvent]) -> str:
+    fields = ", ".join(f"{name}: {described}" for name, described, _ in _definition_of(cls)[4])
+    flags = [f"high_priority={cls.high_priority}"]
+    if cls.conflatable:
+        flags.append("conflatable=True")
+    if cls.content_fields:
+        flags.append(f"content={list(cls.content_fields)}")
+    return f"fields ({fields}), {', '.join(flags)}"
+
+
 # dataclass_transform: type checkers see each decorated class as the frozen,
 # keyword-only dataclass (a BaseEvent subclass with its fields) it becomes.
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
@@ -323,38 +558,10 @@ def _event(
     conflatable: bool = False,
     content: tuple[str, ...] = (),
 ) -> Callable[[type[_E]], type[_E]]:
-    """Class decorator: make an event dataclass and register it."""
+    """Class decorator: make a built-in event dataclass and register it."""
 
     def decorate(cls: type[_E]) -> type[_E]:
-        cls.__annotations__ = {"type": str, **cls.__annotations__}
-        # Through setattr: the class attribute is a dataclasses.Field until dataclass() below reads it.
-        cls.type = field(default=event_type.value)
-        cls = dataclass(frozen=True, kw_only=True)(cls)
-        cls.event_type = event_type
-        cls.type_name = event_type.value
-        cls.high_priority = high_priority
-        cls.conflatable = conflatable
-        cls.content_fields = tuple(content)
-        hints = typing.get_type_hints(cls)
-        spec: list[_FieldSpec] = []
-        for f in dataclasses.fields(cls):
-            if f.name in _ENVELOPE:
-                continue
-            default: Any
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory
-            else:
-                default = dataclasses.MISSING
-            is_factory = f.default_factory is not dataclasses.MISSING
-            where = f"{event_type.value}.{f.name}"  # how errors name the field
-            spec.append((f.name, _checker_for(hints[f.name]), is_factory, default, where))
-        cls._spec = tuple(spec)
-        cls._wire_keys = _ENVELOPE + tuple(name for name, *_ in spec)
-        unknown = set(content) - {name for name, *_ in spec}
-        if unknown:  # a typo here would silently leak content to read-only readers
-            raise TypeError(f"{cls.__name__}: unknown content fields {sorted(unknown)}")
+        cls = _finish_class(cls, event_type.value, event_type, high_priority, conflatable, content, False)
         EVENT_CLASSES[event_type] = cls
         _BY_NAME[event_type.value] = cls
         return cls
@@ -362,8 +569,183 @@ def _event(
     return decorate
 
 
-EVENT_CLASSES: dict[EventType, type[BaseEvent]] = {}
-_BY_NAME: dict[str, type[BaseEvent]] = {}
+def _check_flags(
+    type_name: str, high_priority: object, conflatable: object, content: object
+) -> tuple[str, ...]:
+    for flag, value in (("high_priority", high_priority), ("conflatable", conflatable)):
+        if value is not True and value is not False:
+            raise TypeError(f"{type_name}: {flag} must be True or False, got {value!r}")
+    if isinstance(content, str) or not isinstance(content, (tuple, list, set, frozenset)):
+        raise TypeError(f"{type_name}: content must be a tuple of field names, got {content!r}")
+    for name in content:
+        if not isinstance(name, str):
+            raise TypeError(f"{type_name}: content field names must be strings, got {name!r}")
+    return tuple(dict.fromkeys(content))
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
+def custom_event(
+    name: str,
+    *,
+    high_priority: bool = False,
+    conflatable: bool = False,
+    content: tuple[str, ...] = (),
+) -> Callable[[type[_E]], type[_E]]:
+    """Class decorator: register an event type of your own from a
+    :class:`BaseEvent` subclass whose annotated attributes are its fields.
+
+    ::
+
+        @custom_event("rag_retrieval", content=("query",))
+        class RagRetrievalEvent(BaseEvent):
+            query: str
+            hits: int
+            top_score: float | None = None
+
+    The class becomes a frozen, keyword-only dataclass like the built-in
+    events, and ``emit("rag_retrieval", ...)`` validates its fields exactly
+    as it validates a built-in type's. See :func:`register_event` for the
+    arguments, the rules and the errors. Returns the registered class: the
+    one registered first when an identical definition is registered again.
+    """
+    type_name = _check_type_name(name)
+    flags = _check_flags(type_name, high_priority, conflatable, content)
+
+    def decorate(cls: type[_E]) -> type[_E]:
+        if not isinstance(cls, type) or not issubclass(cls, BaseEvent) or cls is BaseEvent:
+            raise TypeError(
+                f"@custom_event({type_name!r}) decorates a subclass of coda_ws.BaseEvent, got {cls!r}"
+            )
+        if type_name in _BUILTIN_NAMES:
+            raise ValueError(f"{type_name!r} is a built-in event type; choose another name for your type")
+        if cls.__dict__.get("type_name"):  # already a registered class: the same class again
+            if cls.type_name == type_name and _BY_NAME.get(type_name) is cls:
+                return cls
+            raise ValueError(f"{cls.__name__} is already the class of event type {cls.type_name!r}")
+        return _register(_finish_class(cls, type_name, type_name, high_priority, conflatable, flags, True))
+
+    return decorate
+
+
+def register_event(
+    name: str,
+    fields: Mapping[str, Any],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    high_priority: bool = False,
+    conflatable: bool = False,
+    content: tuple[str, ...] = (),
+    doc: str | None = None,
+) -> type[BaseEvent]:
+    """Register an event type of your own; returns its event class.
+
+    Args:
+        name: the type's name on the wire: lowercase snake_case, at most
+            :data:`MAX_EVENT_TYPE_LENGTH` characters, not a built-in type nor
+            a protocol frame's name (:data:`RESERVED_TYPE_NAMES`).
+        fields: ``{field name: annotation}`` in wire order. Annotations are
+            those of the built-in types: ``str``, ``int``, ``float``,
+            ``bool``, ``Any``, ``X | None``, ``list[X]``, ``dict[str, X]``.
+        defaults: ``{field name: value}`` for optional fields (a list or
+            dict default is copied for each event).
+        high_priority: kept in the replay buffer (the type's default; an
+            ``emit()`` may still say otherwise).
+        conflatable: state that a newer event of the same type and session
+            supersedes for a reader that is behind (like ``system_metrics``).
+        content: the fields that carry what the user or the assistant said:
+            ``null`` for readers without the ``read:content`` scope.
+        doc: the class docstring (shown in ``/schema`` as its description).
+
+    Registering the identical definition again returns the class registered
+    first; registering for a name a different definition, or a built-in
+    name, raises. The registry is per process: every process that emits,
+    serves, reads a journal or ingests a backplane must register the type.
+
+    Raises:
+        ValueError: a bad or reserved name, a built-in name, a different
+            definition under a registered name, a bad field name.
+        TypeError: an unsupported annotation, a default of the wrong kind,
+            an unknown content field, arguments of the wrong kind.
+    """
+    type_name = _check_type_name(name)
+    flags = _check_flags(type_name, high_priority, conflatable, content)
+    if type_name in _BUILTIN_NAMES:
+        raise ValueError(f"{type_name!r} is a built-in event type; choose another name for your type")
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"{type_name}: fields must be a mapping of field name to annotation, got {fields!r}")
+    cls = _class_for(type_name, fields, dict(defaults or {}), doc)
+    return _register(_finish_class(cls, type_name, type_name, high_priority, conflatable, flags, True))
+
+
+def _class_for(
+    type_name: str, fields: Mapping[str, Any], defaults: dict[str, Any], doc: str | None
+) -> type[BaseEvent]:
+    """The BaseEvent subclass :func:`register_event` turns into the type's dataclass."""
+    annotations: dict[str, Any] = {}
+    class_name = "".join(part.capitalize() for part in type_name.split("_")) + "Event"
+    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": class_name}
+    for field_name, annotation in fields.items():
+        _check_field_name(type_name, field_name)
+        _canonical(annotation, f"{type_name}.{field_name}")
+        annotations[field_name] = annotation
+    for field_name, value in defaults.items():
+        if field_name not in annotations:
+            raise TypeError(f"{type_name}: default for unknown field {field_name!r}")
+        if isinstance(value, (list, dict)):
+            namespace[field_name] = field(default_factory=functools.partial(copy.deepcopy, value))
+        else:
+            namespace[field_name] = value
+    namespace["__annotations__"] = annotations
+    namespace["__doc__"] = (
+        doc if doc is not None else f"The {type_name!r} event (registered with register_event)."
+    )
+    return type(class_name, (BaseEvent,), namespace)
+
+
+def registered_event_types() -> Mapping[str, type[BaseEvent]]:
+    """Every event type this process knows, built-in and registered: a
+    read-only ``{name: class}`` snapshot, built-in types first."""
+    return types.MappingProxyType(_BY_NAME)
+
+
+def is_builtin_event_type(name: str) -> bool:
+    """True for the name of a built-in type (an :class:`EventType` value)."""
+    return name in _BUILTIN_NAMES
+
+
+def import_event_modules(names: "Iterable[str] | None") -> None:
+    """Import each named module: the modules that register event types of
+    your own (the ``event_modules`` option, ``coda-ws play --import``).
+
+    A module not found on ``sys.path`` is looked for in the current
+    directory too, as ``python -m`` would (a console script's path does not
+    hold it).
+
+    Raises:
+        ImportError: a module cannot be imported; the message names it and
+            the error it raised.
+    """
+    for name in names or ():
+        try:
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                cwd = os.getcwd()
+                if exc.name != name.partition(".")[0] or cwd in sys.path or "" in sys.path:
+                    raise
+                sys.path.append(cwd)
+                importlib.import_module(name)
+        except Exception as exc:  # the module's own error, whatever it is, named with the module
+            raise ImportError(f"cannot import event module {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def registry_version() -> int:
+    """A number that changes whenever a type is registered (for caches of
+    what depends on the set of types, such as the JSON Schema)."""
+    return _registry_version
+
+
+_BUILTIN_NAMES = frozenset(t.value for t in EventType)
 
 
 @_event(EventType.SYSTEM_INFO, high_priority=True)
@@ -580,6 +962,38 @@ class IntegrationMetricsEvent(BaseEvent):
     total_events_processed: int
 
 
+@_event(EventType.VAD_START)
+class VADStartEvent(BaseEvent):
+    """Voice activity detection heard speech begin."""
+
+    confidence: float | None = None
+
+
+@_event(EventType.VAD_END)
+class VADEndEvent(BaseEvent):
+    """Voice activity detection heard speech end, ``duration_ms`` after it began."""
+
+    duration_ms: float
+    confidence: float | None = None
+
+
+@_event(EventType.WAKE_WORD, high_priority=True)
+class WakeWordEvent(BaseEvent):
+    """A wake word was detected."""
+
+    word: str
+    confidence: float
+
+
+@_event(EventType.BARGE_IN, high_priority=True)
+class BargeInEvent(BaseEvent):
+    """The user spoke over the assistant: ``interrupted`` names what was cut
+    off (``"tts"``, ``"llm"``...), ``played_ms`` how much audio had played."""
+
+    interrupted: str
+    played_ms: float | None = None
+
+
 # --------------------------------------------------------------------------
 # Building and validating.
 # --------------------------------------------------------------------------
@@ -699,7 +1113,7 @@ def encode_fields(cls: type[BaseEvent], values: dict[str, Any]) -> bytes:
     try:
         return encode_json(values).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
-        type_name = cls.event_type.value
+        type_name = cls.type_name
         for name, value in values.items():  # slow path: find the culprit
             try:
                 encode_json(value).encode("utf-8")
@@ -745,9 +1159,9 @@ def create_event(
     if timestamp is None:
         timestamp = time.time()
     else:
-        timestamp = _check_float(timestamp, f"{cls.event_type.value}.timestamp")
+        timestamp = _check_float(timestamp, f"{cls.type_name}.timestamp")
     return cls(
-        seq=_check_int(seq, f"{cls.event_type.value}.seq"),
+        seq=_check_int(seq, f"{cls.type_name}.seq"),
         timestamp=timestamp,
         session_id=session_id,
         **values,
@@ -773,7 +1187,7 @@ def validate_event(data: object) -> BaseEvent:
         raise InvalidEventError("event is missing required field 'type'", field="type")
     fields = dict(data)
     cls = event_class(fields.pop("type"))
-    type_name = cls.event_type.value
+    type_name = cls.type_name
     version = fields.pop("version", EVENT_VERSION)
     if version != EVENT_VERSION:
         raise InvalidEventError(
@@ -784,4 +1198,4 @@ def validate_event(data: object) -> BaseEvent:
     seq = fields.pop("seq", 0)
     timestamp = fields.pop("timestamp", None)
     session_id = fields.pop("session_id", None)
-    return create_event(cls.event_type, seq, session_id=session_id, timestamp=timestamp, **fields)
+    return create_event(cls.type_name, seq, session_id=session_id, timestamp=timestamp, **fields)

@@ -42,7 +42,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from .auth import ALL_SCOPES, bearer_token
 from .errors import CodaWSError, EventTooLargeError, HandshakeRefused, InvalidEventError
-from .events import EVENT_VERSION, encode_json, event_class
+from .events import EVENT_VERSION, encode_json, event_class, registry_version
 from .filters import EventFilter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schema import event_schema
@@ -142,7 +142,8 @@ def _frame_payload(frame: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=1)
-def _schema_bytes() -> bytes:
+def _schema_bytes(version: int) -> bytes:
+    """``GET /schema``'s body for the registry as of ``version`` (types registered later appear)."""
     return json.dumps(event_schema(), ensure_ascii=False).encode("utf-8")
 
 
@@ -435,7 +436,11 @@ class _HttpApi:
 
     def schema(self) -> Response:
         """``GET /schema``: the JSON Schema of every event (see :mod:`coda_ws.schema`). No auth."""
-        return Response(_schema_bytes(), mimetype="application/json", headers={"Cache-Control": "no-cache"})
+        return Response(
+            _schema_bytes(registry_version()),
+            mimetype="application/json",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     # -- events -------------------------------------------------------------------------
 

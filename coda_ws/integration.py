@@ -324,6 +324,33 @@ class CodaWebSocketIntegration:
         """``component_timing`` (component, timings: operation name -> milliseconds)."""
         return self._session_event("component_timing", False, component=component, timings=timings)
 
+    # -- voice moments (beyond the original) ----------------------------------------------------
+
+    def vad_start(self, confidence: float | None = None) -> BaseEvent:
+        """``vad_start`` (confidence): voice activity detection heard speech begin."""
+        return self._session_event("vad_start", False, confidence=confidence)
+
+    def vad_end(self, duration_ms: float, confidence: float | None = None) -> BaseEvent:
+        """``vad_end`` (duration_ms of the speech, confidence): speech ended."""
+        return self._session_event("vad_end", False, duration_ms=duration_ms, confidence=confidence)
+
+    def wake_word(self, word: str, confidence: float) -> BaseEvent:
+        """``wake_word`` (word, confidence); high priority."""
+        return self._session_event("wake_word", True, word=word, confidence=confidence)
+
+    def barge_in(self, interrupted: str, played_ms: float | None = None) -> BaseEvent:
+        """``barge_in`` (interrupted: what was cut off, such as ``"tts"``;
+        played_ms: audio played before it); high priority."""
+        return self._session_event("barge_in", True, interrupted=interrupted, played_ms=played_ms)
+
+    def emit(
+        self, event_type: EventType | str, *, high_priority: bool | None = None, **fields: Any
+    ) -> BaseEvent:
+        """Any event type in the current session, a type of your own
+        included (see ``coda_ws.register_event``); ``high_priority`` None
+        keeps the type's default."""
+        return self._emit(event_type, session_id=self.session_id, high_priority=high_priority, **fields)
+
     # -------------------------------------------------------------------------------------------
 
     def _session_event(self, event_type: str, high_priority: bool, **fields: Any) -> BaseEvent:

@@ -121,7 +121,6 @@ from typing import (
 from .checks import integer, number
 from .deadline import Deadline
 from .errors import JournalError
-from .events import EventType
 from .filters import EventFilter
 from .wire import Entry, StampedEvent, entry_from_wire
 
@@ -149,8 +148,6 @@ _WRITER_BUSY_TIMEOUT = 0.5
 #: The writer's retry delays after a failed write: first, then doubling up to the cap.
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
-
-_KNOWN_TYPES = frozenset(t.value for t in EventType)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -260,21 +257,21 @@ def _error_name(exc: BaseException) -> str:
     return getattr(exc, "sqlite_errorname", None) or type(exc).__name__
 
 
-def _filter_sql(event_filter: EventFilter | None) -> tuple[str | None, list[Any] | None]:
+def _filter_sql(
+    conn: sqlite3.Connection, event_filter: EventFilter | None
+) -> tuple[str | None, list[Any] | None]:
     """A WHERE fragment and its parameters for ``event_filter`` (None: no condition).
 
-    Type patterns become the list of known types they match, so the filter
-    runs in SQLite; returns ``(None, None)`` when no known type matches."""
+    Type patterns are matched in SQLite by the filter itself (a function
+    registered on ``conn``, one connection per read), so every stored type
+    matches as it would live, registered in this process or not."""
     clauses: list[str] = []
     params: list[Any] = []
     if event_filter is None:
         return "", params
     if event_filter.types is not None:
-        names = [t.value for t in EventType if event_filter.match_type(t.value)]
-        if not names:
-            return None, None
-        clauses.append(f"type IN ({','.join('?' * len(names))})")
-        params.extend(names)
+        conn.create_function("coda_ws_type_matches", 1, event_filter.match_type, deterministic=True)
+        clauses.append("coda_ws_type_matches(type)")
     if event_filter.session_id is not None:
         clauses.append("(session_id IS NULL OR session_id = ?)")
         params.append(event_filter.session_id)
@@ -292,7 +289,7 @@ def _read_rows(
     """Readable rows with ``since < seq <= until`` passing the filter, oldest
     first, in pages; unreadable rows are skipped and their seqs added to
     ``skipped`` (a list) when given."""
-    where, params = _filter_sql(event_filter)
+    where, params = _filter_sql(conn, event_filter)
     if where is None or params is None:  # both or neither: no known type matches
         return
     floor = conn.execute("SELECT value FROM meta WHERE key = 'first_seq'").fetchone()
@@ -316,8 +313,8 @@ def _read_rows(
 def _row_problem(row: _Row) -> str | None:
     """Why a stored row cannot be served (a sentence), or None when it can."""
     seq, timestamp, type_name, _session_id, _high_priority, data = row
-    if type_name not in _KNOWN_TYPES:
-        return f"unknown event type {type_name!r}"
+    if not isinstance(type_name, str) or not type_name:
+        return f"its type {type_name!r} is not a name"
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
         return f"timestamp {timestamp!r} is not a number"
     try:
@@ -539,8 +536,10 @@ class Journal:
 
         Creates the file and its tables when missing; does not change an
         existing journal's data. Rows that cannot be served (not JSON, a seq
-        or type that disagrees with the row, an unknown type) are skipped,
-        counted and logged once.
+        or type that disagrees with the row) are skipped, counted and logged
+        once. Events of a type this process has not registered are kept:
+        the bus serves them as stored (``EventBus.restore(...,
+        unregistered="generic")``), logged and counted there.
 
         Raises:
             JournalError: the file cannot be opened or is not a readable
@@ -730,6 +729,7 @@ class Journal:
                 first_seq=state.first_seq,
                 compatible=compatible,
                 lost=windows,
+                unregistered="generic",
             )
             open_meta = {"epoch": epoch, "compatible": json.dumps(compatible), "last_seq": head}
         with self._cond:
@@ -1367,10 +1367,10 @@ class Journal:
         bad: dict[int, str] = {}
         try:
             entries = [
-                entry_from_wire(_stamped(row))[0]
+                entry_from_wire(_stamped(row), "generic")[0]
                 for row in _good_rows(_read_rows(conn, since, event_filter, limit, until), bad)
             ]
-            return cast("list[Entry]", entries)  # never holes: _good_rows served only rows of known types
+            return cast("list[Entry]", entries)  # never holes: unregistered types are served as stored
         finally:
             conn.close()
             if bad:

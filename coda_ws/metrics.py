@@ -334,6 +334,16 @@ def _failure_metrics(stats: ServerStats, bus_stats: BusStats) -> Iterator[Metric
         "Exceptions raised by bus listeners",
         value=bus_stats["listener_errors"],
     )
+    unknown = CounterMetricFamily(
+        "coda_ws_unknown_type_events",
+        "Events of a type this process has not registered, by action: 'refused' (from a backplane: "
+        "a position no client receives) or 'served' (from a journal: sent as stored, every field "
+        "treated as content)",
+        labels=["action"],
+    )
+    unknown.add_metric(["refused"], bus_stats["unknown_types_refused"])
+    unknown.add_metric(["served"], bus_stats["unknown_types_served"])
+    yield unknown
 
 
 def _journal_metrics(journal: Journal) -> Iterator[Metric]:

@@ -33,7 +33,7 @@ import types
 import typing
 from typing import Any
 
-from .events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION, BaseEvent
+from .events import EVENT_VERSION, PROTOCOL_VERSION, BaseEvent, registered_event_types, registry_version
 
 __all__ = ["SCHEMA_DIALECT", "event_schema", "type_schema"]
 
@@ -80,7 +80,7 @@ def _default_of(cls: type[BaseEvent], name: str) -> tuple[bool, Any]:
 
 def type_schema(cls: type[BaseEvent]) -> dict[str, Any]:
     """The schema of one event class (a new dict each call)."""
-    type_name = cls.event_type.value
+    type_name = cls.type_name
     hints = typing.get_type_hints(cls)
     content = set(cls.content_fields)
     properties: dict[str, dict[str, Any]] = {
@@ -124,10 +124,11 @@ def type_schema(cls: type[BaseEvent]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_schema() -> dict[str, Any]:
+def _cached_schema(version: int) -> dict[str, Any]:
+    """The schema for the registry as of ``version`` (:func:`registry_version`)."""
     defs: dict[str, dict[str, Any]] = {}
-    for event_type, cls in EVENT_CLASSES.items():
-        defs[event_type.value] = type_schema(cls)
+    for name, cls in registered_event_types().items():
+        defs[name] = type_schema(cls)
     return {
         "$schema": SCHEMA_DIALECT,
         "title": "coda_ws event",
@@ -142,6 +143,8 @@ def _cached_schema() -> dict[str, Any]:
 def event_schema() -> dict[str, Any]:
     """The JSON Schema of every event (a deep copy: callers may change it).
 
-    Generated once per process. Thread-safe.
+    Built-in types first, then registered ones in the order of their
+    registration. Generated again only when a type was registered since.
+    Thread-safe.
     """
-    return copy.deepcopy(_cached_schema())
+    return copy.deepcopy(_cached_schema(registry_version()))

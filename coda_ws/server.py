@@ -41,6 +41,7 @@ from .config import CONFIGURED, Configured
 from .connection import Connection, SessionSettings
 from .deadline import Deadline
 from .event_methods import EventMethods
+from .events import import_event_modules
 from .handshake import Gate
 from .http_api import register_http_api
 from .metrics import ServerMetrics
@@ -140,6 +141,7 @@ class CodaWebSocketServer(EventMethods):
             flask=config.from_mapping(app.config, "app.config", prefixed=True) if app is not None else None,
         )
         settings = {name: setting.value for name, setting in resolved.items()}
+        import_event_modules(settings["event_modules"])  # before a journal or backplane is read
         #: Every option's effective value (keyword > environment > Flask config > file > default).
         self.settings: dict[str, Any] = settings
         #: Where each came from: "keyword", "environment", "flask config", "file" or "default".

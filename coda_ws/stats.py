@@ -48,6 +48,8 @@ class ServerStats(_OptionalStats):
     disconnects: dict[str, int]  # reason -> count
     disconnect_codes: dict[str, int]  # close code as a string ("1006": no close frame) -> count
     resumes: dict[str, int]  # "recovered" or the reason it was not -> count
+    unknown_types_refused: int  # events of unregistered types refused (backplane): holes no reader gets
+    unknown_types_served: int  # events of unregistered types served as stored (journal history)
 
 
 def server_stats(
@@ -91,6 +93,8 @@ def server_stats(
         disconnects=clients["disconnects"],
         disconnect_codes=clients["disconnect_codes"],
         resumes=clients["resumes"],
+        unknown_types_refused=bus["unknown_types_refused"],
+        unknown_types_served=bus["unknown_types_served"],
     )
     if journal is not None:
         stats["journal"] = journal

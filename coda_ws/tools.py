@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import argtypes
 from .client import CodaEventClient
 from .errors import ClientConnectionError, InvalidEventError, ToolError
-from .events import BaseEvent, encode_json, validate_event
+from .events import BaseEvent, encode_json, import_event_modules, registered_event_types, validate_event
 from .filters import TypePatterns
 from .interrupts import interruptible
 
@@ -437,7 +437,13 @@ def _playable(
     try:
         event: BaseEvent = validate_event(data)
     except InvalidEventError as exc:
-        raise ToolError(f"{path}:{lineno}: cannot be played back: {exc}") from None
+        hint = ""
+        if data.get("type") not in registered_event_types():
+            hint = (
+                "; if it is a type of your own, register it first (coda-ws play --import MODULE, "
+                "MODULE calling coda_ws.register_event)"
+            )
+        raise ToolError(f"{path}:{lineno}: cannot be played back: {exc}{hint}") from None
     wire: dict[str, Any] = event.to_dict()
     fields = {key: value for key, value in wire.items() if key not in _ENVELOPE}
     return timestamp, event.type, event.session_id, fields
@@ -632,17 +638,21 @@ def _record_command(args: argparse.Namespace) -> int:
 
 
 def _play_command(args: argparse.Namespace) -> int:
-    return _run(
-        "play",
-        lambda: play(
+    def action() -> int:
+        try:
+            import_event_modules(args.imports)
+        except ImportError as exc:
+            raise ToolError(str(exc), exit_code=2) from None
+        return play(
             args.file,
             speed=args.speed,
             host=args.host,
             port=args.port,
             loop=args.loop,
             hold=not args.exit,
-        ),
-    )
+        )
+
+    return _run("play", action)
 
 
 def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -732,6 +742,14 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         "--loop", action="store_true", help="start again after the last event, until Ctrl-C"
     )
     play_parser.add_argument("--exit", action="store_true", help="stop serving once the recording has played")
+    play_parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first: one that registers event types of your own (coda_ws.register_event);"
+        " may be repeated",
+    )
     play_parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),

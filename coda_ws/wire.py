@@ -26,7 +26,7 @@ API share:
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from . import framing
 from ._fastjson import encode_json
@@ -47,6 +47,7 @@ __all__ = [
     "EventDict",
     "Hole",
     "StampedEvent",
+    "Unregistered",
     "entry_from_wire",
     "new_entry",
     "prepare_event",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("coda_ws.bus")
+
+_ENVELOPE_KEYS = frozenset({"version", "seq", "timestamp", "type", "session_id", "redacted"})
 
 #: The most wire JSON an event takes besides its fields, type name and session
 #: id: the envelope's keys and punctuation, a seq of up to 20 digits and a
@@ -172,7 +175,10 @@ class Entry:
         "timestamp",
         "type",
     )
-    cls: type[BaseEvent]  # declared before `type`, which names an attribute in this class body
+    # Declared before `type`, which names an attribute in this class body. None
+    # for an event whose type this process does not know (a journal's
+    # history, served as it was stored, every field treated as content).
+    cls: type[BaseEvent] | None
     seq: int
     timestamp: float
     type: str
@@ -191,7 +197,7 @@ class Entry:
         fields share their normal frame."""
         frame = self._redacted
         if frame is None:
-            if self.cls.content_fields:
+            if self.cls is None or self.cls.content_fields:
                 frame = framing.text_frame(encode_json(redact_event(self.to_dict())))
             else:
                 frame = self.frame
@@ -209,7 +215,13 @@ class Entry:
         return event
 
     def event(self) -> BaseEvent:
-        """The event as its dataclass."""
+        """The event as its dataclass.
+
+        Raises:
+            InvalidEventError: the event's type is not registered in this process.
+        """
+        if self.cls is None:
+            raise InvalidEventError(f"event type {self.type!r} is not registered", event_type=self.type)
         fields = self.to_dict()
         for key in ("version", "type"):
             del fields[key]
@@ -219,16 +231,17 @@ class Entry:
         return f"<Entry seq={self.seq} type={self.type}>"
 
 
-def redact_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
+def redact_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an event dict with its content fields set to None and
-    ``"redacted": True``; None for a dict whose type is unknown (its content
-    cannot be told apart, so a read-only reader must not get it)."""
+    ``"redacted": True``. For a type this process does not know (an
+    unregistered type read back from a journal) every field but the envelope
+    is set to None: its content cannot be told apart from the rest."""
     type_name: Any = event.get("type")  # not always a str: event_class() refuses the others
-    try:
-        content = event_class(type_name).content_fields
-    except InvalidEventError:
-        return None
     redacted = dict(event)
+    try:
+        content: tuple[str, ...] = event_class(type_name).content_fields
+    except InvalidEventError:
+        content = tuple(name for name in redacted if name not in _ENVELOPE_KEYS)
     for name in content:
         if name in redacted:
             redacted[name] = None
@@ -260,42 +273,63 @@ class StampedEvent(NamedTuple):
 def new_entry(
     seq: int,
     timestamp: float,
-    cls: type[BaseEvent],
+    cls: type[BaseEvent] | str,
     session_id: str | None,
     high_priority: bool,
     target: str | None,
     payload: bytes,
 ) -> Entry:
     """The :class:`Entry` for an event whose wire JSON is ``payload``; the one
-    place entries are built, so emitted and stamped-elsewhere events are alike."""
+    place entries are built, so emitted and stamped-elsewhere events are alike.
+    ``cls`` is the event class, or the type's name for a type this process
+    does not know (served as stored, never conflated, every field content)."""
     entry = Entry()
     entry.seq = seq
     entry.timestamp = timestamp
-    entry.type = type_name = cls.type_name
+    if isinstance(cls, str):
+        entry.type = type_name = cls
+        entry.cls = None
+        conflatable = False
+    else:
+        entry.type = type_name = cls.type_name
+        entry.cls = cls
+        conflatable = cls.conflatable
     entry.session_id = session_id
     entry.high_priority = high_priority and target is None
-    entry.conflate_key = (type_name, session_id) if cls.conflatable and target is None else None
+    entry.conflate_key = (type_name, session_id) if conflatable and target is None else None
     entry.target = target
-    entry.cls = cls
     entry._redacted = None
     entry.frame = framing.text_frame(payload)
     entry.offset = len(entry.frame) - len(payload)
     return entry
 
 
-def entry_from_wire(event: StampedEvent) -> tuple["Entry | Hole", EventDict | None]:
+#: What :func:`entry_from_wire` does with an event of a type this process
+#: does not know: ``"refuse"`` it (a hole no reader receives: the backplane,
+#: where every node must know every type) or serve it as stored, with every
+#: field treated as content (``"generic"``: a journal's own history).
+Unregistered = Literal["refuse", "generic"]
+
+
+def entry_from_wire(
+    event: StampedEvent, unregistered: Unregistered = "refuse"
+) -> tuple["Entry | Hole", EventDict | None]:
     """Build the history entry for a :class:`StampedEvent`, framing it once.
 
     Returns ``(entry, record)``: ``record`` is the replay buffer's
     :class:`EventDict` for a high-priority event, else None. An event of a
-    type this version does not know becomes a hole (logged): a position no
-    reader receives, so the order of the others stays intact.
+    type this process does not know is, by ``unregistered``, refused (a
+    hole: a position no reader receives, so the order of the others stays
+    intact; its :attr:`Hole.refused` names the type, and the caller logs
+    and counts it) or served as stored (``"generic"``).
     """
+    cls: type[BaseEvent] | str
     try:
         cls = event_class(event.type)
     except InvalidEventError:
-        log.warning("event seq %d has unknown type %r; no reader will receive it", event.seq, event.type)
-        return Hole(event.seq), None
+        if unregistered != "generic" or not isinstance(event.type, str):
+            return Hole(event.seq, event.type), None
+        cls = event.type
     payload = bytes(event.payload)
     entry = new_entry(
         event.seq, event.timestamp, cls, event.session_id, bool(event.high_priority), event.target, payload
@@ -314,16 +348,20 @@ class Hole:
     replay and history skip it exactly like another client's ``send_to``
     event, and the seqs around it stay consecutive."""
 
-    __slots__ = ("seq",)
+    __slots__ = ("refused", "seq")
     seq: int
+    #: The type of the event refused here (a type this process does not
+    #: know), or None for a hole of any other cause.
+    refused: str | None
     target: str = ""
     conflate_key: None = None
     high_priority: bool = False
     type: str = ""
     session_id: None = None
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, refused: str | None = None) -> None:
         self.seq = seq
+        self.refused = refused
 
     def __repr__(self) -> str:
-        return f"<hole seq={self.seq}>"
+        return f"<hole seq={self.seq}{f' refused {self.refused}' if self.refused else ''}>"

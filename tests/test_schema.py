@@ -8,7 +8,7 @@ import pytest
 
 from coda_ws import CodaWebSocketIntegration, CodaWebSocketServer, WebSocketPerfIntegration
 from coda_ws.demo import run_demo, run_demo_loop
-from coda_ws.events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION, EventType
+from coda_ws.events import EVENT_CLASSES, EVENT_VERSION, PROTOCOL_VERSION, EventType, registered_event_types
 
 from ._http import get, get_json
 from .conftest import TIMEOUT, connect, recv_json
@@ -32,7 +32,9 @@ def test_schema_document_shape(server):
     schema = answer.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["protocol"] == PROTOCOL_VERSION and schema["schema_version"] == EVENT_VERSION
-    names = [t.value for t in EventType]
+    # The built-in types first, then any a test module registered (test_custom_events.py).
+    names = list(registered_event_types())
+    assert names[: len(EventType)] == [t.value for t in EventType]
     assert sorted(schema["$defs"]) == sorted(names)
     assert sorted(ref["$ref"] for ref in schema["oneOf"]) == sorted(f"#/$defs/{name}" for name in names)
     for event_type, cls in EVENT_CLASSES.items():

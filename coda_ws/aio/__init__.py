@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientConnectionError, CodaWSError, HandshakeRejected, InvalidEventError
 from ..events import (
+    BargeInEvent,
     BaseEvent,
     ComponentErrorEvent,
     ComponentHealthEvent,
@@ -61,7 +62,12 @@ from ..events import (
     TTSResultEvent,
     TTSStartEvent,
     TTSStatusEvent,
+    VADEndEvent,
+    VADStartEvent,
+    WakeWordEvent,
     create_event,
+    custom_event,
+    register_event,
     validate_event,
 )
 from .integration import CodaWebSocketIntegration
@@ -79,6 +85,7 @@ if TYPE_CHECKING:  # imported lazily at run time (module __getattr__ below)
 __all__ = [
     "AsyncCodaEventClient",
     "AsyncOperationTimer",
+    "BargeInEvent",
     "BaseEvent",
     "ClientConnectionError",
     "CodaWSError",
@@ -118,8 +125,13 @@ __all__ = [
     "ToolCallEvent",
     "ToolErrorEvent",
     "ToolResultEvent",
+    "VADEndEvent",
+    "VADStartEvent",
+    "WakeWordEvent",
     "WebSocketPerfIntegration",
     "create_event",
+    "custom_event",
+    "register_event",
     "track_async_operation",
     "track_sync_operation",
     "validate_event",

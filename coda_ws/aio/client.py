@@ -72,7 +72,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 from .._version import __version__
 from ..client import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES, parse_ws_url
 from ..errors import ClientConnectionError, HandshakeRejected, InvalidEventError
-from ..events import EventType, encode_json, validate_event
+from ..events import encode_json, registered_event_types, validate_event
 from ..filters import EventFilter, TypePatterns
 from ..protocol import CLOSE_NORMAL, CLOSE_TOO_BIG, V1_SUBPROTOCOL
 
@@ -84,7 +84,6 @@ _CLOSE_NORMAL = CLOSE_NORMAL
 _CLOSE_TOO_BIG = CLOSE_TOO_BIG
 _NO_STATUS = frozenset({1005, 1006})
 _CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
-_KNOWN_TYPES = frozenset(t.value for t in EventType)
 #: websockets 15 added HTTP proxies, used by default; like the synchronous
 #: client, this one connects directly.
 _NO_PROXY = {"proxy": None} if "proxy" in inspect.signature(_ws_connect.__init__).parameters else {}
@@ -1101,8 +1100,8 @@ class AsyncCodaEventClient:
     def _decode(self, data: dict[str, Any]) -> Any:
         """The event object for a wire dict, or the dict when it cannot be one."""
         type_name = data.get("type")
-        if type_name not in _KNOWN_TYPES:
-            log.debug("%s: event of unknown type %r delivered as a dict", self.name, type_name)
+        if not isinstance(type_name, str) or type_name not in registered_event_types():
+            log.debug("%s: event of type %r, not registered here, delivered as a dict", self.name, type_name)
             return data
         if data.get("redacted") is True:
             return data  # content fields are null: a dict, not a (valid) event object

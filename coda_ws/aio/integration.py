@@ -10,7 +10,7 @@ synchronous helpers); each returns the emitted event.
 
 from typing import Any
 
-from ..events import BaseEvent
+from ..events import BaseEvent, EventType
 from ..integration import CodaWebSocketIntegration as SyncCodaWebSocketIntegration
 
 __all__ = ["CodaWebSocketIntegration"]
@@ -222,6 +222,30 @@ class CodaWebSocketIntegration:
     async def component_timing(self, component: str, timings: dict[str, float]) -> BaseEvent:
         """``component_timing`` (component, timings: operation -> milliseconds)."""
         return self.sync.component_timing(component, timings)
+
+    # -- voice moments (beyond the original) ------------------------------------------------
+
+    async def vad_start(self, confidence: float | None = None) -> BaseEvent:
+        """``vad_start`` (confidence): speech began."""
+        return self.sync.vad_start(confidence)
+
+    async def vad_end(self, duration_ms: float, confidence: float | None = None) -> BaseEvent:
+        """``vad_end`` (duration_ms, confidence): speech ended."""
+        return self.sync.vad_end(duration_ms, confidence)
+
+    async def wake_word(self, word: str, confidence: float) -> BaseEvent:
+        """``wake_word`` (word, confidence); high priority."""
+        return self.sync.wake_word(word, confidence)
+
+    async def barge_in(self, interrupted: str, played_ms: float | None = None) -> BaseEvent:
+        """``barge_in`` (interrupted, played_ms); high priority."""
+        return self.sync.barge_in(interrupted, played_ms)
+
+    async def emit(
+        self, event_type: EventType | str, *, high_priority: bool | None = None, **fields: Any
+    ) -> BaseEvent:
+        """Any event type, one of your own included, in the current session."""
+        return self.sync.emit(event_type, high_priority=high_priority, **fields)
 
     def __repr__(self) -> str:
         return f"<coda_ws.aio.CodaWebSocketIntegration session={self.session_id}>"

@@ -517,7 +517,7 @@ class _Publisher:
                 "details": {"dropped": count, "buffer_size": self.buffer_size, "emitter": self.emitter_id},
             },
         )
-        return time.time(), cls.event_type.value, None, b"null", True, encode_fields(cls, values), None
+        return time.time(), cls.type_name, None, b"null", True, encode_fields(cls, values), None
 
     def _take_locked(self) -> tuple[list[_Item | Literal[_Reserved.DROP_NOTICE]], int | None]:
         """Take the next items to publish (with ``_cond`` held): ``(items,

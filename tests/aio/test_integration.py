@@ -52,6 +52,13 @@ CALLS = [
     ("conversation_end", ("conv-1", 1, 42.0)),
     ("latency_trace", ("stt", "transcribe", 1500.0, {"model": "base"})),
     ("component_timing", ("llm", {"prompt": 12.0, "generate": 800.0})),
+    # Beyond the original: the voice moments, and any type in the session.
+    ("vad_start", ()),
+    ("vad_start", (0.8,)),
+    ("vad_end", (820.0, 0.9)),
+    ("wake_word", ("hey coda", 0.97)),
+    ("barge_in", ("tts", 1200.0)),
+    ("emit", ("vad_start",)),
 ]
 
 

@@ -19,9 +19,23 @@ from coda_ws import (
     RedisEmitter,
     STTResultEvent,
     WebSocketPerfIntegration,
+    custom_event,
+    register_event,
 )
 
 TIMEOUT = 10.0
+
+
+@custom_event("rag_retrieval", content=("query",))
+class RagRetrievalEvent(BaseEvent):
+    """An event type of the pipeline's own (type checkers see a frozen dataclass)."""
+
+    query: str
+    hits: int
+    top_score: float | None = None
+
+
+AudioLevelEvent = register_event("audio_level", {"rms": float}, conflatable=True)
 
 
 def describe(event: BaseEvent | dict[str, Any]) -> str:
@@ -75,8 +89,15 @@ def main() -> int:
             seq: int = event.seq
             timestamp: float = event.timestamp
 
+            rag = server.emit("rag_retrieval", session_id="s1", query="opening hours", hits=2)
+            assert isinstance(rag, RagRetrievalEvent) and rag.hits == 2 and rag.top_score is None
+            typed = RagRetrievalEvent(query="q", hits=1)  # a dataclass: keyword fields, checked by mypy
+            hits: int = typed.hits
+            assert AudioLevelEvent.conflatable and hits == 1
+
             integration = CodaWebSocketIntegration(server)
             integration.stt_start()
+            integration.barge_in("tts", played_ms=120.0)
             integration.llm_result("hi there", duration_ms=250.0, token_count=3, tokens_per_second=12.0)
 
             perf = WebSocketPerfIntegration(server, metrics_interval=60.0)

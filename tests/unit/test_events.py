@@ -70,7 +70,15 @@ SAMPLE_FIELDS = {
         "event_handlers_registered": False,
         "total_events_processed": 10,
     },
+    # The voice moments coda_ws adds to the original's 31 types.
+    "vad_start": {"confidence": 1},
+    "vad_end": {"duration_ms": 820, "confidence": 0.9},
+    "wake_word": {"word": "hey coda", "confidence": 0.97},
+    "barge_in": {"interrupted": "tts", "played_ms": 1200},
 }
+
+#: The original Coda interface's types, whose wire format is unchanged.
+ORIGINAL_TYPES = list(SAMPLE_FIELDS)[:31]
 
 HIGH_PRIORITY = {
     "system_info",
@@ -90,12 +98,16 @@ HIGH_PRIORITY = {
     "component_status",
     "component_error",
     "system_status",
+    "wake_word",
+    "barge_in",
 }
 
 
 def test_every_reference_type_exists_with_a_class():
-    """EventType lists all 31 types and each has a registered dataclass."""
-    assert {t.value for t in EventType} == set(SAMPLE_FIELDS)
+    """EventType lists the original's 31 types, in their order, then the 4
+    voice moments, and each has a registered dataclass."""
+    assert [t.value for t in EventType] == list(SAMPLE_FIELDS)
+    assert len(ORIGINAL_TYPES) == 31 and ORIGINAL_TYPES[-1] == "integration_metrics"
     assert set(EVENT_CLASSES) == set(EventType)
 
 

@@ -127,12 +127,48 @@ byId("tail-clear").addEventListener("click", () => {
 typeSelect.replaceChildren(...EVENT_TYPES.map((type) => el("option", { text: type, attrs: { value: type } })));
 typeSelect.value = "system_info";
 
+/** Samples of the types the server knows and this page does not (types of your own), from /schema. */
+const schemaSamples = {};
+
 function fillSample() {
-  fieldsArea.value = JSON.stringify(EVENT_SAMPLES[typeSelect.value] || {}, null, 2);
+  const sample = EVENT_SAMPLES[typeSelect.value] || schemaSamples[typeSelect.value] || {};
+  fieldsArea.value = JSON.stringify(sample, null, 2);
 }
 typeSelect.addEventListener("change", fillSample);
 fillSample();
 setPublish(null);
+
+/** A placeholder value for a field's JSON Schema: its default, else an empty value of its kind. */
+function placeholder(schema) {
+  if (!schema || typeof schema !== "object") return null;
+  if ("default" in schema) return schema.default;
+  const kind = Array.isArray(schema.type) ? schema.type[0] : schema.type;
+  return { string: "", integer: 0, number: 0.0, boolean: false, array: [], object: {} }[kind] ?? null;
+}
+
+async function addRegisteredTypes() {
+  let schema;
+  try {
+    const response = await fetch(httpUrl("schema"), { cache: "no-store" });
+    if (!response.ok) return;
+    schema = await response.json();
+  } catch (err) {
+    return; // the form keeps the built-in types
+  }
+  const envelope = new Set(["version", "seq", "timestamp", "type", "session_id", "redacted"]);
+  for (const [name, definition] of Object.entries(schema.$defs || {})) {
+    if (name in EVENT_SAMPLES) continue;
+    const properties = definition.properties || {};
+    const contentTypes = (definition.else && definition.else.properties) || {};
+    const sample = {};
+    for (const [field, fieldSchema] of Object.entries(properties)) {
+      if (!envelope.has(field)) sample[field] = placeholder(contentTypes[field] || fieldSchema);
+    }
+    schemaSamples[name] = sample;
+    typeSelect.append(el("option", { text: name, attrs: { value: name } }));
+  }
+}
+addRegisteredTypes();
 
 function showAnswer(text, ok) {
   answer.hidden = false;

@@ -160,13 +160,36 @@ export function describe(event) {
       return join(e.is_active ? "active" : "inactive",
         `${formatNumber(e.total_events_processed ?? 0)} events processed`,
         e.websocket_server_available === false ? "no server" : null);
-    default:
-      if (typeof e.error === "string") return short(e.error);
-      return short(inline(fieldsOf(e)));
+    case "vad_start": return join("speech started", percent(e.confidence));
+    case "vad_end":
+      return join(`speech ended${Number.isFinite(e.duration_ms) ? ` after ${formatMs(e.duration_ms)}` : ""}`,
+        percent(e.confidence));
+    case "wake_word": return join(`wake word ${quote(e.word, 60)}`, percent(e.confidence));
+    case "barge_in":
+      return join(`user interrupted ${words(e.interrupted) || "the assistant"}`,
+        Number.isFinite(e.played_ms) ? `after ${formatMs(e.played_ms)} of audio` : null);
+    default: return describeGeneric(e);
   }
 }
 
+/**
+ * Any type without a presentation (a type of your own, or one newer than
+ * this page): its fields in words, "name value", nulls left out.
+ */
+export function describeGeneric(event) {
+  if (typeof event.error === "string") return short(event.error);
+  const entries = Object.entries(fieldsOf(event)).filter(([, value]) => value !== null && value !== undefined);
+  if (!entries.length) return words(event.type);
+  const shown = entries.slice(0, 6).map(([key, value]) => {
+    const text = typeof value === "string" ? `“${short(value, 60)}”` : inline(value, 1);
+    return `${words(key)} ${text}`;
+  });
+  return short(join(...shown, entries.length > 6 ? `${entries.length - 6} more` : null));
+}
+
 const CATEGORIES = new Set(["stt", "llm", "tts", "tool", "memory", "conversation", "system", "latency", "component"]);
+/** Voice moments: coloured with speech recognition. */
+const VOICE_TYPES = new Set(["vad_start", "vad_end", "wake_word", "barge_in"]);
 
 /** Redacted events: their non-content fields only (content is null for this reader). */
 function describeRedacted(event) {
@@ -180,6 +203,7 @@ function describeRedacted(event) {
 function category(type) {
   const name = String(type);
   if (name.endsWith("_error")) return "error";
+  if (VOICE_TYPES.has(name)) return "voice";
   const prefix = name.split("_")[0];
   return CATEGORIES.has(prefix) ? prefix : "other";
 }

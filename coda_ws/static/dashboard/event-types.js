@@ -36,6 +36,10 @@ export const EVENT_SAMPLES = {
   component_health: { component_type: "llm", health_status: { ok: true } },
   system_status: { total_components: 4, ready_components: 4, failed_components: 0, integration_health: "healthy", components: {} },
   integration_metrics: { is_active: true, websocket_server_available: true, event_handlers_registered: true, total_events_processed: 0 },
+  vad_start: { confidence: 0.92 },
+  vad_end: { duration_ms: 1840.0, confidence: 0.88 },
+  wake_word: { word: "hey coda", confidence: 0.97 },
+  barge_in: { interrupted: "tts", played_ms: 1200.0 },
 };
 
 export const EVENT_TYPES = Object.keys(EVENT_SAMPLES);
