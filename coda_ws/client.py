@@ -55,21 +55,29 @@ import collections
 import enum
 import json
 import logging
-import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final, Literal, TypedDict, TypeVar, cast, overload
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wsproto.utilities import ProtocolError
 
 from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
+from .client_core import (
+    CONTROL_TYPES,
+    FATAL_CLOSE_CODES,
+    FATAL_HTTP_STATUSES,
+    NO_STATUS,
+    RECONNECT_CLOSE_CODES,
+    ClientCore,
+    Gap,
+    Session,
+)
 from .deadline import Deadline
-from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
-from .events import BaseEvent, encode_json, registered_event_types, validate_event
+from .errors import ClientConnectionError, HandshakeRejected
+from .events import BaseEvent, encode_json
 from .filters import EventFilter, TypePatterns
 from .protocol import V1_SUBPROTOCOL
 
@@ -84,19 +92,7 @@ __all__ = [
 log = logging.getLogger("coda_ws.client")
 
 
-#: Close codes after which the client reconnects (when ``reconnect=True``):
-#: going away, internal error, service restart, try again later, too slow.
-#: A connection that ends without a close frame (1005, 1006) reconnects too.
-RECONNECT_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013, 4008})
-#: Close codes that a reconnect cannot fix: the stream ends with an error.
-FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
-#: HTTP refusals of the handshake that end the client (bad request, bad
-#: token, forbidden, no such endpoint); other statuses (503...) are retried.
-FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426, 501})
-
 _CLOSE_NORMAL = 1000
-_NO_STATUS = frozenset({1005, 1006})
-_CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
 
 #: What the application gets: the event's dataclass, or a dict for an event
 #: of an unknown type, a redacted one, or one that fails validation.
@@ -129,15 +125,6 @@ class ClientStats(TypedDict):
 # ----------------------------------------------------------------------------
 
 
-class _Gap:
-    """A ``recovered: false`` resume frame, kept in stream order in the queue."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: dict[str, Any]) -> None:
-        self.frame = frame
-
-
 class _Signal(enum.Enum):
     """What :meth:`_EventQueue.get` returns instead of an item."""
 
@@ -149,7 +136,7 @@ _TIMEOUT: Final = _Signal.TIMEOUT
 _END: Final = _Signal.END
 
 #: An item of the queue: an event for the application, or a gap marker.
-_Item = _Gap | BaseEvent | dict[str, Any]
+_Item = Gap | BaseEvent | dict[str, Any]
 
 
 class _EventQueue:
@@ -179,7 +166,7 @@ class _EventQueue:
         with self._cond:
             if self._ended:
                 return True  # nobody will read it: accepting keeps the producer simple
-            counts = not isinstance(item, _Gap)
+            counts = not isinstance(item, Gap)
             if counts and not force and self._events >= self.maxsize:
                 return False
             self._items.append(item)
@@ -197,7 +184,7 @@ class _EventQueue:
             while True:
                 if self._items:
                     item = self._items.popleft()
-                    if not isinstance(item, _Gap):
+                    if not isinstance(item, Gap):
                         self._events -= 1
                         if self._space_waiters and self._events <= self.low_water:
                             self._cond.notify_all()
@@ -244,31 +231,6 @@ class _EventQueue:
 # ----------------------------------------------------------------------------
 
 
-class _Session:
-    """What the connection thread knows about the current connection."""
-
-    __slots__ = (
-        "epoch_sent",
-        "filter_version",
-        "hello_epoch",
-        "hello_seq",
-        "resume_left",
-        "resume_to",
-        "since",
-        "started",
-    )
-
-    def __init__(self, since: int | None, epoch_sent: str | None, filter_version: int) -> None:
-        self.since = since
-        self.epoch_sent = epoch_sent
-        self.filter_version = filter_version
-        self.hello_epoch: str | None = None
-        self.hello_seq: int | None = None
-        self.started = False  # hello (or, from a legacy server, a first frame) received
-        self.resume_to: int | None = None  # while missed events of a recovered resume arrive
-        self.resume_left = 0
-
-
 #: How a connection ended, for the connection thread's loop.
 #: Consecutive failed connection attempts before the client warns (then again at 10, 20, 40...).
 _WARN_AFTER_FAILURES = 5
@@ -299,34 +261,7 @@ class _Outcome:
         self.close_code = close_code
 
 
-@overload
-def _check_seconds(
-    name: str, value: float, allow_none: Literal[False] = ..., allow_zero: bool = ...
-) -> float: ...
-@overload
-def _check_seconds(
-    name: str, value: float | None, allow_none: bool, allow_zero: bool = ...
-) -> float | None: ...
-def _check_seconds(
-    name: str, value: object, allow_none: bool = False, allow_zero: bool = False
-) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or value != value
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        raise ValueError(
-            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
-            f" got {value!r}"
-        )
-    return float(value)
-
-
-class CodaEventClient:
+class CodaEventClient(ClientCore):
     """A v1 client for the coda_ws event stream, with reconnect and resume.
 
     Connects at once, in a background thread, and keeps the stream going until
@@ -406,123 +341,24 @@ class CodaEventClient:
     recent value.
     """
 
-    def __init__(
-        self,
-        url: str,
-        types: _Types = None,
-        session_id: str | None = None,
-        token: str | None = None,
-        resume: bool = True,
-        reconnect: bool = True,
-        on_gap: Callable[[dict[str, Any]], object] | None = None,
-        *,
-        since: int | None = None,
-        replay: bool = True,
-        max_queue: int = 10_000,
-        connect_timeout: float = 10.0,
-        close_timeout: float = 1.0,
-        backoff_initial: float = 0.1,
-        backoff_max: float = 10.0,
-        backoff_factor: float = 2.0,
-        backoff_jitter: float = 0.5,
-        max_retries: int | None = None,
-        retry_first_connect: bool = True,
-        ping_interval: float | None = 20.0,
-        max_message_size: int | None = 16 * 1024 * 1024,
-        name: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        # Long: one check per constructor argument, each with its own message; the arguments are the
-        # public API
-        self.url = url
-        self._host, self._port, self._path, self._query, self._secure = parse_ws_url(url)
-        event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
-        if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n")):
-            raise ValueError("token must be a non-empty string without line breaks")
-        if on_gap is not None and not callable(on_gap):
-            raise TypeError(f"on_gap must be callable, got {type(on_gap).__name__}")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-            raise ValueError(f"since must be a non-negative integer, got {since!r}")
-        if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 2:
-            raise ValueError(f"max_queue must be an integer of at least 2, got {max_queue!r}")
-        if max_retries is not None and (
-            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
-        ):
-            raise ValueError(f"max_retries must be a non-negative integer or None, got {max_retries!r}")
-        if (
-            not isinstance(backoff_factor, (int, float))
-            or isinstance(backoff_factor, bool)
-            or not (1 <= backoff_factor <= 100)
-        ):
-            raise ValueError(f"backoff_factor must be a number from 1 to 100, got {backoff_factor!r}")
-        if (
-            not isinstance(backoff_jitter, (int, float))
-            or isinstance(backoff_jitter, bool)
-            or not (0 <= backoff_jitter <= 1)
-        ):
-            raise ValueError(f"backoff_jitter must be a number from 0 to 1, got {backoff_jitter!r}")
-        if max_message_size is not None and (
-            not isinstance(max_message_size, int) or max_message_size < 1024
-        ):
-            raise ValueError(
-                f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}"
-            )
-        self.connect_timeout = _check_seconds("connect_timeout", connect_timeout)
-        self.close_timeout = _check_seconds("close_timeout", close_timeout, allow_zero=True)
-        self.backoff_initial = _check_seconds("backoff_initial", backoff_initial)
-        self.backoff_max = _check_seconds("backoff_max", backoff_max)
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                f"backoff_max ({backoff_max!r}) must not be less than backoff_initial ({backoff_initial!r})"
-            )
-        self.backoff_factor = float(backoff_factor)
-        self.backoff_jitter = float(backoff_jitter)
-        self.ping_interval = _check_seconds("ping_interval", ping_interval, allow_none=True) or None
-        self.resume = bool(resume)
-        self.auto_reconnect = bool(reconnect)
-        self.replay = bool(replay)
-        self.max_retries = max_retries
-        self.retry_first_connect = bool(retry_first_connect)
-        self.max_message_size = max_message_size
-        self.on_gap = on_gap
-        self.name = name or f"{self._host}:{self._port}"
-        self._token = token
-        self._ssl_context = ssl_context
+    _queue: "_EventQueue"
 
-        # Written by the connection thread only (see the class docstring).
-        self._epoch: str | None = None
-        self._last_seq = since if since is not None else 0
-        self._start_since = since
-        self._delivered_max = 0  # highest seq queued for the application in this epoch
-        self._recovered: bool | None = None
-        self._client_id: str | None = None
-        self._close_code: int | None = None
-
+    def _setup(self, max_queue: int) -> None:
         self._queue = _EventQueue(max_queue)
         self._stop = threading.Event()  # set by close(); ends backoff waits
         # _lock guards everything below; _changed is notified when
         # connected/finished, pongs or subscribe acknowledgements change.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._types: tuple[str, ...] | None = event_filter.types
-        self._session_id = session_id
-        self._filter_version = 0  # bumped by subscribe(); a connection knows which version its URL carries
-        self._closing = False
-        self._connected = False
-        self._finished = False
         self._error: ClientConnectionError | None = None
         self._last_error: Exception | None = None
         self._raw: socket.socket | None = None  # the socket of the connection being made or used
         self._ws: ClientTransport | None = None  # the open WebSocket, once the handshake is done
         self._wake: threading.Event | None = None  # the current connection's wake-up event
         self._outbox: collections.deque[str] = collections.deque()  # frames for the connection thread to send
-        self._ping_id = 0
         self._pongs: dict[int, dict[str, Any] | None] = {}  # ping id -> pong frame (None while awaited)
-        self._subscribed_acks = 0
-        self._last_subscribed: dict[str, Any] | None = None
         self._callbacks: list[Callable[[_Delivered], object]] = []
         self._callback_thread: threading.Thread | None = None
-        self._counters: collections.Counter[str] = collections.Counter()
 
         # daemon: a script that forgets close() can still exit; close() joins it.
         self._thread = threading.Thread(
@@ -532,60 +368,13 @@ class CodaEventClient:
 
     # -- configuration ----------------------------------------------------------
 
-    def _target(self, since: int | None, epoch: str | None) -> tuple[str, int]:
-        """The request target (path and query) for the next connection, and
-        the version of the filters it carries."""
+    def _next_target(self, since: int | None, epoch: str | None) -> tuple[str, int]:
+        """The request target for the next connection, and the version of the filters it carries."""
         with self._lock:
             types, session_id, version = self._types, self._session_id, self._filter_version
-        query = list(self._query) + [("v", "1")]
-        if types is not None:
-            query.append(("types", ",".join(types)))
-        if session_id is not None:
-            query.append(("session_id", session_id))
-        if since is not None:
-            query.append(("since", str(since)))
-            if epoch is not None:
-                query.append(("epoch", epoch))
-        if not self.replay:
-            query.append(("replay", "0"))
-        return urlunsplit(("", "", self._path, urlencode(query), "")), version
+        return self._target(since, epoch, types, session_id), version
 
     # -- public state -----------------------------------------------------------
-
-    @property
-    def last_seq(self) -> int:
-        """The stream position the client has everything up to (and resumes after)."""
-        return self._last_seq
-
-    @property
-    def epoch(self) -> str | None:
-        """The epoch of the stream ``last_seq`` belongs to (None before the first hello)."""
-        return self._epoch
-
-    @property
-    def recovered(self) -> bool | None:
-        """The outcome of the last resume: True, False, or None (no resume yet)."""
-        return self._recovered
-
-    @property
-    def client_id(self) -> str | None:
-        """The id the server gave the current (or last) connection."""
-        return self._client_id
-
-    @property
-    def connected(self) -> bool:
-        """True while a session is open (hello received)."""
-        return self._connected
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called or the stream has ended for good."""
-        return self._closing or self._finished
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code of the last connection that ended (None before)."""
-        return self._close_code
 
     @property
     def error(self) -> ClientConnectionError | None:
@@ -668,7 +457,7 @@ class CodaEventClient:
         while True:
             remaining = deadline.remaining()
             item = self._queue.get(remaining)
-            if not isinstance(item, _Gap):
+            if not isinstance(item, Gap):
                 return item
             self._call_on_gap(item.frame)
 
@@ -771,16 +560,6 @@ class CodaEventClient:
                     return None
                 self._changed.wait(remaining)
             return self._last_subscribed
-
-    @staticmethod
-    def _subscribe_frame(types: Iterable[str] | None, session_id: str | None) -> str:
-        return encode_json(
-            {
-                "type": "subscribe",
-                "types": list(types) if types is not None else None,
-                "session_id": session_id,
-            }
-        )
 
     @overload
     def ping(self, timeout: None = None) -> int | None: ...
@@ -984,24 +763,10 @@ class CodaEventClient:
         exc.__cause__ = error
         return exc
 
-    def _backoff(self, retries: int) -> float:
-        """Seconds to wait before the next attempt: ``backoff_initial`` times
-        ``backoff_factor`` to the power of the retries since the last session,
-        at most ``backoff_max``, minus a random part of up to ``backoff_jitter``."""
-        base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(retries, 64))
-        return base * (1.0 - self.backoff_jitter * random.random())
-
-    def _resume_point(self) -> tuple[int | None, str | None]:
-        if self.resume and self._epoch is not None:
-            return self._last_seq, self._epoch
-        if self._start_since is not None and self._epoch is None:
-            return self._start_since, None
-        return None, None
-
     def _connection(self) -> _Outcome:
         """One connection, from connect to close. Returns an _Outcome."""
         since, epoch = self._resume_point()
-        target, filter_version = self._target(since, epoch)
+        target, filter_version = self._next_target(since, epoch)
         wake = threading.Event()
         with self._lock:
             if self._closing:
@@ -1049,7 +814,7 @@ class CodaEventClient:
             return _Outcome("stopped" if self._stop.is_set() else "retry", error=exc)
         with self._lock:
             self._ws = ws
-        session = _Session(since, epoch, filter_version)
+        session = Session(since, epoch, filter_version)
         outcome: _Outcome | None = None
         try:
             outcome = self._read(ws, wake, session)
@@ -1067,7 +832,7 @@ class CodaEventClient:
         with self._lock:
             self._raw = None
 
-    def _read(self, ws: ClientTransport, wake: threading.Event, session: _Session) -> _Outcome:
+    def _read(self, ws: ClientTransport, wake: threading.Event, session: Session) -> _Outcome:
         """Handle the frames of one connection until it ends, pauses or stops."""
         while True:
             wake.clear()  # clear first, then look at every source of work
@@ -1100,15 +865,15 @@ class CodaEventClient:
                 log.debug("%s: could not send a frame: %s", self.name, exc)
                 return False
 
-    def _closed_outcome(self, ws: ClientTransport, session: _Session) -> _Outcome:
+    def _closed_outcome(self, ws: ClientTransport, session: Session) -> _Outcome:
         if ws.message_too_big(self.max_message_size):
             error = ClientConnectionError(
                 f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)"
             )
             return _Outcome("fatal", session.started, error, close_code=1009)
         code, reason = ws.peer_close()
-        self._count(f"disconnect:{'connection_lost' if code in _NO_STATUS else code}")
-        if code in _NO_STATUS:
+        self._count(f"disconnect:{'connection_lost' if code in NO_STATUS else code}")
+        if code in NO_STATUS:
             return _Outcome(
                 "retry", session.started, ConnectionResetError("connection lost"), close_code=code
             )
@@ -1122,7 +887,7 @@ class CodaEventClient:
             return _Outcome("fatal", session.started, error, close_code=code)
         return _Outcome("retry", session.started, error, close_code=code)
 
-    def _end_connection(self, ws: ClientTransport, outcome: _Outcome | None, session: _Session) -> None:
+    def _end_connection(self, ws: ClientTransport, outcome: _Outcome | None, session: Session) -> None:
         """Close the WebSocket politely when we end it, cut it, join its reader."""
         if outcome is not None and outcome.kind in ("stopped", "paused"):
             self._count("pauses" if outcome.kind == "paused" else "disconnect:client_closed")
@@ -1131,7 +896,7 @@ class CodaEventClient:
         elif ws.remote_closing():
             # Answer the server's close frame with its code (1005 may not be sent: say 1000).
             code = ws.peer_close()[0]
-            self._send_close(ws, _CLOSE_NORMAL if code in _NO_STATUS else code)
+            self._send_close(ws, _CLOSE_NORMAL if code in NO_STATUS else code)
         self._shutdown(ws.raw_socket)
         if not ws.join_reader(
             self.close_timeout + 1.0
@@ -1156,7 +921,7 @@ class CodaEventClient:
 
     # -- frames ---------------------------------------------------------------------
 
-    def _handle_message(self, session: _Session, message: str | bytes) -> bool:
+    def _handle_message(self, session: Session, message: str | bytes) -> bool:
         """Handle one frame; False when the queue is full (the caller pauses)."""
         if not isinstance(message, str):
             self._count("invalid_frames")
@@ -1176,12 +941,12 @@ class CodaEventClient:
         if not session.started and kind != "hello":
             log.info("%s: the server sent no hello (a legacy server?): resume is not available", self.name)
             self._session_started(session)
-        if kind in _CONTROL_TYPES:
+        if kind in CONTROL_TYPES:
             getattr(self, f"_on_{kind}")(session, data)
             return True
         return self._accept_event(session, data)
 
-    def _session_started(self, session: _Session) -> None:
+    def _session_started(self, session: Session) -> None:
         session.started = True
         with self._lock:
             self._connected = True
@@ -1193,77 +958,12 @@ class CodaEventClient:
                 cast(threading.Event, self._wake).set()  # set: a connection is being read
             self._changed.notify_all()
 
-    def _on_hello(self, session: _Session, frame: dict[str, Any]) -> None:
-        epoch, seq = frame.get("epoch"), frame.get("seq")
-        if not isinstance(epoch, str) or type(seq) is not int:
-            log.warning("%s: malformed hello frame: %.200s", self.name, frame)
-            epoch, seq = None, None
-        session.hello_epoch, session.hello_seq = epoch, seq
-        self._client_id = frame.get("client_id")
-        if session.since is None and epoch is not None:
-            self._move_to(epoch, seq)  # a fresh start: live events follow hello.seq
+    def _on_hello(self, session: Session, frame: dict[str, Any]) -> None:
+        self._read_hello(session, frame)
         if not session.started:
             self._session_started(session)
-        log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
 
-    def _move_to(self, epoch: str, seq: int | None) -> None:
-        """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
-        if epoch != self._epoch:
-            self._delivered_max = 0
-            self._last_seq = 0
-            self._epoch = epoch
-        if seq is not None and seq > self._last_seq:
-            self._last_seq = seq
-
-    def _on_resume(self, session: _Session, frame: dict[str, Any]) -> None:
-        if frame.get("recovered") is True:
-            self._recovered = True
-            if session.hello_epoch is not None:
-                self._epoch = session.hello_epoch
-            to, count = frame.get("to"), frame.get("count")
-            if type(to) is int and type(count) is int:
-                session.resume_to, session.resume_left = to, count
-                if count <= 0:
-                    self._finish_resume(session)
-            log.debug("%s: resumed: %s", self.name, frame)
-            return
-        self._recovered = False
-        self._count("gaps")
-        reason = frame.get("reason")
-        log.info("%s: could not resume after %s (%s): the state is stale", self.name, session.since, reason)
-        if reason == "unknown_position" and session.hello_epoch == self._epoch:
-            self._epoch = None  # the positions we hold mean nothing to this server
-        if session.hello_epoch is not None:
-            self._move_to(session.hello_epoch, session.hello_seq)
-        self._queue.offer(_Gap(dict(frame)))
-
-    def _finish_resume(self, session: _Session) -> None:
-        resume_to = cast(int, session.resume_to)  # callers call it while a resume is in progress
-        if resume_to > self._last_seq:
-            self._last_seq = resume_to
-        session.resume_to = None
-
-    def _on_replay(self, session: _Session, frame: dict[str, Any]) -> None:
-        events = frame.get("events")
-        if not isinstance(events, list):
-            self._count("invalid_frames")
-            log.warning("%s: malformed replay frame: %.200s", self.name, frame)
-            return
-        for data in events:
-            if not isinstance(data, dict):
-                self._count("invalid_events")
-                log.warning("%s: ignoring a replay item that is not an object: %.200r", self.name, data)
-                continue
-            seq = data.get("seq")
-            if type(seq) is int:
-                if seq <= self._delivered_max:
-                    self._count("duplicates_dropped")
-                    continue
-                self._delivered_max = seq
-            self._count("events")
-            self._queue.offer(self._decode(data), force=True)
-
-    def _on_pong(self, session: _Session, frame: dict[str, Any]) -> None:
+    def _on_pong(self, session: Session, frame: dict[str, Any]) -> None:
         ping_id = frame.get("id")
         if type(ping_id) is not int:  # not an answer to our ping (ours are ints); a list would not even hash
             return
@@ -1272,86 +972,8 @@ class CodaEventClient:
                 self._pongs[ping_id] = frame
                 self._changed.notify_all()
 
-    def _on_subscribed(self, session: _Session, frame: dict[str, Any]) -> None:
+    def _on_subscribed(self, session: Session, frame: dict[str, Any]) -> None:
         with self._lock:
             self._subscribed_acks += 1
             self._last_subscribed = frame
             self._changed.notify_all()
-
-    def _on_error(self, session: _Session, frame: dict[str, Any]) -> None:
-        self._count("server_errors")
-        log.warning(
-            "%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code")
-        )
-
-    def _accept_event(self, session: _Session, data: dict[str, Any]) -> bool:
-        seq = data.get("seq")
-        if type(seq) is not int:
-            self._count("invalid_events")
-            log.warning("%s: event without an integer seq, delivered as received: %.200s", self.name, data)
-            self._queue.offer(dict(data), force=True)
-            return True
-        if session.resume_to is not None and seq > session.resume_to:
-            self._finish_resume(session)
-        if seq <= self._delivered_max:
-            self._count("duplicates_dropped")
-            return True
-        if not self._queue.offer(self._decode(data)):
-            log.info(
-                "%s: %d events wait for the application: pausing the stream", self.name, len(self._queue)
-            )
-            return False
-        self._delivered_max = seq
-        if seq > self._last_seq:
-            self._last_seq = seq
-        self._count("events")
-        if session.resume_to is not None:
-            session.resume_left -= 1
-            if session.resume_left <= 0:
-                self._finish_resume(session)
-        return True
-
-    def _decode(self, data: dict[str, Any]) -> _Delivered:
-        """The event object for a wire dict, or the dict when it cannot be one."""
-        type_name = data.get("type")
-        if not isinstance(type_name, str) or type_name not in registered_event_types():
-            log.debug("%s: event of type %r, not registered here, delivered as a dict", self.name, type_name)
-            return data
-        if data.get("redacted") is True:
-            return data  # content fields are null: a dict, not a (valid) event object
-        try:
-            event: BaseEvent = validate_event(data)
-            return event
-        except InvalidEventError as exc:
-            self._count("invalid_events")
-            log.warning(
-                "%s: invalid %s event (seq %s) delivered as a dict: %s",
-                self.name,
-                type_name,
-                data.get("seq"),
-                exc,
-            )
-            return data
-
-
-def parse_ws_url(url: str) -> tuple[str, int, str, list[tuple[str, str]], bool]:
-    """Split a ``ws://`` or ``wss://`` URL into host, port, path, query pairs and
-    whether it is secure; a ValueError names what is wrong with it."""
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"malformed URL {url!r}: {exc}") from None
-    scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
-    if scheme is None:
-        raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"url has no host: {url!r}")
-    if parts.fragment:
-        raise ValueError(f"url must not have a #fragment: {url!r}")
-    secure = scheme == "wss"
-    own = {"v", "types", "session_id", "since", "epoch", "replay"}
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in own]
-    return parts.hostname, port or (443 if secure else 80), parts.path or "/", query, secure

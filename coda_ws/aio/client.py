@@ -54,11 +54,9 @@ import contextlib
 import inspect
 import json
 import logging
-import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode, urlunsplit
 
 try:
     from websockets.asyncio.client import connect as _ws_connect
@@ -70,9 +68,16 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
     ) from _exc
 
 from .._version import __version__
-from ..client import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES, parse_ws_url
-from ..errors import ClientConnectionError, HandshakeRejected, InvalidEventError
-from ..events import encode_json, registered_event_types, validate_event
+from ..client_core import (
+    FATAL_CLOSE_CODES,
+    FATAL_HTTP_STATUSES,
+    NO_STATUS,
+    ClientCore,
+    Gap,
+    Session,
+)
+from ..errors import ClientConnectionError, HandshakeRejected
+from ..events import encode_json
 from ..filters import EventFilter, TypePatterns
 from ..protocol import CLOSE_NORMAL, CLOSE_TOO_BIG, V1_SUBPROTOCOL
 
@@ -82,32 +87,12 @@ log = logging.getLogger("coda_ws.aio.client")
 
 _CLOSE_NORMAL = CLOSE_NORMAL
 _CLOSE_TOO_BIG = CLOSE_TOO_BIG
-_NO_STATUS = frozenset({1005, 1006})
-_CONTROL_TYPES = frozenset({"hello", "resume", "replay", "pong", "subscribed", "error"})
 #: websockets 15 added HTTP proxies, used by default; like the synchronous
 #: client, this one connects directly.
 _NO_PROXY = {"proxy": None} if "proxy" in inspect.signature(_ws_connect.__init__).parameters else {}
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes before Python 3.11
 
 OnGap = Callable[[dict[str, Any]], Any]
-
-
-def _check_seconds(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> Any:
-    """``value`` as a float number of seconds (None when allowed), or ValueError naming ``name``."""
-    if value is None and allow_none:
-        return None
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or value != value
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        raise ValueError(
-            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds,"
-            f" got {value!r}"
-        )
-    return float(value)
 
 
 def _rejected(status: int, body: bytes | bytearray) -> HandshakeRejected:
@@ -124,15 +109,6 @@ def _rejected(status: int, body: bytes | bytearray) -> HandshakeRejected:
     elif text:
         message = text[:200]
     return HandshakeRejected(status, code, message)
-
-
-class _Gap:
-    """A ``recovered: false`` resume frame, kept in stream order in the queue."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: dict[str, Any]) -> None:
-        self.frame = frame
 
 
 _TIMEOUT = object()
@@ -181,7 +157,7 @@ class _AsyncEventQueue:
         """Append ``item``; False (and nothing appended) when the queue is full."""
         if self._ended:
             return True  # nobody will read it: accepting keeps the producer simple
-        counts = not isinstance(item, _Gap)
+        counts = not isinstance(item, Gap)
         if counts and not force and self._events >= self.maxsize:
             return False
         self._items.append(item)
@@ -199,7 +175,7 @@ class _AsyncEventQueue:
         while True:
             if self._items:
                 item = self._items.popleft()
-                if not isinstance(item, _Gap):
+                if not isinstance(item, Gap):
                     self._events -= 1
                     if self._events <= self.low_water:
                         self._wake()  # a paused connection may go on
@@ -231,21 +207,6 @@ class _AsyncEventQueue:
         self._wake()
 
 
-class _Session:
-    """What the connection task knows about the current connection."""
-
-    __slots__ = ("filter_version", "hello_epoch", "hello_seq", "resume_left", "resume_to", "since", "started")
-
-    def __init__(self, since: int | None, filter_version: int) -> None:
-        self.since = since
-        self.filter_version = filter_version
-        self.hello_epoch: str | None = None
-        self.hello_seq: int | None = None
-        self.started = False  # hello (or, from a legacy server, a first frame) received
-        self.resume_to: int | None = None  # while missed events of a recovered resume arrive
-        self.resume_left = 0
-
-
 class _Outcome:
     __slots__ = ("close_code", "error", "established", "kind")
 
@@ -262,7 +223,7 @@ class _Outcome:
         self.close_code = close_code
 
 
-class AsyncCodaEventClient:
+class AsyncCodaEventClient(ClientCore):
     """A v1 client for the coda_ws event stream, for asyncio, with reconnect and resume.
 
     Read the events with ``async for event in client`` or ``await
@@ -307,116 +268,15 @@ class AsyncCodaEventClient:
     Not thread-safe: use it from the event loop it belongs to.
     """
 
-    def __init__(
-        self,
-        url: str,
-        types: TypePatterns | None = None,
-        session_id: str | None = None,
-        token: str | None = None,
-        resume: bool = True,
-        reconnect: bool = True,
-        on_gap: OnGap | None = None,
-        *,
-        since: int | None = None,
-        replay: bool = True,
-        max_queue: int = 10_000,
-        connect_timeout: float = 10.0,
-        close_timeout: float = 1.0,
-        backoff_initial: float = 0.1,
-        backoff_max: float = 10.0,
-        backoff_factor: float = 2.0,
-        backoff_jitter: float = 0.5,
-        max_retries: int | None = None,
-        retry_first_connect: bool = True,
-        ping_interval: float | None = 20.0,
-        max_message_size: int | None = 16 * 1024 * 1024,
-        name: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        # Long: one check per constructor argument, each with its own message; the arguments are the
-        # public API
-        self.url = url
-        self._host, self._port, self._path, self._query, self._secure = parse_ws_url(url)
-        event_filter = EventFilter(types, session_id)  # raises TypeError/ValueError early
-        if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n")):
-            raise ValueError("token must be a non-empty string without line breaks")
-        if on_gap is not None and not callable(on_gap):
-            raise TypeError(f"on_gap must be callable, got {type(on_gap).__name__}")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-            raise ValueError(f"since must be a non-negative integer, got {since!r}")
-        if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 2:
-            raise ValueError(f"max_queue must be an integer of at least 2, got {max_queue!r}")
-        if max_retries is not None and (
-            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
-        ):
-            raise ValueError(f"max_retries must be a non-negative integer or None, got {max_retries!r}")
-        if (
-            not isinstance(backoff_factor, (int, float))
-            or isinstance(backoff_factor, bool)
-            or not (1 <= backoff_factor <= 100)
-        ):
-            raise ValueError(f"backoff_factor must be a number from 1 to 100, got {backoff_factor!r}")
-        if (
-            not isinstance(backoff_jitter, (int, float))
-            or isinstance(backoff_jitter, bool)
-            or not (0 <= backoff_jitter <= 1)
-        ):
-            raise ValueError(f"backoff_jitter must be a number from 0 to 1, got {backoff_jitter!r}")
-        if max_message_size is not None and (
-            not isinstance(max_message_size, int) or max_message_size < 1024
-        ):
-            raise ValueError(
-                f"max_message_size must be at least 1024 bytes or None, got {max_message_size!r}"
-            )
-        self.connect_timeout: float = _check_seconds("connect_timeout", connect_timeout)
-        self.close_timeout: float = _check_seconds("close_timeout", close_timeout, allow_zero=True)
-        self.backoff_initial: float = _check_seconds("backoff_initial", backoff_initial)
-        self.backoff_max: float = _check_seconds("backoff_max", backoff_max)
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                f"backoff_max ({backoff_max!r}) must not be less than backoff_initial ({backoff_initial!r})"
-            )
-        self.backoff_factor = float(backoff_factor)
-        self.backoff_jitter = float(backoff_jitter)
-        self.ping_interval: float | None = (
-            _check_seconds("ping_interval", ping_interval, allow_none=True) or None
-        )
-        self.resume = bool(resume)
-        self.auto_reconnect = bool(reconnect)
-        self.replay = bool(replay)
-        self.max_retries = max_retries
-        self.retry_first_connect = bool(retry_first_connect)
-        self.max_message_size = max_message_size
-        self.on_gap = on_gap
-        self.name = name or f"{self._host}:{self._port}"
-        self._token = token
-        self._ssl_context = ssl_context
+    _queue: "_AsyncEventQueue"
 
-        # Written by the connection task only.
-        self._epoch: str | None = None
-        self._last_seq = since if since is not None else 0
-        self._start_since = since
-        self._delivered_max = 0  # highest seq queued for the application in this epoch
-        self._recovered: bool | None = None
-        self._client_id: str | None = None
-        self._close_code: int | None = None
-
+    def _setup(self, max_queue: int) -> None:
         self._queue = _AsyncEventQueue(max_queue)
-        self._types = event_filter.types
-        self._session_id = session_id
-        self._filter_version = 0  # bumped by subscribe(); a connection knows which version its URL carries
-        self._closing = False
-        self._connected = False
-        self._finished = False
         self._error: BaseException | None = None
         self._last_error: BaseException | None = None
         self._ws: Any = None  # the open connection (websockets ClientConnection)
-        self._ping_id = 0
         self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._subscribed_acks = 0
-        self._last_subscribed: dict[str, Any] | None = None
         self._changed: asyncio.Future[None] | None = None  # resolved when state changes (see _notify)
-        self._counters: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None  # set by close(); ends backoff waits
@@ -506,41 +366,6 @@ class AsyncCodaEventClient:
     # -- public state -----------------------------------------------------------
 
     @property
-    def last_seq(self) -> int:
-        """The stream position the client has everything up to (and resumes after)."""
-        return self._last_seq
-
-    @property
-    def epoch(self) -> str | None:
-        """The epoch of the stream ``last_seq`` belongs to (None before the first hello)."""
-        return self._epoch
-
-    @property
-    def recovered(self) -> bool | None:
-        """The outcome of the last resume: True, False, or None (no resume yet)."""
-        return self._recovered
-
-    @property
-    def client_id(self) -> str | None:
-        """The id the server gave the current (or last) connection."""
-        return self._client_id
-
-    @property
-    def connected(self) -> bool:
-        """True while a session is open (hello received)."""
-        return self._connected
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called or the stream has ended for good."""
-        return self._closing or self._finished
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code of the last connection that ended (None before)."""
-        return self._close_code
-
-    @property
     def error(self) -> BaseException | None:
         """The error the stream ended with, or None."""
         return self._error
@@ -606,7 +431,7 @@ class AsyncCodaEventClient:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             item = await self._queue.get(remaining)
-            if isinstance(item, _Gap):
+            if isinstance(item, Gap):
                 await self._call_on_gap(item.frame)
                 continue
             return None if item is _TIMEOUT or item is _END else item
@@ -649,7 +474,7 @@ class AsyncCodaEventClient:
             ValueError, TypeError: a malformed filter.
         """
         event_filter = EventFilter(types, session_id)
-        frame = _subscribe_frame(event_filter.types, session_id)
+        frame = self._subscribe_frame(event_filter.types, session_id)
         self._types, self._session_id = event_filter.types, session_id
         self._filter_version += 1
         ws = self._ws if self._connected else None
@@ -799,38 +624,12 @@ class AsyncCodaEventClient:
         exc.__cause__ = error
         return exc
 
-    def _backoff(self, retries: int) -> float:
-        """Seconds before the next attempt: ``backoff_initial`` times
-        ``backoff_factor`` to the power of the retries since the last session,
-        at most ``backoff_max``, minus a random part of up to ``backoff_jitter``."""
-        base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(retries, 64))
-        return base * (1.0 - self.backoff_jitter * random.random())
-
-    def _resume_point(self) -> tuple[int | None, str | None]:
-        if self.resume and self._epoch is not None:
-            return self._last_seq, self._epoch
-        if self._start_since is not None and self._epoch is None:
-            return self._start_since, None
-        return None, None
-
     def _uri(self, since: int | None, epoch: str | None) -> tuple[str, int]:
         """The URI for the next connection, and the version of the filters it carries."""
-        query = list(self._query) + [("v", "1")]
-        if self._types is not None:
-            query.append(("types", ",".join(self._types)))
-        if self._session_id is not None:
-            query.append(("session_id", self._session_id))
-        if since is not None:
-            query.append(("since", str(since)))
-            if epoch is not None:
-                query.append(("epoch", epoch))
-        if not self.replay:
-            query.append(("replay", "0"))
+        target = self._target(since, epoch, self._types, self._session_id)
         host = f"[{self._host}]" if ":" in self._host else self._host
-        netloc = f"{host}:{self._port}"
-        return urlunsplit(
-            ("wss" if self._secure else "ws", netloc, self._path, urlencode(query), "")
-        ), self._filter_version
+        scheme = "wss" if self._secure else "ws"
+        return f"{scheme}://{host}:{self._port}{target}", self._filter_version
 
     async def _connection(self) -> _Outcome:
         """One connection, from connect to close."""
@@ -877,7 +676,7 @@ class AsyncCodaEventClient:
         except (OSError, InvalidHandshake, EOFError) as exc:
             return _Outcome("retry", error=exc)
         self._ws = ws
-        session = _Session(since, filter_version)
+        session = Session(since, None, filter_version)
         outcome: _Outcome | None = None
         try:
             outcome = await self._read(ws, session)
@@ -885,7 +684,7 @@ class AsyncCodaEventClient:
             await self._end_connection(ws, outcome)
         return outcome
 
-    async def _read(self, ws: Any, session: _Session) -> _Outcome:
+    async def _read(self, ws: Any, session: Session) -> _Outcome:
         """Handle the frames of one connection until it ends, pauses or stops."""
         while True:
             if self._closing:
@@ -899,7 +698,7 @@ class AsyncCodaEventClient:
             if not await self._handle_message(ws, session, message):
                 return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
 
-    def _closed_outcome(self, exc: ConnectionClosed, session: _Session) -> _Outcome:
+    def _closed_outcome(self, exc: ConnectionClosed, session: Session) -> _Outcome:
         sent = exc.sent
         if sent is not None and sent.code == _CLOSE_TOO_BIG:
             error = ClientConnectionError(
@@ -909,8 +708,8 @@ class AsyncCodaEventClient:
         rcvd = exc.rcvd
         code = int(rcvd.code) if rcvd is not None else 1006
         reason = rcvd.reason if rcvd is not None else ""
-        self._counters[f"disconnect:{'connection_lost' if code in _NO_STATUS else code}"] += 1
-        if code in _NO_STATUS:
+        self._counters[f"disconnect:{'connection_lost' if code in NO_STATUS else code}"] += 1
+        if code in NO_STATUS:
             return _Outcome(
                 "retry", session.started, ConnectionResetError("connection lost"), close_code=code
             )
@@ -943,7 +742,7 @@ class AsyncCodaEventClient:
 
     # -- frames ---------------------------------------------------------------------
 
-    async def _handle_message(self, ws: Any, session: _Session, message: str | bytes) -> bool:
+    async def _handle_message(self, ws: Any, session: Session, message: str | bytes) -> bool:
         """Handle one frame; False when the queue is full (the caller pauses)."""
         if not isinstance(message, str):
             self._counters["invalid_frames"] += 1
@@ -968,7 +767,7 @@ class AsyncCodaEventClient:
         elif kind == "resume":
             self._on_resume(session, data)
         elif kind == "replay":
-            self._on_replay(data)
+            self._on_replay(session, data)
         elif kind == "pong":
             ping_id = data.get("id")
             pong = self._pongs.get(ping_id) if type(ping_id) is int else None
@@ -987,7 +786,7 @@ class AsyncCodaEventClient:
             return self._accept_event(session, data)
         return True
 
-    async def _session_started(self, ws: Any, session: _Session) -> None:
+    async def _session_started(self, ws: Any, session: Session) -> None:
         session.started = True
         self._connected = True
         self._counters["sessions"] += 1
@@ -996,127 +795,14 @@ class AsyncCodaEventClient:
             # subscribe() was called after this connection's URI was made and
             # before it opened: send the filters it did not carry.
             try:
-                await ws.send(_subscribe_frame(self._types, self._session_id))
+                await ws.send(self._subscribe_frame(self._types, self._session_id))
             except ConnectionClosed:
                 pass  # the reading loop sees the end next
 
-    async def _on_hello(self, ws: Any, session: _Session, frame: dict[str, Any]) -> None:
-        epoch, seq = frame.get("epoch"), frame.get("seq")
-        if not isinstance(epoch, str) or type(seq) is not int:
-            log.warning("%s: malformed hello frame: %.200s", self.name, frame)
-            epoch, seq = None, None
-        session.hello_epoch, session.hello_seq = epoch, seq
-        client_id = frame.get("client_id")
-        self._client_id = client_id if isinstance(client_id, str) else None
-        if session.since is None and epoch is not None:
-            self._move_to(epoch, seq)  # a fresh start: live events follow hello.seq
+    async def _on_hello(self, ws: Any, session: Session, frame: dict[str, Any]) -> None:
+        self._read_hello(session, frame)
         if not session.started:
             await self._session_started(ws, session)
-        log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
-
-    def _move_to(self, epoch: str, seq: int | None) -> None:
-        """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
-        if epoch != self._epoch:
-            self._delivered_max = 0
-            self._last_seq = 0
-            self._epoch = epoch
-        if seq is not None and seq > self._last_seq:
-            self._last_seq = seq
-
-    def _on_resume(self, session: _Session, frame: dict[str, Any]) -> None:
-        if frame.get("recovered") is True:
-            self._recovered = True
-            if session.hello_epoch is not None:
-                self._epoch = session.hello_epoch
-            to, count = frame.get("to"), frame.get("count")
-            if type(to) is int and type(count) is int:
-                session.resume_to, session.resume_left = to, count
-                if count <= 0:
-                    self._finish_resume(session)
-            log.debug("%s: resumed: %s", self.name, frame)
-            return
-        self._recovered = False
-        self._counters["gaps"] += 1
-        reason = frame.get("reason")
-        log.info("%s: could not resume after %s (%s): the state is stale", self.name, session.since, reason)
-        if reason == "unknown_position" and session.hello_epoch == self._epoch:
-            self._epoch = None  # the positions we hold mean nothing to this server
-        if session.hello_epoch is not None:
-            self._move_to(session.hello_epoch, session.hello_seq)
-        self._queue.offer(_Gap(dict(frame)))
-
-    def _finish_resume(self, session: _Session) -> None:
-        if session.resume_to is not None and session.resume_to > self._last_seq:
-            self._last_seq = session.resume_to
-        session.resume_to = None
-
-    def _on_replay(self, frame: dict[str, Any]) -> None:
-        events = frame.get("events")
-        if not isinstance(events, list):
-            self._counters["invalid_frames"] += 1
-            log.warning("%s: malformed replay frame: %.200s", self.name, frame)
-            return
-        for data in events:
-            if not isinstance(data, dict):
-                self._counters["invalid_events"] += 1
-                log.warning("%s: ignoring a replay item that is not an object: %.200r", self.name, data)
-                continue
-            seq = data.get("seq")
-            if type(seq) is int:
-                if seq <= self._delivered_max:
-                    self._counters["duplicates_dropped"] += 1
-                    continue
-                self._delivered_max = seq
-            self._counters["events"] += 1
-            self._queue.offer(self._decode(data), force=True)
-
-    def _accept_event(self, session: _Session, data: dict[str, Any]) -> bool:
-        seq = data.get("seq")
-        if type(seq) is not int:
-            self._counters["invalid_events"] += 1
-            log.warning("%s: event without an integer seq, delivered as received: %.200s", self.name, data)
-            self._queue.offer(dict(data), force=True)
-            return True
-        if session.resume_to is not None and seq > session.resume_to:
-            self._finish_resume(session)
-        if seq <= self._delivered_max:
-            self._counters["duplicates_dropped"] += 1
-            return True
-        if not self._queue.offer(self._decode(data)):
-            log.info(
-                "%s: %d events wait for the application: pausing the stream", self.name, len(self._queue)
-            )
-            return False
-        self._delivered_max = seq
-        if seq > self._last_seq:
-            self._last_seq = seq
-        self._counters["events"] += 1
-        if session.resume_to is not None:
-            session.resume_left -= 1
-            if session.resume_left <= 0:
-                self._finish_resume(session)
-        return True
-
-    def _decode(self, data: dict[str, Any]) -> Any:
-        """The event object for a wire dict, or the dict when it cannot be one."""
-        type_name = data.get("type")
-        if not isinstance(type_name, str) or type_name not in registered_event_types():
-            log.debug("%s: event of type %r, not registered here, delivered as a dict", self.name, type_name)
-            return data
-        if data.get("redacted") is True:
-            return data  # content fields are null: a dict, not a (valid) event object
-        try:
-            return validate_event(data)
-        except InvalidEventError as exc:
-            self._counters["invalid_events"] += 1
-            log.warning(
-                "%s: invalid %s event (seq %s) delivered as a dict: %s",
-                self.name,
-                type_name,
-                data.get("seq"),
-                exc,
-            )
-            return data
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected" if self._connected else "connecting"
@@ -1143,9 +829,3 @@ async def _close_draining(ws: Any) -> None:
     finally:
         drainer.cancel()
         await asyncio.wait({drainer})
-
-
-def _subscribe_frame(types: Sequence[str] | None, session_id: str | None) -> str:
-    return encode_json(
-        {"type": "subscribe", "types": list(types) if types is not None else None, "session_id": session_id}
-    )
