@@ -99,6 +99,7 @@ __all__ = [
     "ResumeFrame",
     "ResumeResult",
     "Sequencer",
+    "SharedChunk",
     "Subscription",
 ]
 
@@ -269,6 +270,62 @@ class ResumeResult:
         return frame
 
 
+class SharedChunk:
+    """The frames of one published chunk, joined once for every reader that
+    is caught up and unfiltered.
+
+    The dispatcher builds it (:meth:`of`) when a chunk can be taken whole by
+    such a reader: at most :data:`CONFLATE_BACKLOG` entries (so a reader that
+    was caught up conflates none of them) and no holes nor events for a
+    single reader. A reader whose cursor is :attr:`after` and whose filter
+    lets everything through would get exactly these frames from
+    :meth:`Subscription.read`; it may send :attr:`data` (or
+    :meth:`redacted_data`) as is and commit :attr:`last`. Immutable once
+    built, except the redacted variant, built at most once on first use.
+
+    Attributes:
+        after: the position just before the chunk (a caught-up reader's cursor).
+        last: the chunk's last seq (the position to commit).
+        count: how many events it holds.
+        data: their frames, joined.
+    """
+
+    __slots__ = ("_entries", "_redacted", "after", "count", "data", "last")
+    after: int
+    last: int
+    count: int
+    data: bytes
+    _entries: list[Entry]
+    _redacted: bytes | None
+
+    @classmethod
+    def of(cls, entries: "list[Entry | Hole]") -> "SharedChunk | None":
+        """The shared chunk of ``entries`` (consecutive, oldest first), or
+        None when a reader could not take them whole."""
+        if len(entries) > CONFLATE_BACKLOG:
+            return None
+        for entry in entries:
+            if entry.target is not None:  # a hole or an event for one reader
+                return None
+        chunk = cls()
+        chunk._entries = known = cast("list[Entry]", entries)  # no holes: checked just above
+        chunk._redacted = None
+        chunk.after = known[0].seq - 1
+        chunk.last = known[-1].seq
+        chunk.count = len(known)
+        chunk.data = known[0].frame if len(known) == 1 else b"".join([entry.frame for entry in known])
+        return chunk
+
+    def redacted_data(self) -> bytes:
+        """:attr:`data` for readers without ``read:content`` (each entry's
+        redacted frame, joined once; racing builders make identical bytes)."""
+        data = self._redacted
+        if data is None:
+            data = b"".join([entry.redacted_frame() for entry in self._entries])
+            self._redacted = data
+        return data
+
+
 class Subscription:
     """A reader's position in the stream and what it wants from it.
 
@@ -314,8 +371,12 @@ class Subscription:
         #: None, or a callable the dispatcher calls instead of ``wake.set()``
         #: after publishing: the server's ``Connection.push``, which writes the
         #: new entries from the dispatcher's thread when the reader's writer
-        #: is idle (and wakes it otherwise). It must never block.
-        self.notify: Callable[[], object] | None = None
+        #: is idle (and wakes it otherwise). It must never block. It gets the
+        #: chunk's :class:`SharedChunk`, or None when the chunk has none.
+        self.notify: Callable[[SharedChunk | None], object] | None = None
+        #: True while the filter lets every event through (no types, no
+        #: session): such a reader can take a :class:`SharedChunk` whole.
+        self.unfiltered = event_filter.types is None and event_filter.session_id is None
         self.overflowed: str | None = None
         #: With ``overflowed``: None when the reader fell behind, or
         #: :data:`STALE_EPOCH_CHANGED` when its positions belong to an epoch
@@ -363,6 +424,7 @@ class Subscription:
         """Replace the filter; applies from the next :meth:`read` on."""
         with self._lag_lock:
             self._filter = event_filter
+            self.unfiltered = event_filter.types is None and event_filter.session_id is None
             self._lossless.clear()
             self._scanned_to = None
 
@@ -1388,14 +1450,16 @@ class EventBus:
                         del replay[: len(replay) - max_replay]
             self._head = head = entries[-1].seq
             subscribers = self._subscribers
+        shared = SharedChunk.of(entries) if subscribers else None
         for sub in subscribers:
-            sub._check_lag(head)
+            if sub._scanned_to is not None or head - sub._cursor > sub._limit:
+                sub._check_lag(head)
             notify = sub.notify
             if notify is None:
                 sub.wake.set()
                 continue
             try:
-                notify()
+                notify(shared)
             except Exception:  # a bug in one reader's hook must not starve the others
                 log.exception("notifying reader %s failed", sub.id)
                 sub.wake.set()

@@ -71,7 +71,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .bus import Subscription
+    from .bus import SharedChunk, Subscription
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -475,10 +475,15 @@ class Connection:
             self._closing = (code, reason, after)
         self.wake.set()
 
-    def push(self) -> None:
+    def push(self, shared: "SharedChunk | None" = None) -> None:
         """Write the events waiting for this client now, from the calling
         thread (the dispatcher, right after it published them), if that can
         be done without waiting; otherwise wake the writer. Never blocks.
+
+        ``shared``: the chunk just published, joined once for every caught-up
+        unfiltered client (see :class:`~coda_ws.bus.SharedChunk`). When this
+        client is one of them its bytes are sent as they are, without reading
+        the stream for it.
 
         :meth:`run` makes this the subscription's ``notify`` once the writer
         holds the pen, so nothing is written before the first frames (hello,
@@ -489,7 +494,11 @@ class Connection:
             self.wake.set()  # the writer is awake, or has work only it can do
             return
         try:
-            done = self._write_new_events()
+            sub = self.subscription
+            if shared is not None and sub.unfiltered and sub.cursor == shared.after:
+                done = self._write_shared(shared)
+            else:
+                done = self._write_new_events()
         finally:
             pen.release()
         if not done:
@@ -660,6 +669,28 @@ class Connection:
             self.frames_sent += len(entries)
             sub.delivered += len(entries)
         sub.commit(position)
+        return not sock.has_unsent and not sub.lag
+
+    def _write_shared(self, shared: "SharedChunk") -> bool:
+        """:meth:`_write_new_events` for a caught-up, unfiltered client: the
+        chunk's frames are exactly what reading the stream would return."""
+        sub = self.subscription
+        sock = self.sock
+        if sub.overflowed or sock.has_unsent:
+            return False
+        data = shared.redacted_data() if self.redact else shared.data
+        if len(data) > DIRECT_WRITE_BYTES:
+            return False
+        try:
+            taken = sock.try_send(data)
+        except OSError:
+            taken = False  # the writer's own send meets the error and ends the connection
+        if not taken:
+            return False
+        count = shared.count
+        self.frames_sent += count
+        sub.delivered += count
+        sub.commit(shared.last)
         return not sock.has_unsent and not sub.lag
 
     def _take_outbox(self) -> list[bytes]:
