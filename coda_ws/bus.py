@@ -270,6 +270,48 @@ class ResumeResult:
         return frame
 
 
+class _Doorbell:
+    """Wakes the dispatcher: :meth:`ring` from any thread, :meth:`wait` in
+    the one thread that owns it.
+
+    A ``threading.Event`` runs a ``Condition`` in Python on every ``set()``
+    while its thread waits (a waiter lock, a deque, ``notify_all``), and
+    again in ``wait()`` and ``clear()``; at a steady rate that is paid once
+    per event, in ``emit()`` and in the dispatcher. Here a ring is one
+    C-level lock release, and only the first ring after a wait releases:
+    the lock is held while nobody rang, ``ring()`` releases it, ``wait()``
+    takes it back.
+
+    No ring is lost: a ringer that sees :attr:`rung` set leaves the release
+    to whoever set it, and the owner resets :attr:`rung` only after taking
+    the lock and before it looks for work, so work queued before that ring
+    is seen. Two ringers that both saw it unset both release; the second
+    finds the lock free already (``RuntimeError``, ignored) or releases the
+    owner's next wait early, which only costs an empty pass.
+    """
+
+    __slots__ = ("_lock", "rung")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: True from a ring until the owner's wait returns: later rings do nothing.
+        self.rung = True  # a new bell starts rung: its owner's first wait returns at once
+
+    def ring(self) -> None:
+        """Wake the owner (thread-safe, never blocks)."""
+        if not self.rung:
+            self.rung = True
+            try:
+                self._lock.release()
+            except RuntimeError:  # another ringer released it first
+                pass
+
+    def wait(self) -> None:
+        """Block until a ring (the owner only)."""
+        self._lock.acquire()
+        self.rung = False
+
+
 class SharedChunk:
     """The frames of one published chunk, joined once for every reader that
     is caught up and unfiltered.
@@ -627,7 +669,8 @@ class EventBus:
         self._emit_lock = threading.Lock()
         self._last_seq = 0
         self._queue: collections.deque[_Work] = collections.deque()
-        self._pending = threading.Event()
+        # Wakes the dispatcher; one per dispatcher thread (see _start_dispatcher).
+        self._bell = _Doorbell()
 
         # _lock guards the ring head, the replay buffer and the subscriber set,
         # so a new subscriber sees a head and a replay buffer that agree.
@@ -639,6 +682,9 @@ class EventBus:
         # lossless event; at most a quarter of the history.
         self._chunk = max(1, min(_MAX_CHUNK, (history_size - client_queue_size) // 2, history_size // 4))
         self._head = 0
+        # The last seq whose batch went to the readers *and* the listeners:
+        # what flush() waits for (the head moves before the listeners run).
+        self._settled = 0
         self._replay: list[dict[str, Any]] = []
         self._subscribers: tuple[Subscription, ...] = ()
         self._latest_state: dict[tuple[str, str | None], int] = {}
@@ -647,6 +693,9 @@ class EventBus:
         # an old dispatcher finishing while a new one starts keeps seq order.
         self._dispatch_lock = threading.Lock()
         self._dispatched = threading.Condition(threading.Lock())
+        # flush() calls waiting on _dispatched (changed under its lock): the
+        # dispatcher notifies only when there are any.
+        self._flush_waiters = 0
         self._state_lock = threading.Lock()  # guards _thread and _stop
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
@@ -761,10 +810,9 @@ class EventBus:
                     del replay[0 : len(replay) - self._max_replay_events]
         if self._thread is None:
             self._start_dispatcher()
-        if not self._pending.is_set():
-            # Safe to skip: a set flag means the dispatcher has not yet cleared
-            # it, and it drains the queue (our item included) after clearing.
-            self._pending.set()
+        bell = self._bell
+        if not bell.rung:  # rung: the dispatcher has yet to wake, and drains our item after it does
+            bell.ring()
         event = assemble_event(cls, seq, timestamp, session_id, values)
         self._emit_ns.append(_now_ns() - start)
         return event
@@ -1110,7 +1158,7 @@ class EventBus:
                 epoch_changed = epoch != self.epoch
                 self.epoch = epoch
                 self._ring = ring
-                self._head = last_seq
+                self._head = self._settled = last_seq
                 self._floor = floor
                 self._latest_state = latest
                 with self._emit_lock:
@@ -1123,8 +1171,7 @@ class EventBus:
                 sub._overflow("the stream's epoch changed", stale=STALE_EPOCH_CHANGED)
             else:
                 sub._overflow("the stream was restored from its journal or backplane")
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     @staticmethod
     def _check_windows(
@@ -1173,9 +1220,8 @@ class EventBus:
         integer("fence", seq, 0, none_ok=True)
         self._on_fence_held = on_held
         self._fence = seq
-        self._pending.set()  # the dispatcher re-reads the fence when it takes the next batch
-        with self._dispatched:
-            self._dispatched.notify_all()  # flush() waits for what the fence lets through
+        self._bell.ring()  # the dispatcher re-reads the fence when it takes the next batch
+        self._wake_flushers()  # flush() waits for what the fence lets through
 
     def fence_at_head(self) -> int:
         """Set the fence to the last seq dispatched, atomically with the
@@ -1184,8 +1230,7 @@ class EventBus:
         nothing after that seq was handed out."""
         with self._dispatch_lock:
             self._fence = head = self._head
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
         return head
 
     @property
@@ -1289,8 +1334,7 @@ class EventBus:
             with self._emit_lock:
                 self._last_seq = max(self._last_seq, expected - 1)
             self._deliver(made, holes=any(type(entry) is Hole for entry, _ in made))
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     def stored_history(
         self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None
@@ -1366,10 +1410,14 @@ class EventBus:
             if self._thread is not None:
                 return
             self._stop = stop = threading.Event()
+            # Its own bell, starting rung: a dispatcher still ending after a
+            # close() that timed out can never take a ring meant for this one,
+            # and this one first drains what was queued before it existed.
+            self._bell = bell = _Doorbell()
             # daemon: a script that never calls close() can still exit; close(),
             # stop() and the journal's exit hook join it.
             self._thread = threading.Thread(
-                target=self._run, args=(stop,), name="coda-ws-dispatcher", daemon=True
+                target=self._run, args=(stop, bell), name="coda-ws-dispatcher", daemon=True
             )
             self._thread.start()
 
@@ -1377,11 +1425,9 @@ class EventBus:
         """Start the dispatcher thread (emit and subscribe also start it)."""
         self._start_dispatcher()
 
-    def _run(self, stop: threading.Event) -> None:
-        pending = self._pending
+    def _run(self, stop: threading.Event, bell: _Doorbell) -> None:
         while True:
-            pending.wait()
-            pending.clear()
+            bell.wait()
             try:
                 self._dispatch_pending()
             except Exception:  # a bug here must not silently stop the stream
@@ -1407,8 +1453,7 @@ class EventBus:
             self._report_fence_held()
         if not batch:
             return
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     def _deliver(self, made: list[_Made], holes: bool = False) -> None:
         """Publish ``(entry, record)`` pairs to the ring, the replay buffer,
@@ -1430,6 +1475,7 @@ class EventBus:
             except Exception:
                 self._count("listener_errors")
                 log.exception("bus listener %r failed", listener)
+        self._settled = self._head
         self.emit_durations.drain()
 
     def _publish_chunk(self, entries: list[Entry | Hole], records: dict[int, EventDict]) -> None:
@@ -1500,7 +1546,8 @@ class EventBus:
         return made
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event emitted before this call is dispatched.
+        """Wait until every event emitted before this call is dispatched (published
+        to the readers, and its batch handed to the listeners).
 
         Returns True when it is, False when ``timeout`` seconds passed first.
         Events held above the fence (:meth:`set_fence`) are waited for only
@@ -1510,24 +1557,38 @@ class EventBus:
         is left, so a caller never hangs on a failing disk.
         """
         target = self._last_seq
-        if self._head >= target:
+        if self._settled >= target:
             return True
         if self._thread is None:
             self._start_dispatcher()
-        self._pending.set()
+        self._bell.ring()
         deadline = Deadline(timeout)
         fenced = timeout is None
         with self._dispatched:
-            while self._head < (self._dispatchable(target) if fenced else target):
-                remaining = deadline.remaining()
-                if deadline.expired:
-                    return False
-                self._dispatched.wait(remaining)
-        return self._head >= target
+            self._flush_waiters += 1
+            try:
+                while self._settled < (self._dispatchable(target) if fenced else target):
+                    remaining = deadline.remaining()
+                    if deadline.expired:
+                        return False
+                    self._dispatched.wait(remaining)
+            finally:
+                self._flush_waiters -= 1
+        return self._settled >= target
+
+    def _wake_flushers(self) -> None:
+        """Wake the flush() calls waiting for the head to move, if any.
+
+        Called after the head moved. Reading the count without the lock is
+        safe: a flush() that counts itself after this read checks the head
+        after that, under the lock, and sees it moved."""
+        if self._flush_waiters:
+            with self._dispatched:
+                self._dispatched.notify_all()
 
     def _dispatchable(self, target: int) -> int:
         fence = self._fence
-        return target if fence is None else min(target, max(fence, self._head))
+        return target if fence is None else min(target, max(fence, self._settled))
 
     def close(self, timeout: float | None = 5.0) -> bool:
         """Dispatch everything emitted so far and stop the dispatcher thread.
@@ -1536,12 +1597,12 @@ class EventBus:
         dispatcher. Returns True when the thread ended within ``timeout``.
         """
         with self._state_lock:
-            thread, stop = self._thread, self._stop
+            thread, stop, bell = self._thread, self._stop, self._bell
             self._thread = None
         if thread is None or stop is None:  # set together: both or neither
             return True
         stop.set()
-        self._pending.set()
+        bell.ring()
         thread.join(timeout)
         self._dispatch_pending()  # anything that raced with the stop
         return not thread.is_alive()
