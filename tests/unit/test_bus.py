@@ -469,3 +469,36 @@ def test_a_dispatcher_started_after_close_takes_its_own_rings():
         assert [event["status"] for event in drain(sub)] == ["a", "b"]
     finally:
         bus.close()
+
+
+def test_emit_lookups_kept_from_earlier_calls_stay_exact(monkeypatch):
+    """emit() keeps resolved type names and session ids' JSON from earlier
+    calls (coda_ws.wire): every event still carries its own session id past
+    the bound, bad session ids and unknown types still raise every time, and
+    str subclasses take the checked path."""
+    from coda_ws import wire
+
+    monkeypatch.setattr(wire, "_SESSIONS", {})
+    monkeypatch.setattr(wire, "_MAX_SESSIONS", 5)
+    bus = EventBus(history_size=100)
+    try:
+        sessions = [f's{i % 8}\u00e9"' for i in range(20)]
+        for session in sessions:
+            bus.emit("tts_status", status="x", session_id=session)
+
+        class Tagged(str):
+            pass
+
+        bus.emit("tts_status", status="y", session_id=Tagged("tagged"))
+        for _ in range(2):
+            with pytest.raises(InvalidEventError, match="session_id"):
+                bus.emit("tts_status", status="z", session_id="\ud800")
+            with pytest.raises(InvalidEventError, match="unknown event type"):
+                bus.emit("tts_statuz", status="z")
+        bus.flush(5)
+        events = [entry.to_dict() for entry in bus.history()]
+    finally:
+        bus.close()
+    assert [event["session_id"] for event in events] == sessions + ["tagged"]
+    assert len(wire._SESSIONS) <= 5 and "\ud800" not in wire._SESSIONS
+    assert "tts_statuz" not in wire._CLASSES
