@@ -495,10 +495,29 @@ class Connection:
             return
         try:
             sub = self.subscription
-            if shared is not None and sub.unfiltered and sub.cursor == shared.after:
-                done = self._write_shared(shared)
-            else:
+            if shared is None or not sub.unfiltered or sub.cursor != shared.after or sub.overflowed:
                 done = self._write_new_events()
+            else:
+                # The shared chunk, inline (this runs once per client per
+                # event): its bytes are exactly what reading the stream would
+                # return for this client. The head is the chunk's last seq
+                # while the dispatcher notifies, so once it is taken nothing
+                # is left but a possible unsent tail.
+                sock = self.sock
+                data = shared.redacted_data() if self.redact else shared.data
+                if len(data) > DIRECT_WRITE_BYTES:
+                    done = False
+                else:
+                    try:
+                        done = sock.try_send(data)
+                    except OSError:
+                        done = False  # the writer's own send meets the error and ends the connection
+                    if done:
+                        count = shared.count
+                        self.frames_sent += count
+                        sub.delivered += count
+                        sub.commit(shared.last)
+                        done = not sock.has_unsent
         finally:
             pen.release()
         if not done:
@@ -669,28 +688,6 @@ class Connection:
             self.frames_sent += len(entries)
             sub.delivered += len(entries)
         sub.commit(position)
-        return not sock.has_unsent and not sub.lag
-
-    def _write_shared(self, shared: "SharedChunk") -> bool:
-        """:meth:`_write_new_events` for a caught-up, unfiltered client: the
-        chunk's frames are exactly what reading the stream would return."""
-        sub = self.subscription
-        sock = self.sock
-        if sub.overflowed or sock.has_unsent:
-            return False
-        data = shared.redacted_data() if self.redact else shared.data
-        if len(data) > DIRECT_WRITE_BYTES:
-            return False
-        try:
-            taken = sock.try_send(data)
-        except OSError:
-            taken = False  # the writer's own send meets the error and ends the connection
-        if not taken:
-            return False
-        count = shared.count
-        self.frames_sent += count
-        sub.delivered += count
-        sub.commit(shared.last)
         return not sock.has_unsent and not sub.lag
 
     def _take_outbox(self) -> list[bytes]:

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from coda_ws import _sendfast
-from coda_ws.connection import DIRECT_WRITE_BYTES, Connection, GuardedSocket
+from coda_ws.bus import SharedChunk
+from coda_ws.connection import DIRECT_WRITE_BYTES, GuardedSocket
 
 from ..conftest import TIMEOUT, connect, recv_json, wait_for
 from ..rawws import RawClient
@@ -295,15 +296,14 @@ def test_caught_up_unfiltered_clients_get_the_shared_chunk_and_the_others_their_
     clients get the joined redacted frames, filtered clients read the stream
     for themselves. Through real sockets: every client gets exactly its
     events, in order, as the history holds them (redacted where it must)."""
-    shared_writes = {"count": 0}
-    original = Connection._write_shared
+    shared_writes = {"redacted": 0}
+    original = SharedChunk.redacted_data
 
-    def counting(self, shared):
-        done = original(self, shared)
-        shared_writes["count"] += 1
-        return done
+    def counting(self):
+        shared_writes["redacted"] += 1  # only the shared path asks a chunk for its redacted bytes
+        return original(self)
 
-    monkeypatch.setattr(Connection, "_write_shared", counting)
+    monkeypatch.setattr(SharedChunk, "redacted_data", counting)
     server = server_factory(auth=SHARED_TOKENS)
     content, reader = (
         {"additional_headers": {"Authorization": f"Bearer {token}"}} for token in SHARED_TOKENS
@@ -347,5 +347,5 @@ def test_caught_up_unfiltered_clients_get_the_shared_chunk_and_the_others_their_
     assert all(event["redacted"] for event in got["reader"] if event["type"] != "tts_status")
     assert not any("secret" in json.dumps(event) for event in got["reader"])
     assert got["filtered"] == [history[seq].to_dict() for seq in expected if history[seq].type == "llm_token"]
-    # Most rounds found the clients' writers asleep and caught up: the shared path ran.
-    assert shared_writes["count"] >= rounds, shared_writes
+    # Most rounds found the read-only client's writer asleep and caught up: the shared path ran.
+    assert shared_writes["redacted"] >= rounds // 2, shared_writes
