@@ -107,6 +107,11 @@ log = logging.getLogger("coda_ws.bus")
 
 _now_ns = time.perf_counter_ns  # emit() timing: one global lookup on the hot path
 
+#: emit() durations waiting before the dispatcher folds them into their
+#: histogram (a scrape folds them itself, so none is ever missed): at steady
+#: rates, one drain per event cost the dispatcher about 5 µs per event here.
+_DRAIN_AT = 256
+
 #: Upper bound of the entries published between two lag checks.
 _MAX_CHUNK = 1024
 
@@ -1475,8 +1480,9 @@ class EventBus:
             except Exception:
                 self._count("listener_errors")
                 log.exception("bus listener %r failed", listener)
+        if len(self._emit_ns) >= _DRAIN_AT:
+            self.emit_durations.drain()
         self._settled = self._head
-        self.emit_durations.drain()
 
     def _publish_chunk(self, entries: list[Entry | Hole], records: dict[int, EventDict]) -> None:
         ring = self._ring

@@ -502,3 +502,23 @@ def test_emit_lookups_kept_from_earlier_calls_stay_exact(monkeypatch):
     assert [event["session_id"] for event in events] == sessions + ["tagged"]
     assert len(wire._SESSIONS) <= 5 and "\ud800" not in wire._SESSIONS
     assert "tts_statuz" not in wire._CLASSES
+
+
+def test_emit_durations_are_all_counted_and_their_queue_stays_short():
+    """The dispatcher folds emit() durations into their histogram only once a
+    few hundred wait; a snapshot folds the rest itself, so none is missed."""
+    from coda_ws.bus import _DRAIN_AT
+
+    bus = EventBus()
+    try:
+        for i in range(3):
+            bus.emit("tts_status", status=str(i))
+            bus.flush()
+        assert bus.emit_durations.snapshot().count == 3
+        for i in range(5 * _DRAIN_AT):
+            bus.emit("tts_status", status=str(i))
+            bus.flush()
+            assert len(bus.emit_durations.pending) <= _DRAIN_AT
+        assert bus.emit_durations.snapshot().count == 3 + 5 * _DRAIN_AT
+    finally:
+        bus.close()
