@@ -41,8 +41,17 @@ _NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
 #: Whether the dispatcher may write for clients at all: only where a send can
 #: be made non-blocking per call (MSG_DONTWAIT); elsewhere writers do it all.
 DIRECT_WRITES = bool(DONTWAIT)
+_FLAGS = DONTWAIT | _NOSIGNAL
 _WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
 _size_t = ctypes.c_size_t
+
+#: ``c_size_t`` arguments by length, built once: making one costs about as
+#: much as the rest of the ctypes call (0.6 µs of a 2.6 µs send measured
+#: here), and the dispatcher sends the same lengths to every client. ctypes
+#: passes them by value and nothing mutates them, so threads share them.
+#: Bounded: lengths past :data:`_MAX_SIZES` distinct ones are built per call.
+_sizes: dict[int, Any] = {}
+_MAX_SIZES = 4096
 
 
 def _libc_send() -> Callable[..., Any] | None:
@@ -94,7 +103,13 @@ def send_now(sock: socket.socket, data: bytes) -> int:
             return sock.send(data, DONTWAIT)
         except BlockingIOError:
             return 0
-    sent: int = _send(sock.fileno(), data, _size_t(len(data)), DONTWAIT | _NOSIGNAL)
+    length = len(data)
+    size = _sizes.get(length)
+    if size is None:
+        size = _size_t(length)
+        if len(_sizes) < _MAX_SIZES:
+            _sizes[length] = size
+    sent: int = _send(sock.fileno(), data, size, _FLAGS)
     if sent >= 0:
         return sent
     code = ctypes.get_errno()

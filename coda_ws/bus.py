@@ -100,12 +100,18 @@ __all__ = [
     "ResumeFrame",
     "ResumeResult",
     "Sequencer",
+    "SharedChunk",
     "Subscription",
 ]
 
 log = logging.getLogger("coda_ws.bus")
 
 _now_ns = time.perf_counter_ns  # emit() timing: one global lookup on the hot path
+
+#: emit() durations waiting before the dispatcher folds them into their
+#: histogram (a scrape folds them itself, so none is ever missed): at steady
+#: rates, one drain per event cost the dispatcher about 5 µs per event here.
+_DRAIN_AT = 256
 
 #: Upper bound of the entries published between two lag checks.
 _MAX_CHUNK = 1024
@@ -280,6 +286,104 @@ class ResumeResult:
         return frame
 
 
+class _Doorbell:
+    """Wakes the dispatcher: :meth:`ring` from any thread, :meth:`wait` in
+    the one thread that owns it.
+
+    A ``threading.Event`` runs a ``Condition`` in Python on every ``set()``
+    while its thread waits (a waiter lock, a deque, ``notify_all``), and
+    again in ``wait()`` and ``clear()``; at a steady rate that is paid once
+    per event, in ``emit()`` and in the dispatcher. Here a ring is one
+    C-level lock release, and only the first ring after a wait releases:
+    the lock is held while nobody rang, ``ring()`` releases it, ``wait()``
+    takes it back.
+
+    No ring is lost: a ringer that sees :attr:`rung` set leaves the release
+    to whoever set it, and the owner resets :attr:`rung` only after taking
+    the lock and before it looks for work, so work queued before that ring
+    is seen. Two ringers that both saw it unset both release; the second
+    finds the lock free already (``RuntimeError``, ignored) or releases the
+    owner's next wait early, which only costs an empty pass.
+    """
+
+    __slots__ = ("_lock", "rung")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: True from a ring until the owner's wait returns: later rings do nothing.
+        self.rung = True  # a new bell starts rung: its owner's first wait returns at once
+
+    def ring(self) -> None:
+        """Wake the owner (thread-safe, never blocks)."""
+        if not self.rung:
+            self.rung = True
+            try:
+                self._lock.release()
+            except RuntimeError:  # another ringer released it first
+                pass
+
+    def wait(self) -> None:
+        """Block until a ring (the owner only)."""
+        self._lock.acquire()
+        self.rung = False
+
+
+class SharedChunk:
+    """The frames of one published chunk, joined once for every reader that
+    is caught up and unfiltered.
+
+    The dispatcher builds it (:meth:`of`) when a chunk can be taken whole by
+    such a reader: at most :data:`CONFLATE_BACKLOG` entries (so a reader that
+    was caught up conflates none of them) and no holes nor events for a
+    single reader. A reader whose cursor is :attr:`after` and whose filter
+    lets everything through would get exactly these frames from
+    :meth:`Subscription.read`; it may send :attr:`data` (or
+    :meth:`redacted_data`) as is and commit :attr:`last`. Immutable once
+    built, except the redacted variant, built at most once on first use.
+
+    Attributes:
+        after: the position just before the chunk (a caught-up reader's cursor).
+        last: the chunk's last seq (the position to commit).
+        count: how many events it holds.
+        data: their frames, joined.
+    """
+
+    __slots__ = ("_entries", "_redacted", "after", "count", "data", "last")
+    after: int
+    last: int
+    count: int
+    data: bytes
+    _entries: list[Entry]
+    _redacted: bytes | None
+
+    @classmethod
+    def of(cls, entries: "list[Entry | Hole]") -> "SharedChunk | None":
+        """The shared chunk of ``entries`` (consecutive, oldest first), or
+        None when a reader could not take them whole."""
+        if len(entries) > CONFLATE_BACKLOG:
+            return None
+        for entry in entries:
+            if entry.target is not None:  # a hole or an event for one reader
+                return None
+        chunk = cls()
+        chunk._entries = known = cast("list[Entry]", entries)  # no holes: checked just above
+        chunk._redacted = None
+        chunk.after = known[0].seq - 1
+        chunk.last = known[-1].seq
+        chunk.count = len(known)
+        chunk.data = known[0].frame if len(known) == 1 else b"".join([entry.frame for entry in known])
+        return chunk
+
+    def redacted_data(self) -> bytes:
+        """:attr:`data` for readers without ``read:content`` (each entry's
+        redacted frame, joined once; racing builders make identical bytes)."""
+        data = self._redacted
+        if data is None:
+            data = b"".join([entry.redacted_frame() for entry in self._entries])
+            self._redacted = data
+        return data
+
+
 class Subscription:
     """A reader's position in the stream and what it wants from it.
 
@@ -325,8 +429,12 @@ class Subscription:
         #: None, or a callable the dispatcher calls instead of ``wake.set()``
         #: after publishing: the server's ``Connection.push``, which writes the
         #: new entries from the dispatcher's thread when the reader's writer
-        #: is idle (and wakes it otherwise). It must never block.
-        self.notify: Callable[[], object] | None = None
+        #: is idle (and wakes it otherwise). It must never block. It gets the
+        #: chunk's :class:`SharedChunk`, or None when the chunk has none.
+        self.notify: Callable[[SharedChunk | None], object] | None = None
+        #: True while the filter lets every event through (no types, no
+        #: session): such a reader can take a :class:`SharedChunk` whole.
+        self.unfiltered = event_filter.types is None and event_filter.session_id is None
         self.overflowed: str | None = None
         #: With ``overflowed``: None when the reader fell behind, or
         #: :data:`STALE_EPOCH_CHANGED` when its positions belong to an epoch
@@ -374,6 +482,7 @@ class Subscription:
         """Replace the filter; applies from the next :meth:`read` on."""
         with self._lag_lock:
             self._filter = event_filter
+            self.unfiltered = event_filter.types is None and event_filter.session_id is None
             self._lossless.clear()
             self._scanned_to = None
 
@@ -578,7 +687,8 @@ class EventBus:
         self._emit_lock = threading.Lock()
         self._last_seq = 0
         self._queue: collections.deque[_Work] = collections.deque()
-        self._pending = threading.Event()
+        # Wakes the dispatcher; one per dispatcher thread (see _start_dispatcher).
+        self._bell = _Doorbell()
 
         # _lock guards the ring head, the replay buffer and the subscriber set,
         # so a new subscriber sees a head and a replay buffer that agree.
@@ -590,6 +700,9 @@ class EventBus:
         # lossless event; at most a quarter of the history.
         self._chunk = max(1, min(_MAX_CHUNK, (history_size - client_queue_size) // 2, history_size // 4))
         self._head = 0
+        # The last seq whose batch went to the readers *and* the listeners:
+        # what flush() waits for (the head moves before the listeners run).
+        self._settled = 0
         self._replay: list[dict[str, Any]] = []
         self._subscribers: tuple[Subscription, ...] = ()
         self._latest_state: dict[tuple[str, str | None], int] = {}
@@ -598,6 +711,9 @@ class EventBus:
         # an old dispatcher finishing while a new one starts keeps seq order.
         self._dispatch_lock = threading.Lock()
         self._dispatched = threading.Condition(threading.Lock())
+        # flush() calls waiting on _dispatched (changed under its lock): the
+        # dispatcher notifies only when there are any.
+        self._flush_waiters = 0
         self._state_lock = threading.Lock()  # guards _thread and _stop
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
@@ -714,10 +830,9 @@ class EventBus:
                     del replay[0 : len(replay) - self._max_replay_events]
         if self._thread is None:
             self._start_dispatcher()
-        if not self._pending.is_set():
-            # Safe to skip: a set flag means the dispatcher has not yet cleared
-            # it, and it drains the queue (our item included) after clearing.
-            self._pending.set()
+        bell = self._bell
+        if not bell.rung:  # rung: the dispatcher has yet to wake, and drains our item after it does
+            bell.ring()
         event = assemble_event(cls, seq, timestamp, session_id, values)
         self._emit_ns.append(_now_ns() - start)
         return event
@@ -1076,7 +1191,7 @@ class EventBus:
                 epoch_changed = epoch != self.epoch
                 self.epoch = epoch
                 self._ring = ring
-                self._head = last_seq
+                self._head = self._settled = last_seq
                 self._floor = floor
                 self._latest_state = latest
                 with self._emit_lock:
@@ -1089,8 +1204,7 @@ class EventBus:
                 sub._overflow("the stream's epoch changed", stale=STALE_EPOCH_CHANGED)
             else:
                 sub._overflow("the stream was restored from its journal or backplane")
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     @staticmethod
     def _check_windows(
@@ -1139,9 +1253,8 @@ class EventBus:
         integer("fence", seq, 0, none_ok=True)
         self._on_fence_held = on_held
         self._fence = seq
-        self._pending.set()  # the dispatcher re-reads the fence when it takes the next batch
-        with self._dispatched:
-            self._dispatched.notify_all()  # flush() waits for what the fence lets through
+        self._bell.ring()  # the dispatcher re-reads the fence when it takes the next batch
+        self._wake_flushers()  # flush() waits for what the fence lets through
 
     def fence_at_head(self) -> int:
         """Set the fence to the last seq dispatched, atomically with the
@@ -1150,8 +1263,7 @@ class EventBus:
         nothing after that seq was handed out."""
         with self._dispatch_lock:
             self._fence = head = self._head
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
         return head
 
     @property
@@ -1258,8 +1370,7 @@ class EventBus:
             with self._emit_lock:
                 self._last_seq = max(self._last_seq, expected - 1)
             self._deliver(made, holes=any(type(entry) is Hole for entry, _ in made))
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     def stored_history(
         self, since: int = 0, event_filter: EventFilter | None = None, limit: int | None = None
@@ -1378,10 +1489,14 @@ class EventBus:
             if self._thread is not None:
                 return
             self._stop = stop = threading.Event()
+            # Its own bell, starting rung: a dispatcher still ending after a
+            # close() that timed out can never take a ring meant for this one,
+            # and this one first drains what was queued before it existed.
+            self._bell = bell = _Doorbell()
             # daemon: a script that never calls close() can still exit; close(),
             # stop() and the journal's exit hook join it.
             self._thread = threading.Thread(
-                target=self._run, args=(stop,), name="coda-ws-dispatcher", daemon=True
+                target=self._run, args=(stop, bell), name="coda-ws-dispatcher", daemon=True
             )
             self._thread.start()
 
@@ -1389,11 +1504,9 @@ class EventBus:
         """Start the dispatcher thread (emit and subscribe also start it)."""
         self._start_dispatcher()
 
-    def _run(self, stop: threading.Event) -> None:
-        pending = self._pending
+    def _run(self, stop: threading.Event, bell: _Doorbell) -> None:
         while True:
-            pending.wait()
-            pending.clear()
+            bell.wait()
             try:
                 self._dispatch_pending()
             except Exception:  # a bug here must not silently stop the stream
@@ -1419,8 +1532,7 @@ class EventBus:
             self._report_fence_held()
         if not batch:
             return
-        with self._dispatched:
-            self._dispatched.notify_all()
+        self._wake_flushers()
 
     def _deliver(self, made: list[_Made], holes: bool = False) -> None:
         """Publish ``(entry, record)`` pairs to the ring, the replay buffer,
@@ -1442,7 +1554,9 @@ class EventBus:
             except Exception:
                 self._count("listener_errors")
                 log.exception("bus listener %r failed", listener)
-        self.emit_durations.drain()
+        if len(self._emit_ns) >= _DRAIN_AT:
+            self.emit_durations.drain()
+        self._settled = self._head
 
     def _publish_chunk(self, entries: list[Entry | Hole], records: dict[int, EventDict]) -> None:
         ring = self._ring
@@ -1462,14 +1576,16 @@ class EventBus:
                         del replay[: len(replay) - max_replay]
             self._head = head = entries[-1].seq
             subscribers = self._subscribers
+        shared = SharedChunk.of(entries) if subscribers else None
         for sub in subscribers:
-            sub._check_lag(head)
+            if sub._scanned_to is not None or head - sub._cursor > sub._limit:
+                sub._check_lag(head)
             notify = sub.notify
             if notify is None:
                 sub.wake.set()
                 continue
             try:
-                notify()
+                notify(shared)
             except Exception:  # a bug in one reader's hook must not starve the others
                 log.exception("notifying reader %s failed", sub.id)
                 sub.wake.set()
@@ -1510,7 +1626,8 @@ class EventBus:
         return made
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event emitted before this call is dispatched.
+        """Wait until every event emitted before this call is dispatched (published
+        to the readers, and its batch handed to the listeners).
 
         Returns True when it is, False when ``timeout`` seconds passed first.
         Events held above the fence (:meth:`set_fence`) are waited for only
@@ -1520,24 +1637,38 @@ class EventBus:
         is left, so a caller never hangs on a failing disk.
         """
         target = self._last_seq
-        if self._head >= target:
+        if self._settled >= target:
             return True
         if self._thread is None:
             self._start_dispatcher()
-        self._pending.set()
+        self._bell.ring()
         deadline = Deadline(timeout)
         fenced = timeout is None
         with self._dispatched:
-            while self._head < (self._dispatchable(target) if fenced else target):
-                remaining = deadline.remaining()
-                if deadline.expired:
-                    return False
-                self._dispatched.wait(remaining)
-        return self._head >= target
+            self._flush_waiters += 1
+            try:
+                while self._settled < (self._dispatchable(target) if fenced else target):
+                    remaining = deadline.remaining()
+                    if deadline.expired:
+                        return False
+                    self._dispatched.wait(remaining)
+            finally:
+                self._flush_waiters -= 1
+        return self._settled >= target
+
+    def _wake_flushers(self) -> None:
+        """Wake the flush() calls waiting for the head to move, if any.
+
+        Called after the head moved. Reading the count without the lock is
+        safe: a flush() that counts itself after this read checks the head
+        after that, under the lock, and sees it moved."""
+        if self._flush_waiters:
+            with self._dispatched:
+                self._dispatched.notify_all()
 
     def _dispatchable(self, target: int) -> int:
         fence = self._fence
-        return target if fence is None else min(target, max(fence, self._head))
+        return target if fence is None else min(target, max(fence, self._settled))
 
     def close(self, timeout: float | None = 5.0) -> bool:
         """Dispatch everything emitted so far and stop the dispatcher thread.
@@ -1546,12 +1677,12 @@ class EventBus:
         dispatcher. Returns True when the thread ended within ``timeout``.
         """
         with self._state_lock:
-            thread, stop = self._thread, self._stop
+            thread, stop, bell = self._thread, self._stop, self._bell
             self._thread = None
         if thread is None or stop is None:  # set together: both or neither
             return True
         stop.set()
-        self._pending.set()
+        bell.ring()
         thread.join(timeout)
         self._dispatch_pending()  # anything that raced with the stop
         return not thread.is_alive()

@@ -71,7 +71,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .bus import Subscription
+    from .bus import SharedChunk, Subscription
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -475,10 +475,15 @@ class Connection:
             self._closing = (code, reason, after)
         self.wake.set()
 
-    def push(self) -> None:
+    def push(self, shared: "SharedChunk | None" = None) -> None:
         """Write the events waiting for this client now, from the calling
         thread (the dispatcher, right after it published them), if that can
         be done without waiting; otherwise wake the writer. Never blocks.
+
+        ``shared``: the chunk just published, joined once for every caught-up
+        unfiltered client (see :class:`~coda_ws.bus.SharedChunk`). When this
+        client is one of them its bytes are sent as they are, without reading
+        the stream for it.
 
         :meth:`run` makes this the subscription's ``notify`` once the writer
         holds the pen, so nothing is written before the first frames (hello,
@@ -489,7 +494,30 @@ class Connection:
             self.wake.set()  # the writer is awake, or has work only it can do
             return
         try:
-            done = self._write_new_events()
+            sub = self.subscription
+            if shared is None or not sub.unfiltered or sub.cursor != shared.after or sub.overflowed:
+                done = self._write_new_events()
+            else:
+                # The shared chunk, inline (this runs once per client per
+                # event): its bytes are exactly what reading the stream would
+                # return for this client. The head is the chunk's last seq
+                # while the dispatcher notifies, so once it is taken nothing
+                # is left but a possible unsent tail.
+                sock = self.sock
+                data = shared.redacted_data() if self.redact else shared.data
+                if len(data) > DIRECT_WRITE_BYTES:
+                    done = False
+                else:
+                    try:
+                        done = sock.try_send(data)
+                    except OSError:
+                        done = False  # the writer's own send meets the error and ends the connection
+                    if done:
+                        count = shared.count
+                        self.frames_sent += count
+                        sub.delivered += count
+                        sub.commit(shared.last)
+                        done = not sock.has_unsent
         finally:
             pen.release()
         if not done:

@@ -10,7 +10,7 @@ has two ways in:
   samples. Appending to it is atomic and takes no lock, so ``emit()`` records
   its own duration for about the cost of one ``perf_counter_ns()`` call and one
   append. :meth:`FixedHistogram.drain` folds the waiting samples into the
-  buckets; the bus dispatcher calls it after every batch, and
+  buckets; the bus dispatcher calls it once a few hundred samples wait, and
   :meth:`FixedHistogram.snapshot` calls it so a scrape sees every sample
   recorded before it.
 

@@ -231,3 +231,20 @@ def test_mounted_server_serves_metrics_under_its_prefix(server_factory):
     assert server.http_url.endswith("/coda-ws/")  # the helpers' paths are relative to it
     assert get(server, "metrics").status == 200
     assert get(server, "readyz").status == 200
+
+
+def test_batches_of_one_are_counted_like_larger_ones(server):
+    """Events dispatched one per batch (each flushed before the next, the usual
+    case at steady rates) and in one burst are counted alike, by type."""
+    for i in range(5):
+        server.emit("tts_status", status=f"s{i}")
+        server.bus.flush()
+    for i in range(7):
+        server.emit("stt_result", text=f"t{i}", confidence=0.9, duration_ms=1.0, session_id="s1")
+    server.bus.flush()
+    families = scrape(server)
+    assert samples(families, "coda_ws_events_emitted", "_total") == {
+        (("type", "stt_result"),): 7.0,
+        (("type", "tts_status"),): 5.0,
+    }
+    assert value(families, "coda_ws_dispatch_lag_seconds", "_count") == 12

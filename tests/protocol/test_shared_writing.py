@@ -5,6 +5,7 @@ tests check, through real sockets, what that must never change: every frame
 arrives whole, events in stream order with no gap or duplicate, control
 frames answered, nothing after the close frame."""
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import time
 import pytest
 
 from coda_ws import _sendfast
+from coda_ws.bus import SharedChunk
 from coda_ws.connection import DIRECT_WRITE_BYTES, GuardedSocket
 
 from ..conftest import TIMEOUT, connect, recv_json, wait_for
@@ -281,3 +283,69 @@ def test_writing_the_tail_raises_when_the_peer_is_gone(pair):
     peer.close()
     with pytest.raises(OSError):
         guarded.send(b"")  # writes the tail: the peer is gone
+
+
+SHARED_TOKENS = {"content-token-0123456789": ["read:content"], "reader-token-0123456789": ["read"]}
+
+
+def test_caught_up_unfiltered_clients_get_the_shared_chunk_and_the_others_their_own(
+    server_factory, monkeypatch
+):
+    """The dispatcher joins a published chunk's frames once and sends those
+    bytes to every caught-up unfiltered client (``SharedChunk``); read-only
+    clients get the joined redacted frames, filtered clients read the stream
+    for themselves. Through real sockets: every client gets exactly its
+    events, in order, as the history holds them (redacted where it must)."""
+    shared_writes = {"redacted": 0}
+    original = SharedChunk.redacted_data
+
+    def counting(self):
+        shared_writes["redacted"] += 1  # only the shared path asks a chunk for its redacted bytes
+        return original(self)
+
+    monkeypatch.setattr(SharedChunk, "redacted_data", counting)
+    server = server_factory(auth=SHARED_TOKENS)
+    content, reader = (
+        {"additional_headers": {"Authorization": f"Bearer {token}"}} for token in SHARED_TOKENS
+    )
+    with contextlib.ExitStack() as stack:
+        clients = {
+            name: stack.enter_context(connect(server.url + "?v=1&replay=0" + query, **headers))
+            for name, query, headers in (
+                ("content", "", content),
+                ("content2", "", content),
+                ("reader", "", reader),
+                ("filtered", "&types=llm_*", content),
+            )
+        }
+        for ws in clients.values():
+            assert recv_json(ws)["type"] == "hello"
+        assert server.wait_for_clients(len(clients), TIMEOUT)
+        rounds = 30
+        for r in range(rounds):
+            # One to three events per round, each round dispatched on its own.
+            server.emit("stt_result", text=f"secret {r}", confidence=0.9, duration_ms=1.0, session_id="s")
+            if r % 3:
+                server.emit("llm_token", token=f"t{r}", cumulative_text=f"secret text {r}", session_id="s")
+            if r % 3 == 2:
+                server.emit("tts_status", status="speaking", session_id="s")
+            server.bus.flush()
+        history = {entry.seq: entry for entry in server.bus.history()}
+        expected = sorted(history)
+        got = {name: [] for name in clients}
+        for name, ws in clients.items():
+            wanted = len(expected)
+            if name == "filtered":
+                wanted = sum(history[seq].type.startswith("llm_") for seq in expected)
+            while len(got[name]) < wanted:
+                got[name].append(recv_json(ws))
+    for name in ("content", "content2"):
+        assert got[name] == [history[seq].to_dict() for seq in expected]
+    assert got["reader"] == [
+        json.loads(history[seq].redacted_frame()[history[seq].offset :]) for seq in expected
+    ]
+    assert all(event["redacted"] for event in got["reader"] if event["type"] != "tts_status")
+    assert not any("secret" in json.dumps(event) for event in got["reader"])
+    assert got["filtered"] == [history[seq].to_dict() for seq in expected if history[seq].type == "llm_token"]
+    # Most rounds found the read-only client's writer asleep and caught up: the shared path ran.
+    assert shared_writes["redacted"] >= rounds // 2, shared_writes

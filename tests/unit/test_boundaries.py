@@ -84,6 +84,26 @@ def test_send_now_writes_without_blocking():
                 _sendfast.send_now(left, b"y" * 65536)
 
 
+def test_send_now_sends_every_length_exactly_with_a_bounded_cache(monkeypatch):
+    """The length arguments send_now keeps are reused and bounded: every
+    message arrives whole whatever its length, past the cache's bound too."""
+    monkeypatch.setattr(_sendfast, "_sizes", {})
+    monkeypatch.setattr(_sendfast, "_MAX_SIZES", 3)
+    left, right = socket.socketpair()
+    with left, right:
+        expected = b""
+        for length in (5, 1, 5, 300, 7, 300, 9, 1):
+            data = bytes([length % 251]) * length
+            assert _sendfast.send_now(left, data) == length
+            expected += data
+        left.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := right.recv(65536):
+            received += chunk
+    assert received == expected
+    assert len(_sendfast._sizes) <= 3
+
+
 def test_tls_sockets_are_never_written_directly():
     """Writing a TLS socket's file descriptor would bypass the encryption: refused."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -398,3 +398,127 @@ def test_restore_keeps_no_replay_record_for_an_event_of_unknown_type():
         assert bus.subscribe(types=["stt_*"]).replay == []
     finally:
         bus.close()
+
+
+def test_every_emit_wakes_the_dispatcher_without_flush():
+    """The dispatcher's doorbell loses no wake-up: threads emitting at once,
+    some after pauses (the dispatcher asleep), get every event published
+    without anyone calling flush() (which rings the bell itself)."""
+    bus = EventBus(history_size=50_000, client_queue_size=10_000)  # the reader reads at the end
+    sub = bus.subscribe()
+    published = threading.Event()
+    total = 4 * 500
+    bus.add_listener(lambda entries: published.set() if entries[-1].seq == total else None)
+    start = threading.Barrier(4)
+
+    def produce(k):
+        start.wait()
+        for i in range(500):
+            bus.emit("tts_status", status=f"{k}.{i}")
+            if i % 50 == k:
+                threading.Event().wait(0.001)  # let the dispatcher fall asleep
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert published.wait(10), f"head stuck at {bus.stats()['events_dispatched']} of {total}"
+        assert [event["seq"] for event in drain(sub)] == list(range(1, total + 1))
+    finally:
+        bus.close()
+
+
+def test_doorbell_rings_once_per_wait_and_never_blocks_the_ringer():
+    """Rings before a wait wake it once; rings while it is rung do nothing;
+    a ring after the wait returned wakes the next one."""
+    from coda_ws.bus import _Doorbell
+
+    bell = _Doorbell()
+    bell.wait()  # a new bell starts rung
+    assert not bell.rung
+    bell.ring()
+    bell.ring()  # already rung: nothing to release
+    bell.wait()
+    woke = threading.Event()
+
+    def owner():
+        bell.wait()
+        woke.set()
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert not woke.wait(0.05)  # nobody rang since the last wait
+    bell.ring()
+    assert woke.wait(5)
+    thread.join(5)
+
+
+def test_a_dispatcher_started_after_close_takes_its_own_rings():
+    """close() then emit(): the new dispatcher publishes (the old one's bell is not shared)."""
+    bus = EventBus()
+    sub = bus.subscribe()
+    bus.emit("tts_status", status="a")
+    assert bus.close()
+    published = threading.Event()
+    bus.add_listener(lambda entries: published.set())
+    bus.emit("tts_status", status="b")
+    try:
+        assert published.wait(5)
+        assert [event["status"] for event in drain(sub)] == ["a", "b"]
+    finally:
+        bus.close()
+
+
+def test_emit_lookups_kept_from_earlier_calls_stay_exact(monkeypatch):
+    """emit() keeps resolved type names and session ids' JSON from earlier
+    calls (coda_ws.wire): every event still carries its own session id past
+    the bound, bad session ids and unknown types still raise every time, and
+    str subclasses take the checked path."""
+    from coda_ws import wire
+
+    monkeypatch.setattr(wire, "_SESSIONS", {})
+    monkeypatch.setattr(wire, "_MAX_SESSIONS", 5)
+    bus = EventBus(history_size=100)
+    try:
+        sessions = [f's{i % 8}\u00e9"' for i in range(20)]
+        for session in sessions:
+            bus.emit("tts_status", status="x", session_id=session)
+
+        class Tagged(str):
+            pass
+
+        bus.emit("tts_status", status="y", session_id=Tagged("tagged"))
+        for _ in range(2):
+            with pytest.raises(InvalidEventError, match="session_id"):
+                bus.emit("tts_status", status="z", session_id="\ud800")
+            with pytest.raises(InvalidEventError, match="unknown event type"):
+                bus.emit("tts_statuz", status="z")
+        bus.flush(5)
+        events = [entry.to_dict() for entry in bus.history()]
+    finally:
+        bus.close()
+    assert [event["session_id"] for event in events] == sessions + ["tagged"]
+    assert len(wire._SESSIONS) <= 5 and "\ud800" not in wire._SESSIONS
+    assert "tts_statuz" not in wire._CLASSES
+
+
+def test_emit_durations_are_all_counted_and_their_queue_stays_short():
+    """The dispatcher folds emit() durations into their histogram only once a
+    few hundred wait; a snapshot folds the rest itself, so none is missed."""
+    from coda_ws.bus import _DRAIN_AT
+
+    bus = EventBus()
+    try:
+        for i in range(3):
+            bus.emit("tts_status", status=str(i))
+            bus.flush()
+        assert bus.emit_durations.snapshot().count == 3
+        for i in range(5 * _DRAIN_AT):
+            bus.emit("tts_status", status=str(i))
+            bus.flush()
+            assert len(bus.emit_durations.pending) <= _DRAIN_AT
+        assert bus.emit_durations.snapshot().count == 3 + 5 * _DRAIN_AT
+    finally:
+        bus.close()
