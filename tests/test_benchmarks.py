@@ -9,7 +9,6 @@ need not be installed.
 import base64
 import hashlib
 import importlib.util
-import os
 import pathlib
 import shutil
 import subprocess
@@ -37,16 +36,15 @@ def _load_server_module(name):
     return module
 
 
-# Outside CI a machine without Node.js skips this test; under CI (scripts/setup.sh
-# installs Node.js and the packages) a missing load client is a failure, not a skip.
-_IN_CI = bool(os.environ.get("CI"))
+# A machine without Node.js skips these tests; scripts/setup.sh installs Node.js and the
+# packages, and under CI a skip fails (conftest.py).
 needs_load_client = [
     pytest.mark.skipif(
-        shutil.which("node") is None and not _IN_CI,
+        shutil.which("node") is None,
         reason="Node.js is not installed (the load client needs it)",
     ),
     pytest.mark.skipif(
-        not (BENCHMARKS / "node_modules" / "ws").is_dir() and not _IN_CI,
+        not (BENCHMARKS / "node_modules" / "ws").is_dir(),
         reason="the load client's packages are missing: npm ci --prefix benchmarks",
     ),
 ]

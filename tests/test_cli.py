@@ -1,7 +1,6 @@
 """The coda-ws command: argument handling in-process, demo and serve as real processes."""
 
 import configparser
-import os
 import pathlib
 import re
 import signal
@@ -57,9 +56,7 @@ def test_installed_console_script_runs():
     """When the package is installed (scripts/setup.sh does ``pip install -e``),
     the ``coda-ws`` console script runs main() with the command line."""
     script = pathlib.Path(sys.executable).parent / "coda-ws"
-    if not script.exists():
-        if os.environ.get("CI"):  # scripts/setup.sh installs it: missing in CI is a failure
-            pytest.fail(f"{script} is missing: scripts/setup.sh runs pip install -e '.[dev]'")
+    if not script.exists():  # scripts/setup.sh installs it (under CI a skip fails: conftest.py)
         pytest.skip("coda-ws is not installed in this environment (pip install -e .)")
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert result.returncode == 0
