@@ -14,8 +14,6 @@ pinned in ``setup.cfg`` (``simple-websocket>=1.0,<2``).
 """
 
 import functools
-import json
-import re
 import socket
 import ssl
 import threading
@@ -34,7 +32,7 @@ from wsproto.events import (
     Request,
 )
 
-from .errors import HandshakeRejected
+from .client_core import handshake_rejection
 
 __all__ = ["REQUIRED_ATTRIBUTES", "ClientTransport", "ConnectionClosed", "HandshakeError", "ServerTransport"]
 
@@ -364,7 +362,7 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
                 raise TimeoutError("no WebSocket handshake answer within the connect timeout") from None
             if not data:
                 if rejection is not None:
-                    raise _rejection(rejection, body)
+                    raise handshake_rejection(rejection.status_code, body)
                 raise ConnectionResetError("the server closed the connection during the WebSocket handshake")
             self.ws.receive_data(data)
             for event in self.ws.events():
@@ -379,29 +377,10 @@ class ClientTransport(simple_websocket.Client):  # type: ignore[misc]  # simple-
                 if isinstance(event, RejectConnection):
                     rejection = event
                     if not event.has_body:
-                        raise _rejection(rejection, body)
+                        raise handshake_rejection(rejection.status_code, body)
                 elif isinstance(event, RejectData):
                     if len(body) < _MAX_REJECT_BODY:
                         body += event.data[: _MAX_REJECT_BODY - len(body)]
                     if event.body_finished:
                         # wsproto sends RejectData only after RejectConnection.
-                        raise _rejection(cast(RejectConnection, rejection), body)
-
-
-def _rejection(event: RejectConnection, body: bytearray) -> HandshakeRejected:
-    code: str | None = None
-    message: str | None = None
-
-    text = bytes(body).decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        code = data.get("error") if isinstance(data.get("error"), str) else None
-        message = data.get("message") if isinstance(data.get("message"), str) else None
-    elif text:
-        if text.startswith("<"):  # an HTML error page (a proxy's, or another server's): its words only
-            text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
-        message = text[:200]
-    return HandshakeRejected(event.status_code, code, message)
+                        raise handshake_rejection(cast(RejectConnection, rejection).status_code, body)

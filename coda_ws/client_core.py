@@ -13,14 +13,16 @@ connection thread or task (the only writer of the position).
 """
 
 import collections
+import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .errors import InvalidEventError
+from .errors import HandshakeRejected, InvalidEventError
 from .events import BaseEvent, encode_json, registered_event_types, validate_event
 from .filters import EventFilter, TypePatterns
 
@@ -34,6 +36,7 @@ __all__ = [
     "Gap",
     "Session",
     "check_seconds",
+    "handshake_rejection",
     "parse_ws_url",
 ]
 
@@ -122,6 +125,27 @@ def check_seconds(
             f" got {value!r}"
         )
     return float(value)
+
+
+def handshake_rejection(status: int, body: bytes | bytearray) -> HandshakeRejected:
+    """A refused handshake as the server explained it: its JSON ``error`` and
+    ``message``, else the start of the body (an HTML error page, a proxy's or
+    another server's, reduced to its words)."""
+    code: str | None = None
+    message: str | None = None
+    text = bytes(body[: 64 * 1024]).decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error") if isinstance(data.get("error"), str) else None
+        message = data.get("message") if isinstance(data.get("message"), str) else None
+    elif text:
+        if text.startswith("<"):
+            text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+        message = text[:200]
+    return HandshakeRejected(status, code, message)
 
 
 def parse_ws_url(url: str) -> tuple[str, int, str, list[tuple[str, str]], bool]:

@@ -75,6 +75,7 @@ from ..client_core import (
     ClientCore,
     Gap,
     Session,
+    handshake_rejection,
 )
 from ..errors import ClientConnectionError, HandshakeRejected
 from ..events import encode_json
@@ -93,22 +94,6 @@ _NO_PROXY = {"proxy": None} if "proxy" in inspect.signature(_ws_connect.__init__
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes before Python 3.11
 
 OnGap = Callable[[dict[str, Any]], Any]
-
-
-def _rejected(status: int, body: bytes | bytearray) -> HandshakeRejected:
-    """The refusal as the server explained it (its JSON ``error`` and ``message``, else the body's start)."""
-    code = message = None
-    text = bytes(body[: 64 * 1024]).decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        code = data.get("error") if isinstance(data.get("error"), str) else None
-        message = data.get("message") if isinstance(data.get("message"), str) else None
-    elif text:
-        message = text[:200]
-    return HandshakeRejected(status, code, message)
 
 
 _TIMEOUT = object()
@@ -655,7 +640,7 @@ class AsyncCodaEventClient(ClientCore):
             ws = await _ws_connect(uri, **options)
         except InvalidStatus as exc:
             response = exc.response
-            rejected = _rejected(response.status_code, response.body or b"")
+            rejected = handshake_rejection(response.status_code, response.body or b"")
             kind = "fatal" if rejected.status in FATAL_HTTP_STATUSES else "retry"
             log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, rejected)
             return _Outcome(kind, error=rejected)

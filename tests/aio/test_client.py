@@ -547,3 +547,35 @@ async def test_cut_many_times_while_coroutines_and_threads_emit(aio_server):
     assert received == list(range(1, cycles * 4 * burst + 1))
     assert gaps == []
     assert isinstance(aio_server, CodaWebSocketServer)
+
+
+@pytest.mark.asyncio
+async def test_a_foreign_html_refusal_is_reduced_to_its_words():
+    """A proxy's HTML error page reaches the user as one line of text, not markup,
+    as with the threaded client (both read refusals with client_core.handshake_rejection)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+
+    def answer():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: "
+                + str(len(page)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + page
+            )
+
+    thread = threading.Thread(target=answer, name="test-html-refusal")
+    thread.start()
+    try:
+        async with AsyncCodaEventClient(f"ws://127.0.0.1:{listener.getsockname()[1]}/") as client:
+            with pytest.raises(HandshakeRejected) as ended:
+                async for _ in client:
+                    pass
+        assert ended.value.status == 404
+        assert "502 Bad Gateway Bad Gateway" in str(ended.value) and "<" not in str(ended.value)
+    finally:
+        thread.join(TIMEOUT)
+        listener.close()
