@@ -59,7 +59,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any, Final, Literal, TypedDict, TypeVar, cast, overload
+from typing import Any, Final, TypedDict, TypeVar, cast, overload
 
 from wsproto.utilities import ProtocolError
 
@@ -67,12 +67,13 @@ from ._transport import ClientTransport, ConnectionClosed, HandshakeError
 from ._version import __version__
 from .client_core import (
     CONTROL_TYPES,
-    FATAL_CLOSE_CODES,
     FATAL_HTTP_STATUSES,
     NO_STATUS,
     RECONNECT_CLOSE_CODES,
     ClientCore,
     Gap,
+    Kind,
+    Outcome,
     Session,
 )
 from .deadline import Deadline
@@ -231,36 +232,6 @@ class _EventQueue:
 # ----------------------------------------------------------------------------
 
 
-#: How a connection ended, for the connection thread's loop.
-#: Consecutive failed connection attempts before the client warns (then again at 10, 20, 40...).
-_WARN_AFTER_FAILURES = 5
-
-
-def _warn_at(failures: int) -> bool:
-    """True at 5, 10, 20, 40... consecutive failures: a warning a person sees, never a flood."""
-    rounds, rest = divmod(failures, _WARN_AFTER_FAILURES)
-    return rest == 0 and rounds > 0 and rounds & (rounds - 1) == 0
-
-
-_Kind = Literal["stopped", "paused", "retry", "end", "fatal"]
-
-
-class _Outcome:
-    __slots__ = ("close_code", "error", "established", "kind")
-
-    def __init__(
-        self,
-        kind: _Kind,
-        established: bool = False,
-        error: Exception | None = None,
-        close_code: int | None = None,
-    ) -> None:
-        self.kind = kind
-        self.established = established
-        self.error = error
-        self.close_code = close_code
-
-
 class CodaEventClient(ClientCore):
     """A v1 client for the coda_ws event stream, with reconnect and resume.
 
@@ -351,7 +322,7 @@ class CodaEventClient(ClientCore):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._error: ClientConnectionError | None = None
-        self._last_error: Exception | None = None
+        self._last_error: BaseException | None = None
         self._raw: socket.socket | None = None  # the socket of the connection being made or used
         self._ws: ClientTransport | None = None  # the open WebSocket, once the handshake is done
         self._wake: threading.Event | None = None  # the current connection's wake-up event
@@ -383,7 +354,7 @@ class CodaEventClient(ClientCore):
         return self._error
 
     @property
-    def last_error(self) -> Exception | None:
+    def last_error(self) -> BaseException | None:
         """The last connection error (even one that was retried), or None."""
         return self._last_error
 
@@ -724,22 +695,7 @@ class CodaEventClient(ClientCore):
                     break
                 delay = self._backoff(retries)
                 retries += 1
-                if _warn_at(failures):
-                    log.warning(
-                        "%s: %d connection attempts in a row failed (last: %s); still retrying, every "
-                        "%.0f s at most. Is the server running at %s?",
-                        self.name,
-                        failures,
-                        outcome.error,
-                        self.backoff_max,
-                        self.url,
-                    )
-                log.info(
-                    "%s: connection lost or refused (%s); reconnecting in %.3f s",
-                    self.name,
-                    outcome.error,
-                    delay,
-                )
+                self._log_retry(failures, outcome.error, delay)
         except Exception as exc:  # a bug here must not leave the application waiting forever
             log.exception("%s: the connection thread failed", self.name)
             self._finish(ClientConnectionError(f"internal error in the client: {exc!r}"))
@@ -755,22 +711,14 @@ class CodaEventClient(ClientCore):
             self._error = error
         self._queue.end(error=error)
 
-    def _connection_error(self, error: Exception | None, prefix: str | None = None) -> ClientConnectionError:
-        if isinstance(error, ClientConnectionError):
-            return error
-        what = prefix or "cannot connect"
-        exc = ClientConnectionError(f"{what} to {self.url}: {error}")
-        exc.__cause__ = error
-        return exc
-
-    def _connection(self) -> _Outcome:
-        """One connection, from connect to close. Returns an _Outcome."""
+    def _connection(self) -> Outcome:
+        """One connection, from connect to close. Returns an Outcome."""
         since, epoch = self._resume_point()
         target, filter_version = self._next_target(since, epoch)
         wake = threading.Event()
         with self._lock:
             if self._closing:
-                return _Outcome("stopped")
+                return Outcome("stopped")
             self._wake = wake
             self._outbox.clear()  # meant for the previous connection; the URL carries the filters
             self._counters["connect_attempts"] += 1
@@ -796,11 +744,11 @@ class CodaEventClient(ClientCore):
             )
         except HandshakeRejected as exc:
             self._forget_socket()
-            kind: _Kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
+            kind: Kind = "fatal" if exc.status in FATAL_HTTP_STATUSES else "retry"
             # A fatal refusal reaches the application (raised by iteration, logged by the callback
             # thread): logging it here as an error too would say it twice.
             log.info("%s: %s", self.name, exc)
-            return _Outcome("stopped" if self._stop.is_set() else kind, error=exc)
+            return Outcome("stopped" if self._stop.is_set() else kind, error=exc)
         except (
             ssl.SSLCertVerificationError,
             UnicodeError,
@@ -808,14 +756,14 @@ class CodaEventClient(ClientCore):
             self._forget_socket()
             error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
             log.error("%s: %s", self.name, error)
-            return _Outcome("stopped" if self._stop.is_set() else "fatal", error=error)
+            return Outcome("stopped" if self._stop.is_set() else "fatal", error=error)
         except (OSError, HandshakeError, ProtocolError) as exc:
             self._forget_socket()
-            return _Outcome("stopped" if self._stop.is_set() else "retry", error=exc)
+            return Outcome("stopped" if self._stop.is_set() else "retry", error=exc)
         with self._lock:
             self._ws = ws
         session = Session(since, epoch, filter_version)
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         try:
             outcome = self._read(ws, wake, session)
         finally:
@@ -832,12 +780,12 @@ class CodaEventClient(ClientCore):
         with self._lock:
             self._raw = None
 
-    def _read(self, ws: ClientTransport, wake: threading.Event, session: Session) -> _Outcome:
+    def _read(self, ws: ClientTransport, wake: threading.Event, session: Session) -> Outcome:
         """Handle the frames of one connection until it ends, pauses or stops."""
         while True:
             wake.clear()  # clear first, then look at every source of work
             if self._stop.is_set():
-                return _Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
+                return Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
             if not self._send_outbox(ws):
                 # The connection is broken: make sure the reader ends too; its
                 # end (and the close code, if any) is handled below.
@@ -845,11 +793,11 @@ class CodaEventClient(ClientCore):
             connected = ws.connected  # read first: what the reader appended before it ended is taken below
             for message in ws.take_messages():
                 if not self._handle_message(session, message):
-                    return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
+                    return Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
             if not connected:
                 for message in ws.take_messages():  # appended just before the reader ended
                     if not self._handle_message(session, message):
-                        return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
+                        return Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
                 return self._closed_outcome(ws, session)
             wake.wait()
 
@@ -865,29 +813,16 @@ class CodaEventClient(ClientCore):
                 log.debug("%s: could not send a frame: %s", self.name, exc)
                 return False
 
-    def _closed_outcome(self, ws: ClientTransport, session: Session) -> _Outcome:
+    def _closed_outcome(self, ws: ClientTransport, session: Session) -> Outcome:
         if ws.message_too_big(self.max_message_size):
             error = ClientConnectionError(
                 f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)"
             )
-            return _Outcome("fatal", session.started, error, close_code=1009)
+            return Outcome("fatal", session.started, error, close_code=1009)
         code, reason = ws.peer_close()
-        self._count(f"disconnect:{'connection_lost' if code in NO_STATUS else code}")
-        if code in NO_STATUS:
-            return _Outcome(
-                "retry", session.started, ConnectionResetError("connection lost"), close_code=code
-            )
-        error = ClientConnectionError(
-            f"the server closed the connection with code {code}" + (f" ({reason})" if reason else "")
-        )
-        if code == _CLOSE_NORMAL:
-            return _Outcome("end", session.started, close_code=code)
-        if code in FATAL_CLOSE_CODES:
-            log.info("%s: %s", self.name, error)
-            return _Outcome("fatal", session.started, error, close_code=code)
-        return _Outcome("retry", session.started, error, close_code=code)
+        return self._close_outcome(code, reason, session)
 
-    def _end_connection(self, ws: ClientTransport, outcome: _Outcome | None, session: Session) -> None:
+    def _end_connection(self, ws: ClientTransport, outcome: Outcome | None, session: Session) -> None:
         """Close the WebSocket politely when we end it, cut it, join its reader."""
         if outcome is not None and outcome.kind in ("stopped", "paused"):
             self._count("pauses" if outcome.kind == "paused" else "disconnect:client_closed")

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .errors import HandshakeRejected, InvalidEventError
+from .errors import ClientConnectionError, HandshakeRejected, InvalidEventError
 from .events import BaseEvent, encode_json, registered_event_types, validate_event
 from .filters import EventFilter, TypePatterns
+from .protocol import CLOSE_NORMAL
 
 __all__ = [
     "CONTROL_TYPES",
@@ -34,10 +35,12 @@ __all__ = [
     "RECONNECT_CLOSE_CODES",
     "ClientCore",
     "Gap",
+    "Outcome",
     "Session",
     "check_seconds",
     "handshake_rejection",
     "parse_ws_url",
+    "warn_at",
 ]
 
 log = logging.getLogger("coda_ws.client")
@@ -89,6 +92,39 @@ class Session:
         self.started = False  # hello (or, from a legacy server, a first frame) received
         self.resume_to: int | None = None  # while missed events of a recovered resume arrive
         self.resume_left = 0
+
+
+#: How a connection ended, for the connection thread's (or task's) loop.
+Kind = Literal["stopped", "paused", "retry", "end", "fatal"]
+
+
+class Outcome:
+    """How one connection ended: its :data:`Kind`, whether a session was open,
+    the error (if any) and the close code."""
+
+    __slots__ = ("close_code", "error", "established", "kind")
+
+    def __init__(
+        self,
+        kind: Kind,
+        established: bool = False,
+        error: BaseException | None = None,
+        close_code: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.established = established
+        self.error = error
+        self.close_code = close_code
+
+
+#: Consecutive failed connection attempts before a client warns (then again at 10, 20, 40...).
+WARN_AFTER_FAILURES = 5
+
+
+def warn_at(failures: int) -> bool:
+    """True at 5, 10, 20, 40... consecutive failures: a warning a person sees, never a flood."""
+    rounds, rest = divmod(failures, WARN_AFTER_FAILURES)
+    return rest == 0 and rounds > 0 and rounds & (rounds - 1) == 0
 
 
 class EventQueue(Protocol):
@@ -177,6 +213,8 @@ class ClientCore:
     subclass's docstring documents the arguments."""
 
     _queue: EventQueue
+    #: The logger of the client's own module (``coda_ws.client``, ``coda_ws.aio.client``).
+    _log: logging.Logger = logging.getLogger("coda_ws.client")
     _counters: "collections.Counter[str]"
 
     def __init__(
@@ -349,6 +387,46 @@ class ClientCore:
             return self._start_since, None
         return None, None
 
+    def _connection_error(
+        self, error: BaseException | None, prefix: str | None = None
+    ) -> ClientConnectionError:
+        """``error`` as the ClientConnectionError the stream ends with."""
+        if isinstance(error, ClientConnectionError):
+            return error
+        exc = ClientConnectionError(f"{prefix or 'cannot connect'} to {self.url}: {error}")
+        exc.__cause__ = error
+        return exc
+
+    def _close_outcome(self, code: int, reason: str, session: Session) -> Outcome:
+        """What the server's close (``code``, ``reason``; 1005/1006 for none) means for the loop."""
+        self._count(f"disconnect:{'connection_lost' if code in NO_STATUS else code}")
+        if code in NO_STATUS:
+            return Outcome("retry", session.started, ConnectionResetError("connection lost"), close_code=code)
+        error = ClientConnectionError(
+            f"the server closed the connection with code {code}" + (f" ({reason})" if reason else "")
+        )
+        if code == CLOSE_NORMAL:
+            return Outcome("end", session.started, close_code=code)
+        if code in FATAL_CLOSE_CODES:
+            # INFO: the application gets this error from the stream itself.
+            self._log.info("%s: %s", self.name, error)
+            return Outcome("fatal", session.started, error, close_code=code)
+        return Outcome("retry", session.started, error, close_code=code)
+
+    def _log_retry(self, failures: int, error: BaseException | None, delay: float) -> None:
+        """Say that the client reconnects in ``delay`` seconds; warn at 5, 10, 20... failures in a row."""
+        if warn_at(failures):
+            self._log.warning(
+                "%s: %d connection attempts in a row failed (last: %s); still retrying, every "
+                "%.0f s at most. Is the server running at %s?",
+                self.name,
+                failures,
+                error,
+                self.backoff_max,
+                self.url,
+            )
+        self._log.info("%s: connection lost or refused (%s); reconnecting in %.3f s", self.name, error, delay)
+
     def _target(
         self,
         since: int | None,
@@ -386,14 +464,14 @@ class ClientCore:
         """Note the hello's epoch, seq and client id; a fresh start follows the hello's position."""
         epoch, seq = frame.get("epoch"), frame.get("seq")
         if not isinstance(epoch, str) or type(seq) is not int:
-            log.warning("%s: malformed hello frame: %.200s", self.name, frame)
+            self._log.warning("%s: malformed hello frame: %.200s", self.name, frame)
             epoch, seq = None, None
         session.hello_epoch, session.hello_seq = epoch, seq
         client_id = frame.get("client_id")
         self._client_id = client_id if isinstance(client_id, str) else None
         if session.since is None and epoch is not None:
             self._move_to(epoch, seq)  # a fresh start: live events follow hello.seq
-        log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
+        self._log.debug("%s: hello from %s (epoch %s, seq %s)", self.name, frame.get("server"), epoch, seq)
 
     def _move_to(self, epoch: str, seq: int | None) -> None:
         """Follow ``epoch`` from position ``seq`` on (positions of another epoch start over)."""
@@ -414,12 +492,14 @@ class ClientCore:
                 session.resume_to, session.resume_left = to, count
                 if count <= 0:
                     self._finish_resume(session)
-            log.debug("%s: resumed: %s", self.name, frame)
+            self._log.debug("%s: resumed: %s", self.name, frame)
             return
         self._recovered = False
         self._count("gaps")
         reason = frame.get("reason")
-        log.info("%s: could not resume after %s (%s): the state is stale", self.name, session.since, reason)
+        self._log.info(
+            "%s: could not resume after %s (%s): the state is stale", self.name, session.since, reason
+        )
         if reason == "unknown_position" and session.hello_epoch == self._epoch:
             self._epoch = None  # the positions we hold mean nothing to this server
         if session.hello_epoch is not None:
@@ -435,12 +515,12 @@ class ClientCore:
         events = frame.get("events")
         if not isinstance(events, list):
             self._count("invalid_frames")
-            log.warning("%s: malformed replay frame: %.200s", self.name, frame)
+            self._log.warning("%s: malformed replay frame: %.200s", self.name, frame)
             return
         for data in events:
             if not isinstance(data, dict):
                 self._count("invalid_events")
-                log.warning("%s: ignoring a replay item that is not an object: %.200r", self.name, data)
+                self._log.warning("%s: ignoring a replay item that is not an object: %.200r", self.name, data)
                 continue
             seq = data.get("seq")
             if type(seq) is int:
@@ -453,7 +533,7 @@ class ClientCore:
 
     def _on_error(self, session: Session, frame: dict[str, Any]) -> None:
         self._count("server_errors")
-        log.warning(
+        self._log.warning(
             "%s: the server reports an error: %s (%s)", self.name, frame.get("message"), frame.get("code")
         )
 
@@ -463,7 +543,9 @@ class ClientCore:
         seq = data.get("seq")
         if type(seq) is not int:
             self._count("invalid_events")
-            log.warning("%s: event without an integer seq, delivered as received: %.200s", self.name, data)
+            self._log.warning(
+                "%s: event without an integer seq, delivered as received: %.200s", self.name, data
+            )
             self._queue.offer(dict(data), force=True)
             return True
         if session.resume_to is not None and seq > session.resume_to:
@@ -472,7 +554,7 @@ class ClientCore:
             self._count("duplicates_dropped")
             return True
         if not self._queue.offer(self._decode(data)):
-            log.info(
+            self._log.info(
                 "%s: %d events wait for the application: pausing the stream", self.name, len(self._queue)
             )
             return False
@@ -491,7 +573,9 @@ class ClientCore:
         (a type not registered in this process, a redacted event, an invalid one)."""
         type_name = data.get("type")
         if not isinstance(type_name, str) or type_name not in registered_event_types():
-            log.debug("%s: event of type %r, not registered here, delivered as a dict", self.name, type_name)
+            self._log.debug(
+                "%s: event of type %r, not registered here, delivered as a dict", self.name, type_name
+            )
             return data
         if data.get("redacted") is True:
             return data  # content fields are null: a dict, not a (valid) event object
@@ -500,7 +584,7 @@ class ClientCore:
             return event
         except InvalidEventError as exc:
             self._count("invalid_events")
-            log.warning(
+            self._log.warning(
                 "%s: invalid %s event (seq %s) delivered as a dict: %s",
                 self.name,
                 type_name,

@@ -69,11 +69,11 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 
 from .._version import __version__
 from ..client_core import (
-    FATAL_CLOSE_CODES,
     FATAL_HTTP_STATUSES,
-    NO_STATUS,
     ClientCore,
     Gap,
+    Kind,
+    Outcome,
     Session,
     handshake_rejection,
 )
@@ -192,22 +192,6 @@ class _AsyncEventQueue:
         self._wake()
 
 
-class _Outcome:
-    __slots__ = ("close_code", "error", "established", "kind")
-
-    def __init__(
-        self,
-        kind: str,
-        established: bool = False,
-        error: BaseException | None = None,
-        close_code: int | None = None,
-    ) -> None:
-        self.kind = kind  # "stopped", "paused", "retry", "end" or "fatal"
-        self.established = established
-        self.error = error
-        self.close_code = close_code
-
-
 class AsyncCodaEventClient(ClientCore):
     """A v1 client for the coda_ws event stream, for asyncio, with reconnect and resume.
 
@@ -254,6 +238,7 @@ class AsyncCodaEventClient(ClientCore):
     """
 
     _queue: "_AsyncEventQueue"
+    _log = log
 
     def _setup(self, max_queue: int) -> None:
         self._queue = _AsyncEventQueue(max_queue)
@@ -570,12 +555,7 @@ class AsyncCodaEventClient(ClientCore):
                     break
                 delay = self._backoff(retries)
                 retries += 1
-                log.info(
-                    "%s: connection lost or refused (%s); reconnecting in %.3f s",
-                    self.name,
-                    outcome.error,
-                    delay,
-                )
+                self._log_retry(failures, outcome.error, delay)
         except asyncio.CancelledError:
             if not self._closing:
                 raise  # cancelled by someone else than close(): let it be seen
@@ -601,14 +581,6 @@ class AsyncCodaEventClient(ClientCore):
         self._error = error
         self._queue.end(error=error)
 
-    def _connection_error(self, error: BaseException | None, prefix: str | None = None) -> BaseException:
-        if isinstance(error, ClientConnectionError):
-            return error
-        what = prefix or "cannot connect"
-        exc = ClientConnectionError(f"{what} to {self.url}: {error}")
-        exc.__cause__ = error
-        return exc
-
     def _uri(self, since: int | None, epoch: str | None) -> tuple[str, int]:
         """The URI for the next connection, and the version of the filters it carries."""
         target = self._target(since, epoch, self._types, self._session_id)
@@ -616,7 +588,7 @@ class AsyncCodaEventClient(ClientCore):
         scheme = "wss" if self._secure else "ws"
         return f"{scheme}://{host}:{self._port}{target}", self._filter_version
 
-    async def _connection(self) -> _Outcome:
+    async def _connection(self) -> Outcome:
         """One connection, from connect to close."""
         since, epoch = self._resume_point()
         uri, filter_version = self._uri(since, epoch)
@@ -641,74 +613,62 @@ class AsyncCodaEventClient(ClientCore):
         except InvalidStatus as exc:
             response = exc.response
             rejected = handshake_rejection(response.status_code, response.body or b"")
-            kind = "fatal" if rejected.status in FATAL_HTTP_STATUSES else "retry"
-            log.log(logging.ERROR if kind == "fatal" else logging.INFO, "%s: %s", self.name, rejected)
-            return _Outcome(kind, error=rejected)
+            kind: Kind = "fatal" if rejected.status in FATAL_HTTP_STATUSES else "retry"
+            # INFO either way, as the threaded client: a fatal refusal reaches the application.
+            log.info("%s: %s", self.name, rejected)
+            return Outcome(kind, error=rejected)
         except (
             ssl.SSLCertVerificationError,
             UnicodeError,
         ) as exc:  # a bad certificate or host name stays bad
             error = ClientConnectionError(f"cannot connect to {self.url}: {exc}")
             log.error("%s: %s", self.name, error)
-            return _Outcome("fatal", error=error)
+            return Outcome("fatal", error=error)
         except _TIMEOUTS:
-            return _Outcome(
+            return Outcome(
                 "retry",
                 error=TimeoutError(
                     f"no WebSocket connection within the connect timeout ({self.connect_timeout:g} s)"
                 ),
             )
         except (OSError, InvalidHandshake, EOFError) as exc:
-            return _Outcome("retry", error=exc)
+            return Outcome("retry", error=exc)
         self._ws = ws
         session = Session(since, None, filter_version)
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         try:
             outcome = await self._read(ws, session)
         finally:
             await self._end_connection(ws, outcome)
         return outcome
 
-    async def _read(self, ws: Any, session: Session) -> _Outcome:
+    async def _read(self, ws: Any, session: Session) -> Outcome:
         """Handle the frames of one connection until it ends, pauses or stops."""
         while True:
             if self._closing:
-                return _Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
+                return Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
             try:
                 message = await ws.recv()
             except ConnectionClosed as exc:
                 if self._closing:
-                    return _Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
+                    return Outcome("stopped", session.started, close_code=_CLOSE_NORMAL)
                 return self._closed_outcome(exc, session)
             if not await self._handle_message(ws, session, message):
-                return _Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
+                return Outcome("paused", session.started, close_code=_CLOSE_NORMAL)
 
-    def _closed_outcome(self, exc: ConnectionClosed, session: Session) -> _Outcome:
+    def _closed_outcome(self, exc: ConnectionClosed, session: Session) -> Outcome:
         sent = exc.sent
         if sent is not None and sent.code == _CLOSE_TOO_BIG:
             error = ClientConnectionError(
                 f"the server sent a message larger than max_message_size ({self.max_message_size} bytes)"
             )
-            return _Outcome("fatal", session.started, error, close_code=_CLOSE_TOO_BIG)
+            return Outcome("fatal", session.started, error, close_code=_CLOSE_TOO_BIG)
         rcvd = exc.rcvd
         code = int(rcvd.code) if rcvd is not None else 1006
         reason = rcvd.reason if rcvd is not None else ""
-        self._counters[f"disconnect:{'connection_lost' if code in NO_STATUS else code}"] += 1
-        if code in NO_STATUS:
-            return _Outcome(
-                "retry", session.started, ConnectionResetError("connection lost"), close_code=code
-            )
-        error = ClientConnectionError(
-            f"the server closed the connection with code {code}" + (f" ({reason})" if reason else "")
-        )
-        if code == _CLOSE_NORMAL:
-            return _Outcome("end", session.started, close_code=code)
-        if code in FATAL_CLOSE_CODES:
-            log.error("%s: %s", self.name, error)
-            return _Outcome("fatal", session.started, error, close_code=code)
-        return _Outcome("retry", session.started, error, close_code=code)
+        return self._close_outcome(code, reason, session)
 
-    async def _end_connection(self, ws: Any, outcome: _Outcome | None) -> None:
+    async def _end_connection(self, ws: Any, outcome: Outcome | None) -> None:
         """Close the connection politely when we end it; let go of it."""
         try:
             if outcome is not None and outcome.kind in ("stopped", "paused"):

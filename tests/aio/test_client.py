@@ -6,6 +6,7 @@ a client cut off many times while coroutines and threads emit."""
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import socket
 import threading
@@ -579,3 +580,29 @@ async def test_a_foreign_html_refusal_is_reduced_to_its_words():
     finally:
         thread.join(TIMEOUT)
         listener.close()
+
+
+@pytest.mark.asyncio
+async def test_the_client_warns_after_repeated_failed_connects(caplog):
+    """As the threaded client: a warning at 5 and 10 failures in a row, on the asyncio client's logger."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    with caplog.at_level(logging.WARNING, logger="coda_ws.aio.client"):
+        async with AsyncCodaEventClient(
+            f"ws://127.0.0.1:{port}/",
+            backoff_initial=0.001,
+            backoff_max=0.001,
+            backoff_jitter=0,
+            max_retries=12,
+            connect_timeout=1,
+        ) as client:
+            with pytest.raises(ClientConnectionError, match="gave up after 13 attempts"):
+                async for _ in client:
+                    pass
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "coda_ws.aio.client"
+    ]
+    assert [message.split(" connection attempts")[0].rsplit(" ", 1)[1] for message in warnings] == ["5", "10"]
+    assert all(f"Is the server running at ws://127.0.0.1:{port}/?" in message for message in warnings)
