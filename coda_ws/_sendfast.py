@@ -107,8 +107,9 @@ def send_now(sock: socket.socket, data: bytes) -> int:
     size = _sizes.get(length)
     if size is None:
         size = _size_t(length)
-        if len(_sizes) < _MAX_SIZES:
-            _sizes[length] = size
+        if len(_sizes) >= _MAX_SIZES:
+            _sizes.clear()  # keep the lengths sent now, not only the first ones ever seen
+        _sizes[length] = size
     sent: int = _send(sock.fileno(), data, size, _FLAGS)
     if sent >= 0:
         return sent

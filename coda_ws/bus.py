@@ -50,7 +50,10 @@ listed before it):
 5. ``EventBus._dispatched``'s lock: waits for the head to move (taken alone).
 
 No lock is held across a socket write, a reader's ``notify`` hook, a listener
-or a log call.
+or a log call, except ``_dispatch_lock``: the dispatcher holds it while it
+publishes a chunk (its direct, non-blocking writes to readers that keep up,
+the readers' hooks and the listeners run under it), so ``ingest()``,
+``restore()`` and ``fence_at_head()`` wait for the chunk being published.
 
 Persistence hooks: a journal restores the stream at start
 (:meth:`EventBus.restore`, with the windows of positions a crash lost) and

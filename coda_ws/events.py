@@ -1009,11 +1009,19 @@ def event_class(event_type: EventType | str) -> type[BaseEvent]:
         cls = _BY_NAME.get(str.__str__(event_type))
         if cls is not None:
             return cls
-    close = difflib.get_close_matches(event_type, _BY_NAME, n=1) if isinstance(event_type, str) else []
+    # A name no type could have (too long) gets no suggestion and is shown cut short:
+    # difflib over a megabyte, echoed back in the error, costs a request seconds.
+    plausible = isinstance(event_type, str) and len(event_type) <= MAX_EVENT_TYPE_LENGTH
+    close = difflib.get_close_matches(event_type, _BY_NAME, n=1) if plausible else []
+    shown = (
+        repr(event_type)
+        if plausible or not isinstance(event_type, str)
+        else f"{event_type[:MAX_EVENT_TYPE_LENGTH]!r}..."
+    )
     raise InvalidEventError(
-        f"unknown event type {event_type!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+        f"unknown event type {shown}{f' (did you mean {close[0]!r}?)' if close else ''}; "
         f"known types: {', '.join(sorted(_BY_NAME))}",
-        event_type=event_type if isinstance(event_type, str) else None,
+        event_type=event_type if plausible else None,
     )
 
 

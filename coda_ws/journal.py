@@ -926,7 +926,6 @@ class Journal:
             conn.close()
         except sqlite3.Error as exc:  # closing checkpoints; a failing disk fails it too
             log.debug("journal %s: closing the connection failed: %s", self.path, exc)
-        return None
 
     def _has_work_locked(self) -> bool:
         return bool(self._inflight or self._pending or self._unqueued)

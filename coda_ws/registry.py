@@ -387,7 +387,7 @@ class ClientRegistry:
         sub = conn.subscription
         replay = sub.replay
         if conn.redact:
-            replay = [event for event in map(redact_event, replay) if event is not None]
+            replay = [redact_event(event) for event in replay]
         replay_frame = None
         included = 0
         if sub.resume is None or not sub.resume.recovered:

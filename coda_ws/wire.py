@@ -39,6 +39,7 @@ from .events import (
     encode_fields,
     encode_session_id,
     event_class,
+    registered_event_types,
 )
 
 __all__ = [
@@ -135,7 +136,9 @@ def prepare_event(
             session_json = cached
         else:
             session_id, session_json = encode_session_id(session_id, type_name)
-            if type(session_id) is str and len(_SESSIONS) < _MAX_SESSIONS:
+            if type(session_id) is str:
+                if len(_SESSIONS) >= _MAX_SESSIONS:
+                    _SESSIONS.clear()  # start over with the sessions in use now, not the first ones seen
                 _SESSIONS[session_id] = session_json
     if high_priority is None:
         high_priority = cls.high_priority
@@ -256,16 +259,21 @@ class Entry:
         return f"<Entry seq={self.seq} type={self.type}>"
 
 
+def _known_class(type_name: object) -> type[BaseEvent] | None:
+    """The class of a registered type name, or None (any other value: not a str, unknown)."""
+    return registered_event_types().get(type_name) if isinstance(type_name, str) else None
+
+
 def redact_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an event dict with its content fields set to None and
     ``"redacted": True``. For a type this process does not know (an
     unregistered type read back from a journal) every field but the envelope
     is set to None: its content cannot be told apart from the rest."""
-    type_name: Any = event.get("type")  # not always a str: event_class() refuses the others
     redacted = dict(event)
-    try:
-        content: tuple[str, ...] = event_class(type_name).content_fields
-    except InvalidEventError:
+    cls = _known_class(event.get("type"))
+    if cls is not None:
+        content: tuple[str, ...] = cls.content_fields
+    else:
         content = tuple(name for name in redacted if name not in _ENVELOPE_KEYS)
     for name in content:
         if name in redacted:
@@ -348,10 +356,8 @@ def entry_from_wire(
     intact; its :attr:`Hole.refused` names the type, and the caller logs
     and counts it) or served as stored (``"generic"``).
     """
-    cls: type[BaseEvent] | str
-    try:
-        cls = event_class(event.type)
-    except InvalidEventError:
+    cls: type[BaseEvent] | str | None = _known_class(event.type)
+    if cls is None:  # a plain lookup: event_class()'s "did you mean" is for people, not for this path
         if unregistered != "generic" or not isinstance(event.type, str):
             return Hole(event.seq, event.type), None
         cls = event.type

@@ -8,6 +8,7 @@ redis-server on a free port and kill it.
 
 import contextlib
 import json
+import logging
 import queue
 import signal
 import socket
@@ -242,6 +243,33 @@ def test_node_emit_goes_through_redis_to_every_node(node_factory):
         assert (got["type"], got["status"]) == ("tts_status", "speaking")
         assert node_a.bus.flush(TIMEOUT) and node_a.backplane.flush(TIMEOUT)
         assert node_a.bus.history()[-1].seq == got["seq"]
+
+
+def test_a_stream_entry_the_node_cannot_read_does_not_kill_its_reader(node_factory, prefix, caplog):
+    """An entry written to the shared stream by something other than coda_ws
+    (no type, no timestamp, no payload): the node's reader logs it once,
+    counts it, says why in ready(), and keeps trying; once the entry is gone
+    it is ready again, its history intact."""
+    node = node_factory()
+    node.emit("tts_status", status="before")
+    assert node.backplane.flush(TIMEOUT)
+    wait_for(lambda: node.bus.head == 1, TIMEOUT, "the first event")
+    stream = stream_keys(prefix)["stream"]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        with caplog.at_level(logging.ERROR, logger="coda_ws.backplane"):
+            client.xadd(stream, {"x": "not an event"}, id="2-0")
+            wait_for(lambda: node.backplane.stats()["reader_errors"] >= 1, TIMEOUT, "the reader error")
+            ready, why = node.backplane.ready()
+            assert not ready and "cannot read the shared stream" in why, why
+            assert node.backplane._thread is not None and node.backplane._thread.is_alive()
+            client.xdel(stream, "2-0")
+        errors = [r for r in caplog.records if "cannot read the shared stream" in r.getMessage()]
+        assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+        wait_for(lambda: node.backplane.ready()[0], TIMEOUT, lambda: f"ready again: {node.backplane.ready()}")
+        assert [json.loads(e.data)["status"] for e in node.bus.history()] == ["before"]
+    finally:
+        client.close()
 
 
 def test_separate_prefixes_do_not_mix(node_factory, prefix):

@@ -1038,6 +1038,19 @@ class RedisBackplane:
                     self._reader_error = f"redis unreachable: {exc}"
                     stop.wait(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
+                except Exception as exc:
+                    # An entry this node cannot read (written to the stream by something other
+                    # than coda_ws, or damaged): the reader must not die of it. Say so once per
+                    # episode, stay unready (/readyz names it), back off and reload the stream.
+                    self._counters["reader_errors"] += 1
+                    if not logged:
+                        logged = True
+                        log.exception("backplane reader cannot read the shared stream; reloading it")
+                    self._synced.clear()
+                    self._reader_error = f"cannot read the shared stream: {exc!r}"
+                    resync = f"after {exc!r}"
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
         finally:
             if client is not None:
                 _close_client(client)

@@ -308,3 +308,12 @@ def test_public_exports():
         assert hasattr(coda_ws, name), name
     for cls in EVENT_CLASSES.values():
         assert getattr(coda_ws, cls.__name__) is cls
+
+
+def test_an_unknown_type_name_of_any_length_gets_a_short_error():
+    """A name longer than any type may be is shown cut short, with no suggestion
+    (difflib over a megabyte took hundreds of milliseconds, echoed back whole)."""
+    with pytest.raises(ValueError) as caught:  # InvalidEventError is a ValueError
+        create_event("x" * 1_000_000)
+    assert len(str(caught.value)) < 2_000 and "did you mean" not in str(caught.value)
+    assert caught.value.event_type is None

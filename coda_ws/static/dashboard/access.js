@@ -42,6 +42,7 @@ export async function probeAccess(token) {
       headers: { Accept: "application/json", ...authHeaders(token) },
       cache: "no-store",
       credentials: "same-origin",
+      signal: AbortSignal.timeout(5000), // a black-holed probe must not hold the reconnect back
     });
   } catch (err) {
     return { verdict: "unknown", status: null, error: "unreachable", message: String(err && err.message) };

@@ -131,7 +131,8 @@ typeSelect.value = "system_info";
 const schemaSamples = {};
 
 function fillSample() {
-  const sample = EVENT_SAMPLES[typeSelect.value] || schemaSamples[typeSelect.value] || {};
+  const name = typeSelect.value;
+  const sample = (Object.hasOwn(EVENT_SAMPLES, name) && EVENT_SAMPLES[name]) || (Object.hasOwn(schemaSamples, name) && schemaSamples[name]) || {};
   fieldsArea.value = JSON.stringify(sample, null, 2);
 }
 typeSelect.addEventListener("change", fillSample);
@@ -157,7 +158,7 @@ async function addRegisteredTypes() {
   }
   const envelope = new Set(["version", "seq", "timestamp", "type", "session_id", "redacted"]);
   for (const [name, definition] of Object.entries(schema.$defs || {})) {
-    if (name in EVENT_SAMPLES) continue;
+    if (Object.hasOwn(EVENT_SAMPLES, name)) continue; // not `in`: a type may be named "constructor"
     const properties = definition.properties || {};
     const contentTypes = (definition.else && definition.else.properties) || {};
     const sample = {};
