@@ -45,8 +45,6 @@ __all__ = [
     "suggestion",
 ]
 
-_UNSET: Any = object()
-
 
 class Configured:
     """The default of a constructor argument left out: the option is looked up

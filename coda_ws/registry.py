@@ -337,24 +337,24 @@ class ClientRegistry:
                 reader_name=f"coda-ws-reader:{client_id[:8]}",
                 wake=subscription.wake,
             )
+            address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+            conn = Connection(
+                client_id,
+                transport,
+                sock,
+                subscription,
+                address=address,
+                peer=peer,
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
+                v1=upgrade.v1,
+                scopes=upgrade.scopes,
+                settings=self._settings,
+                hooks=self._hooks,
+            )
+            self._post_initial_frames(conn, upgrade)
         except BaseException:
-            subscription.close()
+            subscription.close()  # not yet registered: nothing else would ever close it
             raise
-        address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
-        conn = Connection(
-            client_id,
-            transport,
-            sock,
-            subscription,
-            address=address,
-            peer=peer,
-            user_agent=environ.get("HTTP_USER_AGENT", ""),
-            v1=upgrade.v1,
-            scopes=upgrade.scopes,
-            settings=self._settings,
-            hooks=self._hooks,
-        )
-        self._post_initial_frames(conn, upgrade)
         with self._lock:
             self._reserved -= 1
             self._clients[client_id] = conn

@@ -68,6 +68,7 @@ from ..events import (
     create_event,
     custom_event,
     register_event,
+    registered_event_types,
     validate_event,
 )
 from .integration import CodaWebSocketIntegration
@@ -132,6 +133,7 @@ __all__ = [
     "create_event",
     "custom_event",
     "register_event",
+    "registered_event_types",
     "track_async_operation",
     "track_sync_operation",
     "validate_event",

@@ -74,6 +74,9 @@ class TestCodaWebSocketServer:
     @pytest.mark.asyncio
     async def test_event_handlers(self, server):
         """Test event handler registration."""
+        # The original's test, kept as it was: it checks registration only. That the handlers
+        # run (on their loop, in order, failures counted) is tests/aio/test_server.py's
+        # test_handlers_run_on_the_loop_one_at_a_time_in_order and its neighbours.
         connect_handler = MagicMock()
         disconnect_handler = MagicMock()
         message_handler = MagicMock()
@@ -89,6 +92,8 @@ class TestCodaWebSocketServer:
     @pytest.mark.asyncio
     async def test_stats_tracking(self, server):
         """Test statistics tracking."""
+        # The original's test, kept as it was: it checks the keys only; the counters moving
+        # with real clients are checked in tests/test_metrics.py (100 clients connecting and leaving).
         stats = server.get_stats()
 
         assert "total_connections" in stats
